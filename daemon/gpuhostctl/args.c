@@ -1,0 +1,207 @@
+/* gpuhostctl command line: global options, the command, its options and
+ * arguments, and the help texts. */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctl.h"
+#include "gh-build.h"
+
+#define DEFAULT_TIMEOUT_USEC (30 * UINT64_C(1000000))
+#define MAX_TIMEOUT_SEC 86400.0
+
+static const ctl_command *const commands[] = {
+        &ctl_cmd_status, &ctl_cmd_ping, &ctl_cmd_reload, &ctl_cmd_version, &ctl_cmd_call,
+};
+
+const ctl_command *ctl_command_find(const char *name) {
+        for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+                if (strcmp(commands[i]->name, name) == 0)
+                        return commands[i];
+        return NULL;
+}
+
+static const char global_options_help[] =
+        "  -s, --socket=PATH    the daemon's socket (default: $" GH_SOCKET_ENV ", else\n"
+        "                       " GH_DEFAULT_SOCKET ")\n"
+        "  -t, --timeout=SEC    wait at most SEC seconds for each reply (default 30,\n"
+        "                       0 waits forever)\n"
+        "  -h, --help           show help (also: gpuhostctl COMMAND --help)\n"
+        "      --version        show the version of gpuhostctl\n";
+
+static const char exit_codes_help[] =
+        "Exit status: 0 success, 1 the daemon answered with an error, 2 usage error,\n"
+        "3 cannot reach the daemon (not running, no permission, connection lost).\n";
+
+void ctl_print_help(FILE *f, const ctl_command *cmd) {
+        if (cmd) {
+                fprintf(f, "Usage: gpuhostctl [OPTIONS] %s%s%s\n\n%s\n\nOptions:\n", cmd->name,
+                        cmd->args_usage[0] ? " " : "", cmd->args_usage, cmd->description);
+                if (cmd->options & CTL_OPT_JSON)
+                        fprintf(f, "      --json           print the daemon's reply as JSON\n");
+                if (cmd->options & CTL_OPT_MORE)
+                        fprintf(f, "      --more           ask for streamed replies; print each\n");
+                if (cmd->options & CTL_OPT_ONEWAY)
+                        fprintf(f, "      --oneway         ask for no reply\n");
+                fprintf(f, "%s\n%s", global_options_help, exit_codes_help);
+                return;
+        }
+        fprintf(f, "Usage: gpuhostctl [OPTIONS] COMMAND [ARGS...]\n\n"
+                   "Controls gpuhostd, the gpuhost generation daemon.\n\nCommands:\n");
+        for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+                fprintf(f, "  %-10s %s\n", commands[i]->name, commands[i]->summary);
+        fprintf(f, "\nOptions:\n%s\n%s", global_options_help, exit_codes_help);
+}
+
+static int parse_timeout(const char *s, uint64_t *ret) {
+        char *end;
+
+        errno = 0;
+        double v = strtod(s, &end);
+        if (errno || end == s || *end || !isfinite(v) || v < 0 || v > MAX_TIMEOUT_SEC)
+                return -EINVAL;
+        *ret = (uint64_t) (v * 1e6);
+        if (v > 0 && *ret == 0)
+                *ret = 1;
+        return 0;
+}
+
+__attribute__((format(printf, 1, 2))) static const char *usage_error(const char *fmt, ...) {
+        static __thread char buf[256];
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(buf, sizeof(buf), fmt, ap);
+        va_end(ap);
+        return buf;
+}
+
+static int check_option(const ctl_command *cmd, unsigned opt, const char *name, const char **ret_error) {
+        if (!cmd || (cmd->options & opt))
+                return 0;
+        *ret_error = usage_error("option '%s' does not apply to this command", name);
+        return -EINVAL;
+}
+
+/* One getopt pass; with |cmd| NULL it stops at the first non-option (the
+ * command), otherwise it takes the command's options too. */
+static int parse_options(int argc, char **argv, const ctl_command *cmd, ctl_opts *o, const char **ret_error) {
+        enum { ARG_JSON = 0x100, ARG_MORE, ARG_ONEWAY, ARG_VERSION };
+        static const struct option options[] = {
+                {"socket", required_argument, NULL, 's'},  {"timeout", required_argument, NULL, 't'},
+                {"help", no_argument, NULL, 'h'},          {"version", no_argument, NULL, ARG_VERSION},
+                {"json", no_argument, NULL, ARG_JSON},     {"more", no_argument, NULL, ARG_MORE},
+                {"oneway", no_argument, NULL, ARG_ONEWAY}, {},
+        };
+        int c;
+
+        opterr = 0;
+        while ((c = getopt_long(argc, argv, "+s:t:h", options, NULL)) >= 0) {
+                const char *name = argv[optind - 1];
+                switch (c) {
+                case 's':
+                        if (!*optarg) {
+                                *ret_error = "--socket needs a path";
+                                return -EINVAL;
+                        }
+                        o->socket = optarg;
+                        break;
+                case 't':
+                        if (parse_timeout(optarg, &o->timeout_usec) < 0) {
+                                *ret_error = usage_error("invalid timeout '%s' (seconds, 0..86400)", optarg);
+                                return -EINVAL;
+                        }
+                        break;
+                case 'h':
+                        o->help = true;
+                        break;
+                case ARG_VERSION:
+                        o->version = true;
+                        break;
+                case ARG_JSON:
+                        if (check_option(cmd, CTL_OPT_JSON, name, ret_error) < 0)
+                                return -EINVAL;
+                        o->json = true;
+                        break;
+                case ARG_MORE:
+                        if (check_option(cmd, CTL_OPT_MORE, name, ret_error) < 0)
+                                return -EINVAL;
+                        o->more = true;
+                        break;
+                case ARG_ONEWAY:
+                        if (check_option(cmd, CTL_OPT_ONEWAY, name, ret_error) < 0)
+                                return -EINVAL;
+                        o->oneway = true;
+                        break;
+                default:
+                        *ret_error = optopt && optopt < 0x100
+                                ? usage_error("unknown option or missing argument: '%s'", argv[optind - 1])
+                                : usage_error("unknown option '%s'", argv[optind - 1]);
+                        return -EINVAL;
+                }
+        }
+        return 0;
+}
+
+/* Collects positional arguments after the command, allowing options
+ * between them ("call --more io.gpuhost.Ping {}"). */
+static int parse_command_args(int argc, char **argv, ctl_opts *o, const char **ret_error) {
+        while (optind < argc) {
+                int r = parse_options(argc, argv, o->command, o, ret_error);
+                if (r < 0)
+                        return r;
+                if (optind < argc) {
+                        argv[o->n_args++] = argv[optind++]; /* compact in place */
+                }
+        }
+        o->args = argv;
+        return 0;
+}
+
+int ctl_parse_args(int argc, char **argv, ctl_opts *o, const char **ret_error) {
+        *o = (ctl_opts) {.timeout_usec = DEFAULT_TIMEOUT_USEC};
+        optind = 0; /* full reset, so the parser can run more than once */
+        int r = parse_options(argc, argv, NULL, o, ret_error);
+        if (r < 0)
+                return r;
+        if (optind >= argc)
+                return o->help || o->version ? 0 : (*ret_error = "no command given (try 'gpuhostctl --help')", -EINVAL);
+        const char *name = argv[optind++];
+        if (strcmp(name, "help") == 0) {
+                o->help = true;
+                o->command = optind < argc ? ctl_command_find(argv[optind]) : NULL;
+                if (optind < argc && !o->command) {
+                        *ret_error = usage_error("unknown command '%s' (try 'gpuhostctl --help')", argv[optind]);
+                        return -EINVAL;
+                }
+                return 0;
+        }
+        o->command = ctl_command_find(name);
+        if (!o->command) {
+                *ret_error = usage_error("unknown command '%s' (try 'gpuhostctl --help')", name);
+                return -EINVAL;
+        }
+        r = parse_command_args(argc, argv, o, ret_error);
+        if (r < 0)
+                return r;
+        if (o->help || o->version)
+                return 0;
+        if (o->n_args < o->command->min_args) {
+                *ret_error = usage_error("missing arguments (usage: gpuhostctl %s %s)", o->command->name,
+                                         o->command->args_usage);
+                return -EINVAL;
+        }
+        if (o->n_args > o->command->max_args) {
+                *ret_error = usage_error("too many arguments for '%s'", o->command->name);
+                return -EINVAL;
+        }
+        if (o->more && o->oneway) {
+                *ret_error = "--more and --oneway exclude each other";
+                return -EINVAL;
+        }
+        return 1;
+}

@@ -1,0 +1,37 @@
+/* gpuhostctl reload: makes the daemon re-read its configuration. */
+#include <stdio.h>
+
+#include "ctl.h"
+
+static int run(const ctl_opts *o) {
+        gh_client *c = NULL;
+        json_object *reply = NULL;
+        int r = ctl_connect(o, &c);
+
+        if (r == CTL_EXIT_OK)
+                r = ctl_call(o, c, "io.gpuhost.ReloadConfig", NULL, &reply);
+        if (r == CTL_EXIT_OK && o->json)
+                ctl_print_json(reply);
+        else if (r == CTL_EXIT_OK) {
+                json_object *files = json_object_object_get(reply, "files");
+                size_t n = files ? json_object_array_length(files) : 0;
+                printf("Configuration reloaded (%zu file%s", n, n == 1 ? "" : "s");
+                for (size_t i = 0; i < n; i++)
+                        printf("%s%s", i ? ", " : ": ", json_object_get_string(json_object_array_get_idx(files, i)));
+                printf(")\n");
+        }
+        json_object_put(reply);
+        gh_client_free(c);
+        return r;
+}
+
+const ctl_command ctl_cmd_reload = {
+        .name = "reload",
+        .args_usage = "",
+        .summary = "reload the daemon's configuration",
+        .description = "Calls io.gpuhost.ReloadConfig: the daemon validates the whole new\n"
+                       "configuration and switches to it, or keeps the running one and reports\n"
+                       "the first error (file:line and key). Needs root or the admin group.",
+        .options = CTL_OPT_JSON,
+        .run = run,
+};

@@ -1,0 +1,107 @@
+/* gpuhostctl status: the daemon's state, devices and configuration, as a
+ * table for people or JSON for scripts. */
+#include <inttypes.h>
+#include <stdio.h>
+
+#include "ctl.h"
+
+static const char *get_str(json_object *o, const char *key) {
+        json_object *v;
+
+        return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : "?";
+}
+
+static int64_t get_int(json_object *o, const char *key) {
+        json_object *v;
+
+        return json_object_object_get_ex(o, key, &v) ? json_object_get_int64(v) : 0;
+}
+
+static void format_bytes(int64_t bytes, char *buf, size_t size) {
+        static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+        double v = (double) bytes;
+        size_t u = 0;
+
+        while (v >= 1024 && u + 1 < sizeof(units) / sizeof(units[0])) {
+                v /= 1024;
+                u++;
+        }
+        snprintf(buf, size, u ? "%.1f %s" : "%.0f %s", v, units[u]);
+}
+
+static void format_duration(int64_t usec, char *buf, size_t size) {
+        int64_t s = usec / 1000000;
+
+        if (s >= 86400)
+                snprintf(buf, size, "%" PRId64 "d %" PRId64 "h", s / 86400, s % 86400 / 3600);
+        else if (s >= 3600)
+                snprintf(buf, size, "%" PRId64 "h %" PRId64 "min", s / 3600, s % 3600 / 60);
+        else if (s >= 60)
+                snprintf(buf, size, "%" PRId64 "min %" PRId64 "s", s / 60, s % 60);
+        else
+                snprintf(buf, size, "%" PRId64 "s", s);
+}
+
+static void print_devices(json_object *devices) {
+        size_t n = devices ? json_object_array_length(devices) : 0;
+
+        printf("\n%-5s %-5s %-28s %12s %12s\n", "INDEX", "KIND", "NAME", "MEMORY", "AVAILABLE");
+        for (size_t i = 0; i < n; i++) {
+                json_object *d = json_object_array_get_idx(devices, i);
+                char total[32], avail[32];
+                format_bytes(get_int(d, "memory_total"), total, sizeof(total));
+                format_bytes(get_int(d, "memory_available"), avail, sizeof(avail));
+                printf("%-5" PRId64 " %-5s %-28s %12s %12s\n", get_int(d, "index"), get_str(d, "kind"),
+                       get_str(d, "name"), total, avail);
+        }
+        if (n == 0)
+                printf("(no devices)\n");
+}
+
+static void print_status(json_object *s) {
+        json_object *config = json_object_object_get(s, "config");
+        json_object *files = json_object_object_get(config, "files");
+        char uptime[64];
+
+        format_duration(get_int(s, "uptime_usec"), uptime, sizeof(uptime));
+        printf("gpuhostd %s: %s, up %s, pid %" PRId64 "\n", get_str(s, "version"), get_str(s, "state"), uptime,
+               get_int(s, "pid"));
+        printf("%-13s %s\n", "Socket:", get_str(config, "socket"));
+        printf("%-13s %" PRId64 " (max %" PRId64 ")\n", "Connections:", get_int(s, "connections"),
+               get_int(config, "max_connections"));
+        printf("%-13s ", "Config:");
+        size_t n = files ? json_object_array_length(files) : 0;
+        for (size_t i = 0; i < n; i++)
+                printf("%s%s", i ? ", " : "", json_object_get_string(json_object_array_get_idx(files, i)));
+        printf("%s\n", n ? "" : "(built-in defaults)");
+        printf("%-13s %s\n", "Log level:", get_str(config, "log_level"));
+        print_devices(json_object_object_get(s, "devices"));
+}
+
+static int run(const ctl_opts *o) {
+        gh_client *c = NULL;
+        json_object *reply = NULL;
+        int r = ctl_connect(o, &c);
+
+        if (r == CTL_EXIT_OK)
+                r = ctl_call(o, c, "io.gpuhost.GetStatus", NULL, &reply);
+        if (r == CTL_EXIT_OK) {
+                if (o->json)
+                        ctl_print_json(reply);
+                else
+                        print_status(reply);
+        }
+        json_object_put(reply);
+        gh_client_free(c);
+        return r;
+}
+
+const ctl_command ctl_cmd_status = {
+        .name = "status",
+        .args_usage = "",
+        .summary = "show the daemon's state, devices and configuration",
+        .description = "Calls io.gpuhost.GetStatus and prints the result as a table, or as JSON\n"
+                       "with --json (stable field names, for scripts).",
+        .options = CTL_OPT_JSON,
+        .run = run,
+};

@@ -1,0 +1,67 @@
+/* gpuhostctl internals: the command table, the parsed command line, and
+ * helpers shared by the commands. One file per command (cmd-*.c), as tmux
+ * does; argument parsing lives in args.c so tests can drive it. */
+#pragma once
+
+#include <json-c/json.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "gpuhost/client.h"
+
+/* Exit codes; documented in --help and README.md. */
+enum {
+        CTL_EXIT_OK = 0,
+        CTL_EXIT_REMOTE = 1,  /* the daemon answered with an error */
+        CTL_EXIT_USAGE = 2,   /* bad command line */
+        CTL_EXIT_CONNECT = 3, /* cannot reach the daemon, or lost it */
+};
+
+/* Options a command may accept besides the global ones. */
+enum {
+        CTL_OPT_JSON = 1 << 0,
+        CTL_OPT_MORE = 1 << 1,
+        CTL_OPT_ONEWAY = 1 << 2,
+};
+
+typedef struct ctl_command ctl_command;
+
+typedef struct ctl_opts {
+        const char *socket;     /* -s/--socket; NULL: $GPUHOST_SOCKET or default */
+        uint64_t timeout_usec;  /* -t/--timeout */
+        bool json, more, oneway, help, version;
+        const ctl_command *command;
+        char **args;            /* positional arguments after the command */
+        int n_args;
+} ctl_opts;
+
+struct ctl_command {
+        const char *name;
+        const char *args_usage;  /* "METHOD [PARAMETERS]" */
+        const char *summary;     /* one line for the command list */
+        const char *description; /* paragraph for "COMMAND --help" */
+        unsigned options;        /* CTL_OPT_* */
+        int min_args, max_args;
+        int (*run)(const ctl_opts *o);
+};
+
+extern const ctl_command ctl_cmd_status, ctl_cmd_ping, ctl_cmd_reload, ctl_cmd_version, ctl_cmd_call;
+
+/* Parses argv. Returns 1 to run o->command, 0 if help or version was
+ * requested (print with ctl_print_help), or -EINVAL with *ret_error set
+ * (a static or thread-local message) for a usage error. */
+int ctl_parse_args(int argc, char **argv, ctl_opts *o, const char **ret_error);
+const ctl_command *ctl_command_find(const char *name);
+void ctl_print_help(FILE *f, const ctl_command *cmd);
+int ctl_main(int argc, char **argv);
+
+/* Connects, printing a one-line actionable message on failure. */
+int ctl_connect(const ctl_opts *o, gh_client **ret);
+/* Makes one call and returns its reply; prints transport and remote
+ * errors. Returns a CTL_EXIT_* code; *ret is set only on CTL_EXIT_OK. */
+int ctl_call(const ctl_opts *o, gh_client *c, const char *method, const char *params, json_object **ret);
+/* Reports a failed call on stderr; returns the exit code to use. */
+int ctl_report_transport_error(const ctl_opts *o, gh_client *c, int r);
+void ctl_report_remote_error(const char *error, const char *parameters_json);
+void ctl_print_json(json_object *o);

@@ -1,0 +1,587 @@
+/* Configuration parsing with inih and a declarative key table. See config.h. */
+#include <ctype.h>
+#include <dirent.h>
+#include <grp.h>
+#include <ini.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#include "../common/log.h"
+#include "../common/util.h"
+#include "config.h"
+#include "gpuhost/protocol.h"
+
+#define CONFIG_FILE_MAX (1024 * 1024)
+#define DROPIN_FILES_MAX 1024
+
+typedef struct key_def key_def;
+typedef int (*value_parser)(const key_def *k, const char *value, void *field, const char **ret_reason);
+
+struct key_def {
+        const char *section;
+        const char *key;
+        value_parser parse;
+        size_t offset;
+        uint64_t min, max;
+};
+
+static int parse_uint(const key_def *k, const char *v, void *field, const char **ret_reason);
+static int parse_size(const key_def *k, const char *v, void *field, const char **ret_reason);
+static int parse_seconds(const key_def *k, const char *v, void *field, const char **ret_reason);
+static int parse_log_level(const key_def *k, const char *v, void *field, const char **ret_reason);
+static int parse_socket_path(const key_def *k, const char *v, void *field, const char **ret_reason);
+static int parse_group(const key_def *k, const char *v, void *field, const char **ret_reason);
+
+#define KEY(sec, name, parser, member, lo, hi) \
+        {sec, name, parser, offsetof(gh_config, member), lo, hi}
+
+static const key_def key_table[] = {
+        KEY("daemon", "log_level", parse_log_level, log_level, 0, 0),
+        KEY("daemon", "shutdown_grace_sec", parse_seconds, shutdown_grace_usec, 0, 3600),
+        KEY("daemon", "admin_group", parse_group, admin_group, 0, 0),
+        KEY("socket", "path", parse_socket_path, socket_path, 0, 0),
+        KEY("socket", "group", parse_group, socket_group, 0, 0),
+        KEY("limits", "max_connections", parse_uint, max_connections, 1, 65536),
+        KEY("limits", "max_connections_per_user", parse_uint, max_connections_per_user, 1, 65536),
+        KEY("limits", "max_message_size", parse_size, max_message_size, 4096, 64 * 1024 * 1024),
+        KEY("limits", "max_pending_requests", parse_uint, max_pending_requests, 1, 4096),
+        KEY("limits", "max_fds_per_message", parse_uint, max_fds_per_message, 0, 253),
+        KEY("limits", "max_json_depth", parse_uint, max_json_depth, 4, 1024),
+        KEY("limits", "idle_timeout_sec", parse_seconds, idle_timeout_usec, 1, 86400),
+        KEY("limits", "max_output_buffer", parse_size, max_output_buffer, 65536, UINT64_C(1) << 32),
+};
+
+static bool section_known(const char *name) {
+        for (size_t i = 0; i < ELEMENTSOF(key_table); i++)
+                if (strcmp(key_table[i].section, name) == 0)
+                        return true;
+        return false;
+}
+
+static int parse_u64(const char *v, uint64_t *ret) {
+        char *end;
+
+        if (!isdigit((unsigned char) v[0]))
+                return -EINVAL;
+        errno = 0;
+        unsigned long long n = strtoull(v, &end, 10);
+        if (errno == ERANGE)
+                return -ERANGE;
+        *ret = n;
+        return (int) (end - v);
+}
+
+static int check_range(const key_def *k, uint64_t n, const char **ret_reason) {
+        static __thread char reason[128];
+
+        if (n >= k->min && n <= k->max)
+                return 0;
+        snprintf(reason, sizeof(reason), "out of range (allowed %" PRIu64 "..%" PRIu64 ")", k->min, k->max);
+        *ret_reason = reason;
+        return -ERANGE;
+}
+
+static int parse_uint(const key_def *k, const char *v, void *field, const char **ret_reason) {
+        uint64_t n;
+        int len = parse_u64(v, &n);
+
+        if (len == -ERANGE || (len > 0 && v[len] == 0 && n > UINT_MAX))
+                n = UINT64_MAX;
+        else if (len <= 0 || v[len] != 0) {
+                *ret_reason = "not a non-negative integer";
+                return -EINVAL;
+        }
+        if (check_range(k, n, ret_reason) < 0)
+                return -ERANGE;
+        *(unsigned *) field = (unsigned) n;
+        return 0;
+}
+
+/* Bytes with an optional binary suffix: K, M, G (or KiB, MiB, GiB). */
+static int parse_size(const key_def *k, const char *v, void *field, const char **ret_reason) {
+        static const struct {
+                const char *suffix;
+                uint64_t factor;
+        } suffixes[] = {{"", 1}, {"K", 1 << 10}, {"KiB", 1 << 10}, {"M", 1 << 20},
+                        {"MiB", 1 << 20}, {"G", 1 << 30}, {"GiB", 1 << 30}};
+        uint64_t n;
+        int len = parse_u64(v, &n);
+
+        if (len <= 0 && len != -ERANGE) {
+                *ret_reason = "not a size (a number with an optional K, M or G suffix)";
+                return -EINVAL;
+        }
+        for (size_t i = 0; len > 0 && i < ELEMENTSOF(suffixes); i++) {
+                if (strcmp(v + len, suffixes[i].suffix) != 0)
+                        continue;
+                uint64_t bytes = n > UINT64_MAX / suffixes[i].factor ? UINT64_MAX : n * suffixes[i].factor;
+                if (check_range(k, bytes, ret_reason) < 0)
+                        return -ERANGE;
+                *(uint64_t *) field = bytes;
+                return 0;
+        }
+        if (len == -ERANGE)
+                return check_range(k, UINT64_MAX, ret_reason);
+        *ret_reason = "unknown size suffix (use K, M or G)";
+        return -EINVAL;
+}
+
+static int parse_seconds(const key_def *k, const char *v, void *field, const char **ret_reason) {
+        unsigned n;
+        int r = parse_uint(k, v, &n, ret_reason);
+
+        if (r < 0)
+                return r;
+        *(uint64_t *) field = (uint64_t) n * USEC_PER_SEC;
+        return 0;
+}
+
+static int parse_log_level(const key_def *k, const char *v, void *field, const char **ret_reason) {
+        int level = gh_log_level_from_string(v);
+
+        if (level < 0) {
+                *ret_reason = "not a log level (err, warning, notice, info, debug)";
+                return -EINVAL;
+        }
+        *(int *) field = level;
+        return 0;
+}
+
+static int set_string(void *field, const char *v) {
+        char *copy = v[0] ? strdup(v) : NULL;
+
+        if (v[0] && !copy)
+                return -ENOMEM;
+        free(*(char **) field);
+        *(char **) field = copy;
+        return 0;
+}
+
+static int parse_socket_path(const key_def *k, const char *v, void *field, const char **ret_reason) {
+        if (v[0] != '/') {
+                *ret_reason = "not an absolute path";
+                return -EINVAL;
+        }
+        if (strlen(v) >= sizeof(((struct sockaddr_un *) NULL)->sun_path)) {
+                *ret_reason = "too long for a Unix socket path (at most 107 bytes)";
+                return -EINVAL;
+        }
+        return set_string(field, v);
+}
+
+/* A group name that exists on this system; empty resets to the default.
+ * The gid is resolved later, in gh_config_verify(). */
+static int parse_group(const key_def *k, const char *v, void *field, const char **ret_reason) {
+        if (strlen(v) > 64) {
+                *ret_reason = "group name too long";
+                return -EINVAL;
+        }
+        for (const char *p = v; *p; p++)
+                if (!isalnum((unsigned char) *p) && !strchr("_-.", *p)) {
+                        *ret_reason = "not a valid group name";
+                        return -EINVAL;
+                }
+        return set_string(field, v);
+}
+
+int gh_config_new(gh_config **ret) {
+        gh_config *c = calloc(1, sizeof(*c));
+
+        if (!c)
+                return -ENOMEM;
+        *c = (gh_config) {
+                .log_level = LOG_INFO,
+                .shutdown_grace_usec = 30 * USEC_PER_SEC,
+                .socket_path = strdup(GH_DEFAULT_SOCKET),
+                .socket_gid = (gid_t) -1,
+                .admin_gid = (gid_t) -1,
+                .max_connections = 256,
+                .max_connections_per_user = 64,
+                .max_message_size = GH_DEFAULT_MAX_MESSAGE_SIZE,
+                .max_pending_requests = 32,
+                .max_fds_per_message = 16,
+                .max_json_depth = 64,
+                .idle_timeout_usec = 300 * USEC_PER_SEC,
+                .max_output_buffer = 16 * 1024 * 1024,
+        };
+        if (!c->socket_path) {
+                free(c);
+                return -ENOMEM;
+        }
+        *ret = c;
+        return 0;
+}
+
+gh_config *gh_config_free(gh_config *c) {
+        if (!c)
+                return NULL;
+        free(c->admin_group);
+        free(c->socket_path);
+        free(c->socket_group);
+        for (size_t i = 0; i < c->n_files; i++)
+                free(c->files[i]);
+        free(c->files);
+        free(c);
+        return NULL;
+}
+
+_printf_(6, 7) static void set_error(gh_config_error *e, const char *file, unsigned line,
+                                     const char *section, const char *key, const char *fmt, ...) {
+        va_list ap;
+
+        snprintf(e->file, sizeof(e->file), "%s", file);
+        e->line = line;
+        if (key && section)
+                snprintf(e->key, sizeof(e->key), "[%s] %s", section, key);
+        else if (section)
+                snprintf(e->key, sizeof(e->key), "[%s]", section);
+        else
+                e->key[0] = 0;
+        va_start(ap, fmt);
+        vsnprintf(e->message, sizeof(e->message), fmt, ap);
+        va_end(ap);
+}
+
+/* State of one file's parse, shared by the line reader and the handler. */
+typedef struct parse_ctx {
+        gh_config *config;
+        const char *filename;
+        const char *text, *pos, *end;
+        unsigned lineno;
+        gh_config_error *error;
+        bool failed;
+        int errnum;
+} parse_ctx;
+
+static void ctx_fail(parse_ctx *ctx, int errnum, const char *section, const char *key,
+                     const char *message) {
+        if (ctx->failed)
+                return; /* report the first error only */
+        ctx->failed = true;
+        ctx->errnum = errnum;
+        set_error(ctx->error, ctx->filename, ctx->lineno, section, key, "%s", message);
+}
+
+/* Checks a "[section]" line as the reader hands it on, so that an unknown
+ * section is an error even when it holds no keys. */
+static void check_section_line(parse_ctx *ctx, const char *line, size_t len) {
+        char name[128];
+        const char *close = memchr(line, ']', len);
+
+        if (!close)
+                return; /* inih reports the syntax error */
+        size_t n = (size_t) (close - line - 1);
+        if (n >= sizeof(name)) {
+                ctx_fail(ctx, -EINVAL, NULL, NULL, "section name too long");
+                return;
+        }
+        memcpy(name, line + 1, n);
+        name[n] = 0;
+        if (!section_known(name))
+                ctx_fail(ctx, -EINVAL, name, NULL, "unknown section");
+}
+
+/* inih line reader over the file text: counts lines, strips leading blanks
+ * (inih would otherwise take an indented line as a continuation), refuses
+ * over-long lines and NUL bytes. */
+static char *ctx_read_line(char *str, int num, void *stream) {
+        parse_ctx *ctx = stream;
+
+        if (ctx->pos >= ctx->end || ctx->failed)
+                return NULL;
+        const char *nl = memchr(ctx->pos, '\n', (size_t) (ctx->end - ctx->pos));
+        const char *line_end = nl ? nl + 1 : ctx->end;
+        const char *p = ctx->pos;
+        ctx->pos = line_end;
+        ctx->lineno++;
+        while (p < line_end && (*p == ' ' || *p == '\t'))
+                p++;
+        size_t len = (size_t) (line_end - p);
+        if (memchr(p, 0, len)) {
+                ctx_fail(ctx, -EINVAL, NULL, NULL, "line contains a NUL byte");
+                return NULL;
+        }
+        if (len > (size_t) num - 2) {
+                ctx_fail(ctx, -EINVAL, NULL, NULL, "line too long (at most 198 characters)");
+                return NULL;
+        }
+        memcpy(str, p, len);
+        str[len] = 0;
+        if (len > 0 && *p == '[')
+                check_section_line(ctx, p, len);
+        return str;
+}
+
+static const key_def *key_lookup(const char *section, const char *name) {
+        for (size_t i = 0; i < ELEMENTSOF(key_table); i++)
+                if (strcmp(key_table[i].section, section) == 0 && strcmp(key_table[i].key, name) == 0)
+                        return &key_table[i];
+        return NULL;
+}
+
+static int ctx_handler(void *user, const char *section, const char *name, const char *value) {
+        parse_ctx *ctx = user;
+        const char *reason = NULL;
+
+        if (ctx->failed)
+                return 1;
+        if (!section[0]) {
+                char msg[192];
+                snprintf(msg, sizeof(msg), "key '%.128s' outside of a section", name);
+                ctx_fail(ctx, -EINVAL, NULL, NULL, msg);
+                return 0;
+        }
+        if (!section_known(section))
+                return 0; /* reported by the reader */
+        const key_def *k = key_lookup(section, name);
+        if (!k) {
+                ctx_fail(ctx, -EINVAL, section, name, "unknown key");
+                return 0;
+        }
+        int r = k->parse(k, value, (char *) ctx->config + k->offset, &reason);
+        if (r < 0) {
+                ctx_fail(ctx, r, section, name, r == -ENOMEM ? "out of memory" : reason);
+                return 0;
+        }
+        return 1;
+}
+
+int gh_config_parse_string(gh_config *c, const char *text, size_t len, const char *filename,
+                           gh_config_error *ret_error) {
+        parse_ctx ctx = {
+                .config = c, .filename = filename, .text = text, .pos = text, .end = text + len,
+                .error = ret_error,
+        };
+
+        int line = ini_parse_stream(ctx_read_line, &ctx, ctx_handler, &ctx);
+        if (line > 0 && (!ctx.failed || (unsigned) line < ctx.error->line)) {
+                ctx.failed = false;
+                ctx.lineno = (unsigned) line;
+                ctx_fail(&ctx, -EINVAL, NULL, NULL, "syntax error (expected [section] or key = value)");
+        } else if (line < 0 && !ctx.failed)
+                ctx_fail(&ctx, -ENOMEM, NULL, NULL, "out of memory");
+        return ctx.failed ? ctx.errnum : 0;
+}
+
+static int resolve_group(const char *name, gid_t *ret) {
+        struct group grp, *result = NULL;
+        char buf[16384];
+
+        if (!name) {
+                *ret = (gid_t) -1;
+                return 0;
+        }
+        int r = getgrnam_r(name, &grp, buf, sizeof(buf), &result);
+        if (r != 0)
+                return -r;
+        if (!result)
+                return -ENOENT;
+        *ret = result->gr_gid;
+        return 0;
+}
+
+int gh_config_verify(const gh_config *c, gh_config_error *ret_error) {
+        gh_config *mc = (gh_config *) c; /* gids are derived, not configured */
+        const char *last = c->n_files ? c->files[c->n_files - 1] : "(defaults)";
+
+        if (c->max_connections_per_user > c->max_connections) {
+                set_error(ret_error, last, 0, "limits", "max_connections_per_user",
+                          "must not exceed max_connections");
+                return -EINVAL;
+        }
+        if (resolve_group(c->socket_group, &mc->socket_gid) < 0) {
+                set_error(ret_error, last, 0, "socket", "group", "no such group '%s'", c->socket_group);
+                return -ENOENT;
+        }
+        if (resolve_group(c->admin_group, &mc->admin_gid) < 0) {
+                set_error(ret_error, last, 0, "daemon", "admin_group", "no such group '%s'", c->admin_group);
+                return -ENOENT;
+        }
+        return 0;
+}
+
+static int read_file(const char *path, char **ret, size_t *ret_len, const char **ret_reason) {
+        _cleanup_fclose_ FILE *f = fopen(path, "re");
+        struct stat st;
+
+        if (!f)
+                return gh_negerrno();
+        if (fstat(fileno(f), &st) < 0)
+                return gh_negerrno();
+        if (!S_ISREG(st.st_mode)) {
+                *ret_reason = "not a regular file";
+                return -EINVAL;
+        }
+        if (st.st_size > CONFIG_FILE_MAX) {
+                *ret_reason = "file too large (at most 1 MiB)";
+                return -EFBIG;
+        }
+        char *buf = malloc((size_t) st.st_size + 1);
+        if (!buf)
+                return -ENOMEM;
+        size_t n = fread(buf, 1, (size_t) st.st_size, f);
+        if (ferror(f)) {
+                free(buf);
+                return -EIO;
+        }
+        buf[n] = 0;
+        *ret = buf;
+        *ret_len = n;
+        return 0;
+}
+
+static int add_file(gh_config *c, const char *path) {
+        char **f = realloc(c->files, (c->n_files + 1) * sizeof(char *));
+
+        if (!f)
+                return -ENOMEM;
+        c->files = f;
+        c->files[c->n_files] = strdup(path);
+        if (!c->files[c->n_files])
+                return -ENOMEM;
+        c->n_files++;
+        return 0;
+}
+
+static int apply_file(gh_config *c, const char *path, bool must_exist, gh_config_error *err) {
+        _cleanup_free_ char *text = NULL;
+        const char *reason = NULL;
+        size_t len;
+        int r = read_file(path, &text, &len, &reason);
+
+        if (r == -ENOENT && !must_exist)
+                return 0;
+        if (r < 0) {
+                set_error(err, path, 0, NULL, NULL, "%s", reason ? reason : strerror(-r));
+                return r;
+        }
+        r = add_file(c, path);
+        if (r < 0)
+                return r;
+        return gh_config_parse_string(c, text, len, path, err);
+}
+
+static int cmp_str(const void *a, const void *b) {
+        return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+static void free_names(char **names, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                free(names[i]);
+        free(names);
+}
+
+static bool is_dropin_name(const char *name) {
+        size_t len = strlen(name);
+
+        return name[0] != '.' && len > 5 && strcmp(name + len - 5, ".conf") == 0;
+}
+
+/* Lists "*.conf" entries of |dir| (not hidden ones) in byte order. */
+static int list_dropins(const char *dir, char ***ret, size_t *ret_n, gh_config_error *err) {
+        DIR *d = opendir(dir);
+        char **names = NULL;
+        size_t n = 0;
+        struct dirent *de;
+        int r = 0;
+
+        *ret = NULL;
+        *ret_n = 0;
+        if (!d) {
+                if (errno == ENOENT)
+                        return 0;
+                r = gh_negerrno();
+                set_error(err, dir, 0, NULL, NULL, "%s", strerror(-r));
+                return r;
+        }
+        while (r == 0 && (de = readdir(d))) {
+                if (!is_dropin_name(de->d_name))
+                        continue;
+                char **p = n < DROPIN_FILES_MAX ? realloc(names, (n + 1) * sizeof(char *)) : NULL;
+                if (!p) {
+                        r = n < DROPIN_FILES_MAX ? -ENOMEM : -E2BIG;
+                        break;
+                }
+                names = p;
+                if (asprintf(&names[n], "%s/%s", dir, de->d_name) < 0)
+                        r = -ENOMEM;
+                else
+                        n++;
+        }
+        closedir(d);
+        if (r < 0) {
+                free_names(names, n);
+                set_error(err, dir, 0, NULL, NULL, "%s", r == -E2BIG ? "too many drop-in files" : "out of memory");
+                return r;
+        }
+        qsort(names, n, sizeof(char *), cmp_str);
+        *ret = names;
+        *ret_n = n;
+        return 0;
+}
+
+int gh_config_load(const char *override_path, const char *main_path, const char *dropin_dir,
+                   gh_config **ret, gh_config_error *ret_error) {
+        _cleanup_(gh_config_freep) gh_config *c = NULL;
+        char **dropins = NULL;
+        size_t n_dropins = 0;
+        int r = gh_config_new(&c);
+
+        if (r < 0)
+                return r;
+        if (override_path)
+                r = apply_file(c, override_path, true, ret_error);
+        else {
+                r = apply_file(c, main_path, false, ret_error);
+                if (r >= 0)
+                        r = list_dropins(dropin_dir, &dropins, &n_dropins, ret_error);
+                for (size_t i = 0; r >= 0 && i < n_dropins; i++)
+                        r = apply_file(c, dropins[i], true, ret_error);
+                free_names(dropins, n_dropins);
+        }
+        if (r >= 0)
+                r = gh_config_verify(c, ret_error);
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(c);
+        return 0;
+}
+
+void gh_config_error_format(const gh_config_error *e, char *buf, size_t size) {
+        char line[16] = "";
+
+        if (e->line > 0)
+                snprintf(line, sizeof(line), ":%u", e->line);
+        snprintf(buf, size, "%s%s: %s%s%s", e->file, line, e->key, e->key[0] ? ": " : "", e->message);
+}
+
+json_object *gh_config_error_to_json(const gh_config_error *e) {
+        json_object *o = json_object_new_object();
+
+        json_object_object_add(o, "file", json_object_new_string(e->file));
+        json_object_object_add(o, "line", json_object_new_int64(e->line));
+        json_object_object_add(o, "key", json_object_new_string(e->key));
+        json_object_object_add(o, "message", json_object_new_string(e->message));
+        return o;
+}
+
+json_object *gh_config_summary(const gh_config *c) {
+        json_object *o = json_object_new_object(), *files = json_object_new_array();
+
+        for (size_t i = 0; i < c->n_files; i++)
+                json_object_array_add(files, json_object_new_string(c->files[i]));
+        json_object_object_add(o, "files", files);
+        json_object_object_add(o, "socket", json_object_new_string(c->socket_path));
+        json_object_object_add(o, "log_level", json_object_new_string(gh_log_level_to_string(c->log_level)));
+        json_object_object_add(o, "max_connections", json_object_new_int64(c->max_connections));
+        json_object_object_add(o, "max_connections_per_user", json_object_new_int64(c->max_connections_per_user));
+        json_object_object_add(o, "max_message_size", json_object_new_int64((int64_t) c->max_message_size));
+        json_object_object_add(o, "max_pending_requests", json_object_new_int64(c->max_pending_requests));
+        json_object_object_add(o, "idle_timeout_sec", json_object_new_int64((int64_t) (c->idle_timeout_usec / USEC_PER_SEC)));
+        json_object_object_add(o, "shutdown_grace_sec", json_object_new_int64((int64_t) (c->shutdown_grace_usec / USEC_PER_SEC)));
+        return o;
+}

@@ -1,0 +1,69 @@
+/* gpuhostd configuration: INI files parsed with inih into a gh_config.
+ *
+ * Sources, in order: the main file (/etc/gpuhost/gpuhost.conf, optional)
+ * then /etc/gpuhost/conf.d/ *.conf in lexical byte order; a later file
+ * overrides an earlier one key by key. "-c PATH" replaces all of that with
+ * one file, which must exist. Every key is described by one row of a table
+ * (section, key, parser, offset, range). Any unknown section or key, bad
+ * value or out-of-range number is an error naming file:line and the key;
+ * a config with an error is never used. Loading reads files, so the daemon
+ * does it before its loop starts or in a helper thread (reload). */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <json-c/json.h>
+
+typedef struct gh_config {
+        /* [daemon] */
+        int log_level;
+        uint64_t shutdown_grace_usec;
+        char *admin_group; /* NULL: only root and the daemon's own user */
+        gid_t admin_gid;
+        /* [socket] */
+        char *socket_path;
+        char *socket_group; /* NULL: the daemon's primary group */
+        gid_t socket_gid;
+        /* [limits] */
+        unsigned max_connections;
+        unsigned max_connections_per_user;
+        uint64_t max_message_size;
+        unsigned max_pending_requests;
+        unsigned max_fds_per_message;
+        unsigned max_json_depth;
+        uint64_t idle_timeout_usec;
+        uint64_t max_output_buffer;
+
+        char **files; /* the files read, in order */
+        size_t n_files;
+} gh_config;
+
+typedef struct gh_config_error {
+        char file[256];
+        unsigned line; /* 0 when the error is about the file as a whole */
+        char key[128]; /* "[section] key", or empty */
+        char message[256];
+} gh_config_error;
+
+int gh_config_new(gh_config **ret);
+gh_config *gh_config_free(gh_config *c);
+static inline void gh_config_freep(gh_config **c) {
+        gh_config_free(*c);
+}
+
+/* Loads the configuration: |override_path| alone if set, else the main file
+ * and the drop-in directory (both may be absent). */
+int gh_config_load(const char *override_path, const char *main_path, const char *dropin_dir,
+                   gh_config **ret, gh_config_error *ret_error);
+/* Applies one file's text on top of |c|; |filename| is used in errors. */
+int gh_config_parse_string(gh_config *c, const char *text, size_t len, const char *filename,
+                           gh_config_error *ret_error);
+/* Cross-key checks, run once every file is applied. */
+int gh_config_verify(const gh_config *c, gh_config_error *ret_error);
+
+/* "FILE:LINE: [section] key: message" */
+void gh_config_error_format(const gh_config_error *e, char *buf, size_t size);
+json_object *gh_config_error_to_json(const gh_config_error *e);
+json_object *gh_config_summary(const gh_config *c);
