@@ -46,6 +46,8 @@ size_t gh_vl_reader_buffered(const gh_vl_reader *r) {
 }
 
 bool gh_vl_reader_has_partial(const gh_vl_reader *r) {
+        if (r->len == r->start)
+                return false; /* r->buf may still be NULL */
         const char *nul = memrchr(r->buf + r->start, 0, r->len - r->start);
         size_t after = nul ? (size_t) (r->buf + r->len - nul - 1) : r->len - r->start;
         return after > 0;
@@ -114,10 +116,21 @@ static uint64_t reader_end_offset(const gh_vl_reader *r) {
         return r->offset + (r->len - r->start);
 }
 
+/* Where fds that came with |n| new bytes belong. A recvmsg that returns fds
+ * ends inside (or at the end of) the skb that carried them: the kernel
+ * stops reading right after it, but may have started in earlier data. The
+ * writer sends each message with its own sendmsg, fds with the first, so
+ * the last byte received belongs to the message the fds were sent with. */
+static uint64_t fd_offset(const gh_vl_reader *r, size_t n) {
+        return reader_end_offset(r) + (n > 0 ? n - 1 : 0);
+}
+
 int gh_vl_reader_feed(gh_vl_reader *r, const void *data, size_t n, const int *fds, size_t n_fds) {
-        int ret = reader_add_fds(r, fds, n_fds, reader_end_offset(r));
+        int ret = reader_add_fds(r, fds, n_fds, fd_offset(r, n));
         if (ret < 0)
                 return ret;
+        if (n == 0)
+                return 0; /* r->buf may still be NULL, and NULL + 0 is UB */
         ret = reader_reserve(r, n);
         if (ret < 0)
                 return ret;
@@ -178,7 +191,7 @@ ssize_t gh_vl_reader_recv(gh_vl_reader *r, int sockfd, size_t max_bytes) {
                 gh_close_many(fds, n_fds);
                 return -ETOOMANYREFS;
         }
-        ret = reader_add_fds(r, fds, n_fds, reader_end_offset(r));
+        ret = reader_add_fds(r, fds, n_fds, fd_offset(r, (size_t) n));
         if (ret < 0)
                 return ret;
         r->n_frames += count_nuls(r->buf + r->len, (size_t) n);
@@ -210,6 +223,8 @@ static int frame_take_fds(gh_vl_reader *r, uint64_t end, gh_vl_frame *f) {
 
 int gh_vl_reader_next(gh_vl_reader *r, gh_vl_frame *ret) {
         size_t avail = r->len - r->start;
+        if (avail == 0)
+                return 0; /* r->buf may still be NULL, and NULL + 0 is UB */
         const char *p = r->buf + r->start;
         const char *nul = r->n_frames > 0 ? memchr(p, 0, avail) : NULL;
 
@@ -366,16 +381,27 @@ int gh_vl_writer_flush(gh_vl_writer *w, int sockfd) {
 
 int gh_vl_json_parse(const char *text, size_t len, unsigned max_depth, json_object **ret,
                      const char **ret_reason) {
-        json_tokener *tok = json_tokener_new_ex((int) (max_depth ? max_depth : 1));
+        json_tokener *tok;
         json_object *o;
 
+        if (len == 0) {
+                *ret_reason = "empty message";
+                return -EBADMSG;
+        }
+        tok = json_tokener_new_ex((int) (max_depth ? max_depth : 1));
         if (!tok)
                 return -ENOMEM;
         json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
-        /* Include the terminating NUL so a trailing number is complete. */
-        o = json_tokener_parse_ex(tok, text, (int) len + 1);
+        o = json_tokener_parse_ex(tok, text, (int) len);
         enum json_tokener_error e = json_tokener_get_error(tok);
         size_t end = json_tokener_get_parse_end(tok);
+        if (e == json_tokener_continue) {
+                /* The terminating NUL completes a bare number; anything
+                 * still open after it was cut short. */
+                o = json_tokener_parse_ex(tok, "", 1);
+                e = json_tokener_get_error(tok) == json_tokener_success ? json_tokener_success : json_tokener_continue;
+                end = len;
+        }
         json_tokener_free(tok);
 
         if (e == json_tokener_success && end >= len && o) {
@@ -437,6 +463,15 @@ bool gh_vl_method_name_valid(const char *s) {
                 if (!isalnum((unsigned char) *m))
                         return false;
         return true;
+}
+
+/* A JSON string holding a method or error name. The name is used as a C
+ * string, so one with an escaped NUL ("io.gpuhost.Ping\u0000x") must not
+ * pass as the part before the NUL. */
+static bool name_string_valid(json_object *v) {
+        const char *s = json_object_get_string(v);
+
+        return strlen(s) == (size_t) json_object_get_string_len(v) && gh_vl_method_name_valid(s);
 }
 
 static int get_bool(json_object *root, const char *key, bool *ret, const char **ret_reason,
@@ -505,7 +540,7 @@ static int parse_call_fields(json_object *root, gh_vl_call *c, const char **ret_
                 return -EBADMSG;
         }
         c->method = json_object_get_string(m);
-        if (!gh_vl_method_name_valid(c->method)) {
+        if (!name_string_valid(m)) {
                 *ret_reason = "'method' is not of the form interface.Method";
                 return -EBADMSG;
         }
@@ -556,7 +591,7 @@ static int parse_reply_fields(json_object *root, gh_vl_reply *p, const char **re
         if (r < 0)
                 return r;
         if (json_object_object_get_ex(root, "error", &e) && !json_object_is_type(e, json_type_null)) {
-                if (!json_object_is_type(e, json_type_string) || !gh_vl_method_name_valid(json_object_get_string(e))) {
+                if (!json_object_is_type(e, json_type_string) || !name_string_valid(e)) {
                         *ret_reason = "'error' is not an error name";
                         return -EBADMSG;
                 }

@@ -40,7 +40,7 @@ size_t gh_vl_frame_take_fds(gh_vl_frame *f, int **ret_fds);
 
 typedef struct gh_vl_pending_fd {
         int fd;
-        uint64_t offset; /* stream offset of the first byte it came with */
+        uint64_t offset; /* stream offset of the last byte it came with */
 } gh_vl_pending_fd;
 
 typedef struct gh_vl_reader {

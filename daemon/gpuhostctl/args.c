@@ -100,8 +100,13 @@ static int parse_options(int argc, char **argv, const ctl_command *cmd, ctl_opts
         int c;
 
         opterr = 0;
-        while ((c = getopt_long(argc, argv, "+s:t:h", options, NULL)) >= 0) {
-                const char *name = argv[optind - 1];
+        for (;;) {
+                /* The word getopt works on: argv[optind - 1] afterwards is
+                 * wrong inside a group of short options ("-xh"). */
+                int word = optind > 0 ? optind : 1;
+                if ((c = getopt_long(argc, argv, "+s:t:h", options, NULL)) < 0)
+                        break;
+                const char *name = argv[word];
                 switch (c) {
                 case 's':
                         if (!*optarg) {
@@ -139,8 +144,8 @@ static int parse_options(int argc, char **argv, const ctl_command *cmd, ctl_opts
                         break;
                 default:
                         *ret_error = optopt && optopt < 0x100
-                                ? usage_error("unknown option or missing argument: '%s'", argv[optind - 1])
-                                : usage_error("unknown option '%s'", argv[optind - 1]);
+                                ? usage_error("unknown option or missing argument: '%s'", name)
+                                : usage_error("unknown option '%s'", name);
                         return -EINVAL;
                 }
         }
@@ -185,6 +190,11 @@ int ctl_parse_args(int argc, char **argv, ctl_opts *o, const char **ret_error) {
                 *ret_error = usage_error("unknown command '%s' (try 'gpuhostctl --help')", name);
                 return -EINVAL;
         }
+        /* Command options given before the command were not checked yet. */
+        if ((o->json && check_option(o->command, CTL_OPT_JSON, "--json", ret_error) < 0) ||
+            (o->more && check_option(o->command, CTL_OPT_MORE, "--more", ret_error) < 0) ||
+            (o->oneway && check_option(o->command, CTL_OPT_ONEWAY, "--oneway", ret_error) < 0))
+                return -EINVAL;
         r = parse_command_args(argc, argv, o, ret_error);
         if (r < 0)
                 return r;

@@ -143,7 +143,7 @@ static int parse_seconds(const key_def *k, const char *v, void *field, const cha
 static int parse_log_level(const key_def *k, const char *v, void *field, const char **ret_reason) {
         int level = gh_log_level_from_string(v);
 
-        if (level < 0) {
+        if (level < LOG_ERR) { /* emerg..crit would hide errors */
                 *ret_reason = "not a log level (err, warning, notice, info, debug)";
                 return -EINVAL;
         }
@@ -305,7 +305,9 @@ static char *ctx_read_line(char *str, int num, void *stream) {
                 ctx_fail(ctx, -EINVAL, NULL, NULL, "line contains a NUL byte");
                 return NULL;
         }
-        if (len > (size_t) num - 2) {
+        /* num - 2: room for the newline and the NUL, so the newline itself
+         * does not count towards the 198 characters */
+        if (len - (nl ? 1 : 0) > (size_t) num - 2) {
                 ctx_fail(ctx, -EINVAL, NULL, NULL, "line too long (at most 198 characters)");
                 return NULL;
         }
@@ -518,7 +520,8 @@ static int list_dropins(const char *dir, char ***ret, size_t *ret_n, gh_config_e
                 set_error(err, dir, 0, NULL, NULL, "%s", r == -E2BIG ? "too many drop-in files" : "out of memory");
                 return r;
         }
-        qsort(names, n, sizeof(char *), cmp_str);
+        if (n > 0) /* names is NULL for an empty directory; qsort(NULL, ...) is undefined */
+                qsort(names, n, sizeof(char *), cmp_str);
         *ret = names;
         *ret_n = n;
         return 0;

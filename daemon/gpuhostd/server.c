@@ -3,6 +3,7 @@
 #include <inttypes.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include "../common/log.h"
@@ -13,6 +14,7 @@
 
 #define READ_CHUNK (64 * 1024)
 #define READS_PER_WAKEUP 16   /* fairness: bound work per client per wakeup */
+#define ROUNDS_PER_WAKEUP 8
 #define ACCEPTS_PER_WAKEUP 32
 #define ACCEPT_PAUSE_USEC (1 * USEC_PER_SEC)
 #define PEER_GROUPS_MAX 65536
@@ -33,7 +35,7 @@ struct gh_conn {
         gh_conn *prev, *next;
         uint64_t id;
         int fd;
-        sd_event_source *io, *idle;
+        sd_event_source *io, *idle, *kick;
         struct ucred peer;
         gid_t *groups;
         size_t n_groups;
@@ -427,6 +429,7 @@ static void conn_free(gh_conn *c) {
         s->n_conns--;
         sd_event_source_disable_unref(c->io);
         sd_event_source_disable_unref(c->idle);
+        sd_event_source_disable_unref(c->kick);
         gh_vl_reader_done(&c->reader);
         gh_vl_writer_done(&c->writer);
         gh_close(c->fd);
@@ -434,7 +437,26 @@ static void conn_free(gh_conn *c) {
         free(c);
 }
 
-static bool conn_finished(gh_conn *c) {
+/* Bytes the client sent that the daemon has not read yet. */
+static size_t socket_unread(int fd) {
+        int n = 0;
+
+        return ioctl(fd, FIONREAD, &n) < 0 || n < 0 ? 0 : (size_t) n;
+}
+
+/* Whether the connection still owes the client something: a call in
+ * flight, calls or part of one received, replies not yet sent, or calls
+ * waiting in the socket. Draining waits for exactly this. */
+static bool conn_has_work(const gh_conn *c) {
+        if (c->write_dead)
+                return false;
+        return c->current || gh_vl_reader_frames(&c->reader) > 0 ||
+               gh_vl_writer_pending(&c->writer) > 0 ||
+               (!c->eof && !c->close_after_flush &&
+                (gh_vl_reader_has_partial(&c->reader) || socket_unread(c->fd) > 0));
+}
+
+static bool conn_finished(const gh_conn *c) {
         bool flushed = gh_vl_writer_pending(&c->writer) == 0;
         bool idle = !c->current && gh_vl_reader_frames(&c->reader) == 0;
 
@@ -447,11 +469,7 @@ static bool conn_finished(gh_conn *c) {
                         gh_log_debug("connection %" PRIu64 ": peer left in the middle of a message", c->id);
                 return true;
         }
-        if (c->server->draining && idle) {
-                c->close_after_flush = true;
-                return flushed;
-        }
-        return false;
+        return c->server->draining && !conn_has_work(c);
 }
 
 static void conn_update_events(gh_conn *c) {
@@ -475,25 +493,45 @@ static void server_check_drained(gh_server *s) {
         if (!s->draining || !s->ops.drained)
                 return;
         for (gh_conn *c = s->conns; c; c = c->next)
-                if (c->current || gh_vl_reader_frames(&c->reader) > 0 || gh_vl_writer_pending(&c->writer) > 0)
+                if (conn_has_work(c))
                         return;
         s->ops.drained(s, s->userdata);
 }
 
+/* Calls are buffered and nothing stops serving them. */
+static bool conn_can_dispatch(const gh_conn *c) {
+        return !c->current && !c->close_after_flush && !c->write_dead && !conn_output_full(c) &&
+               gh_vl_reader_frames(&c->reader) > 0;
+}
+
 /* The connection state machine: read, dispatch, write, then close or
  * re-arm. Called on I/O, on timer and after an asynchronous reply; it may
- * free the connection. */
+ * free the connection. A flush can make room for more dispatching with no
+ * further I/O event to come, so it goes round again, a bounded number of
+ * times, then continues from a deferred event (fairness between clients). */
 static void conn_run(gh_conn *c) {
         gh_server *s = c->server;
 
-        conn_read(c);
-        conn_dispatch(c);
-        conn_flush(c);
+        for (int round = 0; round < ROUNDS_PER_WAKEUP; round++) {
+                conn_read(c);
+                conn_dispatch(c);
+                conn_flush(c);
+                if (!conn_can_dispatch(c))
+                        break;
+        }
         if (conn_finished(c))
                 conn_free(c);
-        else
+        else {
                 conn_update_events(c);
+                if (conn_can_dispatch(c))
+                        sd_event_source_set_enabled(c->kick, SD_EVENT_ONESHOT);
+        }
         server_check_drained(s);
+}
+
+static int on_conn_kick(sd_event_source *es, void *userdata) {
+        conn_run(userdata);
+        return 0;
 }
 
 static int on_conn_io(sd_event_source *es, int fd, uint32_t revents, void *userdata) {
@@ -580,9 +618,15 @@ static int conn_new(gh_server *s, int fd, const struct ucred *peer, gh_conn **re
                 r = sd_event_add_time_relative(s->event, &c->idle, CLOCK_MONOTONIC,
                                                s->limits.idle_timeout_usec, USEC_PER_SEC / 10,
                                                on_conn_idle, c);
+        if (r >= 0)
+                r = sd_event_add_defer(s->event, &c->kick, on_conn_kick, c);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(c->kick, SD_EVENT_OFF);
         if (r < 0) {
                 c->fd = -1;
                 sd_event_source_disable_unref(c->io);
+                sd_event_source_disable_unref(c->idle);
+                sd_event_source_disable_unref(c->kick);
                 gh_vl_reader_done(&c->reader);
                 free(c->groups);
                 free(c);

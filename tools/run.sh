@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The main job, from a fresh Debian machine: install dependencies, build,
+# start gpuhostd on a private socket (CPU device, no root needed beyond the
+# package install) and ask it for its status. The daemon keeps running;
+# the last lines say how to talk to it and how to stop it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+tools/deps.sh
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j"$(nproc)"
+
+run=${GPUHOST_RUN_DIR:-${XDG_RUNTIME_DIR:-/tmp}/gpuhost-$(id -u)}
+mkdir -p "$run"
+chmod 0700 "$run"
+sock="$run/gpuhost.sock"
+cat > "$run/gpuhost.conf" <<CONF
+# Written by tools/run.sh: the defaults of etc/gpuhost.conf, on a private socket.
+[socket]
+path = $sock
+CONF
+
+# A daemon from an earlier run may hold the socket: replace it.
+if [ -f "$run/gpuhostd.pid" ] && kill -0 "$(cat "$run/gpuhostd.pid")" 2>/dev/null; then
+        kill -TERM "$(cat "$run/gpuhostd.pid")"
+        for _ in $(seq 50); do kill -0 "$(cat "$run/gpuhostd.pid")" 2>/dev/null || break; sleep 0.1; done
+fi
+
+setsid build/daemon/gpuhostd -c "$run/gpuhost.conf" </dev/null >"$run/gpuhostd.log" 2>&1 &
+echo $! > "$run/gpuhostd.pid"
+export GPUHOST_SOCKET="$sock"
+for _ in $(seq 100); do
+        build/daemon/gpuhostctl ping >/dev/null 2>&1 && break
+        kill -0 "$(cat "$run/gpuhostd.pid")" 2>/dev/null || { cat "$run/gpuhostd.log" >&2; exit 1; }
+        sleep 0.1
+done
+build/daemon/gpuhostctl status
+cat <<MSG
+
+gpuhostd is running (pid $(cat "$run/gpuhostd.pid"), log $run/gpuhostd.log).
+Talk to it:  GPUHOST_SOCKET=$sock build/daemon/gpuhostctl status
+Stop it:     kill \$(cat $run/gpuhostd.pid)
+MSG

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The test suite, from a fresh Debian machine: install dependencies, build
+# with AddressSanitizer and UndefinedBehaviorSanitizer, run every test, then
+# run the unit tests under Valgrind in a build without sanitizers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+tools/deps.sh
+jobs=$(nproc)
+
+cmake -S . -B build-test -DCMAKE_BUILD_TYPE=Debug -DGH_SANITIZE=address,undefined >/dev/null
+cmake --build build-test -j"$jobs"
+ctest --test-dir build-test --output-on-failure -j"$jobs"
+
+cmake -S . -B build-valgrind -DCMAKE_BUILD_TYPE=Debug >/dev/null
+cmake --build build-valgrind -j"$jobs" --target test-varlink test-config test-ctl-args
+ctest --test-dir build-valgrind -L valgrind --output-on-failure -j"$jobs"
