@@ -11,22 +11,15 @@ static double now_ms(void) {
         return (double) ts.tv_sec * 1e3 + (double) ts.tv_nsec / 1e6;
 }
 
-static int run(const ctl_opts *o) {
-        gh_client *c = NULL;
-        json_object *reply = NULL;
-        int r = ctl_connect(o, &c);
+static double start_ms;
 
-        if (r == CTL_EXIT_OK) {
-                double start = now_ms();
-                r = ctl_call(o, c, "io.gpuhost.Ping", "{\"ping\":\"gpuhostctl\"}", &reply);
-                if (r == CTL_EXIT_OK && o->json)
-                        ctl_print_json(reply);
-                else if (r == CTL_EXIT_OK)
-                        printf("pong from %s in %.3f ms\n", gh_client_socket_path(c), now_ms() - start);
-        }
-        json_object_put(reply);
-        gh_client_free(c);
-        return r;
+static void print(const ctl_opts *o, gh_client *c, json_object *reply) {
+        printf("pong from %s in %.3f ms (connect and call)\n", gh_client_socket_path(c), now_ms() - start_ms);
+}
+
+static int run(const ctl_opts *o) {
+        start_ms = now_ms();
+        return ctl_call_and_print(o, "io.gpuhost.Ping", "{\"ping\":\"gpuhostctl\"}", print);
 }
 
 const ctl_command ctl_cmd_ping = {

@@ -3,26 +3,18 @@
 
 #include "ctl.h"
 
-static int run(const ctl_opts *o) {
-        gh_client *c = NULL;
-        json_object *reply = NULL;
-        int r = ctl_connect(o, &c);
+static void print(const ctl_opts *o, gh_client *c, json_object *reply) {
+        json_object *files = json_object_object_get(reply, "files");
+        size_t n = files ? json_object_array_length(files) : 0;
 
-        if (r == CTL_EXIT_OK)
-                r = ctl_call(o, c, "io.gpuhost.ReloadConfig", NULL, &reply);
-        if (r == CTL_EXIT_OK && o->json)
-                ctl_print_json(reply);
-        else if (r == CTL_EXIT_OK) {
-                json_object *files = json_object_object_get(reply, "files");
-                size_t n = files ? json_object_array_length(files) : 0;
-                printf("Configuration reloaded (%zu file%s", n, n == 1 ? "" : "s");
-                for (size_t i = 0; i < n; i++)
-                        printf("%s%s", i ? ", " : ": ", json_object_get_string(json_object_array_get_idx(files, i)));
-                printf(")\n");
-        }
-        json_object_put(reply);
-        gh_client_free(c);
-        return r;
+        printf("Configuration reloaded (%zu file%s", n, n == 1 ? "" : "s");
+        for (size_t i = 0; i < n; i++)
+                printf("%s%s", i ? ", " : ": ", json_object_get_string(json_object_array_get_idx(files, i)));
+        printf(")\n");
+}
+
+static int run(const ctl_opts *o) {
+        return ctl_call_and_print(o, "io.gpuhost.ReloadConfig", NULL, print);
 }
 
 const ctl_command ctl_cmd_reload = {

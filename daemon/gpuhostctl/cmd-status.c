@@ -78,22 +78,12 @@ static void print_status(json_object *s) {
         print_devices(json_object_object_get(s, "devices"));
 }
 
-static int run(const ctl_opts *o) {
-        gh_client *c = NULL;
-        json_object *reply = NULL;
-        int r = ctl_connect(o, &c);
+static void print(const ctl_opts *o, gh_client *c, json_object *status) {
+        print_status(status);
+}
 
-        if (r == CTL_EXIT_OK)
-                r = ctl_call(o, c, "io.gpuhost.GetStatus", NULL, &reply);
-        if (r == CTL_EXIT_OK) {
-                if (o->json)
-                        ctl_print_json(reply);
-                else
-                        print_status(reply);
-        }
-        json_object_put(reply);
-        gh_client_free(c);
-        return r;
+static int run(const ctl_opts *o) {
+        return ctl_call_and_print(o, "io.gpuhost.GetStatus", NULL, print);
 }
 
 const ctl_command ctl_cmd_status = {

@@ -4,23 +4,15 @@
 #include "ctl.h"
 #include "gh-build.h"
 
-static int run(const ctl_opts *o) {
-        gh_client *c = NULL;
-        json_object *info = NULL;
+static void print(const ctl_opts *o, gh_client *c, json_object *info) {
+        printf("gpuhostd %s\n", json_object_get_string(json_object_object_get(info, "version")));
+}
 
-        if (!o->json)
-                printf("gpuhostctl %s\n", GH_VERSION);
-        int r = ctl_connect(o, &c);
-        if (r == CTL_EXIT_OK)
-                r = ctl_call(o, c, "org.varlink.service.GetInfo", NULL, &info);
-        if (r == CTL_EXIT_OK && o->json) {
-                json_object_object_add(info, "client_version", json_object_new_string(GH_VERSION));
-                ctl_print_json(info);
-        } else if (r == CTL_EXIT_OK)
-                printf("gpuhostd %s\n", json_object_get_string(json_object_object_get(info, "version")));
-        json_object_put(info);
-        gh_client_free(c);
-        return r;
+static int run(const ctl_opts *o) {
+        /* First, so it shows even when the daemon cannot be reached. */
+        printf("gpuhostctl %s\n", GH_VERSION);
+        fflush(stdout);
+        return ctl_call_and_print(o, "org.varlink.service.GetInfo", NULL, print);
 }
 
 const ctl_command ctl_cmd_version = {
@@ -29,6 +21,6 @@ const ctl_command ctl_cmd_version = {
         .summary = "show the client and daemon versions",
         .description = "Prints the version of gpuhostctl, then asks the daemon for its own\n"
                        "(org.varlink.service.GetInfo).",
-        .options = CTL_OPT_JSON,
+        .options = 0,
         .run = run,
 };

@@ -95,6 +95,24 @@ int ctl_call(const ctl_opts *o, gh_client *c, const char *method, const char *pa
         return CTL_EXIT_OK;
 }
 
+int ctl_call_and_print(const ctl_opts *o, const char *method, const char *params, ctl_print_fn print) {
+        gh_client *c = NULL;
+        json_object *reply = NULL;
+        int r = ctl_connect(o, &c);
+
+        if (r == CTL_EXIT_OK)
+                r = ctl_call(o, c, method, params, &reply);
+        if (r == CTL_EXIT_OK) {
+                if (o->json)
+                        ctl_print_json(reply);
+                else
+                        print(o, c, reply);
+        }
+        json_object_put(reply);
+        gh_client_free(c);
+        return r;
+}
+
 void ctl_print_json(json_object *o) {
         printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED |
                                                               JSON_C_TO_STRING_NOSLASHESCAPE));

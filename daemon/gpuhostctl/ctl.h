@@ -61,6 +61,11 @@ int ctl_connect(const ctl_opts *o, gh_client **ret);
 /* Makes one call and returns its reply; prints transport and remote
  * errors. Returns a CTL_EXIT_* code; *ret is set only on CTL_EXIT_OK. */
 int ctl_call(const ctl_opts *o, gh_client *c, const char *method, const char *params, json_object **ret);
+/* Prints a successful reply for people; --json prints it as JSON instead. */
+typedef void (*ctl_print_fn)(const ctl_opts *o, gh_client *c, json_object *reply);
+/* Connects, calls |method| with |params| and prints the reply with |print|
+ * (or as JSON with --json). Returns a CTL_EXIT_* code. */
+int ctl_call_and_print(const ctl_opts *o, const char *method, const char *params, ctl_print_fn print);
 /* Reports a failed call on stderr; returns the exit code to use. */
 int ctl_report_transport_error(const ctl_opts *o, gh_client *c, int r);
 void ctl_report_remote_error(const char *error, const char *parameters_json);
