@@ -163,6 +163,14 @@ static void assert_config_is_default(const gh_config *c) {
         assert_int_equal(c->max_json_depth, d->max_json_depth);
         assert_int_equal(c->idle_timeout_usec, d->idle_timeout_usec);
         assert_int_equal(c->max_output_buffer, d->max_output_buffer);
+        assert_str_or_null_equal(c->devices_include, d->devices_include);
+        assert_str_or_null_equal(c->devices_exclude, d->devices_exclude);
+        assert_str_or_null_equal(c->devices_reserve, d->devices_reserve);
+        assert_int_equal(c->slab_size, d->slab_size);
+        assert_int_equal(c->cpu_enabled, d->cpu_enabled);
+        assert_int_equal(c->cpu_memory, d->cpu_memory);
+        assert_str_or_null_equal(c->models_directory, d->models_directory);
+        assert_int_equal(c->n_models, 0);
         gh_config_free(d);
 }
 
@@ -982,6 +990,58 @@ static void test_error_format(void **state) {
         json_object_put(o);
 }
 
+static void test_devices_and_models(void **state) {
+        gh_config *c = parse_ok("[devices]\ninclude = 0, GPU-1234\nexclude = 1\nreserve = 10%\n"
+                                "slab_size = 64M\ncpu = no\ncpu_memory = 8G\n"
+                                "[models]\ndirectory = /srv/models\n"
+                                "[model sd15]\npath = /srv/a.safetensors\ndtype = fp16\npinned = yes\n"
+                                "[model demo-2.x]\npath = /srv/demo\ndevices = 0\n"
+                                "[model sd15]\ndtype = keep\n");
+        gh_config_error err;
+
+        assert_string_equal(c->devices_include, "0, GPU-1234");
+        assert_string_equal(c->devices_exclude, "1");
+        assert_string_equal(c->devices_reserve, "10%");
+        assert_int_equal(c->slab_size, 64 * MiB);
+        assert_false(c->cpu_enabled);
+        assert_int_equal(c->cpu_memory, 8192 * MiB);
+        assert_string_equal(c->models_directory, "/srv/models");
+        assert_int_equal(c->n_models, 2);
+        assert_string_equal(c->models[0].name, "sd15");
+        assert_string_equal(c->models[0].path, "/srv/a.safetensors");
+        assert_null(c->models[0].dtype); /* the later "keep" wins */
+        assert_true(c->models[0].pinned);
+        assert_int_equal(c->models[0].line, 10);
+        assert_string_equal(c->models[1].name, "demo-2.x");
+        assert_string_equal(c->models[1].devices, "0");
+        assert_false(c->models[1].pinned);
+        assert_int_equal(gh_config_verify(c, &err), 0);
+        gh_config_free(c);
+
+        expect_error("[model a]\npath = relative\n", 2, "[model a] path", "absolute");
+        expect_error("[model a]\nsize = 1\n", 2, "[model a] size", "unknown key");
+        expect_error("[model a]\ndtype = int8\n", 2, "[model a] dtype", "not a dtype");
+        expect_error("[model a]\npinned = maybe\n", 2, "[model a] pinned", "boolean");
+        expect_error("[model]\n", 1, "[model]", "unknown section");
+        expect_error("[model ../x]\n", 1, "[model ../x]", "unknown section");
+        expect_error("[model a b]\n", 1, "[model a b]", "unknown section");
+        expect_error("[devices]\ncpu = 2\n", 2, "[devices] cpu", "boolean");
+        expect_error("[devices]\nslab_size = 1M\n", 2, "[devices] slab_size", "out of range");
+        expect_error("[models]\ndirectory = models\n", 2, "[models] directory", "absolute");
+
+        /* A model without a path, even an empty section, fails verification
+         * at the line that declared it. */
+        c = parse_ok("[daemon]\nlog_level = info\n[model empty]\n");
+        assert_int_equal(gh_config_verify(c, &err), -EINVAL);
+        assert_int_equal(err.line, 3);
+        assert_string_equal(err.key, "[model empty] path");
+        gh_config_free(c);
+        c = parse_ok("[devices]\nslab_size = 3M\n");
+        assert_int_equal(gh_config_verify(c, &err), -EINVAL);
+        assert_string_equal(err.key, "[devices] slab_size");
+        gh_config_free(c);
+}
+
 static void test_summary(void **state) {
         gh_config *c = parse_ok("[socket]\npath = /tmp/sum.sock\n[daemon]\nlog_level = warning\n"
                                 "[limits]\nidle_timeout_sec = 42\n");
@@ -1069,7 +1129,7 @@ static void test_shipped_config(void **state) {
                 p = end;
         }
         /* One line per key of the table: 3 daemon, 2 socket, 8 limits. */
-        assert_int_equal(uncommented, 13);
+        assert_int_equal(uncommented, 20);
 
         assert_int_equal(gh_config_new(&c), 0);
         r = gh_config_parse_string(c, out, o, path, &err);
@@ -1114,6 +1174,7 @@ int main(void) {
                 cmocka_unit_test(test_verify),
                 cmocka_unit_test_setup_teardown(test_load_verifies, setup_tmpdir, teardown_tmpdir),
                 cmocka_unit_test(test_error_format),
+                cmocka_unit_test(test_devices_and_models),
                 cmocka_unit_test(test_summary),
                 cmocka_unit_test(test_shipped_config),
         };

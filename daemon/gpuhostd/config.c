@@ -13,6 +13,7 @@
 #include "../common/log.h"
 #include "../common/util.h"
 #include "config.h"
+#include "gh-build.h"
 #include "gpuhost/protocol.h"
 
 #define CONFIG_FILE_MAX (1024 * 1024)
@@ -35,6 +36,10 @@ static int parse_seconds(const key_def *k, const char *v, void *field, const cha
 static int parse_log_level(const key_def *k, const char *v, void *field, const char **ret_reason);
 static int parse_socket_path(const key_def *k, const char *v, void *field, const char **ret_reason);
 static int parse_group(const key_def *k, const char *v, void *field, const char **ret_reason);
+static int parse_bool(const key_def *k, const char *v, void *field, const char **ret_reason);
+static int parse_string(const key_def *k, const char *v, void *field, const char **ret_reason);
+static int parse_path(const key_def *k, const char *v, void *field, const char **ret_reason);
+static int parse_dtype(const key_def *k, const char *v, void *field, const char **ret_reason);
 
 #define KEY(sec, name, parser, member, lo, hi) \
         {sec, name, parser, offsetof(gh_config, member), lo, hi}
@@ -53,9 +58,46 @@ static const key_def key_table[] = {
         KEY("limits", "max_json_depth", parse_uint, max_json_depth, 4, 1024),
         KEY("limits", "idle_timeout_sec", parse_seconds, idle_timeout_usec, 1, 86400),
         KEY("limits", "max_output_buffer", parse_size, max_output_buffer, 65536, UINT64_C(1) << 32),
+        KEY("devices", "include", parse_string, devices_include, 0, 0),
+        KEY("devices", "exclude", parse_string, devices_exclude, 0, 0),
+        KEY("devices", "reserve", parse_string, devices_reserve, 0, 0),
+        KEY("devices", "slab_size", parse_size, slab_size, UINT64_C(2) << 20, UINT64_C(4) << 30),
+        KEY("devices", "cpu", parse_bool, cpu_enabled, 0, 0),
+        KEY("devices", "cpu_memory", parse_size, cpu_memory, 0, UINT64_C(1) << 42),
+        KEY("models", "directory", parse_path, models_directory, 0, 0),
 };
 
+/* Keys of [model NAME] sections; offsets into gh_model_config. */
+#define MODEL_KEY(name, parser, member) {"model", name, parser, offsetof(gh_model_config, member), 0, 0}
+static const key_def model_key_table[] = {
+        MODEL_KEY("path", parse_path, path),
+        MODEL_KEY("dtype", parse_dtype, dtype),
+        MODEL_KEY("devices", parse_string, devices),
+        MODEL_KEY("pinned", parse_bool, pinned),
+};
+
+#define MODEL_SECTION "model "
+#define MODEL_NAME_MAX 64
+
+/* "[model NAME]": NAME of letters, digits, '.', '_' and '-'. */
+static const char *model_section_name(const char *section) {
+        size_t n = strlen(MODEL_SECTION);
+
+        if (strncmp(section, MODEL_SECTION, n) != 0)
+                return NULL;
+        const char *name = section + n;
+        size_t len = strlen(name);
+        if (len == 0 || len > MODEL_NAME_MAX || name[0] == '.' || name[0] == '-')
+                return NULL;
+        for (const char *p = name; *p; p++)
+                if (!isalnum((unsigned char) *p) && !strchr("._-", *p))
+                        return NULL;
+        return name;
+}
+
 static bool section_known(const char *name) {
+        if (model_section_name(name))
+                return true;
         for (size_t i = 0; i < ELEMENTSOF(key_table); i++)
                 if (strcmp(key_table[i].section, name) == 0)
                         return true;
@@ -188,6 +230,48 @@ static int parse_group(const key_def *k, const char *v, void *field, const char 
         return set_string(field, v);
 }
 
+static int parse_bool(const key_def *k, const char *v, void *field, const char **ret_reason) {
+        static const char *const yes[] = {"yes", "true", "on", "1"}, *const no[] = {"no", "false", "off", "0"};
+
+        for (size_t i = 0; i < ELEMENTSOF(yes); i++)
+                if (strcmp(v, yes[i]) == 0 || strcmp(v, no[i]) == 0) {
+                        *(bool *) field = strcmp(v, yes[i]) == 0;
+                        return 0;
+                }
+        *ret_reason = "not a boolean (yes or no)";
+        return -EINVAL;
+}
+
+static int parse_string(const key_def *k, const char *v, void *field, const char **ret_reason) {
+        if (strlen(v) > 1024) {
+                *ret_reason = "value too long (at most 1024 characters)";
+                return -EINVAL;
+        }
+        return set_string(field, v);
+}
+
+static int parse_path(const key_def *k, const char *v, void *field, const char **ret_reason) {
+        if (v[0] != '/') {
+                *ret_reason = "not an absolute path";
+                return -EINVAL;
+        }
+        if (strlen(v) >= PATH_MAX) {
+                *ret_reason = "path too long";
+                return -EINVAL;
+        }
+        return set_string(field, v);
+}
+
+static int parse_dtype(const key_def *k, const char *v, void *field, const char **ret_reason) {
+        static const char *const names[] = {"keep", "fp32", "fp16", "bf16"};
+
+        for (size_t i = 0; i < ELEMENTSOF(names); i++)
+                if (strcmp(v, names[i]) == 0)
+                        return set_string(field, i == 0 ? "" : v);
+        *ret_reason = "not a dtype (keep, fp32, fp16 or bf16)";
+        return -EINVAL;
+}
+
 int gh_config_new(gh_config **ret) {
         gh_config *c = calloc(1, sizeof(*c));
 
@@ -207,8 +291,15 @@ int gh_config_new(gh_config **ret) {
                 .max_json_depth = 64,
                 .idle_timeout_usec = 300 * USEC_PER_SEC,
                 .max_output_buffer = 16 * 1024 * 1024,
+                .slab_size = UINT64_C(256) << 20,
+                .cpu_enabled = true,
+                .devices_reserve = strdup("1G"),
+                .models_directory = strdup(GH_DEFAULT_MODELS_DIR),
         };
-        if (!c->socket_path) {
+        if (!c->socket_path || !c->models_directory || !c->devices_reserve) {
+                free(c->socket_path);
+                free(c->devices_reserve);
+                free(c->models_directory);
                 free(c);
                 return -ENOMEM;
         }
@@ -222,6 +313,19 @@ gh_config *gh_config_free(gh_config *c) {
         free(c->admin_group);
         free(c->socket_path);
         free(c->socket_group);
+        free(c->devices_include);
+        free(c->devices_exclude);
+        free(c->devices_reserve);
+        free(c->models_directory);
+        for (size_t i = 0; i < c->n_models; i++) {
+                gh_model_config *m = &c->models[i];
+                free(m->name);
+                free(m->path);
+                free(m->dtype);
+                free(m->devices);
+                free(m->file);
+        }
+        free(c->models);
         for (size_t i = 0; i < c->n_files; i++)
                 free(c->files[i]);
         free(c->files);
@@ -266,6 +370,31 @@ static void ctx_fail(parse_ctx *ctx, int errnum, const char *section, const char
         set_error(ctx->error, ctx->filename, ctx->lineno, section, key, "%s", message);
 }
 
+/* The [model NAME] entry, created on first sight; a later file's keys
+ * override an earlier one's. */
+static gh_model_config *model_get(parse_ctx *ctx, const char *name) {
+        gh_config *c = ctx->config;
+
+        for (size_t i = 0; i < c->n_models; i++)
+                if (strcmp(c->models[i].name, name) == 0)
+                        return &c->models[i];
+        if (c->n_models >= GH_CONFIG_MODELS_MAX)
+                return NULL;
+        gh_model_config *m = realloc(c->models, (c->n_models + 1) * sizeof(*m));
+        if (!m)
+                return NULL;
+        c->models = m;
+        m = &c->models[c->n_models];
+        *m = (gh_model_config) {.name = strdup(name), .file = strdup(ctx->filename), .line = ctx->lineno};
+        if (!m->name || !m->file) {
+                free(m->name);
+                free(m->file);
+                return NULL;
+        }
+        c->n_models++;
+        return m;
+}
+
 /* Checks a "[section]" line as the reader hands it on, so that an unknown
  * section is an error even when it holds no keys. */
 static void check_section_line(parse_ctx *ctx, const char *line, size_t len) {
@@ -283,6 +412,8 @@ static void check_section_line(parse_ctx *ctx, const char *line, size_t len) {
         name[n] = 0;
         if (!section_known(name))
                 ctx_fail(ctx, -EINVAL, name, NULL, "unknown section");
+        else if (model_section_name(name) && !model_get(ctx, model_section_name(name)))
+                ctx_fail(ctx, -E2BIG, name, NULL, "too many models (or out of memory)");
 }
 
 /* inih line reader over the file text: counts lines, strips leading blanks
@@ -325,6 +456,30 @@ static const key_def *key_lookup(const char *section, const char *name) {
         return NULL;
 }
 
+static int model_handler(parse_ctx *ctx, const char *section, const char *name, const char *value) {
+        const char *reason = NULL;
+        const key_def *k = NULL;
+
+        for (size_t i = 0; i < ELEMENTSOF(model_key_table); i++)
+                if (strcmp(model_key_table[i].key, name) == 0)
+                        k = &model_key_table[i];
+        if (!k) {
+                ctx_fail(ctx, -EINVAL, section, name, "unknown key");
+                return 0;
+        }
+        gh_model_config *m = model_get(ctx, model_section_name(section));
+        if (!m) {
+                ctx_fail(ctx, -E2BIG, section, NULL, "too many models (or out of memory)");
+                return 0;
+        }
+        int r = k->parse(k, value, (char *) m + k->offset, &reason);
+        if (r < 0) {
+                ctx_fail(ctx, r, section, name, r == -ENOMEM ? "out of memory" : reason);
+                return 0;
+        }
+        return 1;
+}
+
 static int ctx_handler(void *user, const char *section, const char *name, const char *value) {
         parse_ctx *ctx = user;
         const char *reason = NULL;
@@ -339,6 +494,8 @@ static int ctx_handler(void *user, const char *section, const char *name, const 
         }
         if (!section_known(section))
                 return 0; /* reported by the reader */
+        if (model_section_name(section))
+                return model_handler(ctx, section, name, value);
         const key_def *k = key_lookup(section, name);
         if (!k) {
                 ctx_fail(ctx, -EINVAL, section, name, "unknown key");
@@ -393,6 +550,18 @@ int gh_config_verify(const gh_config *c, gh_config_error *ret_error) {
         if (c->max_connections_per_user > c->max_connections) {
                 set_error(ret_error, last, 0, "limits", "max_connections_per_user",
                           "must not exceed max_connections");
+                return -EINVAL;
+        }
+        for (size_t i = 0; i < c->n_models; i++)
+                if (!c->models[i].path) {
+                        char section[128];
+                        snprintf(section, sizeof(section), "model %s", c->models[i].name);
+                        set_error(ret_error, c->models[i].file, c->models[i].line, section, "path",
+                                  "missing: every model needs a path");
+                        return -EINVAL;
+                }
+        if (c->slab_size % (UINT64_C(2) << 20) != 0) {
+                set_error(ret_error, last, 0, "devices", "slab_size", "must be a multiple of 2M");
                 return -EINVAL;
         }
         if (resolve_group(c->socket_group, &mc->socket_gid) < 0) {

@@ -16,6 +16,17 @@
 #include <sys/types.h>
 #include <json-c/json.h>
 
+/* A [model NAME] section. */
+typedef struct gh_model_config {
+        char *name;
+        char *path;     /* a .safetensors file or a diffusers-style folder */
+        char *dtype;    /* "keep" (NULL), "fp32", "fp16" or "bf16": converted while loading */
+        char *devices;  /* device selectors (index or UUID), space or comma separated; NULL: any */
+        bool pinned;    /* never evicted */
+        char *file;     /* where the section was declared, for errors */
+        unsigned line;
+} gh_model_config;
+
 typedef struct gh_config {
         /* [daemon] */
         int log_level;
@@ -35,10 +46,24 @@ typedef struct gh_config {
         unsigned max_json_depth;
         uint64_t idle_timeout_usec;
         uint64_t max_output_buffer;
+        /* [devices] */
+        char *devices_include;  /* selectors; NULL: every GPU */
+        char *devices_exclude;
+        char *devices_reserve;  /* "1G" or "5%"; NULL: the default */
+        uint64_t slab_size;
+        bool cpu_enabled;
+        uint64_t cpu_memory;    /* 0: automatic */
+        /* [models] */
+        char *models_directory;
+        /* [model NAME] */
+        gh_model_config *models;
+        size_t n_models;
 
         char **files; /* the files read, in order */
         size_t n_files;
 } gh_config;
+
+#define GH_CONFIG_MODELS_MAX 1024
 
 typedef struct gh_config_error {
         char file[256];
