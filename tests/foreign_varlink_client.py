@@ -155,7 +155,7 @@ def run_checks(r, conn, daemon, pid, sock_path, source_dir):
             isinstance(up, int) and not isinstance(up, bool) and up >= 0, repr(up))
     r.check("GetStatus: pid is the daemon's", st.get("pid") == pid, f"{st.get('pid')!r} vs {pid}")
     devices = st.get("devices")
-    fields = ("index", "kind", "name", "memory_total", "memory_available")
+    fields = ("index", "kind", "name", "memory_total", "memory_free", "memory_budget")
     r.check("GetStatus: devices is a non-empty list of complete devices",
             isinstance(devices, list) and len(devices) > 0
             and all(isinstance(d, dict) and all(k in d for k in fields) for d in devices), repr(devices))

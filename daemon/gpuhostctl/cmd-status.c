@@ -45,12 +45,12 @@ static void format_duration(int64_t usec, char *buf, size_t size) {
 static void print_devices(json_object *devices) {
         size_t n = devices ? json_object_array_length(devices) : 0;
 
-        printf("\n%-5s %-5s %-28s %12s %12s\n", "INDEX", "KIND", "NAME", "MEMORY", "AVAILABLE");
+        printf("\n%-5s %-5s %-28s %12s %12s\n", "INDEX", "KIND", "NAME", "MEMORY", "FREE");
         for (size_t i = 0; i < n; i++) {
                 json_object *d = json_object_array_get_idx(devices, i);
                 char total[32], avail[32];
                 format_bytes(get_int(d, "memory_total"), total, sizeof(total));
-                format_bytes(get_int(d, "memory_available"), avail, sizeof(avail));
+                format_bytes(get_int(d, "memory_free"), avail, sizeof(avail));
                 printf("%-5" PRId64 " %-5s %-28s %12s %12s\n", get_int(d, "index"), get_str(d, "kind"),
                        get_str(d, "name"), total, avail);
         }

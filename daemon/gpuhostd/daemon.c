@@ -78,8 +78,22 @@ static void *reload_thread(void *userdata) {
 
         d->reload_result = NULL;
         memset(&d->reload_error, 0, sizeof(d->reload_error));
+        d->reload_catalog = NULL;
         d->reload_r = gh_config_load(d->config_override, d->config_main, d->config_dropins,
                                      &d->reload_result, &d->reload_error);
+        if (d->reload_r >= 0) {
+                gh_devices_config dc;
+                d->reload_r = gh_config_devices(d->reload_result, &dc, &d->reload_error);
+        }
+        if (d->reload_r >= 0) {
+                /* The models directory is read here too, off the loop. */
+                char err[256] = "";
+                d->reload_r = gh_catalog_build(d->reload_result, &d->reload_catalog, err, sizeof(err));
+                if (d->reload_r < 0)
+                        snprintf(d->reload_error.message, sizeof(d->reload_error.message), "%s", err);
+        }
+        if (d->reload_r < 0)
+                d->reload_result = gh_config_free(d->reload_result);
         (void) !write(d->reload_efd, &one, sizeof(one));
         return NULL;
 }
@@ -158,8 +172,10 @@ static int on_reload_done(sd_event_source *es, int fd, uint32_t revents, void *u
         if (d->reload_r < 0) {
                 gh_config_error_format(&d->reload_error, msg, sizeof(msg));
                 gh_log_error("Reload failed, keeping the running configuration: %s", msg);
-        } else
+        } else {
                 reload_apply(d, TAKE_PTR(d->reload_result));
+                gh_store_apply_catalog(d->engine.store, TAKE_PTR(d->reload_catalog));
+        }
         if (d->state == GH_STATE_RELOADING)
                 d->state = GH_STATE_RUNNING;
         if (d->state != GH_STATE_STOPPING)
@@ -298,7 +314,15 @@ int gh_daemon_init(gh_daemon *d, gh_config *config) {
         r = gh_listen_open(config->socket_path, config->socket_gid, &d->listener, &error);
         if (r < 0)
                 return gh_log_error_errno(r, "%s", error ? error : "Cannot open the socket");
-        r = gh_server_new(d->event, d->listener.fd, &limits, gh_daemon_methods, gh_daemon_n_methods,
+        r = gh_engine_init(&d->engine, d->event, config);
+        if (r < 0)
+                return r;
+        d->methods = malloc((gh_daemon_n_methods + gh_model_n_methods) * sizeof(gh_method));
+        if (!d->methods)
+                return gh_log_error_errno(-ENOMEM, "Out of memory");
+        memcpy(d->methods, gh_daemon_methods, gh_daemon_n_methods * sizeof(gh_method));
+        memcpy(d->methods + gh_daemon_n_methods, gh_model_methods, gh_model_n_methods * sizeof(gh_method));
+        r = gh_server_new(d->event, d->listener.fd, &limits, d->methods, gh_daemon_n_methods + gh_model_n_methods,
                           &(gh_server_ops) {.drained = on_drained}, d, &d->server);
         if (r < 0)
                 return gh_log_error_errno(r, "Failed to start the server: %m");
@@ -322,6 +346,9 @@ void gh_daemon_done(gh_daemon *d) {
                 pthread_join(d->reload_thread, NULL);
         gh_config_free(d->reload_result);
         gh_server_free(d->server); /* cancels the waiters' requests */
+        gh_engine_done(&d->engine);
+        free(d->methods);
+        gh_catalog_free(d->reload_catalog);
         waiters_reply(TAKE_PTR(d->waiters), -ECANCELED, &d->reload_error, d->config);
         waiters_reply(TAKE_PTR(d->waiters_next), -ECANCELED, &d->reload_error, d->config);
         if (d->listener.fd >= 0) {

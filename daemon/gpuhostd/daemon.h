@@ -10,6 +10,7 @@
 #include <systemd/sd-event.h>
 
 #include "config.h"
+#include "engine.h"
 #include "listen.h"
 #include "server.h"
 
@@ -32,6 +33,8 @@ typedef struct gh_daemon {
         uint64_t start_usec;         /* CLOCK_MONOTONIC */
         gh_listener listener;
         gh_server *server;
+        gh_engine engine;
+        gh_method *methods; /* every method served: gh_daemon_methods + gh_model_methods */
         char *last_status;
         int exit_code;
 
@@ -41,6 +44,7 @@ typedef struct gh_daemon {
         int reload_efd;
         sd_event_source *reload_source;
         gh_config *reload_result;
+        gh_catalog *reload_catalog;
         gh_config_error reload_error;
         int reload_r;
         gh_reload_waiter *waiters, *waiters_next; /* ReloadConfig calls */
@@ -60,3 +64,5 @@ void gh_daemon_update_status(gh_daemon *d);
 
 extern const gh_method gh_daemon_methods[];
 extern const size_t gh_daemon_n_methods;
+extern const gh_method gh_model_methods[];
+extern const size_t gh_model_n_methods;

@@ -2,7 +2,6 @@
  * (org.varlink.service) and io.gpuhost. Parameters are declared next to
  * each method and checked by the server before a handler runs. */
 #include <string.h>
-#include <sys/sysinfo.h>
 #include <unistd.h>
 
 #include "../common/util.h"
@@ -97,30 +96,10 @@ static int ping(gh_request *req, json_object *params, void *userdata) {
         return gh_request_reply(req, o);
 }
 
-/* The CPU device, as the system reports it. The devices issue replaces this
- * with the device registry (CPU budget and GPUs). */
-static json_object *cpu_device(void) {
-        struct sysinfo si;
-        json_object *o = obj_new();
-        char name[64];
-
-        if (sysinfo(&si) < 0)
-                si = (struct sysinfo) {.mem_unit = 1};
-        snprintf(name, sizeof(name), "CPU (%ld cores)", sysconf(_SC_NPROCESSORS_ONLN));
-        json_object_object_add(o, "index", json_object_new_int(0));
-        json_object_object_add(o, "kind", json_object_new_string("cpu"));
-        json_object_object_add(o, "name", json_object_new_string(name));
-        json_object_object_add(o, "memory_total", json_object_new_int64((int64_t) si.totalram * si.mem_unit));
-        json_object_object_add(o, "memory_available",
-                               json_object_new_int64((int64_t) (si.freeram + si.bufferram) * si.mem_unit));
-        return o;
-}
-
 static int get_status(gh_request *req, json_object *params, void *userdata) {
         gh_daemon *d = userdata;
-        json_object *o = obj_new(), *devices = json_object_new_array();
+        json_object *o = obj_new(), *devices = gh_engine_devices_json(&d->engine);
 
-        json_object_array_add(devices, cpu_device());
         json_object_object_add(o, "version", json_object_new_string(GH_VERSION));
         json_object_object_add(o, "state", json_object_new_string(gh_daemon_state_to_string(d->state)));
         json_object_object_add(o, "uptime_usec", json_object_new_int64((int64_t) (gh_now_usec(CLOCK_MONOTONIC) - d->start_usec)));

@@ -65,6 +65,7 @@ struct gh_server {
 };
 
 static void conn_run(gh_conn *c);
+static bool conn_can_dispatch(const gh_conn *c);
 
 static gh_vl_limits codec_limits(const gh_server_limits *l) {
         return (gh_vl_limits) {
@@ -143,12 +144,17 @@ int gh_request_reply(gh_request *req, json_object *parameters) {
         return gh_request_reply_fds(req, parameters, NULL, 0);
 }
 
-int gh_request_notify(gh_request *req, json_object *parameters) {
+int gh_request_notify_fds(gh_request *req, json_object *parameters, const int *fds, size_t n_fds) {
         if (!(req->flags & GH_VL_MORE)) {
                 json_object_put(parameters);
+                gh_close_many(fds, n_fds);
                 return -EINVAL;
         }
-        return request_send(req, gh_vl_reply_new(parameters, true), NULL, 0, false);
+        return request_send(req, gh_vl_reply_new(parameters, true), fds, n_fds, false);
+}
+
+int gh_request_notify(gh_request *req, json_object *parameters) {
+        return gh_request_notify_fds(req, parameters, NULL, 0);
 }
 
 int gh_request_error(gh_request *req, const char *error, json_object *parameters) {
@@ -463,6 +469,11 @@ static bool conn_finished(const gh_conn *c) {
         if (c->write_dead)
                 return true;
         if (c->close_after_flush && flushed)
+                return true;
+        /* Hung up in both directions: nobody will read a reply; once the
+         * calls that can still run (oneway ones) have run, the calls in
+         * flight are cancelled. */
+        if (c->hup && c->eof && !conn_can_dispatch(c))
                 return true;
         if (c->eof && idle && flushed) {
                 if (gh_vl_reader_has_partial(&c->reader))

@@ -84,6 +84,7 @@ int gh_request_reply(gh_request *req, json_object *parameters);
 int gh_request_reply_fds(gh_request *req, json_object *parameters, const int *fds, size_t n_fds);
 /* A "continues: true" reply; only valid when gh_request_more() is true. */
 int gh_request_notify(gh_request *req, json_object *parameters);
+int gh_request_notify_fds(gh_request *req, json_object *parameters, const int *fds, size_t n_fds);
 int gh_request_error(gh_request *req, const char *error, json_object *parameters);
 int gh_request_invalid_parameter(gh_request *req, const char *parameter, const char *reason);
 bool gh_request_more(const gh_request *req);

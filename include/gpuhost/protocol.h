@@ -20,6 +20,11 @@
 #define GH_ERROR_CONFIG_INVALID "io.gpuhost.ConfigInvalid"
 #define GH_ERROR_RELOAD_IN_PROGRESS "io.gpuhost.ReloadInProgress"
 #define GH_ERROR_INTERNAL "io.gpuhost.InternalError"
+#define GH_ERROR_MODEL_NOT_FOUND "io.gpuhost.ModelNotFound"
+#define GH_ERROR_DEVICE_NOT_FOUND "io.gpuhost.DeviceNotFound"
+#define GH_ERROR_MODEL_LOAD_FAILED "io.gpuhost.ModelLoadFailed"
+#define GH_ERROR_MODEL_NOT_LOADED "io.gpuhost.ModelNotLoaded"
+#define GH_ERROR_MODEL_IN_USE "io.gpuhost.ModelInUse"
 
 /* Errors of the varlink service interface every varlink service offers. */
 #define GH_VARLINK_SERVICE "org.varlink.service"

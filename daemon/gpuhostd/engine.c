@@ -1,0 +1,160 @@
+/* Devices, pools and the model store of the daemon. See engine.h. */
+#include <string.h>
+
+#include "../common/log.h"
+#include "../common/util.h"
+#include "engine.h"
+
+int gh_config_devices(const gh_config *c, gh_devices_config *ret, gh_config_error *err) {
+        const char *reason = NULL, *key = NULL;
+        const char *last = c->n_files ? c->files[c->n_files - 1] : "(defaults)";
+        int r = 0;
+
+        gh_devices_config_init(ret);
+        ret->cpu_enabled = c->cpu_enabled;
+        ret->cpu_budget_bytes = c->cpu_memory;
+        if (c->devices_include && (r = gh_device_selectors_parse(c->devices_include, ret->include, GH_DEVICE_SELECTORS_MAX,
+                                                                 &ret->n_include, &reason)) < 0)
+                key = "include";
+        else if (c->devices_exclude && (r = gh_device_selectors_parse(c->devices_exclude, ret->exclude, GH_DEVICE_SELECTORS_MAX,
+                                                                      &ret->n_exclude, &reason)) < 0)
+                key = "exclude";
+        else if (c->devices_reserve && (r = gh_reserve_parse(c->devices_reserve, &ret->reserve, &reason)) < 0)
+                key = "reserve";
+        if (r < 0) {
+                snprintf(err->file, sizeof(err->file), "%s", last);
+                err->line = 0;
+                snprintf(err->key, sizeof(err->key), "[devices] %s", key);
+                snprintf(err->message, sizeof(err->message), "%s", reason ? reason : strerror(-r));
+        }
+        return r;
+}
+
+/* Loader-thread upload into a GPU pool (the thread makes the device's
+ * context current first). Pageable source memory: a plain synchronous copy;
+ * pinned double buffering is the loader's next step. */
+static int cuda_upload(void *ctx, uint64_t offset, const void *src, size_t n) {
+        gh_engine_gpu *g = ctx;
+        const gh_cuda *cu = g->backend.cu;
+        int r = gh_cuda_errno(cu, cu->CtxSetCurrent(g->backend.context), NULL);
+
+        if (r < 0)
+                return r;
+        return gh_cuda_errno(cu, cu->MemcpyHtoD((CUdeviceptr) (gh_pool_base(g->pool) + offset), src, n), NULL);
+}
+
+static int setup_pool(gh_engine *e, const gh_device_info *info, uint64_t slab_size, uint64_t capacity,
+                      gh_store_device *dev) {
+        unsigned i = (unsigned) info->index;
+
+        if (info->kind == GH_DEVICE_CPU)
+                return gh_pool_new(&gh_pool_backend_cpu, slab_size, capacity, &e->pools[i]);
+        if (!info->vmm_supported || !info->posix_fd_supported)
+                return -EOPNOTSUPP;
+        e->gpus[i] = calloc(1, sizeof(gh_engine_gpu));
+        if (!e->gpus[i])
+                return -ENOMEM;
+        int r = gh_pool_cuda_init(&e->gpus[i]->backend, e->cu, info->cuda_ordinal);
+        if (r < 0)
+                return r;
+        if (slab_size % e->gpus[i]->backend.backend.granularity != 0)
+                return -EINVAL;
+        r = gh_pool_new(&e->gpus[i]->backend.backend, slab_size, capacity, &e->pools[i]);
+        if (r < 0)
+                return r;
+        e->gpus[i]->pool = e->pools[i];
+        dev->upload = cuda_upload;
+        dev->upload_ctx = e->gpus[i];
+        return 0;
+}
+
+static int setup_device(gh_engine *e, const gh_device_info *info, uint64_t slab_size) {
+        unsigned i = (unsigned) info->index;
+        uint64_t capacity = info->budget_bytes / slab_size * slab_size;
+        gh_store_device dev = {.index = i};
+
+        if (i >= GH_STORE_MAX_DEVICES || capacity == 0) {
+                gh_log_warning("Device %u (%s): budget below one slab; not used for weights", i, info->name);
+                return 0;
+        }
+        int r = setup_pool(e, info, slab_size, capacity, &dev);
+        if (r < 0)
+                return gh_log_error_errno(r, "Device %u (%s): cannot create its weight pool: %m", i, info->name);
+        dev.pool = e->pools[i];
+        gh_log_info("Device %u: %s; weight pool of %" PRIu64 " MiB in %" PRIu64 " MiB slabs", i, info->name,
+                    capacity >> 20, slab_size >> 20);
+        return gh_store_add_device(e->store, &dev);
+}
+
+int gh_engine_init(gh_engine *e, sd_event *event, const gh_config *c) {
+        gh_devices_config dc;
+        gh_config_error cerr;
+        gh_catalog *cat = NULL;
+        char err[512];
+        int r;
+
+        *e = (gh_engine) {0};
+        r = gh_config_devices(c, &dc, &cerr);
+        if (r < 0)
+                return gh_log_error_errno(r, "[devices] %s: %s", cerr.key, cerr.message);
+        r = gh_cuda_load(NULL, &e->cu, err, sizeof(err));
+        if (r < 0)
+                gh_log_notice("No GPU in use (%s); serving the CPU device", err);
+        r = gh_devices_discover(&dc, e->cu, &e->devices, err, sizeof(err));
+        if (r < 0)
+                return gh_log_error_errno(r, "Device discovery failed: %s", err);
+        r = gh_store_new(event, &e->store);
+        if (r < 0)
+                return gh_log_error_errno(r, "Cannot start the model store: %m");
+        for (size_t i = 0; i < gh_devices_count(e->devices); i++) {
+                r = setup_device(e, gh_devices_at(e->devices, i), c->slab_size);
+                if (r < 0)
+                        return r;
+        }
+        r = gh_catalog_build(c, &cat, err, sizeof(err));
+        if (r < 0)
+                return gh_log_error_errno(r, "Cannot read the models directory: %s", err);
+        gh_store_apply_catalog(e->store, cat);
+        return 0;
+}
+
+void gh_engine_done(gh_engine *e) {
+        e->store = gh_store_free(e->store); /* first: it releases pool space */
+        for (unsigned i = 0; i < GH_STORE_MAX_DEVICES; i++) {
+                e->pools[i] = gh_pool_free(e->pools[i]);
+                if (e->gpus[i])
+                        gh_pool_cuda_done(&e->gpus[i]->backend);
+                free(e->gpus[i]);
+                e->gpus[i] = NULL;
+        }
+        e->devices = gh_devices_free(e->devices);
+        e->cu = gh_cuda_free(e->cu);
+}
+
+static json_object *pool_json(const gh_pool *p) {
+        json_object *o = json_object_new_object();
+        gh_pool_stats st;
+
+        gh_pool_get_stats(p, &st);
+        json_object_object_add(o, "capacity", json_object_new_int64((int64_t) st.capacity));
+        json_object_object_add(o, "reserved", json_object_new_int64((int64_t) st.reserved));
+        json_object_object_add(o, "used", json_object_new_int64((int64_t) st.used));
+        json_object_object_add(o, "free", json_object_new_int64((int64_t) st.free));
+        json_object_object_add(o, "largest_free", json_object_new_int64((int64_t) st.largest_free));
+        json_object_object_add(o, "slabs", json_object_new_int64(st.slabs));
+        json_object_object_add(o, "slab_size", json_object_new_int64((int64_t) gh_pool_slab_size(p)));
+        return o;
+}
+
+json_object *gh_engine_devices_json(const gh_engine *e) {
+        json_object *a = json_object_new_array();
+
+        for (size_t i = 0; e->devices && i < gh_devices_count(e->devices); i++) {
+                const gh_device_info *info = gh_devices_at(e->devices, i);
+                json_object *o = gh_device_info_to_json(info);
+                if ((unsigned) info->index < GH_STORE_MAX_DEVICES && e->pools[info->index])
+                        json_object_object_add(o, "pool", pool_json(e->pools[info->index]));
+                json_object_array_add(a, o);
+        }
+        return a;
+}

@@ -1,0 +1,33 @@
+/* The daemon's devices and weights: CUDA driver (if any), the device
+ * registry, one pool per device, and the model store. Built from the
+ * configuration at start; the model catalogue is refreshed on reload. */
+#pragma once
+
+#include <systemd/sd-event.h>
+
+#include "config.h"
+#include "cuda.h"
+#include "devices.h"
+#include "models.h"
+#include "pool-cuda.h"
+
+/* A GPU's pool backend and where uploads go (loader thread). */
+typedef struct gh_engine_gpu {
+        gh_pool_cuda backend;
+        gh_pool *pool;
+} gh_engine_gpu;
+
+typedef struct gh_engine {
+        gh_cuda *cu;                 /* NULL without a usable driver */
+        gh_devices *devices;
+        gh_pool *pools[GH_STORE_MAX_DEVICES];
+        gh_engine_gpu *gpus[GH_STORE_MAX_DEVICES];
+        gh_store *store;
+} gh_engine;
+
+/* Turns the [devices] keys into a device configuration; errors name the key. */
+int gh_config_devices(const gh_config *c, gh_devices_config *ret, gh_config_error *ret_error);
+
+int gh_engine_init(gh_engine *e, sd_event *event, const gh_config *c);
+void gh_engine_done(gh_engine *e);
+json_object *gh_engine_devices_json(const gh_engine *e);

@@ -1,0 +1,949 @@
+/* The model store: catalogue, residency, the loader thread, eviction.
+ * See models.h. */
+#include <ctype.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../common/util.h"
+#include "dtype-convert.h"
+#include "models.h"
+
+#define TENSOR_ALIGN 256
+#define COPY_CHUNK (8u << 20)
+#define CATALOG_MAX 4096
+#define MODEL_FILES_MAX 256
+
+/* ---- catalogue ---- */
+
+typedef struct catalog_entry {
+        char *name, *path, *devices;
+        int convert; /* a gh_dtype, or -1 to keep */
+        bool pinned, from_config;
+} catalog_entry;
+
+struct gh_catalog {
+        catalog_entry *entries;
+        size_t n;
+};
+
+gh_catalog *gh_catalog_free(gh_catalog *cat) {
+        if (!cat)
+                return NULL;
+        for (size_t i = 0; i < cat->n; i++) {
+                free(cat->entries[i].name);
+                free(cat->entries[i].path);
+                free(cat->entries[i].devices);
+        }
+        free(cat->entries);
+        free(cat);
+        return NULL;
+}
+
+static bool name_valid(const char *s, size_t len) {
+        if (len == 0 || len > 64 || s[0] == '.' || s[0] == '-')
+                return false;
+        for (size_t i = 0; i < len; i++)
+                if (!isalnum((unsigned char) s[i]) && !strchr("._-", s[i]))
+                        return false;
+        return true;
+}
+
+static catalog_entry *catalog_find(gh_catalog *cat, const char *name) {
+        for (size_t i = 0; i < cat->n; i++)
+                if (strcmp(cat->entries[i].name, name) == 0)
+                        return &cat->entries[i];
+        return NULL;
+}
+
+static int catalog_add(gh_catalog *cat, const char *name, size_t name_len, const char *path) {
+        if (cat->n >= CATALOG_MAX)
+                return -E2BIG;
+        catalog_entry *e = realloc(cat->entries, (cat->n + 1) * sizeof(*e));
+        if (!e)
+                return -ENOMEM;
+        cat->entries = e;
+        e = &cat->entries[cat->n];
+        *e = (catalog_entry) {.name = strndup(name, name_len), .path = strdup(path), .convert = -1};
+        if (!e->name || !e->path) {
+                free(e->name);
+                free(e->path);
+                return -ENOMEM;
+        }
+        cat->n++;
+        return 0;
+}
+
+static bool has_suffix(const char *s, const char *suffix) {
+        size_t a = strlen(s), b = strlen(suffix);
+        return a > b && strcmp(s + a - b, suffix) == 0;
+}
+
+/* Models directory: "NAME.safetensors" files and "NAME/" folders. */
+static int catalog_scan(gh_catalog *cat, const char *dir) {
+        DIR *d = opendir(dir);
+        struct dirent *de;
+        char path[PATH_MAX];
+        int r = 0;
+
+        if (!d)
+                return errno == ENOENT ? 0 : gh_negerrno();
+        while (r >= 0 && (de = readdir(d))) {
+                struct stat st;
+                if (de->d_name[0] == '.')
+                        continue;
+                snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+                if (stat(path, &st) < 0)
+                        continue;
+                size_t len = strlen(de->d_name);
+                if (S_ISREG(st.st_mode) && has_suffix(de->d_name, ".safetensors"))
+                        len -= strlen(".safetensors");
+                else if (!S_ISDIR(st.st_mode))
+                        continue;
+                if (!name_valid(de->d_name, len))
+                        continue;
+                char name[65];
+                snprintf(name, sizeof(name), "%.*s", (int) len, de->d_name);
+                if (!catalog_find(cat, name))
+                        r = catalog_add(cat, de->d_name, len, path);
+        }
+        closedir(d);
+        return r;
+}
+
+int gh_catalog_build(const gh_config *c, gh_catalog **ret, char *err, size_t err_size) {
+        gh_catalog *cat = calloc(1, sizeof(*cat));
+        int r = cat ? 0 : -ENOMEM;
+
+        for (size_t i = 0; r >= 0 && i < c->n_models; i++) {
+                const gh_model_config *m = &c->models[i];
+                r = catalog_add(cat, m->name, strlen(m->name), m->path);
+                if (r < 0)
+                        break;
+                catalog_entry *e = &cat->entries[cat->n - 1];
+                e->from_config = true;
+                e->pinned = m->pinned;
+                e->convert = m->dtype ? (int) gh_dtype_from_config(m->dtype) : -1;
+                if (m->devices && !(e->devices = strdup(m->devices)))
+                        r = -ENOMEM;
+        }
+        if (r >= 0 && c->models_directory) {
+                r = catalog_scan(cat, c->models_directory);
+                if (r < 0)
+                        snprintf(err, err_size, "%s: %s", c->models_directory, strerror(-r));
+        }
+        if (r < 0) {
+                gh_catalog_free(cat);
+                return r;
+        }
+        *ret = cat;
+        return 0;
+}
+
+/* ---- store state ---- */
+
+typedef struct load_waiter {
+        gh_load_done_fn done;
+        void *userdata;
+        struct load_waiter *next;
+} load_waiter;
+
+typedef struct job_tensor {
+        gh_tensor_entry e;
+        unsigned file;
+        gh_dtype src_dtype;
+        uint64_t src_offset, src_bytes; /* in the file */
+} job_tensor;
+
+typedef enum job_phase { JOB_PLAN, JOB_COPY } job_phase;
+
+/* A load in progress. The loader thread owns it while it is queued or
+ * running; the loop owns it otherwise. */
+typedef struct load_job {
+        gh_resident *res;
+        job_phase phase;
+        char *path;
+        int convert;
+        char **files;           /* plan: the model's files, with tensor name prefixes */
+        char **prefixes;
+        size_t n_files;
+        job_tensor *tensors;    /* plan: sorted by file, then source offset */
+        size_t n_tensors;
+        uint64_t total;
+        gh_store_device dev;    /* copy: where to */
+        uint64_t base;          /* copy: the pool offset of the allocation */
+        _Atomic uint64_t done_bytes;
+        int r;
+        char reason[512];
+        struct load_job *next;
+} load_job;
+
+struct gh_resident {
+        gh_store *store;
+        gh_model *model;
+        unsigned device;
+        bool ready;
+        uint64_t offset, bytes;
+        gh_tensor_entry *tensors;
+        size_t n_tensors;
+        unsigned refs;
+        uint64_t last_use;
+        load_job *job;
+        load_waiter *waiters;
+};
+
+struct gh_model {
+        char *name, *path, *devices;
+        int convert;
+        bool pinned, from_config, gone;
+        gh_resident *resident[GH_STORE_MAX_DEVICES];
+};
+
+struct gh_store {
+        sd_event *event;
+        gh_store_device devices[GH_STORE_MAX_DEVICES];
+        bool have_device[GH_STORE_MAX_DEVICES];
+        gh_model **models;
+        size_t n_models;
+        uint64_t clock; /* LRU ticks */
+
+        pthread_t thread;
+        bool thread_started;
+        pthread_mutex_t lock;
+        pthread_cond_t cond;
+        load_job *queue, *finished; /* under lock */
+        bool stop;                  /* under lock */
+        int efd;
+        sd_event_source *efd_source;
+};
+
+static void job_free(load_job *j) {
+        if (!j)
+                return;
+        for (size_t i = 0; i < j->n_files; i++) {
+                free(j->files[i]);
+                free(j->prefixes[i]);
+        }
+        free(j->files);
+        free(j->prefixes);
+        for (size_t i = 0; i < j->n_tensors; i++)
+                free(j->tensors[i].e.name);
+        free(j->tensors);
+        free(j->path);
+        free(j);
+}
+
+/* ---- loader thread: plan ---- */
+
+static int job_add_file(load_job *j, const char *path, const char *prefix) {
+        if (j->n_files >= MODEL_FILES_MAX)
+                return -E2BIG;
+        char **f = realloc(j->files, (j->n_files + 1) * sizeof(char *));
+        if (f)
+                j->files = f;
+        char **p = realloc(j->prefixes, (j->n_files + 1) * sizeof(char *));
+        if (p)
+                j->prefixes = p;
+        if (!f || !p)
+                return -ENOMEM;
+        j->files[j->n_files] = strdup(path);
+        j->prefixes[j->n_files] = strdup(prefix);
+        if (!j->files[j->n_files] || !j->prefixes[j->n_files]) {
+                free(j->files[j->n_files]);
+                free(j->prefixes[j->n_files]);
+                return -ENOMEM;
+        }
+        j->n_files++;
+        return 0;
+}
+
+static int cmp_names(const void *a, const void *b) {
+        return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+/* The *.safetensors files directly in |dir|, sorted, with |prefix|. */
+static int job_add_dir(load_job *j, const char *dir, const char *prefix, bool recurse) {
+        DIR *d = opendir(dir);
+        struct dirent *de;
+        char **names = NULL;
+        size_t n = 0;
+        int r = 0;
+
+        if (!d)
+                return gh_negerrno();
+        while (r >= 0 && (de = readdir(d))) {
+                if (de->d_name[0] == '.' || n >= MODEL_FILES_MAX)
+                        continue;
+                char **p = realloc(names, (n + 1) * sizeof(char *));
+                if (!p || !(p[n] = strdup(de->d_name)))
+                        r = -ENOMEM;
+                names = p ? p : names;
+                n += r >= 0;
+        }
+        closedir(d);
+        if (n > 0)
+                qsort(names, n, sizeof(char *), cmp_names);
+        for (size_t i = 0; r >= 0 && i < n; i++) {
+                char path[PATH_MAX], sub[PATH_MAX];
+                struct stat st;
+                snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+                if (stat(path, &st) < 0)
+                        continue;
+                if (S_ISREG(st.st_mode) && has_suffix(names[i], ".safetensors"))
+                        r = job_add_file(j, path, prefix);
+                else if (S_ISDIR(st.st_mode) && recurse) {
+                        snprintf(sub, sizeof(sub), "%s%s/", prefix, names[i]);
+                        r = job_add_dir(j, path, sub, false);
+                }
+        }
+        for (size_t i = 0; i < n; i++)
+                free(names[i]);
+        free(names);
+        return r;
+}
+
+static uint64_t align_up(uint64_t v, uint64_t a) {
+        return (v + a - 1) & ~(a - 1);
+}
+
+static gh_dtype target_dtype(gh_dtype src, int convert) {
+        if (convert < 0 || !gh_dtype_convertible(src, (gh_dtype) convert))
+                return src;
+        return (gh_dtype) convert;
+}
+
+static int plan_file(load_job *j, unsigned fi) {
+        _cleanup_st_file_ gh_st_file *f = NULL;
+        int r = gh_st_open(AT_FDCWD, j->files[fi], NULL, &f, NULL, j->reason, sizeof(j->reason));
+
+        if (r < 0)
+                return r;
+        job_tensor *t = realloc(j->tensors, (j->n_tensors + f->n_tensors) * sizeof(*t));
+        if (!t)
+                return -ENOMEM;
+        j->tensors = t;
+        /* Laid out in file order, for sequential reads. */
+        size_t first = j->n_tensors;
+        for (size_t i = 0; i < f->n_tensors; i++) {
+                const gh_st_tensor *s = &f->tensors[i];
+                job_tensor *jt = &j->tensors[j->n_tensors];
+                gh_dtype dt = target_dtype(s->dtype, j->convert);
+                *jt = (job_tensor) {
+                        .e = {.dtype = dt, .n_dims = s->n_dims, .bytes = s->n_elements * gh_dtype_size(dt)},
+                        .file = fi, .src_dtype = s->dtype,
+                        .src_offset = f->data_start + s->begin, .src_bytes = s->end - s->begin,
+                };
+                memcpy(jt->e.shape, s->shape, sizeof(s->shape));
+                if (asprintf(&jt->e.name, "%s%s", j->prefixes[fi], s->name) < 0)
+                        return -ENOMEM;
+                j->n_tensors++;
+        }
+        for (size_t i = first; i + 1 < j->n_tensors; i++) /* insertion sort by source offset */
+                for (size_t k = i + 1; k > first && j->tensors[k].src_offset < j->tensors[k - 1].src_offset; k--) {
+                        job_tensor tmp = j->tensors[k];
+                        j->tensors[k] = j->tensors[k - 1];
+                        j->tensors[k - 1] = tmp;
+                }
+        return 0;
+}
+
+static int cmp_tensor_names(const void *a, const void *b) {
+        return strcmp((*(const job_tensor *const *) a)->e.name, (*(const job_tensor *const *) b)->e.name);
+}
+
+/* Two files of one model may not define the same tensor name. */
+static int check_unique(load_job *j) {
+        const job_tensor **v = malloc((j->n_tensors + 1) * sizeof(*v));
+        int r = 0;
+
+        if (!v)
+                return -ENOMEM;
+        for (size_t i = 0; i < j->n_tensors; i++)
+                v[i] = &j->tensors[i];
+        qsort(v, j->n_tensors, sizeof(*v), cmp_tensor_names);
+        for (size_t i = 1; i < j->n_tensors && r == 0; i++)
+                if (strcmp(v[i]->e.name, v[i - 1]->e.name) == 0) {
+                        snprintf(j->reason, sizeof(j->reason), "tensor \"%s\" is defined by both %s and %s",
+                                 v[i]->e.name, j->files[v[i - 1]->file], j->files[v[i]->file]);
+                        r = -EBADMSG;
+                }
+        free(v);
+        return r;
+}
+
+static int job_plan(load_job *j) {
+        struct stat st;
+        int r;
+
+        if (stat(j->path, &st) < 0) {
+                r = gh_negerrno();
+                snprintf(j->reason, sizeof(j->reason), "%s: %s", j->path, strerror(-r));
+                return r;
+        }
+        r = S_ISDIR(st.st_mode) ? job_add_dir(j, j->path, "", true) : job_add_file(j, j->path, "");
+        if (r >= 0 && j->n_files == 0) {
+                snprintf(j->reason, sizeof(j->reason), "%s: no .safetensors files", j->path);
+                return -ENOENT;
+        }
+        for (size_t i = 0; r >= 0 && i < j->n_files; i++)
+                r = plan_file(j, (unsigned) i);
+        if (r >= 0)
+                r = check_unique(j);
+        if (r < 0)
+                return r;
+        uint64_t cursor = 0;
+        for (size_t i = 0; i < j->n_tensors; i++) {
+                j->tensors[i].e.offset = align_up(cursor, TENSOR_ALIGN);
+                cursor = j->tensors[i].e.offset + j->tensors[i].e.bytes;
+        }
+        j->total = cursor > 0 ? cursor : TENSOR_ALIGN;
+        return 0;
+}
+
+/* ---- loader thread: copy ---- */
+
+static int read_full(int fd, void *buf, size_t n, uint64_t offset) {
+        char *p = buf;
+
+        while (n > 0) {
+                ssize_t k = pread(fd, p, n, (off_t) offset);
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k <= 0)
+                        return k < 0 ? gh_negerrno() : -EIO; /* the file shrank */
+                p += k;
+                n -= (size_t) k;
+                offset += (uint64_t) k;
+        }
+        return 0;
+}
+
+static int put(load_job *j, uint64_t dst, const void *src, size_t n) {
+        if (j->dev.upload)
+                return j->dev.upload(j->dev.upload_ctx, dst, src, n);
+        memcpy(gh_pool_ptr(j->dev.pool, dst), src, n);
+        return 0;
+}
+
+/* One tensor, in chunks: read (straight into host pool memory when nothing
+ * needs converting), convert, upload. */
+static int copy_tensor(load_job *j, int fd, const job_tensor *t, void *stage, void *conv) {
+        size_t src_el = gh_dtype_size(t->src_dtype), dst_el = gh_dtype_size(t->e.dtype);
+        uint64_t done = 0, dst = j->base + t->e.offset;
+        bool direct = !j->dev.upload && t->src_dtype == t->e.dtype;
+
+        while (done < t->src_bytes) {
+                size_t n = t->src_bytes - done < COPY_CHUNK ? (size_t) (t->src_bytes - done) : COPY_CHUNK;
+                n -= n % src_el;
+                uint64_t out = done / src_el * dst_el;
+                void *buf = direct ? gh_pool_ptr(j->dev.pool, dst + out) : stage;
+                int r = read_full(fd, buf, n, t->src_offset + done);
+                if (r >= 0 && !direct) {
+                        const void *src = stage;
+                        if (t->src_dtype != t->e.dtype) {
+                                gh_dtype_convert(t->src_dtype, stage, t->e.dtype, conv, n / src_el);
+                                src = conv;
+                        }
+                        r = put(j, dst + out, src, n / src_el * dst_el);
+                }
+                if (r < 0)
+                        return r;
+                done += n;
+                atomic_fetch_add(&j->done_bytes, n / src_el * dst_el);
+        }
+        return 0;
+}
+
+static int job_copy(load_job *j) {
+        void *stage = malloc(COPY_CHUNK), *conv = malloc(COPY_CHUNK * 2);
+        int fd = -1, r = stage && conv ? 0 : -ENOMEM;
+        unsigned open_file = UINT_MAX;
+
+        for (size_t i = 0; r >= 0 && i < j->n_tensors; i++) {
+                const job_tensor *t = &j->tensors[i];
+                if (t->file != open_file) {
+                        gh_close(fd);
+                        fd = open(j->files[t->file], O_RDONLY | O_CLOEXEC);
+                        if (fd < 0) {
+                                r = gh_negerrno();
+                                break;
+                        }
+                        posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+                        open_file = t->file;
+                }
+                r = copy_tensor(j, fd, t, stage, conv);
+                if (r < 0)
+                        snprintf(j->reason, sizeof(j->reason), "%s: tensor \"%s\": %s", j->files[t->file],
+                                 t->e.name, strerror(-r));
+        }
+        if (r < 0 && !j->reason[0])
+                snprintf(j->reason, sizeof(j->reason), "%s: %s", j->path, strerror(-r));
+        gh_close(fd);
+        free(stage);
+        free(conv);
+        return r;
+}
+
+static void *loader_main(void *userdata) {
+        gh_store *s = userdata;
+        uint64_t one = 1;
+
+        pthread_mutex_lock(&s->lock);
+        for (;;) {
+                while (!s->queue && !s->stop)
+                        pthread_cond_wait(&s->cond, &s->lock);
+                if (s->stop)
+                        break;
+                load_job *j = s->queue;
+                s->queue = j->next;
+                pthread_mutex_unlock(&s->lock);
+                j->reason[0] = 0;
+                j->r = j->phase == JOB_PLAN ? job_plan(j) : job_copy(j);
+                pthread_mutex_lock(&s->lock);
+                j->next = s->finished;
+                s->finished = j;
+                (void) !write(s->efd, &one, sizeof(one));
+        }
+        pthread_mutex_unlock(&s->lock);
+        return NULL;
+}
+
+static void job_submit(gh_store *s, load_job *j) {
+        pthread_mutex_lock(&s->lock);
+        load_job **tail = &s->queue;
+        while (*tail)
+                tail = &(*tail)->next;
+        j->next = NULL;
+        *tail = j;
+        pthread_cond_signal(&s->cond);
+        pthread_mutex_unlock(&s->lock);
+}
+
+/* ---- residency (event-loop thread) ---- */
+
+static void resident_finish(gh_resident *res, int r, const char *reason) {
+        load_waiter *w = TAKE_PTR(res->waiters);
+
+        while (w) {
+                load_waiter *next = w->next;
+                w->done(res, r, reason, w->userdata);
+                free(w);
+                w = next;
+        }
+}
+
+static void resident_free(gh_resident *res) {
+        for (size_t i = 0; i < res->n_tensors; i++)
+                free(res->tensors[i].name);
+        free(res->tensors);
+        free(res);
+}
+
+/* Drops the residency: releases its pool space. */
+static void resident_drop(gh_resident *res) {
+        gh_store *s = res->store;
+
+        if (res->bytes > 0)
+                gh_pool_release(s->devices[res->device].pool, res->offset);
+        res->model->resident[res->device] = NULL;
+        resident_free(res);
+}
+
+/* The least recently used model on |device| that may go. */
+static gh_resident *eviction_candidate(gh_store *s, unsigned device, const gh_resident *except) {
+        gh_resident *best = NULL;
+
+        for (size_t i = 0; i < s->n_models; i++) {
+                gh_resident *r = s->models[i]->resident[device];
+                if (!r || r == except || !r->ready || r->refs > 0 || r->model->pinned)
+                        continue;
+                if (!best || r->last_use < best->last_use)
+                        best = r;
+        }
+        return best;
+}
+
+static int allocate(gh_store *s, gh_resident *res, uint64_t bytes, char *reason, size_t reason_size) {
+        gh_pool *pool = s->devices[res->device].pool;
+
+        for (;;) {
+                int r = gh_pool_alloc(pool, bytes, TENSOR_ALIGN, &res->offset);
+                if (r != -ENOSPC)
+                        return r;
+                gh_resident *victim = eviction_candidate(s, res->device, res);
+                if (!victim) {
+                        gh_pool_stats st;
+                        gh_pool_get_stats(pool, &st);
+                        snprintf(reason, reason_size,
+                                 "needs %" PRIu64 " MiB on device %u; its pool has %" PRIu64 " MiB free in one piece "
+                                 "of %" PRIu64 " MiB, the rest held by models in use or pinned",
+                                 (bytes + (1 << 20) - 1) >> 20, res->device, st.largest_free >> 20, st.capacity >> 20);
+                        return -ENOSPC;
+                }
+                resident_drop(victim);
+        }
+}
+
+static void fail_load(gh_resident *res, load_job *j, int r) {
+        char reason[sizeof(j->reason)];
+
+        snprintf(reason, sizeof(reason), "%s", j->reason[0] ? j->reason : strerror(-r));
+        job_free(j);
+        res->job = NULL;
+        res->model->resident[res->device] = NULL;
+        resident_finish(res, r, reason);
+        resident_free(res);
+}
+
+static void on_planned(gh_store *s, load_job *j) {
+        gh_resident *res = j->res;
+        int r = j->r;
+
+        if (r >= 0)
+                r = allocate(s, res, j->total, j->reason, sizeof(j->reason));
+        if (r < 0)
+                return fail_load(res, j, r);
+        res->bytes = j->total;
+        j->base = res->offset;
+        j->dev = s->devices[res->device];
+        j->phase = JOB_COPY;
+        job_submit(s, j);
+}
+
+static void on_copied(gh_store *s, load_job *j) {
+        gh_resident *res = j->res;
+
+        if (j->r < 0) {
+                gh_pool_release(s->devices[res->device].pool, res->offset);
+                res->bytes = 0;
+                return fail_load(res, j, j->r);
+        }
+        res->tensors = calloc(j->n_tensors ? j->n_tensors : 1, sizeof(*res->tensors));
+        if (!res->tensors) {
+                gh_pool_release(s->devices[res->device].pool, res->offset);
+                res->bytes = 0;
+                return fail_load(res, j, -ENOMEM);
+        }
+        for (size_t i = 0; i < j->n_tensors; i++) {
+                res->tensors[i] = j->tensors[i].e;
+                res->tensors[i].offset += res->offset; /* from the pool's start */
+                res->tensors[i].name = TAKE_PTR(j->tensors[i].e.name);
+        }
+        res->n_tensors = j->n_tensors;
+        res->ready = true;
+        res->last_use = ++s->clock;
+        res->job = NULL;
+        job_free(j);
+        resident_finish(res, 0, NULL);
+}
+
+static int on_loader_event(sd_event_source *es, int fd, uint32_t revents, void *userdata) {
+        gh_store *s = userdata;
+        uint64_t v;
+
+        (void) !read(s->efd, &v, sizeof(v));
+        pthread_mutex_lock(&s->lock);
+        load_job *done = TAKE_PTR(s->finished);
+        pthread_mutex_unlock(&s->lock);
+        while (done) {
+                load_job *j = done;
+                done = j->next;
+                if (j->phase == JOB_PLAN)
+                        on_planned(s, j);
+                else
+                        on_copied(s, j);
+        }
+        return 0;
+}
+
+/* ---- store ---- */
+
+int gh_store_new(sd_event *event, gh_store **ret) {
+        gh_store *s = calloc(1, sizeof(*s));
+
+        if (!s)
+                return -ENOMEM;
+        s->event = sd_event_ref(event);
+        pthread_mutex_init(&s->lock, NULL);
+        pthread_cond_init(&s->cond, NULL);
+        s->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        int r = s->efd < 0 ? gh_negerrno() : sd_event_add_io(event, &s->efd_source, s->efd, EPOLLIN, on_loader_event, s);
+        if (r >= 0) {
+                r = -pthread_create(&s->thread, NULL, loader_main, s);
+                s->thread_started = r == 0;
+        }
+        if (r < 0) {
+                gh_store_free(s);
+                return r;
+        }
+        *ret = s;
+        return 0;
+}
+
+static void model_free(gh_model *m) {
+        free(m->name);
+        free(m->path);
+        free(m->devices);
+        free(m);
+}
+
+gh_store *gh_store_free(gh_store *s) {
+        if (!s)
+                return NULL;
+        if (s->thread_started) {
+                pthread_mutex_lock(&s->lock);
+                s->stop = true;
+                pthread_cond_signal(&s->cond);
+                pthread_mutex_unlock(&s->lock);
+                pthread_join(s->thread, NULL);
+        }
+        /* Jobs the thread never took or handed back: their loads end. */
+        load_job *lists[2] = {TAKE_PTR(s->queue), TAKE_PTR(s->finished)};
+        for (int l = 0; l < 2; l++)
+                while (lists[l]) {
+                        load_job *j = lists[l];
+                        lists[l] = j->next;
+                        if (j->phase == JOB_COPY)
+                                gh_pool_release(s->devices[j->res->device].pool, j->res->offset);
+                        j->res->bytes = 0;
+                        fail_load(j->res, j, -ECANCELED);
+                }
+        for (size_t i = 0; i < s->n_models; i++) {
+                for (unsigned d = 0; d < GH_STORE_MAX_DEVICES; d++)
+                        if (s->models[i]->resident[d])
+                                resident_drop(s->models[i]->resident[d]);
+                model_free(s->models[i]);
+        }
+        free(s->models);
+        sd_event_source_disable_unref(s->efd_source);
+        gh_close(s->efd);
+        pthread_mutex_destroy(&s->lock);
+        pthread_cond_destroy(&s->cond);
+        sd_event_unref(s->event);
+        free(s);
+        return NULL;
+}
+
+int gh_store_add_device(gh_store *s, const gh_store_device *dev) {
+        if (dev->index >= GH_STORE_MAX_DEVICES || s->have_device[dev->index])
+                return -EINVAL;
+        s->devices[dev->index] = *dev;
+        s->have_device[dev->index] = true;
+        return 0;
+}
+
+gh_pool *gh_store_pool(gh_store *s, unsigned device) {
+        return device < GH_STORE_MAX_DEVICES && s->have_device[device] ? s->devices[device].pool : NULL;
+}
+
+static bool model_resident_anywhere(const gh_model *m) {
+        for (unsigned d = 0; d < GH_STORE_MAX_DEVICES; d++)
+                if (m->resident[d])
+                        return true;
+        return false;
+}
+
+static int model_update(gh_model *m, const catalog_entry *e) {
+        char *path = strdup(e->path), *devices = e->devices ? strdup(e->devices) : NULL;
+
+        if (!path || (e->devices && !devices)) {
+                free(path);
+                free(devices);
+                return -ENOMEM;
+        }
+        free(m->path);
+        free(m->devices);
+        m->path = path;
+        m->devices = devices;
+        m->convert = e->convert;
+        m->pinned = e->pinned;
+        m->from_config = e->from_config;
+        m->gone = false;
+        return 0;
+}
+
+void gh_store_apply_catalog(gh_store *s, gh_catalog *cat) {
+        for (size_t i = 0; i < s->n_models; i++)
+                s->models[i]->gone = true;
+        for (size_t i = 0; i < cat->n; i++) {
+                gh_model *m = gh_store_find(s, cat->entries[i].name);
+                if (!m) {
+                        gh_model **v = realloc(s->models, (s->n_models + 1) * sizeof(*v));
+                        m = calloc(1, sizeof(*m));
+                        if (v)
+                                s->models = v;
+                        if (!v || !m || !(m->name = strdup(cat->entries[i].name))) {
+                                free(m);
+                                continue;
+                        }
+                        s->models[s->n_models++] = m;
+                }
+                if (model_update(m, &cat->entries[i]) < 0)
+                        m->gone = false; /* keep the old settings */
+        }
+        /* Models no longer declared go once nothing of them is resident. */
+        size_t k = 0;
+        for (size_t i = 0; i < s->n_models; i++) {
+                if (s->models[i]->gone && !model_resident_anywhere(s->models[i]))
+                        model_free(s->models[i]);
+                else
+                        s->models[k++] = s->models[i];
+        }
+        s->n_models = k;
+        gh_catalog_free(cat);
+}
+
+gh_model *gh_store_find(gh_store *s, const char *name) {
+        for (size_t i = 0; i < s->n_models; i++)
+                if (!s->models[i]->gone && strcmp(s->models[i]->name, name) == 0)
+                        return s->models[i];
+        return NULL;
+}
+
+const char *gh_model_name(const gh_model *m) {
+        return m->name;
+}
+
+gh_resident *gh_model_resident(const gh_model *m, unsigned device) {
+        return device < GH_STORE_MAX_DEVICES ? m->resident[device] : NULL;
+}
+
+static int add_waiter(gh_resident *res, gh_load_done_fn done, void *userdata) {
+        load_waiter *w = calloc(1, sizeof(*w));
+
+        if (!w)
+                return -ENOMEM;
+        *w = (load_waiter) {.done = done, .userdata = userdata, .next = res->waiters};
+        res->waiters = w;
+        return 0;
+}
+
+int gh_store_load(gh_store *s, gh_model *m, unsigned device, gh_load_done_fn done, void *userdata) {
+        if (!gh_store_pool(s, device))
+                return -ENODEV;
+        gh_resident *res = m->resident[device];
+        if (res && res->ready) {
+                res->last_use = ++s->clock;
+                if (done)
+                        done(res, 0, NULL, userdata);
+                return 0;
+        }
+        if (res)
+                return done ? add_waiter(res, done, userdata) : 0;
+        res = calloc(1, sizeof(*res));
+        load_job *j = calloc(1, sizeof(*j));
+        if (!res || !j || !(j->path = strdup(m->path)) || (done && add_waiter(res, done, userdata) < 0)) {
+                free(res);
+                job_free(j);
+                return -ENOMEM;
+        }
+        *res = (gh_resident) {.store = s, .model = m, .device = device, .job = j, .waiters = res->waiters};
+        j->res = res;
+        j->phase = JOB_PLAN;
+        j->convert = m->convert;
+        m->resident[device] = res;
+        job_submit(s, j);
+        return 0;
+}
+
+int gh_store_unload(gh_store *s, gh_model *m, unsigned device) {
+        gh_resident *res = gh_model_resident(m, device);
+
+        if (!res)
+                return -ENOENT;
+        if (!res->ready || res->refs > 0)
+                return -EBUSY;
+        resident_drop(res);
+        return 0;
+}
+
+int gh_store_set_pinned(gh_store *s, gh_model *m, bool pinned) {
+        m->pinned = pinned;
+        return 0;
+}
+
+bool gh_resident_ready(const gh_resident *r) {
+        return r->ready;
+}
+
+void gh_resident_ref(gh_resident *r) {
+        r->refs++;
+        r->last_use = ++r->store->clock;
+}
+
+void gh_resident_unref(gh_resident *r) {
+        if (r->refs > 0)
+                r->refs--;
+        r->last_use = ++r->store->clock;
+}
+
+unsigned gh_resident_refs(const gh_resident *r) {
+        return r->refs;
+}
+
+uint64_t gh_resident_offset(const gh_resident *r) {
+        return r->offset;
+}
+
+uint64_t gh_resident_bytes(const gh_resident *r) {
+        return r->bytes;
+}
+
+const gh_tensor_entry *gh_resident_tensors(const gh_resident *r, size_t *ret_n) {
+        *ret_n = r->n_tensors;
+        return r->tensors;
+}
+
+void gh_resident_progress(const gh_resident *r, uint64_t *ret_done, uint64_t *ret_total) {
+        if (r->ready) {
+                *ret_done = *ret_total = r->bytes;
+        } else if (r->job && r->job->phase == JOB_COPY) {
+                *ret_done = atomic_load(&r->job->done_bytes);
+                *ret_total = r->job->total;
+        } else
+                *ret_done = *ret_total = 0;
+}
+
+static json_object *resident_json(const gh_resident *r) {
+        json_object *o = json_object_new_object();
+        uint64_t done, total;
+
+        gh_resident_progress(r, &done, &total);
+        json_object_object_add(o, "device", json_object_new_int((int) r->device));
+        json_object_object_add(o, "state", json_object_new_string(r->ready ? "ready" : "loading"));
+        json_object_object_add(o, "bytes", json_object_new_int64((int64_t) total));
+        json_object_object_add(o, "loaded_bytes", json_object_new_int64((int64_t) done));
+        json_object_object_add(o, "tensors", json_object_new_int64((int64_t) r->n_tensors));
+        json_object_object_add(o, "refcount", json_object_new_int((int) r->refs));
+        json_object_object_add(o, "last_use", json_object_new_int64((int64_t) r->last_use));
+        return o;
+}
+
+json_object *gh_store_models_json(gh_store *s) {
+        json_object *a = json_object_new_array();
+
+        for (size_t i = 0; i < s->n_models; i++) {
+                const gh_model *m = s->models[i];
+                json_object *o = json_object_new_object(), *res = json_object_new_array();
+                json_object_object_add(o, "name", json_object_new_string(m->name));
+                json_object_object_add(o, "path", json_object_new_string(m->path));
+                json_object_object_add(o, "source", json_object_new_string(m->from_config ? "config" : "directory"));
+                json_object_object_add(o, "dtype", json_object_new_string(m->convert < 0 ? "keep" : gh_dtype_to_string((gh_dtype) m->convert)));
+                json_object_object_add(o, "pinned", json_object_new_boolean(m->pinned));
+                json_object_object_add(o, "declared", json_object_new_boolean(!m->gone));
+                for (unsigned d = 0; d < GH_STORE_MAX_DEVICES; d++)
+                        if (m->resident[d])
+                                json_object_array_add(res, resident_json(m->resident[d]));
+                json_object_object_add(o, "resident", res);
+                json_object_array_add(a, o);
+        }
+        return a;
+}

@@ -1,0 +1,94 @@
+/* The model store: which models exist, and which are resident on which
+ * device.
+ *
+ * Models come from [model NAME] sections and from the models directory
+ * (*.safetensors files, and folders with safetensors files in them, such as
+ * the diffusers layout, whose subfolder names prefix the tensor names:
+ * "unet/conv_in.weight"). A model resident on a device is one allocation in
+ * that device's pool holding every tensor (256-byte aligned), described by
+ * a tensor table (name, dtype, shape, pool offset, bytes).
+ *
+ * Loading never blocks the event loop: a loader thread parses the headers
+ * and plans the layout, the loop allocates pool space (evicting unused,
+ * unpinned models, least recently used first), then the loader thread copies
+ * the data in large sequential reads, converting dtypes on the way. Results
+ * come back through an eventfd. A model with references (jobs, attached
+ * processes) is never evicted or unloaded; pinned ones are never evicted.
+ *
+ * Everything here is owned by the event-loop thread except what the
+ * loader thread touches: the job it holds, and the pool memory of the
+ * allocation made for it. */
+#pragma once
+
+#include <json-c/json.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <systemd/sd-event.h>
+
+#include "../common/safetensors.h"
+#include "config.h"
+#include "pool.h"
+
+#define GH_STORE_MAX_DEVICES 64
+
+typedef struct gh_store gh_store;
+typedef struct gh_model gh_model;
+typedef struct gh_resident gh_resident;
+
+typedef struct gh_tensor_entry {
+        char *name;
+        gh_dtype dtype;          /* as stored in the pool (after conversion) */
+        unsigned n_dims;
+        uint64_t shape[GH_ST_MAX_DIMS];
+        uint64_t offset, bytes;  /* from the start of the pool */
+} gh_tensor_entry;
+
+/* A device the store can load onto: its pool and how to copy into it. */
+typedef struct gh_store_device {
+        unsigned index;          /* the daemon's device index */
+        gh_pool *pool;
+        /* Copies |n| bytes from host memory to pool offset |offset|. Runs on
+         * the loader thread. NULL: the pool is host memory (gh_pool_ptr). */
+        int (*upload)(void *ctx, uint64_t offset, const void *src, size_t n);
+        void *upload_ctx;
+} gh_store_device;
+
+/* Called on the loop when a load ends: r < 0 with a reason, or 0. */
+typedef void (*gh_load_done_fn)(gh_resident *res, int r, const char *reason, void *userdata);
+
+int gh_store_new(sd_event *event, gh_store **ret);
+gh_store *gh_store_free(gh_store *s);
+int gh_store_add_device(gh_store *s, const gh_store_device *dev);
+
+/* Replaces the catalogue with the config's models and those found in its
+ * models directory (blocking I/O: call at start or from a helper thread
+ * through gh_store_scan + gh_store_apply_catalog). Models that disappear
+ * stay while resident. */
+typedef struct gh_catalog gh_catalog;
+int gh_catalog_build(const gh_config *c, gh_catalog **ret, char *err, size_t err_size);
+gh_catalog *gh_catalog_free(gh_catalog *cat);
+void gh_store_apply_catalog(gh_store *s, gh_catalog *cat); /* takes it */
+
+gh_model *gh_store_find(gh_store *s, const char *name);
+const char *gh_model_name(const gh_model *m);
+gh_resident *gh_model_resident(const gh_model *m, unsigned device);
+
+/* Starts loading |m| onto |device| (or joins the load under way). |done|
+ * runs when it ends; right away if already resident. */
+int gh_store_load(gh_store *s, gh_model *m, unsigned device, gh_load_done_fn done, void *userdata);
+/* Unloads; -EBUSY while referenced or loading, -ENOENT if not resident. */
+int gh_store_unload(gh_store *s, gh_model *m, unsigned device);
+int gh_store_set_pinned(gh_store *s, gh_model *m, bool pinned);
+
+bool gh_resident_ready(const gh_resident *r);
+void gh_resident_ref(gh_resident *r);
+void gh_resident_unref(gh_resident *r);
+unsigned gh_resident_refs(const gh_resident *r);
+uint64_t gh_resident_offset(const gh_resident *r);
+uint64_t gh_resident_bytes(const gh_resident *r);
+const gh_tensor_entry *gh_resident_tensors(const gh_resident *r, size_t *ret_n);
+/* Load progress of a model being loaded: bytes copied of the total. */
+void gh_resident_progress(const gh_resident *r, uint64_t *ret_done, uint64_t *ret_total);
+gh_pool *gh_store_pool(gh_store *s, unsigned device);
+
+json_object *gh_store_models_json(gh_store *s);
