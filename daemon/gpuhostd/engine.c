@@ -30,17 +30,84 @@ int gh_config_devices(const gh_config *c, gh_devices_config *ret, gh_config_erro
         return r;
 }
 
-/* Loader-thread upload into a GPU pool (the thread makes the device's
- * context current first). Pageable source memory: a plain synchronous copy;
- * pinned double buffering is the loader's next step. */
-static int cuda_upload(void *ctx, uint64_t offset, const void *src, size_t n) {
+/* ---- the GPU uploader (loader thread) ---- */
+
+static int gpu_call(gh_engine_gpu *g, CUresult r) {
+        return gh_cuda_errno(g->backend.cu, r, NULL);
+}
+
+static int gpu_upload_init(gh_engine_gpu *g) {
+        const gh_cuda *cu = g->backend.cu;
+        int r = gpu_call(g, cu->StreamCreate(&g->stream, CU_STREAM_NON_BLOCKING));
+
+        for (unsigned i = 0; r >= 0 && i < GH_UPLOAD_BUFFERS; i++) {
+                r = gpu_call(g, cu->MemHostAlloc(&g->pinned[i], GH_UPLOAD_BUFFER_SIZE, 0));
+                if (r >= 0)
+                        r = gpu_call(g, cu->EventCreate(&g->copied[i], CU_EVENT_DISABLE_TIMING));
+        }
+        g->ready = r >= 0;
+        return r;
+}
+
+static void gpu_upload_done(gh_engine_gpu *g) {
+        const gh_cuda *cu = g->backend.cu;
+
+        if (!g->backend.context || gpu_call(g, cu->CtxSetCurrent(g->backend.context)) < 0)
+                return;
+        if (g->stream)
+                cu->StreamSynchronize(g->stream);
+        for (unsigned i = 0; i < GH_UPLOAD_BUFFERS; i++) {
+                if (g->pinned[i])
+                        cu->MemFreeHost(g->pinned[i]);
+                if (g->copied[i])
+                        cu->EventDestroy(g->copied[i]);
+        }
+        if (g->stream)
+                cu->StreamDestroy(g->stream);
+}
+
+static int gpu_acquire(void *ctx, void **ret_buf, size_t *ret_size) {
         gh_engine_gpu *g = ctx;
         const gh_cuda *cu = g->backend.cu;
-        int r = gh_cuda_errno(cu, cu->CtxSetCurrent(g->backend.context), NULL);
+        int r = gpu_call(g, cu->CtxSetCurrent(g->backend.context));
 
+        if (r >= 0 && !g->ready)
+                r = gpu_upload_init(g);
         if (r < 0)
                 return r;
-        return gh_cuda_errno(cu, cu->MemcpyHtoD((CUdeviceptr) (gh_pool_base(g->pool) + offset), src, n), NULL);
+        unsigned i = g->next;
+        if (g->pending[i]) {
+                r = gpu_call(g, cu->EventSynchronize(g->copied[i]));
+                if (r < 0)
+                        return r;
+                g->pending[i] = false;
+        }
+        g->last = i;
+        g->next = (i + 1) % GH_UPLOAD_BUFFERS;
+        *ret_buf = g->pinned[i];
+        *ret_size = GH_UPLOAD_BUFFER_SIZE;
+        return 0;
+}
+
+static int gpu_submit(void *ctx, uint64_t offset, size_t n) {
+        gh_engine_gpu *g = ctx;
+        const gh_cuda *cu = g->backend.cu;
+        unsigned i = g->last;
+        int r = gpu_call(g, cu->MemcpyHtoDAsync((CUdeviceptr) (gh_pool_base(g->pool) + offset), g->pinned[i], n, g->stream));
+
+        if (r >= 0)
+                r = gpu_call(g, cu->EventRecord(g->copied[i], g->stream));
+        g->pending[i] = r >= 0;
+        return r;
+}
+
+static int gpu_flush(void *ctx) {
+        gh_engine_gpu *g = ctx;
+        int r = g->ready ? gpu_call(g, g->backend.cu->StreamSynchronize(g->stream)) : 0;
+
+        for (unsigned i = 0; i < GH_UPLOAD_BUFFERS; i++)
+                g->pending[i] = false;
+        return r;
 }
 
 static int setup_pool(gh_engine *e, const gh_device_info *info, uint64_t slab_size, uint64_t capacity,
@@ -62,9 +129,10 @@ static int setup_pool(gh_engine *e, const gh_device_info *info, uint64_t slab_si
         r = gh_pool_new(&e->gpus[i]->backend.backend, slab_size, capacity, &e->pools[i]);
         if (r < 0)
                 return r;
-        e->gpus[i]->pool = e->pools[i];
-        dev->upload = cuda_upload;
-        dev->upload_ctx = e->gpus[i];
+        gh_engine_gpu *g = e->gpus[i];
+        g->pool = e->pools[i];
+        g->uploader = (gh_store_uploader) {.acquire = gpu_acquire, .submit = gpu_submit, .flush = gpu_flush, .ctx = g};
+        dev->uploader = &g->uploader;
         return 0;
 }
 
@@ -122,8 +190,10 @@ void gh_engine_done(gh_engine *e) {
         e->store = gh_store_free(e->store); /* first: it releases pool space */
         for (unsigned i = 0; i < GH_STORE_MAX_DEVICES; i++) {
                 e->pools[i] = gh_pool_free(e->pools[i]);
-                if (e->gpus[i])
+                if (e->gpus[i]) {
+                        gpu_upload_done(e->gpus[i]);
                         gh_pool_cuda_done(&e->gpus[i]->backend);
+                }
                 free(e->gpus[i]);
                 e->gpus[i] = NULL;
         }

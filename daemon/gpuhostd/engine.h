@@ -11,10 +11,23 @@
 #include "models.h"
 #include "pool-cuda.h"
 
-/* A GPU's pool backend and where uploads go (loader thread). */
+#define GH_UPLOAD_BUFFERS 2
+#define GH_UPLOAD_BUFFER_SIZE (32u << 20)
+
+/* A GPU's pool backend and its uploader: pinned staging buffers, copied
+ * asynchronously on a stream of their own, so reading the next buffer
+ * overlaps the copy of the last. The CUDA objects are made by the loader
+ * thread on first use. */
 typedef struct gh_engine_gpu {
         gh_pool_cuda backend;
         gh_pool *pool;
+        gh_store_uploader uploader;
+        bool ready;
+        void *pinned[GH_UPLOAD_BUFFERS];
+        CUevent copied[GH_UPLOAD_BUFFERS];
+        bool pending[GH_UPLOAD_BUFFERS];
+        CUstream stream;
+        unsigned next, last;
 } gh_engine_gpu;
 
 typedef struct gh_engine {

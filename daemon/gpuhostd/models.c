@@ -426,34 +426,53 @@ static int read_full(int fd, void *buf, size_t n, uint64_t offset) {
         return 0;
 }
 
-static int put(load_job *j, uint64_t dst, const void *src, size_t n) {
-        if (j->dev.upload)
-                return j->dev.upload(j->dev.upload_ctx, dst, src, n);
-        memcpy(gh_pool_ptr(j->dev.pool, dst), src, n);
-        return 0;
-}
-
-/* One tensor, in chunks: read (straight into host pool memory when nothing
- * needs converting), convert, upload. */
-static int copy_tensor(load_job *j, int fd, const job_tensor *t, void *stage, void *conv) {
+/* Host pool: read straight into it, or through the staging buffer when
+ * the dtype changes. */
+static int copy_tensor_host(load_job *j, int fd, const job_tensor *t, void *stage) {
         size_t src_el = gh_dtype_size(t->src_dtype), dst_el = gh_dtype_size(t->e.dtype);
         uint64_t done = 0, dst = j->base + t->e.offset;
-        bool direct = !j->dev.upload && t->src_dtype == t->e.dtype;
+        bool convert = t->src_dtype != t->e.dtype;
 
         while (done < t->src_bytes) {
                 size_t n = t->src_bytes - done < COPY_CHUNK ? (size_t) (t->src_bytes - done) : COPY_CHUNK;
                 n -= n % src_el;
-                uint64_t out = done / src_el * dst_el;
-                void *buf = direct ? gh_pool_ptr(j->dev.pool, dst + out) : stage;
-                int r = read_full(fd, buf, n, t->src_offset + done);
-                if (r >= 0 && !direct) {
-                        const void *src = stage;
-                        if (t->src_dtype != t->e.dtype) {
-                                gh_dtype_convert(t->src_dtype, stage, t->e.dtype, conv, n / src_el);
-                                src = conv;
-                        }
-                        r = put(j, dst + out, src, n / src_el * dst_el);
-                }
+                void *out = gh_pool_ptr(j->dev.pool, dst + done / src_el * dst_el);
+                int r = read_full(fd, convert ? stage : out, n, t->src_offset + done);
+                if (r < 0)
+                        return r;
+                if (convert)
+                        gh_dtype_convert(t->src_dtype, stage, t->e.dtype, out, n / src_el);
+                done += n;
+                atomic_fetch_add(&j->done_bytes, n / src_el * dst_el);
+        }
+        return 0;
+}
+
+/* Device pool: fill a staging buffer (read straight into it, or convert
+ * into it) and submit it; the uploader overlaps copies with reading. */
+static int copy_tensor_upload(load_job *j, int fd, const job_tensor *t, void *stage) {
+        const gh_store_uploader *up = j->dev.uploader;
+        size_t src_el = gh_dtype_size(t->src_dtype), dst_el = gh_dtype_size(t->e.dtype);
+        uint64_t done = 0, dst = j->base + t->e.offset;
+        bool convert = t->src_dtype != t->e.dtype;
+
+        while (done < t->src_bytes) {
+                void *buf;
+                size_t cap;
+                int r = up->acquire(up->ctx, &buf, &cap);
+                if (r < 0)
+                        return r;
+                size_t max_src = cap / dst_el * src_el;
+                if (convert && max_src > COPY_CHUNK)
+                        max_src = COPY_CHUNK;
+                size_t n = t->src_bytes - done < max_src ? (size_t) (t->src_bytes - done) : max_src;
+                n -= n % src_el;
+                r = read_full(fd, convert ? stage : buf, n, t->src_offset + done);
+                if (r < 0)
+                        return r;
+                if (convert)
+                        gh_dtype_convert(t->src_dtype, stage, t->e.dtype, buf, n / src_el);
+                r = up->submit(up->ctx, dst + done / src_el * dst_el, n / src_el * dst_el);
                 if (r < 0)
                         return r;
                 done += n;
@@ -463,8 +482,8 @@ static int copy_tensor(load_job *j, int fd, const job_tensor *t, void *stage, vo
 }
 
 static int job_copy(load_job *j) {
-        void *stage = malloc(COPY_CHUNK), *conv = malloc(COPY_CHUNK * 2);
-        int fd = -1, r = stage && conv ? 0 : -ENOMEM;
+        void *stage = malloc(COPY_CHUNK);
+        int fd = -1, r = stage ? 0 : -ENOMEM;
         unsigned open_file = UINT_MAX;
 
         for (size_t i = 0; r >= 0 && i < j->n_tensors; i++) {
@@ -479,16 +498,19 @@ static int job_copy(load_job *j) {
                         posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
                         open_file = t->file;
                 }
-                r = copy_tensor(j, fd, t, stage, conv);
+                r = j->dev.uploader ? copy_tensor_upload(j, fd, t, stage) : copy_tensor_host(j, fd, t, stage);
                 if (r < 0)
                         snprintf(j->reason, sizeof(j->reason), "%s: tensor \"%s\": %s", j->files[t->file],
                                  t->e.name, strerror(-r));
+        }
+        if (j->dev.uploader) {
+                int k = j->dev.uploader->flush(j->dev.uploader->ctx); /* also after a failure */
+                r = r < 0 ? r : k;
         }
         if (r < 0 && !j->reason[0])
                 snprintf(j->reason, sizeof(j->reason), "%s: %s", j->path, strerror(-r));
         gh_close(fd);
         free(stage);
-        free(conv);
         return r;
 }
 

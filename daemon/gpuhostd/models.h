@@ -43,14 +43,23 @@ typedef struct gh_tensor_entry {
         uint64_t offset, bytes;  /* from the start of the pool */
 } gh_tensor_entry;
 
+/* How the loader thread copies into a pool that is not host memory:
+ * it takes a staging buffer, fills it, and submits it; submitted copies may
+ * run while the next buffer is filled; flush waits for all of them. */
+typedef struct gh_store_uploader {
+        /* A free staging buffer of *ret_size bytes (waits for its last copy). */
+        int (*acquire)(void *ctx, void **ret_buf, size_t *ret_size);
+        /* Copies the first |n| bytes of the buffer last acquired to |offset|. */
+        int (*submit)(void *ctx, uint64_t offset, size_t n);
+        int (*flush)(void *ctx);
+        void *ctx;
+} gh_store_uploader;
+
 /* A device the store can load onto: its pool and how to copy into it. */
 typedef struct gh_store_device {
         unsigned index;          /* the daemon's device index */
         gh_pool *pool;
-        /* Copies |n| bytes from host memory to pool offset |offset|. Runs on
-         * the loader thread. NULL: the pool is host memory (gh_pool_ptr). */
-        int (*upload)(void *ctx, uint64_t offset, const void *src, size_t n);
-        void *upload_ctx;
+        const gh_store_uploader *uploader; /* NULL: the pool is host memory */
 } gh_store_device;
 
 /* Called on the loop when a load ends: r < 0 with a reason, or 0. */
