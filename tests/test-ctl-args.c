@@ -8,7 +8,10 @@
  * per-command options (--json, --more, --oneway) before and after the
  * command, argument counts of "call", option/argument interleaving,
  * "COMMAND --help", and parsing more than once in a process (getopt
- * state reset). Also ctl_command_find(). */
+ * state reset); the device and model commands: "model ACTION NAME" with
+ * its actions checked while parsing, and -d/--device (valid, negative,
+ * non-numeric, missing, refused where it does not apply). Also
+ * ctl_command_find(). */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -90,6 +93,7 @@ static void expect_plain_command(argv_buf *b, int r, const ctl_command *cmd) {
         assert_false(b->opts.oneway);
         assert_false(b->opts.help);
         assert_false(b->opts.version);
+        assert_int_equal(b->opts.device, -1);
 }
 
 static int teardown_buf(void **state) {
@@ -113,6 +117,11 @@ static void test_command_find(void **state) {
         assert_ptr_equal(ctl_command_find("reload"), &ctl_cmd_reload);
         assert_ptr_equal(ctl_command_find("version"), &ctl_cmd_version);
         assert_ptr_equal(ctl_command_find("call"), &ctl_cmd_call);
+        assert_ptr_equal(ctl_command_find("devices"), &ctl_cmd_devices);
+        assert_ptr_equal(ctl_command_find("models"), &ctl_cmd_models);
+        assert_ptr_equal(ctl_command_find("model"), &ctl_cmd_model);
+        assert_null(ctl_command_find("device"));
+        assert_null(ctl_command_find("load")); /* an action of "model", not a command */
         assert_string_equal(ctl_command_find("call")->name, "call");
         assert_null(ctl_command_find("nosuch"));
         assert_null(ctl_command_find(""));
@@ -214,6 +223,8 @@ static void test_each_command(void **state) {
                 {"ping", &ctl_cmd_ping},
                 {"reload", &ctl_cmd_reload},
                 {"version", &ctl_cmd_version},
+                {"devices", &ctl_cmd_devices},
+                {"models", &ctl_cmd_models},
         };
 
         for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
@@ -454,6 +465,199 @@ static void test_more_oneway(void **state) {
         assert_string_equal(b->opts.args[0], "M");
 }
 
+static void test_devices_models(void **state) {
+        argv_buf *b = *state;
+        int r;
+
+        r = PARSE(b, "devices", "--json");
+        assert_int_equal(r, 1);
+        assert_ptr_equal(b->opts.command, &ctl_cmd_devices);
+        assert_true(b->opts.json);
+        assert_int_equal(b->opts.n_args, 0);
+
+        r = PARSE(b, "--json", "models");
+        assert_int_equal(r, 1);
+        assert_ptr_equal(b->opts.command, &ctl_cmd_models);
+        assert_true(b->opts.json);
+
+        r = PARSE(b, "help", "devices");
+        assert_int_equal(r, 0);
+        assert_ptr_equal(b->opts.command, &ctl_cmd_devices);
+        r = PARSE(b, "models", "--help");
+        assert_int_equal(r, 0);
+        assert_true(b->opts.help);
+        assert_ptr_equal(b->opts.command, &ctl_cmd_models);
+
+        /* Neither takes --device, --more or --oneway. */
+        r = PARSE(b, "devices", "--device", "0");
+        expect_usage_error(b, r, "'--device' does not apply", NULL);
+        r = PARSE(b, "models", "-d", "0");
+        expect_usage_error(b, r, "'-d' does not apply", NULL);
+        r = PARSE(b, "devices", "--more");
+        expect_usage_error(b, r, "'--more' does not apply", NULL);
+}
+
+static void test_model_command(void **state) {
+        argv_buf *b = *state;
+        static const char *const actions[] = {"load", "unload", "pin", "unpin"};
+        int r;
+
+        for (size_t i = 0; i < sizeof(actions) / sizeof(actions[0]); i++) {
+                r = PARSE(b, "model", actions[i], "sd15");
+                expect_plain_command(b, r, &ctl_cmd_model);
+                assert_int_equal(b->opts.n_args, 2);
+                assert_string_equal(b->opts.args[0], actions[i]);
+                assert_string_equal(b->opts.args[1], "sd15");
+
+                r = PARSE(b, "model", actions[i], "sd15", "--json");
+                assert_int_equal(r, 1);
+                assert_true(b->opts.json);
+
+                /* The name is required... */
+                r = PARSE(b, "model", actions[i]);
+                expect_usage_error(b, r, "missing model name", actions[i]);
+                /* ... and there is only one. */
+                r = PARSE(b, "model", actions[i], "a", "b");
+                expect_usage_error(b, r, "too many arguments", "model");
+        }
+
+        /* No action at all. */
+        r = PARSE(b, "model");
+        expect_usage_error(b, r, "missing arguments", "ACTION NAME");
+
+        /* An unknown action names the valid ones, whatever follows it. */
+        r = PARSE(b, "model", "frobnicate", "x");
+        expect_usage_error(b, r, "unknown action 'frobnicate'", "load, unload, pin, unpin");
+        r = PARSE(b, "model", "frobnicate");
+        expect_usage_error(b, r, "unknown action 'frobnicate'", "load, unload, pin, unpin");
+        r = PARSE(b, "model", "Load", "x");
+        expect_usage_error(b, r, "unknown action 'Load'", NULL);
+        r = PARSE(b, "model", "", "x");
+        expect_usage_error(b, r, "unknown action ''", NULL);
+        r = PARSE(b, "model", "sd15", "load"); /* the action comes first */
+        expect_usage_error(b, r, "unknown action 'sd15'", NULL);
+
+        /* Help does not need a valid action. */
+        r = PARSE(b, "model", "--help");
+        assert_int_equal(r, 0);
+        assert_true(b->opts.help);
+        assert_ptr_equal(b->opts.command, &ctl_cmd_model);
+        r = PARSE(b, "model", "frobnicate", "-h");
+        assert_int_equal(r, 0);
+        assert_ptr_equal(b->opts.command, &ctl_cmd_model);
+        r = PARSE(b, "help", "model");
+        assert_int_equal(r, 0);
+        assert_ptr_equal(b->opts.command, &ctl_cmd_model);
+
+        /* Options between the arguments, a "--" before a name that looks
+         * like an option. */
+        r = PARSE(b, "model", "-t", "5", "load", "--json", "sd15");
+        assert_int_equal(r, 1);
+        assert_int_equal(b->opts.timeout_usec, 5000000);
+        assert_true(b->opts.json);
+        assert_string_equal(b->opts.args[0], "load");
+        assert_string_equal(b->opts.args[1], "sd15");
+        r = PARSE(b, "model", "unload", "--", "-odd-name");
+        assert_int_equal(r, 1);
+        assert_int_equal(b->opts.n_args, 2);
+        assert_string_equal(b->opts.args[1], "-odd-name");
+
+        /* Not for the model command: --more, --oneway. */
+        r = PARSE(b, "model", "load", "x", "--more");
+        expect_usage_error(b, r, "'--more' does not apply", NULL);
+        r = PARSE(b, "--oneway", "model", "load", "x");
+        expect_usage_error(b, r, "'--oneway' does not apply", NULL);
+}
+
+static void test_device_option(void **state) {
+        argv_buf *b = *state;
+        int r;
+
+        /* Every form and position. */
+        r = PARSE(b, "model", "load", "sd15", "--device", "1");
+        assert_int_equal(r, 1);
+        assert_ptr_equal(b->opts.command, &ctl_cmd_model);
+        assert_int_equal(b->opts.device, 1);
+        assert_int_equal(b->opts.n_args, 2); /* the index is not an argument */
+        assert_string_equal(b->opts.args[1], "sd15");
+
+        r = PARSE(b, "model", "load", "sd15", "--device=0");
+        assert_int_equal(r, 1);
+        assert_int_equal(b->opts.device, 0);
+
+        r = PARSE(b, "model", "unload", "-d", "2", "sd15");
+        assert_int_equal(r, 1);
+        assert_int_equal(b->opts.device, 2);
+        assert_int_equal(b->opts.n_args, 2);
+        assert_string_equal(b->opts.args[0], "unload");
+        assert_string_equal(b->opts.args[1], "sd15");
+
+        r = PARSE(b, "model", "-d7", "load", "sd15");
+        assert_int_equal(r, 1);
+        assert_int_equal(b->opts.device, 7);
+        assert_int_equal(b->opts.n_args, 2);
+
+        r = PARSE(b, "-d", "3", "model", "load", "sd15");
+        assert_int_equal(r, 1);
+        assert_int_equal(b->opts.device, 3);
+
+        r = PARSE(b, "--device", "2147483647", "model", "load", "sd15");
+        assert_int_equal(r, 1);
+        assert_int_equal(b->opts.device, 2147483647);
+
+        r = PARSE(b, "model", "load", "sd15", "-d", "1", "-d", "4"); /* the last one wins */
+        assert_int_equal(r, 1);
+        assert_int_equal(b->opts.device, 4);
+
+        /* Not given: -1. */
+        r = PARSE(b, "model", "load", "sd15");
+        assert_int_equal(r, 1);
+        assert_int_equal(b->opts.device, -1);
+
+        /* Negative, non-numeric, empty, out of range: before or after the
+         * command, the value is named. */
+        static const char *const bad[] = {"-1", "-0", "abc", "", "1x", "0x1", "+1", " 1", "1.5",
+                                          "2147483648", "99999999999999999999"};
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                char want[64];
+                snprintf(want, sizeof(want), "invalid device '%s'", bad[i]);
+                r = PARSE(b, "model", "load", "sd15", "--device", bad[i]);
+                expect_usage_error(b, r, want, NULL);
+                r = PARSE(b, "-d", bad[i], "model", "load", "sd15");
+                expect_usage_error(b, r, want, NULL);
+        }
+        r = PARSE(b, "model", "load", "sd15", "--device=-5");
+        expect_usage_error(b, r, "invalid device '-5'", NULL);
+
+        /* Missing argument. */
+        r = PARSE(b, "model", "load", "sd15", "--device");
+        expect_usage_error(b, r, "missing argument", "--device");
+        r = PARSE(b, "model", "load", "sd15", "-d");
+        expect_usage_error(b, r, "missing argument", "-d");
+
+        /* Refused by commands that do not take it, before or after the
+         * command, and by the actions that have no device. */
+        r = PARSE(b, "status", "--device", "0");
+        expect_usage_error(b, r, "'--device' does not apply", NULL);
+        r = PARSE(b, "status", "-d", "0");
+        expect_usage_error(b, r, "'-d' does not apply", NULL);
+        r = PARSE(b, "--device", "0", "status");
+        expect_usage_error(b, r, "'--device' does not apply", NULL);
+        r = PARSE(b, "-d", "1", "ping");
+        expect_usage_error(b, r, "'--device' does not apply", NULL);
+        r = PARSE(b, "call", "M", "--device=1");
+        expect_usage_error(b, r, "'--device=1' does not apply", NULL);
+        r = PARSE(b, "model", "pin", "sd15", "--device", "0");
+        expect_usage_error(b, r, "'--device' does not apply to 'model pin'", NULL);
+        r = PARSE(b, "-d", "0", "model", "unpin", "sd15");
+        expect_usage_error(b, r, "'--device' does not apply to 'model unpin'", NULL);
+
+        /* An invalid value for a command without the option: the option
+         * is refused first. */
+        r = PARSE(b, "status", "--device", "abc");
+        expect_usage_error(b, r, "'--device' does not apply", NULL);
+}
+
 static void test_unknown_options(void **state) {
         argv_buf *b = *state;
         int r;
@@ -540,6 +744,9 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_json_option, setup_buf, teardown_buf),
                 cmocka_unit_test_setup_teardown(test_call_arguments, setup_buf, teardown_buf),
                 cmocka_unit_test_setup_teardown(test_more_oneway, setup_buf, teardown_buf),
+                cmocka_unit_test_setup_teardown(test_devices_models, setup_buf, teardown_buf),
+                cmocka_unit_test_setup_teardown(test_model_command, setup_buf, teardown_buf),
+                cmocka_unit_test_setup_teardown(test_device_option, setup_buf, teardown_buf),
                 cmocka_unit_test_setup_teardown(test_unknown_options, setup_buf, teardown_buf),
                 cmocka_unit_test_setup_teardown(test_parse_twice, setup_buf, teardown_buf),
         };

@@ -2,6 +2,7 @@
  * arguments, and the help texts. */
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -15,7 +16,8 @@
 #define MAX_TIMEOUT_SEC 86400.0
 
 static const ctl_command *const commands[] = {
-        &ctl_cmd_status, &ctl_cmd_ping, &ctl_cmd_reload, &ctl_cmd_version, &ctl_cmd_call,
+        &ctl_cmd_status, &ctl_cmd_devices, &ctl_cmd_models, &ctl_cmd_model,
+        &ctl_cmd_ping,   &ctl_cmd_reload,  &ctl_cmd_version, &ctl_cmd_call,
 };
 
 const ctl_command *ctl_command_find(const char *name) {
@@ -47,6 +49,8 @@ void ctl_print_help(FILE *f, const ctl_command *cmd) {
                         fprintf(f, "      --more           ask for streamed replies; print each\n");
                 if (cmd->options & CTL_OPT_ONEWAY)
                         fprintf(f, "      --oneway         ask for no reply\n");
+                if (cmd->options & CTL_OPT_DEVICE)
+                        fprintf(f, "  -d, --device=D       the device's index (see 'gpuhostctl devices')\n");
                 fprintf(f, "%s\n%s", global_options_help, exit_codes_help);
                 return;
         }
@@ -70,7 +74,7 @@ static int parse_timeout(const char *s, uint64_t *ret) {
         return 0;
 }
 
-__attribute__((format(printf, 1, 2))) static const char *usage_error(const char *fmt, ...) {
+const char *ctl_usage_error(const char *fmt, ...) {
         static __thread char buf[256];
         va_list ap;
 
@@ -80,10 +84,24 @@ __attribute__((format(printf, 1, 2))) static const char *usage_error(const char 
         return buf;
 }
 
+/* A device index: a non-negative decimal integer. */
+static int parse_device(const char *s, int *ret) {
+        char *end;
+
+        if (*s < '0' || *s > '9') /* no sign, no blanks, not empty */
+                return -EINVAL;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (errno || *end || v < 0 || v > INT_MAX)
+                return -EINVAL;
+        *ret = (int) v;
+        return 0;
+}
+
 static int check_option(const ctl_command *cmd, unsigned opt, const char *name, const char **ret_error) {
         if (!cmd || (cmd->options & opt))
                 return 0;
-        *ret_error = usage_error("option '%s' does not apply to this command", name);
+        *ret_error = ctl_usage_error("option '%s' does not apply to this command", name);
         return -EINVAL;
 }
 
@@ -95,7 +113,8 @@ static int parse_options(int argc, char **argv, const ctl_command *cmd, ctl_opts
                 {"socket", required_argument, NULL, 's'},  {"timeout", required_argument, NULL, 't'},
                 {"help", no_argument, NULL, 'h'},          {"version", no_argument, NULL, ARG_VERSION},
                 {"json", no_argument, NULL, ARG_JSON},     {"more", no_argument, NULL, ARG_MORE},
-                {"oneway", no_argument, NULL, ARG_ONEWAY}, {},
+                {"oneway", no_argument, NULL, ARG_ONEWAY}, {"device", required_argument, NULL, 'd'},
+                {},
         };
         int c;
 
@@ -104,7 +123,7 @@ static int parse_options(int argc, char **argv, const ctl_command *cmd, ctl_opts
                 /* The word getopt works on: argv[optind - 1] afterwards is
                  * wrong inside a group of short options ("-xh"). */
                 int word = optind > 0 ? optind : 1;
-                if ((c = getopt_long(argc, argv, "+s:t:h", options, NULL)) < 0)
+                if ((c = getopt_long(argc, argv, "+s:t:hd:", options, NULL)) < 0)
                         break;
                 const char *name = argv[word];
                 switch (c) {
@@ -117,7 +136,7 @@ static int parse_options(int argc, char **argv, const ctl_command *cmd, ctl_opts
                         break;
                 case 't':
                         if (parse_timeout(optarg, &o->timeout_usec) < 0) {
-                                *ret_error = usage_error("invalid timeout '%s' (seconds, 0..86400)", optarg);
+                                *ret_error = ctl_usage_error("invalid timeout '%s' (seconds, 0..86400)", optarg);
                                 return -EINVAL;
                         }
                         break;
@@ -126,6 +145,14 @@ static int parse_options(int argc, char **argv, const ctl_command *cmd, ctl_opts
                         break;
                 case ARG_VERSION:
                         o->version = true;
+                        break;
+                case 'd':
+                        if (check_option(cmd, CTL_OPT_DEVICE, name, ret_error) < 0)
+                                return -EINVAL;
+                        if (parse_device(optarg, &o->device) < 0) {
+                                *ret_error = ctl_usage_error("invalid device '%s' (an index: 0, 1, ...)", optarg);
+                                return -EINVAL;
+                        }
                         break;
                 case ARG_JSON:
                         if (check_option(cmd, CTL_OPT_JSON, name, ret_error) < 0)
@@ -144,8 +171,8 @@ static int parse_options(int argc, char **argv, const ctl_command *cmd, ctl_opts
                         break;
                 default:
                         *ret_error = optopt && optopt < 0x100
-                                ? usage_error("unknown option or missing argument: '%s'", name)
-                                : usage_error("unknown option '%s'", name);
+                                ? ctl_usage_error("unknown option or missing argument: '%s'", name)
+                                : ctl_usage_error("unknown option '%s'", name);
                         return -EINVAL;
                 }
         }
@@ -168,7 +195,7 @@ static int parse_command_args(int argc, char **argv, ctl_opts *o, const char **r
 }
 
 int ctl_parse_args(int argc, char **argv, ctl_opts *o, const char **ret_error) {
-        *o = (ctl_opts) {.timeout_usec = DEFAULT_TIMEOUT_USEC};
+        *o = (ctl_opts) {.timeout_usec = DEFAULT_TIMEOUT_USEC, .device = -1};
         optind = 0; /* full reset, so the parser can run more than once */
         int r = parse_options(argc, argv, NULL, o, ret_error);
         if (r < 0)
@@ -180,20 +207,21 @@ int ctl_parse_args(int argc, char **argv, ctl_opts *o, const char **ret_error) {
                 o->help = true;
                 o->command = optind < argc ? ctl_command_find(argv[optind]) : NULL;
                 if (optind < argc && !o->command) {
-                        *ret_error = usage_error("unknown command '%s' (try 'gpuhostctl --help')", argv[optind]);
+                        *ret_error = ctl_usage_error("unknown command '%s' (try 'gpuhostctl --help')", argv[optind]);
                         return -EINVAL;
                 }
                 return 0;
         }
         o->command = ctl_command_find(name);
         if (!o->command) {
-                *ret_error = usage_error("unknown command '%s' (try 'gpuhostctl --help')", name);
+                *ret_error = ctl_usage_error("unknown command '%s' (try 'gpuhostctl --help')", name);
                 return -EINVAL;
         }
         /* Command options given before the command were not checked yet. */
         if ((o->json && check_option(o->command, CTL_OPT_JSON, "--json", ret_error) < 0) ||
             (o->more && check_option(o->command, CTL_OPT_MORE, "--more", ret_error) < 0) ||
-            (o->oneway && check_option(o->command, CTL_OPT_ONEWAY, "--oneway", ret_error) < 0))
+            (o->oneway && check_option(o->command, CTL_OPT_ONEWAY, "--oneway", ret_error) < 0) ||
+            (o->device >= 0 && check_option(o->command, CTL_OPT_DEVICE, "--device", ret_error) < 0))
                 return -EINVAL;
         r = parse_command_args(argc, argv, o, ret_error);
         if (r < 0)
@@ -201,17 +229,19 @@ int ctl_parse_args(int argc, char **argv, ctl_opts *o, const char **ret_error) {
         if (o->help || o->version)
                 return 0;
         if (o->n_args < o->command->min_args) {
-                *ret_error = usage_error("missing arguments (usage: gpuhostctl %s %s)", o->command->name,
+                *ret_error = ctl_usage_error("missing arguments (usage: gpuhostctl %s %s)", o->command->name,
                                          o->command->args_usage);
                 return -EINVAL;
         }
         if (o->n_args > o->command->max_args) {
-                *ret_error = usage_error("too many arguments for '%s'", o->command->name);
+                *ret_error = ctl_usage_error("too many arguments for '%s'", o->command->name);
                 return -EINVAL;
         }
         if (o->more && o->oneway) {
                 *ret_error = "--more and --oneway exclude each other";
                 return -EINVAL;
         }
+        if (o->command->check && o->command->check(o, ret_error) < 0)
+                return -EINVAL;
         return 1;
 }

@@ -5,30 +5,6 @@
 
 #include "ctl.h"
 
-static const char *get_str(json_object *o, const char *key) {
-        json_object *v;
-
-        return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : "?";
-}
-
-static int64_t get_int(json_object *o, const char *key) {
-        json_object *v;
-
-        return json_object_object_get_ex(o, key, &v) ? json_object_get_int64(v) : 0;
-}
-
-static void format_bytes(int64_t bytes, char *buf, size_t size) {
-        static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-        double v = (double) bytes;
-        size_t u = 0;
-
-        while (v >= 1024 && u + 1 < sizeof(units) / sizeof(units[0])) {
-                v /= 1024;
-                u++;
-        }
-        snprintf(buf, size, u ? "%.1f %s" : "%.0f %s", v, units[u]);
-}
-
 static void format_duration(int64_t usec, char *buf, size_t size) {
         int64_t s = usec / 1000000;
 
@@ -49,10 +25,10 @@ static void print_devices(json_object *devices) {
         for (size_t i = 0; i < n; i++) {
                 json_object *d = json_object_array_get_idx(devices, i);
                 char total[32], avail[32];
-                format_bytes(get_int(d, "memory_total"), total, sizeof(total));
-                format_bytes(get_int(d, "memory_free"), avail, sizeof(avail));
-                printf("%-5" PRId64 " %-5s %-28s %12s %12s\n", get_int(d, "index"), get_str(d, "kind"),
-                       get_str(d, "name"), total, avail);
+                ctl_format_bytes(ctl_json_int(d, "memory_total"), total, sizeof(total));
+                ctl_format_bytes(ctl_json_int(d, "memory_free"), avail, sizeof(avail));
+                printf("%-5" PRId64 " %-5s %-28s %12s %12s\n", ctl_json_int(d, "index"),
+                       ctl_json_str(d, "kind"), ctl_json_str(d, "name"), total, avail);
         }
         if (n == 0)
                 printf("(no devices)\n");
@@ -63,18 +39,18 @@ static void print_status(json_object *s) {
         json_object *files = json_object_object_get(config, "files");
         char uptime[64];
 
-        format_duration(get_int(s, "uptime_usec"), uptime, sizeof(uptime));
-        printf("gpuhostd %s: %s, up %s, pid %" PRId64 "\n", get_str(s, "version"), get_str(s, "state"), uptime,
-               get_int(s, "pid"));
-        printf("%-13s %s\n", "Socket:", get_str(config, "socket"));
-        printf("%-13s %" PRId64 " (max %" PRId64 ")\n", "Connections:", get_int(s, "connections"),
-               get_int(config, "max_connections"));
+        format_duration(ctl_json_int(s, "uptime_usec"), uptime, sizeof(uptime));
+        printf("gpuhostd %s: %s, up %s, pid %" PRId64 "\n", ctl_json_str(s, "version"), ctl_json_str(s, "state"),
+               uptime, ctl_json_int(s, "pid"));
+        printf("%-13s %s\n", "Socket:", ctl_json_str(config, "socket"));
+        printf("%-13s %" PRId64 " (max %" PRId64 ")\n", "Connections:", ctl_json_int(s, "connections"),
+               ctl_json_int(config, "max_connections"));
         printf("%-13s ", "Config:");
         size_t n = files ? json_object_array_length(files) : 0;
         for (size_t i = 0; i < n; i++)
                 printf("%s%s", i ? ", " : "", json_object_get_string(json_object_array_get_idx(files, i)));
         printf("%s\n", n ? "" : "(built-in defaults)");
-        printf("%-13s %s\n", "Log level:", get_str(config, "log_level"));
+        printf("%-13s %s\n", "Log level:", ctl_json_str(config, "log_level"));
         print_devices(json_object_object_get(s, "devices"));
 }
 

@@ -2,6 +2,7 @@
  * call, printing replies and errors, and the program's main flow. */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ctl.h"
@@ -111,6 +112,32 @@ int ctl_call_and_print(const ctl_opts *o, const char *method, const char *params
         json_object_put(reply);
         gh_client_free(c);
         return r;
+}
+
+void ctl_format_bytes(int64_t bytes, char *buf, size_t size) {
+        static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+        double v = (double) bytes;
+        size_t u = 0;
+
+        while ((v >= 1024 || v <= -1024) && u + 1 < sizeof(units) / sizeof(units[0])) {
+                v /= 1024;
+                u++;
+        }
+        snprintf(buf, size, u ? "%.1f %s" : "%.0f %s", v, units[u]);
+}
+
+const char *ctl_json_str(json_object *o, const char *key) {
+        json_object *v;
+
+        if (!json_object_object_get_ex(o, key, &v))
+                return "?";
+        return v ? json_object_get_string(v) : "-";
+}
+
+int64_t ctl_json_int(json_object *o, const char *key) {
+        json_object *v;
+
+        return json_object_object_get_ex(o, key, &v) && v ? json_object_get_int64(v) : 0;
 }
 
 void ctl_print_json(json_object *o) {

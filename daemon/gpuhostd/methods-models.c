@@ -197,6 +197,13 @@ static void attach_cancel(gh_request *req, void *userdata) {
         gh_resident_unref(userdata);
 }
 
+/* The daemon is stopping: end the attachment. */
+static void attach_stop(gh_request *req, void *userdata) {
+        gh_request_set_cancel(req, NULL, NULL);
+        gh_resident_unref(userdata);
+        gh_request_reply(req, json_object_new_object());
+}
+
 static json_object *tensor_table(const gh_resident *res) {
         size_t n;
         const gh_tensor_entry *t = gh_resident_tensors(res, &n);
@@ -270,6 +277,7 @@ static int attach_model(gh_request *req, json_object *params, void *userdata) {
         json_object_object_add(head, "tensors", tensor_table(res));
         gh_resident_ref(res);
         gh_request_set_cancel(req, attach_cancel, res);
+        gh_request_set_stop(req, attach_stop, res);
         r = send_slabs(req, pool, first, count, head);
         if (r < 0) {
                 gh_request_set_cancel(req, NULL, NULL);

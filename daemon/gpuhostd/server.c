@@ -28,6 +28,8 @@ struct gh_request {
         bool done;
         void (*cancel)(gh_request *req, void *userdata);
         void *cancel_userdata;
+        void (*stop)(gh_request *req, void *userdata);
+        void *stop_userdata;
 };
 
 struct gh_conn {
@@ -203,6 +205,11 @@ bool gh_request_privileged(const gh_request *req) {
                 if (c->groups[i] == admin)
                         return true;
         return false;
+}
+
+void gh_request_set_stop(gh_request *req, void (*stop)(gh_request *req, void *userdata), void *userdata) {
+        req->stop = stop;
+        req->stop_userdata = userdata;
 }
 
 void gh_request_set_cancel(gh_request *req, void (*cancel)(gh_request *req, void *userdata),
@@ -774,6 +781,16 @@ void gh_server_drain(gh_server *s) {
         s->draining = true;
         sd_event_source_set_enabled(s->listen_source, SD_EVENT_OFF);
         sd_event_source_set_enabled(s->accept_retry, SD_EVENT_OFF);
+        /* Calls that last until the client lets go end now. Ending one runs
+         * its connection, which may free it: walk with the next saved. */
+        for (gh_conn *c = s->conns, *next; c; c = next) {
+                next = c->next;
+                gh_request *req = c->current;
+                if (req && req->stop) {
+                        void (*stop)(gh_request *, void *) = TAKE_PTR(req->stop);
+                        stop(req, req->stop_userdata);
+                }
+        }
         for (gh_conn *c = s->conns, *next; c; c = next) {
                 next = c->next;
                 if (conn_finished(c))

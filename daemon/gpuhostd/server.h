@@ -90,6 +90,10 @@ int gh_request_invalid_parameter(gh_request *req, const char *parameter, const c
 bool gh_request_more(const gh_request *req);
 const struct ucred *gh_request_peer(const gh_request *req);
 bool gh_request_privileged(const gh_request *req);
+/* Called when the server starts draining, for a call that would otherwise
+ * keep it waiting (an attachment that lasts until the client lets go): the
+ * callback ends the call with a final reply. */
+void gh_request_set_stop(gh_request *req, void (*stop)(gh_request *req, void *userdata), void *userdata);
 /* Called if the connection goes away before the final reply; the request
  * is freed right after. */
 void gh_request_set_cancel(gh_request *req, void (*cancel)(gh_request *req, void *userdata),
