@@ -32,6 +32,7 @@
 #include "common/util.h"
 #include "gpuhost/protocol.h"
 #include "gpuhostd/config.h"
+#include "gpuhostd/engine.h"
 
 #define MiB (UINT64_C(1) << 20)
 
@@ -991,7 +992,7 @@ static void test_error_format(void **state) {
 }
 
 static void test_devices_and_models(void **state) {
-        gh_config *c = parse_ok("[devices]\ninclude = 0, GPU-1234\nexclude = 1\nreserve = 10%\n"
+        gh_config *c = parse_ok("[devices]\ninclude = 0, GPU-12345678-1234-1234-1234-123456789abc\nexclude = 1\nreserve = 10%\n"
                                 "slab_size = 64M\ncpu = no\ncpu_memory = 8G\n"
                                 "[models]\ndirectory = /srv/models\n"
                                 "[model sd15]\npath = /srv/a.safetensors\ndtype = fp16\npinned = yes\n"
@@ -999,7 +1000,7 @@ static void test_devices_and_models(void **state) {
                                 "[model sd15]\ndtype = keep\n");
         gh_config_error err;
 
-        assert_string_equal(c->devices_include, "0, GPU-1234");
+        assert_string_equal(c->devices_include, "0, GPU-12345678-1234-1234-1234-123456789abc");
         assert_string_equal(c->devices_exclude, "1");
         assert_string_equal(c->devices_reserve, "10%");
         assert_int_equal(c->slab_size, 64 * MiB);
@@ -1028,6 +1029,23 @@ static void test_devices_and_models(void **state) {
         expect_error("[devices]\ncpu = 2\n", 2, "[devices] cpu", "boolean");
         expect_error("[devices]\nslab_size = 1M\n", 2, "[devices] slab_size", "out of range");
         expect_error("[models]\ndirectory = models\n", 2, "[models] directory", "absolute");
+
+        /* Device lists and reserves are checked before use. */
+        gh_devices_config dc;
+        c = parse_ok("[devices]\ninclude = 0 1\nreserve = 10%\nreserve_per_device = 1:4G, GPU-12345678-1234-1234-1234-123456789abc:20%\n");
+        assert_int_equal(gh_config_devices(c, &dc, &err), 0);
+        assert_int_equal(dc.n_include, 2);
+        assert_int_equal(dc.reserve.unit, GH_RESERVE_PERCENT);
+        assert_int_equal(dc.n_reserve_overrides, 2);
+        assert_int_equal(dc.reserve_overrides[0].reserve.value, 4096 * MiB);
+        assert_true(dc.reserve_overrides[1].device.is_uuid);
+        gh_config_free(c);
+        expect_error("[devices]\ninclude = zero\n", 2, "[devices] include", "");
+        expect_error("[devices]\nreserve = 200%\n", 2, "[devices] reserve", "");
+        expect_error("[devices]\nreserve_per_device = 4G\n", 2, "[devices] reserve_per_device", "SELECTOR:RESERVE");
+        expect_error("[devices]\nreserve_per_device = x:4G\n", 2, "[devices] reserve_per_device", "");
+        expect_error("[model a]\npath = /x\ndevices = 0 nope\n", 3, "[model a] devices", "");
+
 
         /* A model without a path, even an empty section, fails verification
          * at the line that declared it. */
@@ -1129,7 +1147,7 @@ static void test_shipped_config(void **state) {
                 p = end;
         }
         /* One line per key of the table: 3 daemon, 2 socket, 8 limits. */
-        assert_int_equal(uncommented, 20);
+        assert_int_equal(uncommented, 21);
 
         assert_int_equal(gh_config_new(&c), 0);
         r = gh_config_parse_string(c, out, o, path, &err);

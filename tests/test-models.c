@@ -231,8 +231,9 @@ static int setup(void **state) {
         snprintf(conf, sizeof(conf), "%s/gpuhost.conf", E.dir);
         snprintf(text, sizeof(text),
                  "[socket]\npath = %s\n[devices]\ncpu_memory = 64M\nslab_size = 2M\n"
-                 "[models]\ndirectory = %s\n[model conv]\npath = %s/conv-source.bin\ndtype = fp16\n",
-                 E.sock, E.models, E.dir);
+                 "[models]\ndirectory = %s\n[model conv]\npath = %s/conv-source.bin\ndtype = fp16\n"
+                 "[model restricted]\npath = %s/conv-source.bin\ndevices = 5\n",
+                 E.sock, E.models, E.dir, E.dir);
         write_text(conf, text);
         snprintf(log, sizeof(log), "%s/daemon.log", E.dir);
         E.pid = fork();
@@ -307,6 +308,9 @@ static void test_errors(void **state) {
         expect_error("io.gpuhost.LoadModel", "{\"model\":\"huge\"}", "io.gpuhost.ModelLoadFailed", "needs 80 MiB");
         expect_error("io.gpuhost.UnloadModel", "{\"model\":\"m1\"}", "io.gpuhost.ModelNotLoaded", NULL);
         expect_error("io.gpuhost.AttachModel", "{\"model\":\"m1\"}", "org.varlink.service.ExpectedMore", NULL);
+        /* [model restricted] devices = 5: not device 0, and no default. */
+        expect_error("io.gpuhost.LoadModel", "{\"model\":\"restricted\",\"device\":0}", "io.gpuhost.InvalidParameter", "may only use devices: 5");
+        expect_error("io.gpuhost.LoadModel", "{\"model\":\"restricted\"}", "io.gpuhost.DeviceNotFound", NULL);
         assert_int_equal(pool_get("slabs"), 0); /* failed loads left nothing behind */
         assert_int_equal(pool_get("used"), 0);
 }

@@ -13,6 +13,8 @@
 #include "../common/log.h"
 #include "../common/util.h"
 #include "config.h"
+#include "devices.h"
+#include "engine.h"
 #include "gh-build.h"
 #include "gpuhost/protocol.h"
 
@@ -40,6 +42,9 @@ static int parse_bool(const key_def *k, const char *v, void *field, const char *
 static int parse_string(const key_def *k, const char *v, void *field, const char **ret_reason);
 static int parse_path(const key_def *k, const char *v, void *field, const char **ret_reason);
 static int parse_dtype(const key_def *k, const char *v, void *field, const char **ret_reason);
+static int parse_selectors(const key_def *k, const char *v, void *field, const char **ret_reason);
+static int parse_reserve(const key_def *k, const char *v, void *field, const char **ret_reason);
+static int parse_reserve_overrides(const key_def *k, const char *v, void *field, const char **ret_reason);
 
 #define KEY(sec, name, parser, member, lo, hi) \
         {sec, name, parser, offsetof(gh_config, member), lo, hi}
@@ -58,9 +63,10 @@ static const key_def key_table[] = {
         KEY("limits", "max_json_depth", parse_uint, max_json_depth, 4, 1024),
         KEY("limits", "idle_timeout_sec", parse_seconds, idle_timeout_usec, 1, 86400),
         KEY("limits", "max_output_buffer", parse_size, max_output_buffer, 65536, UINT64_C(1) << 32),
-        KEY("devices", "include", parse_string, devices_include, 0, 0),
-        KEY("devices", "exclude", parse_string, devices_exclude, 0, 0),
-        KEY("devices", "reserve", parse_string, devices_reserve, 0, 0),
+        KEY("devices", "include", parse_selectors, devices_include, 0, 0),
+        KEY("devices", "exclude", parse_selectors, devices_exclude, 0, 0),
+        KEY("devices", "reserve", parse_reserve, devices_reserve, 0, 0),
+        KEY("devices", "reserve_per_device", parse_reserve_overrides, devices_reserve_per_device, 0, 0),
         KEY("devices", "slab_size", parse_size, slab_size, UINT64_C(2) << 20, UINT64_C(4) << 30),
         KEY("devices", "cpu", parse_bool, cpu_enabled, 0, 0),
         KEY("devices", "cpu_memory", parse_size, cpu_memory, 0, UINT64_C(1) << 42),
@@ -72,7 +78,7 @@ static const key_def key_table[] = {
 static const key_def model_key_table[] = {
         MODEL_KEY("path", parse_path, path),
         MODEL_KEY("dtype", parse_dtype, dtype),
-        MODEL_KEY("devices", parse_string, devices),
+        MODEL_KEY("devices", parse_selectors, devices),
         MODEL_KEY("pinned", parse_bool, pinned),
 };
 
@@ -272,6 +278,31 @@ static int parse_dtype(const key_def *k, const char *v, void *field, const char 
         return -EINVAL;
 }
 
+/* Device lists and reserves are kept as text and checked here, so that a
+ * bad one is reported at its line. */
+static int parse_selectors(const key_def *k, const char *v, void *field, const char **ret_reason) {
+        gh_device_selector sel[GH_DEVICE_SELECTORS_MAX];
+        size_t n;
+        int r = gh_device_selectors_parse(v, sel, GH_DEVICE_SELECTORS_MAX, &n, ret_reason);
+
+        return r < 0 ? r : parse_string(k, v, field, ret_reason);
+}
+
+static int parse_reserve(const key_def *k, const char *v, void *field, const char **ret_reason) {
+        gh_reserve res;
+        int r = gh_reserve_parse(v, &res, ret_reason);
+
+        return r < 0 ? r : parse_string(k, v, field, ret_reason);
+}
+
+static int parse_reserve_overrides(const key_def *k, const char *v, void *field, const char **ret_reason) {
+        gh_devices_config dc;
+
+        gh_devices_config_init(&dc);
+        int r = gh_reserve_overrides_parse(v, &dc, ret_reason);
+        return r < 0 ? r : parse_string(k, v, field, ret_reason);
+}
+
 int gh_config_new(gh_config **ret) {
         gh_config *c = calloc(1, sizeof(*c));
 
@@ -316,6 +347,7 @@ gh_config *gh_config_free(gh_config *c) {
         free(c->devices_include);
         free(c->devices_exclude);
         free(c->devices_reserve);
+        free(c->devices_reserve_per_device);
         free(c->models_directory);
         for (size_t i = 0; i < c->n_models; i++) {
                 gh_model_config *m = &c->models[i];

@@ -50,6 +50,7 @@ typedef struct gh_config {
         char *devices_include;  /* selectors; NULL: every GPU */
         char *devices_exclude;
         char *devices_reserve;  /* "1G" or "5%"; NULL: the default */
+        char *devices_reserve_per_device; /* "SELECTOR:RESERVE ..." overrides */
         uint64_t slab_size;
         bool cpu_enabled;
         uint64_t cpu_memory;    /* 0: automatic */

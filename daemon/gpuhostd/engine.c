@@ -5,6 +5,35 @@
 #include "../common/util.h"
 #include "engine.h"
 
+/* "0:2G GPU-...:10%": per-device reserves, space or comma separated. */
+int gh_reserve_overrides_parse(const char *text, gh_devices_config *dc, const char **ret_reason) {
+        _cleanup_free_ char *copy = strdup(text);
+        char *save = NULL;
+
+        if (!copy)
+                return -ENOMEM;
+        for (char *tok = strtok_r(copy, " ,\t", &save); tok; tok = strtok_r(NULL, " ,\t", &save)) {
+                char *colon = strrchr(tok, ':');
+                if (!colon) {
+                        *ret_reason = "entries are SELECTOR:RESERVE, e.g. 0:2G or GPU-...:10%";
+                        return -EINVAL;
+                }
+                if (dc->n_reserve_overrides >= GH_DEVICE_SELECTORS_MAX) {
+                        *ret_reason = "too many entries";
+                        return -E2BIG;
+                }
+                *colon = 0;
+                gh_device_reserve *o = &dc->reserve_overrides[dc->n_reserve_overrides];
+                int r = gh_device_selector_parse(tok, &o->device, ret_reason);
+                if (r >= 0)
+                        r = gh_reserve_parse(colon + 1, &o->reserve, ret_reason);
+                if (r < 0)
+                        return r;
+                dc->n_reserve_overrides++;
+        }
+        return 0;
+}
+
 int gh_config_devices(const gh_config *c, gh_devices_config *ret, gh_config_error *err) {
         const char *reason = NULL, *key = NULL;
         const char *last = c->n_files ? c->files[c->n_files - 1] : "(defaults)";
@@ -21,6 +50,9 @@ int gh_config_devices(const gh_config *c, gh_devices_config *ret, gh_config_erro
                 key = "exclude";
         else if (c->devices_reserve && (r = gh_reserve_parse(c->devices_reserve, &ret->reserve, &reason)) < 0)
                 key = "reserve";
+        else if (c->devices_reserve_per_device &&
+                 (r = gh_reserve_overrides_parse(c->devices_reserve_per_device, ret, &reason)) < 0)
+                key = "reserve_per_device";
         if (r < 0) {
                 snprintf(err->file, sizeof(err->file), "%s", last);
                 err->line = 0;

@@ -38,6 +38,8 @@ typedef struct gh_engine {
         gh_store *store;
 } gh_engine;
 
+/* Parses "0:2G GPU-...:10%" into |dc|'s per-device reserves. */
+int gh_reserve_overrides_parse(const char *text, gh_devices_config *dc, const char **ret_reason);
 /* Turns the [devices] keys into a device configuration; errors name the key. */
 int gh_config_devices(const gh_config *c, gh_devices_config *ret, gh_config_error *ret_error);
 

@@ -88,6 +88,12 @@ int main(int argc, char **argv) {
         d.config_main = GH_CONFIG_FILE;
         d.config_dropins = GH_CONFIG_DROPIN_DIR;
         r = gh_config_load(d.config_override, d.config_main, d.config_dropins, &config, &err);
+        if (r >= 0) {
+                gh_devices_config dc;
+                r = gh_config_devices(config, &dc, &err);
+                if (r < 0)
+                        config = gh_config_free(config);
+        }
         if (r < 0) {
                 gh_config_error_format(&err, msg, sizeof(msg));
                 gh_log_error("Invalid configuration: %s", msg);

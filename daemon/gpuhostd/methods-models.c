@@ -33,9 +33,26 @@ static int list_models(gh_request *req, json_object *params, void *userdata) {
         return gh_request_reply(req, obj("models", gh_store_models_json(d->engine.store), NULL, NULL));
 }
 
+/* Whether [model] devices = ... lets |m| onto device |index|. */
+static bool model_allowed_on(gh_daemon *d, const gh_model *m, unsigned index) {
+        gh_device_selector sel[GH_DEVICE_SELECTORS_MAX];
+        size_t n;
+        const char *reason;
+        const gh_device_info *info = gh_devices_get(d->engine.devices, (int) index);
+
+        if (!gh_model_devices(m))
+                return true;
+        if (!info || gh_device_selectors_parse(gh_model_devices(m), sel, GH_DEVICE_SELECTORS_MAX, &n, &reason) < 0)
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if (sel[i].is_uuid ? strcasecmp(sel[i].text, info->uuid) == 0 : sel[i].index == index)
+                        return true;
+        return false;
+}
+
 /* The model named by "model", and the device by "device" (default: the
- * first device with a pool, GPUs before the CPU). Replies with the error
- * and returns NULL if either is unknown. */
+ * first device with a pool that the model may use, GPUs before the CPU).
+ * Replies with the error and returns NULL if either is unknown. */
 static gh_model *lookup(gh_daemon *d, gh_request *req, json_object *params, unsigned *ret_device) {
         const char *name = json_object_get_string(json_object_object_get(params, "model"));
         json_object *dev = json_object_object_get(params, "device");
@@ -51,11 +68,17 @@ static gh_model *lookup(gh_daemon *d, gh_request *req, json_object *params, unsi
                         gh_request_error(req, GH_ERROR_DEVICE_NOT_FOUND, obj("device", json_object_new_int64(i), NULL, NULL));
                         return NULL;
                 }
+                if (!model_allowed_on(d, m, (unsigned) i)) {
+                        char reason[512];
+                        snprintf(reason, sizeof(reason), "model %s may only use devices: %s", gh_model_name(m), gh_model_devices(m));
+                        gh_request_invalid_parameter(req, "device", reason);
+                        return NULL;
+                }
                 *ret_device = (unsigned) i;
                 return m;
         }
         for (unsigned i = 0; i < GH_STORE_MAX_DEVICES; i++)
-                if (gh_store_pool(d->engine.store, i)) {
+                if (gh_store_pool(d->engine.store, i) && model_allowed_on(d, m, i)) {
                         *ret_device = i;
                         return m;
                 }

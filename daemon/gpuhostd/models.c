@@ -834,6 +834,10 @@ const char *gh_model_name(const gh_model *m) {
         return m->name;
 }
 
+const char *gh_model_devices(const gh_model *m) {
+        return m->devices;
+}
+
 gh_resident *gh_model_resident(const gh_model *m, unsigned device) {
         return device < GH_STORE_MAX_DEVICES ? m->resident[device] : NULL;
 }
