@@ -27,6 +27,7 @@
 
 #include "common/util.h"
 #include "gpuhostd/engine.h"
+#include "fdpass.h"
 #include "st-writer.h"
 
 #define RUNS 3
@@ -145,17 +146,10 @@ static int attach_child(int sock) {
         gh_pool_cuda pc;
         gh_pool_view *v = NULL;
         uint64_t hdr[4]; /* slab size, pool size, n slabs, first slab */
-        int fds[256];
-        union {
-                struct cmsghdr align;
-                char c[CMSG_SPACE(sizeof(int) * 256)];
-        } control;
-        struct iovec iov = {.iov_base = hdr, .iov_len = sizeof(hdr)};
-        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.c, .msg_controllen = sizeof(control.c)};
+        int fds[GH_TEST_FDS_MAX];
 
-        if (recvmsg(sock, &mh, MSG_CMSG_CLOEXEC | MSG_WAITALL) != sizeof(hdr))
+        if (gh_test_recv_fds(sock, hdr, sizeof(hdr), fds, GH_TEST_FDS_MAX) != (int) hdr[2])
                 return 1;
-        memcpy(fds, CMSG_DATA(CMSG_FIRSTHDR(&mh)), sizeof(int) * hdr[2]);
         int r = gh_cuda_load(NULL, &cu, err, sizeof(err));
         if (r >= 0)
                 r = gh_pool_cuda_init(&pc, cu, 0);
@@ -179,10 +173,10 @@ static int attach_child(int sock) {
 static double attach_in_child(bench *b, gh_resident *res, const char *argv0) {
         gh_pool *pool = b->engine.pools[b->device];
         unsigned first, count;
-        int sp[2], fds[256];
+        int sp[2], fds[GH_TEST_FDS_MAX];
         char buf[64] = "";
 
-        if (gh_pool_slabs_for(pool, gh_resident_offset(res), gh_resident_bytes(res), &first, &count) < 0 || count > 256)
+        if (gh_pool_slabs_for(pool, gh_resident_offset(res), gh_resident_bytes(res), &first, &count) < 0 || count > GH_TEST_FDS_MAX)
                 die("slabs", EINVAL);
         for (unsigned i = 0; i < count; i++)
                 fds[i] = gh_pool_slab_fd(pool, first + i);
@@ -198,20 +192,8 @@ static double attach_in_child(bench *b, gh_resident *res, const char *argv0) {
                 execl("/proc/self/exe", argv0, "attach-child", num, (char *) NULL);
                 _exit(127);
         }
-        union {
-                struct cmsghdr align;
-                char c[CMSG_SPACE(sizeof(int) * 256)];
-        } control = {0};
-        struct iovec iov = {.iov_base = hdr, .iov_len = sizeof(hdr)};
-        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.c,
-                            .msg_controllen = CMSG_SPACE(sizeof(int) * count)};
-        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int) * count);
-        memcpy(CMSG_DATA(c), fds, sizeof(int) * count);
-        if (sendmsg(sp[0], &mh, 0) != sizeof(hdr))
-                die("sendmsg", errno);
+        if (gh_test_send_fds(sp[0], hdr, sizeof(hdr), fds, count) < 0)
+                die("sending the slabs", EIO);
         (void) !read(sp[0], buf, sizeof(buf) - 1);
         int status;
         waitpid(pid, &status, 0);

@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 
 #include "common/util.h"
+#include "fdpass.h"
 #include "gpuhostd/pool.h"
 
 #define SLAB (256 * 1024)
@@ -195,50 +196,13 @@ static void test_memory_returns(void **state) {
         gh_pool_free(p);
 }
 
-static void send_fds(int sock, const int *fds, size_t n) {
-        char byte = 'f';
-        union {
-                struct cmsghdr align;
-                char buf[CMSG_SPACE(sizeof(int) * 8)];
-        } control = {0};
-        struct iovec iov = {.iov_base = &byte, .iov_len = 1};
-        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
-                            .msg_controllen = CMSG_SPACE(sizeof(int) * n)};
-        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int) * n);
-        memcpy(CMSG_DATA(c), fds, sizeof(int) * n);
-        assert_int_equal(sendmsg(sock, &mh, 0), 1);
-}
-
-static size_t recv_fds(int sock, int *fds, size_t max) {
-        char byte;
-        union {
-                struct cmsghdr align;
-                char buf[CMSG_SPACE(sizeof(int) * 8)];
-        } control;
-        struct iovec iov = {.iov_base = &byte, .iov_len = 1};
-        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
-                            .msg_controllen = sizeof(control.buf)};
-
-        if (recvmsg(sock, &mh, MSG_CMSG_CLOEXEC) != 1)
-                return 0;
-        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-        if (!c)
-                return 0;
-        size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        memcpy(fds, CMSG_DATA(c), sizeof(int) * (n < max ? n : max));
-        return n;
-}
-
 /* The child imports slabs 1..2 read-only and checks the data: exit 0. */
 static int child_check(int sock, uint64_t offset, uint64_t size, bool try_write) {
         int fds[8];
         gh_pool_view *v;
 
-        if (recv_fds(sock, fds, 8) != 2)
+        char byte;
+        if (gh_test_recv_fds(sock, &byte, 1, fds, 8) != 2)
                 return 10;
         if (ftruncate(fds[0], SLAB / 2) == 0) /* sealed: nobody can shrink it */
                 return 11;
@@ -286,7 +250,7 @@ static void test_import_in_another_process(void **state) {
                 assert_true(pid >= 0);
                 if (pid == 0)
                         _exit(child_check(sp[1], off, size, attempt == 1));
-                send_fds(sp[0], fds, 2);
+                assert_int_equal(gh_test_send_fds(sp[0], "f", 1, fds, 2), 0);
                 int status;
                 assert_int_equal(waitpid(pid, &status, 0), pid);
                 if (attempt == 0) {

@@ -43,7 +43,7 @@ static const char *path_of(const char *file) {
 static int setup(void **state) {
         const char *t = getenv("TMPDIR");
 
-        snprintf(tmpdir, sizeof(tmpdir), "%s/gh-test-safetensors-XXXXXX", t && *t ? t : "/tmp");
+        snprintf(tmpdir, sizeof(tmpdir), "%s/gh-test-safetensors-XXXXXX", t && *t ? t : P_tmpdir);
         if (!mkdtemp(tmpdir))
                 return -1;
         dir_fd = open(tmpdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -77,4 +78,16 @@ static inline bool gh_streq(const char *a, const char *b) {
 /* A negative errno to return, never 0, even if errno was left unset. */
 static inline int gh_negerrno(void) {
         return errno > 0 ? -errno : -EIO;
+}
+
+/* Writes a one-line reason into an optional caller buffer (NULL or size 0:
+ * nothing is written). */
+_printf_(3, 4) static inline void gh_set_error(char *err, size_t err_size, const char *fmt, ...) {
+        va_list ap;
+
+        if (!err || err_size == 0)
+                return;
+        va_start(ap, fmt);
+        vsnprintf(err, err_size, fmt, ap);
+        va_end(ap);
 }

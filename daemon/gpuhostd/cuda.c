@@ -21,15 +21,6 @@ typedef struct entry_point {
 #define GH_CUDA_ENTRY_(name, version) {"cu" #name, offsetof(gh_cuda, name)},
 static const entry_point entry_points[] = {GH_CUDA_FUNCTIONS(GH_CUDA_ENTRY_)};
 
-_printf_(3, 4) static void set_err(char *err, size_t err_size, const char *fmt, ...) {
-        va_list ap;
-
-        if (!err || err_size == 0)
-                return;
-        va_start(ap, fmt);
-        vsnprintf(err, err_size, fmt, ap);
-        va_end(ap);
-}
 
 /* -ENOENT when there is no such library; -ELIBBAD when a file named by a
  * path exists but does not load (wrong architecture, missing dependency). */
@@ -39,7 +30,7 @@ static int open_library(const char *library, void **ret, char *err, size_t err_s
         if (!handle) {
                 int r = strchr(library, '/') && access(library, F_OK) == 0 ? -ELIBBAD : -ENOENT;
                 const char *why = dlerror();
-                set_err(err, err_size, "cannot load the CUDA driver: %s", why ? why : library);
+                gh_set_error(err, err_size, "cannot load the CUDA driver: %s", why ? why : library);
                 return r;
         }
         *ret = handle;
@@ -48,7 +39,7 @@ static int open_library(const char *library, void **ret, char *err, size_t err_s
 
 /* The stub only says so: every call answers CUDA_ERROR_STUB_LIBRARY. */
 static int stub_error(const char *library, char *err, size_t err_size) {
-        set_err(err, err_size, "%s is the CUDA toolkit's stub library, not a driver: no GPU", library);
+        gh_set_error(err, err_size, "%s is the CUDA toolkit's stub library, not a driver: no GPU", library);
         return -ENODEV;
 }
 
@@ -57,7 +48,7 @@ static int resolve_table(gh_cuda *cu, const char *library, char *err, size_t err
                 (PFN_cuGetProcAddress_v12000) dlsym(cu->library, "cuGetProcAddress_v2");
 
         if (!get_proc_address) {
-                set_err(err, err_size, "%s has no cuGetProcAddress_v2: the driver is older than CUDA 12.0", library);
+                gh_set_error(err, err_size, "%s has no cuGetProcAddress_v2: the driver is older than CUDA 12.0", library);
                 return -EOPNOTSUPP;
         }
         for (size_t i = 0; i < ELEMENTSOF(entry_points); i++) {
@@ -69,7 +60,7 @@ static int resolve_table(gh_cuda *cu, const char *library, char *err, size_t err
                 if (r == CUDA_ERROR_STUB_LIBRARY)
                         return stub_error(library, err, err_size);
                 if (r != CUDA_SUCCESS || status != CU_GET_PROC_ADDRESS_SUCCESS || !fn) {
-                        set_err(err, err_size, "%s: cannot resolve %s for CUDA %d.%d (error %d, status %d)", library,
+                        gh_set_error(err, err_size, "%s: cannot resolve %s for CUDA %d.%d (error %d, status %d)", library,
                              entry_points[i].symbol, GH_CUDA_API_VERSION / 1000, GH_CUDA_API_VERSION % 1000 / 10,
                              (int) r, (int) status);
                         return -EOPNOTSUPP;
@@ -92,7 +83,7 @@ static int init_driver(gh_cuda *cu, const char *library, char *err, size_t err_s
         if (r == CUDA_SUCCESS)
                 return 0;
         int e = gh_cuda_errno(cu, r, &name);
-        set_err(err, err_size, "%s: %s: %s", library, call, name);
+        gh_set_error(err, err_size, "%s: %s: %s", library, call, name);
         return e;
 }
 

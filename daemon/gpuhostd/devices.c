@@ -24,15 +24,6 @@ struct gh_devices {
         gh_device_info *devices;
 };
 
-_printf_(3, 4) static void set_err(char *err, size_t err_size, const char *fmt, ...) {
-        va_list ap;
-
-        if (!err || err_size == 0)
-                return;
-        va_start(ap, fmt);
-        vsnprintf(err, err_size, fmt, ap);
-        va_end(ap);
-}
 
 static double to_gib(uint64_t bytes) {
         return (double) bytes / (double) GiB;
@@ -202,7 +193,7 @@ static int cuda_check(const gh_cuda *cu, CUresult r, const gh_device_info *d, co
                 return 0;
         int e = gh_cuda_errno(cu, r, &name);
         describe_gpu(d, what, sizeof(what));
-        set_err(err, err_size, "%s: %s: %s", what, call, name);
+        gh_set_error(err, err_size, "%s: %s: %s", what, call, name);
         return e;
 }
 
@@ -293,7 +284,7 @@ static int check_selector(const char *what, const gh_device_selector *s, const g
                           char *err, size_t err_size) {
         if (find_gpu(s, gpus, n))
                 return 0;
-        set_err(err, err_size, "%s: no GPU %s%s (the driver reports %zu GPU%s)", what, s->is_uuid ? "" : "with index ",
+        gh_set_error(err, err_size, "%s: no GPU %s%s (the driver reports %zu GPU%s)", what, s->is_uuid ? "" : "with index ",
                 s->text, n, n == 1 ? "" : "s");
         return -ENODEV;
 }
@@ -422,7 +413,7 @@ static int apply_reserve(const gh_devices_config *cfg, gh_device_info *d, char *
 
         if (reserve >= d->memory_total) {
                 describe_gpu(d, what, sizeof(what));
-                set_err(err, err_size, "%s: reserve %.1f GiB is not less than its memory, %.1f GiB", what,
+                gh_set_error(err, err_size, "%s: reserve %.1f GiB is not less than its memory, %.1f GiB", what,
                         to_gib(reserve), to_gib(d->memory_total));
                 return -ERANGE;
         }
@@ -511,7 +502,7 @@ static int probe_cpu(const gh_devices_config *cfg, int index, gh_device_info *d,
         d->granularity = page > 0 ? (uint64_t) page : 4096;
         d->budget_bytes = cfg->cpu_budget_bytes > 0 ? cfg->cpu_budget_bytes : d->memory_free / 2;
         if (d->budget_bytes > d->memory_total) {
-                set_err(err, err_size, "CPU budget %.1f GiB exceeds the machine's memory, %.1f GiB",
+                gh_set_error(err, err_size, "CPU budget %.1f GiB exceeds the machine's memory, %.1f GiB",
                         to_gib(d->budget_bytes), to_gib(d->memory_total));
                 return -ERANGE;
         }

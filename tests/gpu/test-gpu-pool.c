@@ -18,6 +18,7 @@
 
 #include "common/util.h"
 #include "gpuhostd/cuda.h"
+#include "fdpass.h"
 #include "gpuhostd/pool-cuda.h"
 
 #define SLAB (UINT64_C(64) << 20)
@@ -50,38 +51,13 @@ typedef struct plan {
 } plan;
 
 static int send_plan(int sock, const plan *p, const int *fds) {
-        union {
-                struct cmsghdr align;
-                char buf[CMSG_SPACE(sizeof(int) * MAX_SLABS)];
-        } control = {0};
-        struct iovec iov = {.iov_base = (void *) p, .iov_len = sizeof(*p)};
-        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
-                            .msg_controllen = CMSG_SPACE(sizeof(int) * p->n_slabs)};
-        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int) * p->n_slabs);
-        memcpy(CMSG_DATA(c), fds, sizeof(int) * p->n_slabs);
-        return sendmsg(sock, &mh, 0) == sizeof(*p) ? 0 : -EIO;
+        return gh_test_send_fds(sock, p, sizeof(*p), fds, p->n_slabs);
 }
 
 static int recv_plan(int sock, plan *p, int *fds) {
-        union {
-                struct cmsghdr align;
-                char buf[CMSG_SPACE(sizeof(int) * MAX_SLABS)];
-        } control;
-        struct iovec iov = {.iov_base = p, .iov_len = sizeof(*p)};
-        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
-                            .msg_controllen = sizeof(control.buf)};
+        int n = gh_test_recv_fds(sock, p, sizeof(*p), fds, MAX_SLABS);
 
-        if (recvmsg(sock, &mh, MSG_CMSG_CLOEXEC | MSG_WAITALL) != sizeof(*p))
-                return -EIO;
-        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-        if (!c || (c->cmsg_len - CMSG_LEN(0)) / sizeof(int) != p->n_slabs)
-                return -EBADMSG;
-        memcpy(fds, CMSG_DATA(c), sizeof(int) * p->n_slabs);
-        return 0;
+        return n < 0 ? n : (unsigned) n == p->n_slabs ? 0 : -EBADMSG;
 }
 
 static int child(int sock) {
