@@ -128,6 +128,13 @@ static void reload_apply(gh_daemon *d, gh_config *next) {
         if (!gh_streq(old->socket_path, next->socket_path) ||
             !gh_streq(old->socket_group ? old->socket_group : "", next->socket_group ? next->socket_group : ""))
                 gh_log_warning("[socket] changes take effect when gpuhostd restarts");
+        if (!gh_streq(old->devices_include ? old->devices_include : "", next->devices_include ? next->devices_include : "") ||
+            !gh_streq(old->devices_exclude ? old->devices_exclude : "", next->devices_exclude ? next->devices_exclude : "") ||
+            !gh_streq(old->devices_reserve ? old->devices_reserve : "", next->devices_reserve ? next->devices_reserve : "") ||
+            !gh_streq(old->devices_reserve_per_device ? old->devices_reserve_per_device : "",
+                      next->devices_reserve_per_device ? next->devices_reserve_per_device : "") ||
+            old->slab_size != next->slab_size || old->cpu_enabled != next->cpu_enabled || old->cpu_memory != next->cpu_memory)
+                gh_log_warning("[devices] changes take effect when gpuhostd restarts");
         d->config = next;
         gh_config_free(old);
         apply_log_level(d);
