@@ -11,19 +11,16 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
+#include "fdcount.h"
 #include "common/util.h"
 #include "common/varlink.h"
 
 static const gh_vl_limits limits = {.max_message_size = 64, .max_fds = 4, .max_depth = 8};
 
 static int count_open_fds(void) {
-        DIR *d = opendir("/proc/self/fd");
-        int n = 0;
+        int n = gh_test_count_open_fds();
 
-        assert_non_null(d);
-        while (readdir(d))
-                n++;
-        closedir(d);
+        assert_true(n >= 0);
         return n;
 }
 

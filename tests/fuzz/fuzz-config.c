@@ -9,18 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz.h"
 #include "common/util.h"
 #include "gpuhostd/config.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                      \
-        do {                                                                             \
-                if (!(cond)) {                                                           \
-                        fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-                        abort();                                                         \
-                }                                                                        \
-        } while (0)
 
 static char *summary_text(const gh_config *c) {
         json_object *o = gh_config_summary(c);

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz.h"
 #include "common/util.h"
 #include "common/varlink.h"
 
@@ -28,15 +29,6 @@
 #define MAX_DEPTH 16
 #define SERIALIZE_FLAGS (JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                      \
-        do {                                                                             \
-                if (!(cond)) {                                                           \
-                        fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-                        abort();                                                         \
-                }                                                                        \
-        } while (0)
 
 static const gh_vl_limits limits = {
         .max_message_size = MAX_MESSAGE_SIZE,
