@@ -13,7 +13,7 @@ cmake --build build-test -j"$jobs"
 ctest --test-dir build-test --output-on-failure -j"$jobs"
 
 cmake -S . -B build-valgrind -DCMAKE_BUILD_TYPE=Debug >/dev/null
-cmake --build build-valgrind -j"$jobs" --target test-varlink test-config test-ctl-args test-pool \
+cmake --build build-valgrind -j"$jobs" --target test-varlink test-dirlist test-config test-ctl-args test-pool \
         test-safetensors test-devices gpuhostd test-models
 ctest --test-dir build-valgrind -L valgrind --output-on-failure -j"$jobs"
 # Memory growth is only meaningful without sanitizers: the model store's

@@ -1,6 +1,5 @@
 /* Configuration parsing with inih and a declarative key table. See config.h. */
 #include <ctype.h>
-#include <dirent.h>
 #include <grp.h>
 #include <ini.h>
 #include <inttypes.h>
@@ -10,6 +9,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 
+#include "../common/dirlist.h"
 #include "../common/log.h"
 #include "../common/util.h"
 #include "config.h"
@@ -668,64 +668,18 @@ static int apply_file(gh_config *c, const char *path, bool must_exist, gh_config
         return gh_config_parse_string(c, text, len, path, err);
 }
 
-static int cmp_str(const void *a, const void *b) {
-        return strcmp(*(char *const *) a, *(char *const *) b);
-}
-
-static void free_names(char **names, size_t n) {
-        for (size_t i = 0; i < n; i++)
-                free(names[i]);
-        free(names);
-}
-
-static bool is_dropin_name(const char *name) {
-        size_t len = strlen(name);
-
-        return name[0] != '.' && len > 5 && strcmp(name + len - 5, ".conf") == 0;
-}
-
-/* Lists "*.conf" entries of |dir| (not hidden ones) in byte order. */
+/* Lists the "*.conf" drop-ins of |dir| in byte order; none if it is absent. */
 static int list_dropins(const char *dir, char ***ret, size_t *ret_n, gh_config_error *err) {
-        DIR *d = opendir(dir);
-        char **names = NULL;
-        size_t n = 0;
-        struct dirent *de;
-        int r = 0;
+        int r = gh_dir_list(dir, ".conf", DROPIN_FILES_MAX, ret, ret_n);
 
-        *ret = NULL;
-        *ret_n = 0;
-        if (!d) {
-                if (errno == ENOENT)
-                        return 0;
-                r = gh_negerrno();
-                set_error(err, dir, 0, NULL, NULL, "%s", strerror(-r));
-                return r;
+        if (r == -ENOENT) {
+                *ret = NULL;
+                *ret_n = 0;
+                return 0;
         }
-        while (r == 0 && (de = readdir(d))) {
-                if (!is_dropin_name(de->d_name))
-                        continue;
-                char **p = n < DROPIN_FILES_MAX ? realloc(names, (n + 1) * sizeof(char *)) : NULL;
-                if (!p) {
-                        r = n < DROPIN_FILES_MAX ? -ENOMEM : -E2BIG;
-                        break;
-                }
-                names = p;
-                if (asprintf(&names[n], "%s/%s", dir, de->d_name) < 0)
-                        r = -ENOMEM;
-                else
-                        n++;
-        }
-        closedir(d);
-        if (r < 0) {
-                free_names(names, n);
-                set_error(err, dir, 0, NULL, NULL, "%s", r == -E2BIG ? "too many drop-in files" : "out of memory");
-                return r;
-        }
-        if (n > 0) /* names is NULL for an empty directory; qsort(NULL, ...) is undefined */
-                qsort(names, n, sizeof(char *), cmp_str);
-        *ret = names;
-        *ret_n = n;
-        return 0;
+        if (r < 0)
+                set_error(err, dir, 0, NULL, NULL, "%s", r == -E2BIG ? "too many drop-in files" : strerror(-r));
+        return r;
 }
 
 int gh_config_load(const char *override_path, const char *main_path, const char *dropin_dir,
@@ -745,7 +699,7 @@ int gh_config_load(const char *override_path, const char *main_path, const char 
                         r = list_dropins(dropin_dir, &dropins, &n_dropins, ret_error);
                 for (size_t i = 0; r >= 0 && i < n_dropins; i++)
                         r = apply_file(c, dropins[i], true, ret_error);
-                free_names(dropins, n_dropins);
+                gh_strv_free(dropins, n_dropins);
         }
         if (r >= 0)
                 r = gh_config_verify(c, ret_error);

@@ -1,7 +1,6 @@
 /* The model store: catalogue, residency, the loader thread, eviction.
  * See models.h. */
 #include <ctype.h>
-#include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -13,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../common/dirlist.h"
 #include "../common/util.h"
 #include "dtype-convert.h"
 #include "models.h"
@@ -87,35 +87,33 @@ static bool has_suffix(const char *s, const char *suffix) {
         return a > b && strcmp(s + a - b, suffix) == 0;
 }
 
-/* Models directory: "NAME.safetensors" files and "NAME/" folders. */
+/* Models directory: "NAME.safetensors" files and "NAME/" folders, in name
+ * order, so that which of two same-named entries wins is stable. */
 static int catalog_scan(gh_catalog *cat, const char *dir) {
-        DIR *d = opendir(dir);
-        struct dirent *de;
-        char path[PATH_MAX];
-        int r = 0;
+        char **paths = NULL;
+        size_t n = 0;
+        int r = gh_dir_list(dir, NULL, CATALOG_MAX, &paths, &n);
 
-        if (!d)
-                return errno == ENOENT ? 0 : gh_negerrno();
-        while (r >= 0 && (de = readdir(d))) {
+        if (r == -ENOENT)
+                return 0;
+        for (size_t i = 0; r >= 0 && i < n; i++) {
+                const char *base = strrchr(paths[i], '/') + 1;
+                size_t len = strlen(base);
                 struct stat st;
-                if (de->d_name[0] == '.')
+                if (stat(paths[i], &st) < 0)
                         continue;
-                snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
-                if (stat(path, &st) < 0)
-                        continue;
-                size_t len = strlen(de->d_name);
-                if (S_ISREG(st.st_mode) && has_suffix(de->d_name, ".safetensors"))
+                if (S_ISREG(st.st_mode) && has_suffix(base, ".safetensors"))
                         len -= strlen(".safetensors");
                 else if (!S_ISDIR(st.st_mode))
                         continue;
-                if (!name_valid(de->d_name, len))
+                if (!name_valid(base, len))
                         continue;
                 char name[65];
-                snprintf(name, sizeof(name), "%.*s", (int) len, de->d_name);
+                snprintf(name, sizeof(name), "%.*s", (int) len, base);
                 if (!catalog_find(cat, name))
-                        r = catalog_add(cat, de->d_name, len, path);
+                        r = catalog_add(cat, base, len, paths[i]);
         }
-        closedir(d);
+        gh_strv_free(paths, n);
         return r;
 }
 
@@ -265,48 +263,27 @@ static int job_add_file(load_job *j, const char *path, const char *prefix) {
         return 0;
 }
 
-static int cmp_names(const void *a, const void *b) {
-        return strcmp(*(char *const *) a, *(char *const *) b);
-}
-
-/* The *.safetensors files directly in |dir|, sorted, with |prefix|. */
+/* The *.safetensors files of |dir| (and, with |recurse|, of its direct
+ * subfolders, whose names prefix the tensor names), sorted. */
 static int job_add_dir(load_job *j, const char *dir, const char *prefix, bool recurse) {
-        DIR *d = opendir(dir);
-        struct dirent *de;
-        char **names = NULL;
+        char **paths = NULL;
         size_t n = 0;
-        int r = 0;
+        int r = gh_dir_list(dir, NULL, MODEL_FILES_MAX, &paths, &n);
 
-        if (!d)
-                return gh_negerrno();
-        while (r >= 0 && (de = readdir(d))) {
-                if (de->d_name[0] == '.' || n >= MODEL_FILES_MAX)
-                        continue;
-                char **p = realloc(names, (n + 1) * sizeof(char *));
-                if (!p || !(p[n] = strdup(de->d_name)))
-                        r = -ENOMEM;
-                names = p ? p : names;
-                n += r >= 0;
-        }
-        closedir(d);
-        if (n > 0)
-                qsort(names, n, sizeof(char *), cmp_names);
         for (size_t i = 0; r >= 0 && i < n; i++) {
-                char path[PATH_MAX], sub[PATH_MAX];
+                const char *name = strrchr(paths[i], '/') + 1;
+                char sub[PATH_MAX];
                 struct stat st;
-                snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
-                if (stat(path, &st) < 0)
+                if (stat(paths[i], &st) < 0)
                         continue;
-                if (S_ISREG(st.st_mode) && has_suffix(names[i], ".safetensors"))
-                        r = job_add_file(j, path, prefix);
+                if (S_ISREG(st.st_mode) && has_suffix(name, ".safetensors"))
+                        r = job_add_file(j, paths[i], prefix);
                 else if (S_ISDIR(st.st_mode) && recurse) {
-                        snprintf(sub, sizeof(sub), "%s%s/", prefix, names[i]);
-                        r = job_add_dir(j, path, sub, false);
+                        snprintf(sub, sizeof(sub), "%s%s/", prefix, name);
+                        r = job_add_dir(j, paths[i], sub, false);
                 }
         }
-        for (size_t i = 0; i < n; i++)
-                free(names[i]);
-        free(names);
+        gh_strv_free(paths, n);
         return r;
 }
 

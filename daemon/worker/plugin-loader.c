@@ -1,12 +1,12 @@
 /* Plugin loading and descriptor validation. See plugin-loader.h. */
 #include <ctype.h>
-#include <dirent.h>
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <math.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include "../common/dirlist.h"
 #include "../common/util.h"
 #include "plugin-loader.h"
 
@@ -176,42 +176,11 @@ void gh_plugins_free(gh_loaded_plugin **plugins, size_t n) {
         free(plugins);
 }
 
-static int cmp_names(const void *a, const void *b) {
-        return strcmp(*(char *const *) a, *(char *const *) b);
-}
-
-static int list_so(const char *dir, char ***ret, size_t *ret_n) {
-        DIR *d = opendir(dir);
-        struct dirent *de;
-        char **names = NULL;
-        size_t n = 0;
-        int r = 0;
-
-        if (!d)
-                return gh_negerrno();
-        while (r == 0 && (de = readdir(d))) {
-                size_t len = strlen(de->d_name);
-                if (de->d_name[0] == '.' || len < 4 || strcmp(de->d_name + len - 3, ".so") != 0)
-                        continue;
-                char **p = n < 1024 ? realloc(names, (n + 1) * sizeof(char *)) : NULL;
-                if (!p || asprintf(&p[n], "%s/%s", dir, de->d_name) < 0)
-                        r = p ? -ENOMEM : -E2BIG;
-                names = p ? p : names;
-                n += r == 0;
-        }
-        closedir(d);
-        if (n > 0)
-                qsort(names, n, sizeof(char *), cmp_names);
-        *ret = names;
-        *ret_n = n;
-        return r;
-}
-
 int gh_plugin_load_dir(const char *dir, uid_t owner, gh_loaded_plugin ***ret_plugins, size_t *ret_n,
                        gh_plugin_refused_fn refused, void *userdata) {
         char **paths = NULL, reason[512];
         size_t n_paths = 0, n = 0;
-        int r = list_so(dir, &paths, &n_paths);
+        int r = gh_dir_list(dir, ".so", 1024, &paths, &n_paths);
         gh_loaded_plugin **out = n_paths ? calloc(n_paths, sizeof(*out)) : NULL;
 
         if (r >= 0 && n_paths && !out)
@@ -232,9 +201,7 @@ int gh_plugin_load_dir(const char *dir, uid_t owner, gh_loaded_plugin ***ret_plu
                 else if (k >= 0)
                         out[n++] = lp;
         }
-        for (size_t i = 0; i < n_paths; i++)
-                free(paths[i]);
-        free(paths);
+        gh_strv_free(paths, n_paths);
         if (r < 0) {
                 gh_plugins_free(out, n);
                 return r;
