@@ -33,6 +33,7 @@
 #include "gpuhost/protocol.h"
 #include "gpuhostd/config.h"
 #include "gpuhostd/engine.h"
+#include "gh-build.h"
 
 #define MiB (UINT64_C(1) << 20)
 
@@ -171,6 +172,13 @@ static void assert_config_is_default(const gh_config *c) {
         assert_int_equal(c->cpu_enabled, d->cpu_enabled);
         assert_int_equal(c->cpu_memory, d->cpu_memory);
         assert_str_or_null_equal(c->models_directory, d->models_directory);
+        assert_str_or_null_equal(c->worker_executable, d->worker_executable);
+        assert_str_or_null_equal(c->plugin_directory, d->plugin_directory);
+        assert_int_equal(c->heartbeat_timeout_usec, d->heartbeat_timeout_usec);
+        assert_int_equal(c->quarantine_crashes, d->quarantine_crashes);
+        assert_int_equal(c->quarantine_window_usec, d->quarantine_window_usec);
+        assert_int_equal(c->max_output_size, d->max_output_size);
+        assert_int_equal(c->cpu_threads, d->cpu_threads);
         assert_int_equal(c->n_models, 0);
         gh_config_free(d);
 }
@@ -197,6 +205,12 @@ static void test_defaults(void **state) {
         assert_int_equal(c->max_json_depth, 64);
         assert_int_equal(c->idle_timeout_usec, 300 * USEC_PER_SEC);
         assert_int_equal(c->max_output_buffer, 16 * MiB);
+        assert_string_equal(c->worker_executable, GH_WORKER_PATH);
+        assert_string_equal(c->plugin_directory, GH_PLUGINDIR);
+        assert_int_equal(c->heartbeat_timeout_usec, 30 * USEC_PER_SEC);
+        assert_int_equal(c->quarantine_crashes, 3);
+        assert_int_equal(c->max_output_size, 1024 * MiB);
+        assert_int_equal(c->cpu_threads, 0);
         assert_int_equal(c->n_files, 0);
         assert_null(c->files);
         gh_config_free(c);
@@ -488,6 +502,12 @@ static void test_socket_path(void **state) {
         expect_error("[socket]\npath = run/gpuhost.sock\n", 2, "[socket] path", "not an absolute path");
         expect_error("[socket]\npath = ./gpuhost.sock\n", 2, "[socket] path", "not an absolute path");
         expect_error("[socket]\npath =\n", 2, "[socket] path", "not an absolute path");
+        expect_error("[workers]\nexecutable = bin/gpuhost-worker\n", 2, "[workers] executable", "not an absolute path");
+        expect_error("[workers]\nplugin_directory = plugins\n", 2, "[workers] plugin_directory", "not an absolute path");
+        expect_error("[workers]\nheartbeat_timeout_sec = 0\n", 2, "[workers] heartbeat_timeout_sec", "range");
+        expect_error("[workers]\nmax_output_size = 1K\n", 2, "[workers] max_output_size", "range");
+        expect_error("[workers]\ncpu_threads = 2000\n", 2, "[workers] cpu_threads", "range");
+        expect_error("[workers]\nheartbeat = 1\n", 2, "[workers] heartbeat", "unknown");
 }
 
 static void test_group_names(void **state) {
@@ -1146,8 +1166,9 @@ static void test_shipped_config(void **state) {
                 o += (size_t) (end - p);
                 p = end;
         }
-        /* One line per key of the table: 3 daemon, 2 socket, 8 limits. */
-        assert_int_equal(uncommented, 21);
+        /* One line per key of the table: 3 daemon, 2 socket, 8 limits,
+         * 7 devices, 1 models, 7 workers. */
+        assert_int_equal(uncommented, 28);
 
         assert_int_equal(gh_config_new(&c), 0);
         r = gh_config_parse_string(c, out, o, path, &err);

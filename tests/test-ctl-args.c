@@ -11,14 +11,26 @@
  * state reset); the device and model commands: "model ACTION NAME" with
  * its actions checked while parsing, and -d/--device (valid, negative,
  * non-numeric, missing, refused where it does not apply). Also
- * ctl_command_find(). */
+ * ctl_command_find().
+ *
+ * The pipeline and worker commands: "pipelines [NAME]", "workers",
+ * "worker restart ID", "plugin enable NAME", "generate PIPELINE" with
+ * --param/--model/-o/-q; and the parts of generate that need no daemon:
+ * --param conversion against a parameter table (every type, bad values,
+ * unknown and repeated keys, an image through a memfd), output file names,
+ * writing outputs (PNG or raw, through FILE.tmp) and a PNG round trip
+ * with padded rows; the pipelines table's RANGE and DEFAULT columns. */
 #include <errno.h>
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -94,6 +106,11 @@ static void expect_plain_command(argv_buf *b, int r, const ctl_command *cmd) {
         assert_false(b->opts.help);
         assert_false(b->opts.version);
         assert_int_equal(b->opts.device, -1);
+        assert_false(b->opts.timeout_given);
+        assert_false(b->opts.quiet);
+        assert_null(b->opts.output);
+        assert_null(b->opts.model);
+        assert_int_equal(b->opts.n_params, 0);
 }
 
 static int teardown_buf(void **state) {
@@ -120,6 +137,14 @@ static void test_command_find(void **state) {
         assert_ptr_equal(ctl_command_find("devices"), &ctl_cmd_devices);
         assert_ptr_equal(ctl_command_find("models"), &ctl_cmd_models);
         assert_ptr_equal(ctl_command_find("model"), &ctl_cmd_model);
+        assert_ptr_equal(ctl_command_find("pipelines"), &ctl_cmd_pipelines);
+        assert_ptr_equal(ctl_command_find("workers"), &ctl_cmd_workers);
+        assert_ptr_equal(ctl_command_find("worker"), &ctl_cmd_worker);
+        assert_ptr_equal(ctl_command_find("plugin"), &ctl_cmd_plugin);
+        assert_ptr_equal(ctl_command_find("generate"), &ctl_cmd_generate);
+        assert_null(ctl_command_find("pipeline"));
+        assert_null(ctl_command_find("plugins"));
+        assert_null(ctl_command_find("restart")); /* an action of "worker" */
         assert_null(ctl_command_find("device"));
         assert_null(ctl_command_find("load")); /* an action of "model", not a command */
         assert_string_equal(ctl_command_find("call")->name, "call");
@@ -225,6 +250,7 @@ static void test_each_command(void **state) {
                 {"version", &ctl_cmd_version},
                 {"devices", &ctl_cmd_devices},
                 {"models", &ctl_cmd_models},
+                {"workers", &ctl_cmd_workers},
         };
 
         for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
@@ -732,6 +758,782 @@ static void test_parse_twice(void **state) {
         }
 }
 
+/* ---- pipelines, workers, worker, plugin ---------------------------------- */
+
+static void test_pipelines_workers(void **state) {
+        argv_buf *b = *state;
+        int r;
+
+        r = PARSE(b, "pipelines");
+        expect_plain_command(b, r, &ctl_cmd_pipelines);
+        assert_int_equal(b->opts.n_args, 0);
+
+        r = PARSE(b, "pipelines", "sd15");
+        expect_plain_command(b, r, &ctl_cmd_pipelines);
+        assert_int_equal(b->opts.n_args, 1);
+        assert_string_equal(b->opts.args[0], "sd15");
+
+        r = PARSE(b, "pipelines", "--json", "sd15");
+        assert_int_equal(r, 1);
+        assert_true(b->opts.json);
+        assert_string_equal(b->opts.args[0], "sd15");
+
+        r = PARSE(b, "pipelines", "a", "b");
+        expect_usage_error(b, r, "too many arguments", "pipelines");
+
+        r = PARSE(b, "--json", "workers");
+        assert_int_equal(r, 1);
+        assert_ptr_equal(b->opts.command, &ctl_cmd_workers);
+        assert_true(b->opts.json);
+
+        /* Options they do not take. */
+        r = PARSE(b, "pipelines", "--device", "0");
+        expect_usage_error(b, r, "'--device' does not apply", NULL);
+        r = PARSE(b, "workers", "-o", "x");
+        expect_usage_error(b, r, "'-o' does not apply", NULL);
+        r = PARSE(b, "pipelines", "--param", "a=b");
+        expect_usage_error(b, r, "'--param' does not apply", NULL);
+        r = PARSE(b, "workers", "--quiet");
+        expect_usage_error(b, r, "'--quiet' does not apply", NULL);
+}
+
+static void test_worker_command(void **state) {
+        argv_buf *b = *state;
+        int r;
+
+        r = PARSE(b, "worker", "restart", "3");
+        expect_plain_command(b, r, &ctl_cmd_worker);
+        assert_int_equal(b->opts.n_args, 2);
+        assert_string_equal(b->opts.args[0], "restart");
+        assert_string_equal(b->opts.args[1], "3");
+
+        r = PARSE(b, "worker", "restart", "0", "--json");
+        assert_int_equal(r, 1);
+        assert_true(b->opts.json);
+
+        r = PARSE(b, "worker");
+        expect_usage_error(b, r, "missing arguments", "ACTION ID");
+        r = PARSE(b, "worker", "restart");
+        expect_usage_error(b, r, "missing worker id", "worker restart ID");
+        r = PARSE(b, "worker", "restart", "1", "2");
+        expect_usage_error(b, r, "too many arguments", "worker");
+        r = PARSE(b, "worker", "stop", "1");
+        expect_usage_error(b, r, "unknown action 'stop' for 'worker'", "restart");
+        r = PARSE(b, "worker", "1", "restart");
+        expect_usage_error(b, r, "unknown action '1'", NULL);
+
+        static const char *const bad[] = {"abc", "", "1x", "+1", " 1", "1.5", "99999999999999999999"};
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                char want[64];
+                snprintf(want, sizeof(want), "invalid worker id '%s'", bad[i]);
+                r = PARSE(b, "worker", "restart", bad[i]);
+                expect_usage_error(b, r, want, NULL);
+        }
+        r = PARSE(b, "worker", "restart", "--", "-1");
+        expect_usage_error(b, r, "invalid worker id '-1'", NULL);
+        r = PARSE(b, "worker", "restart", "-1"); /* an option, to getopt */
+        expect_usage_error(b, r, "unknown option", "-1");
+
+        r = PARSE(b, "worker", "restart", "1", "--device", "0");
+        expect_usage_error(b, r, "'--device' does not apply", NULL);
+        r = PARSE(b, "worker", "--help");
+        assert_int_equal(r, 0);
+        assert_ptr_equal(b->opts.command, &ctl_cmd_worker);
+}
+
+static void test_plugin_command(void **state) {
+        argv_buf *b = *state;
+        int r;
+
+        r = PARSE(b, "plugin", "enable", "sd15");
+        expect_plain_command(b, r, &ctl_cmd_plugin);
+        assert_int_equal(b->opts.n_args, 2);
+        assert_string_equal(b->opts.args[0], "enable");
+        assert_string_equal(b->opts.args[1], "sd15");
+
+        r = PARSE(b, "--json", "plugin", "enable", "sd15");
+        assert_int_equal(r, 1);
+        assert_true(b->opts.json);
+
+        r = PARSE(b, "plugin");
+        expect_usage_error(b, r, "missing arguments", "ACTION NAME");
+        r = PARSE(b, "plugin", "enable");
+        expect_usage_error(b, r, "missing pipeline name", "plugin enable NAME");
+        r = PARSE(b, "plugin", "disable", "sd15");
+        expect_usage_error(b, r, "unknown action 'disable' for 'plugin'", "enable");
+        r = PARSE(b, "plugin", "Enable", "sd15");
+        expect_usage_error(b, r, "unknown action 'Enable'", NULL);
+        r = PARSE(b, "plugin", "enable", "a", "b");
+        expect_usage_error(b, r, "too many arguments", "plugin");
+        r = PARSE(b, "plugin", "enable", "a", "-d", "0");
+        expect_usage_error(b, r, "'-d' does not apply", NULL);
+}
+
+/* ---- generate: the command line ------------------------------------------ */
+
+static void test_generate_args(void **state) {
+        argv_buf *b = *state;
+        int r;
+
+        r = PARSE(b, "generate", "sd15");
+        expect_plain_command(b, r, &ctl_cmd_generate);
+        assert_int_equal(b->opts.n_args, 1);
+        assert_string_equal(b->opts.args[0], "sd15");
+
+        r = PARSE(b, "generate");
+        expect_usage_error(b, r, "missing arguments", "PIPELINE");
+        r = PARSE(b, "generate", "a", "b");
+        expect_usage_error(b, r, "too many arguments", "generate");
+
+        /* Every option, between the arguments, in both forms. */
+        r = PARSE(b, "generate", "--param", "steps=20", "sd15", "--param=prompt=a cat", "--model", "sd15-f16", "-o",
+                  "out.png", "-q", "-d", "1", "--json");
+        assert_int_equal(r, 1);
+        assert_ptr_equal(b->opts.command, &ctl_cmd_generate);
+        assert_int_equal(b->opts.n_args, 1);
+        assert_string_equal(b->opts.args[0], "sd15");
+        assert_int_equal(b->opts.n_params, 2);
+        assert_string_equal(b->opts.params[0], "steps=20");
+        assert_string_equal(b->opts.params[1], "prompt=a cat");
+        assert_string_equal(b->opts.model, "sd15-f16");
+        assert_string_equal(b->opts.output, "out.png");
+        assert_true(b->opts.quiet);
+        assert_true(b->opts.json);
+        assert_int_equal(b->opts.device, 1);
+        assert_false(b->opts.timeout_given);
+
+        r = PARSE(b, "--quiet", "--output=x.bin", "--model=m", "--param", "a=", "generate", "p");
+        assert_int_equal(r, 1);
+        assert_true(b->opts.quiet);
+        assert_string_equal(b->opts.output, "x.bin");
+        assert_string_equal(b->opts.model, "m");
+        assert_int_equal(b->opts.n_params, 1);
+        assert_string_equal(b->opts.params[0], "a="); /* an empty value is a value */
+
+        /* A value may hold '='; the key ends at the first. */
+        r = PARSE(b, "generate", "p", "--param", "prompt=x=y");
+        assert_int_equal(r, 1);
+        assert_string_equal(b->opts.params[0], "prompt=x=y");
+
+        /* -t is noted: generate waits forever without it. */
+        r = PARSE(b, "generate", "p", "-t", "30");
+        assert_int_equal(r, 1);
+        assert_true(b->opts.timeout_given);
+        assert_int_equal(b->opts.timeout_usec, 30000000);
+
+        /* --param without '=', or without a key. */
+        r = PARSE(b, "generate", "p", "--param", "steps");
+        expect_usage_error(b, r, "invalid --param 'steps'", "KEY=VALUE");
+        r = PARSE(b, "generate", "p", "--param=");
+        expect_usage_error(b, r, "invalid --param ''", NULL);
+        r = PARSE(b, "generate", "p", "--param", "=5");
+        expect_usage_error(b, r, "invalid --param '=5'", NULL);
+        r = PARSE(b, "--param", "x", "generate", "p");
+        expect_usage_error(b, r, "invalid --param 'x'", NULL);
+        r = PARSE(b, "generate", "p", "--param");
+        expect_usage_error(b, r, "missing argument", "--param");
+        r = PARSE(b, "generate", "p", "--model");
+        expect_usage_error(b, r, "missing argument", "--model");
+        r = PARSE(b, "generate", "p", "--output");
+        expect_usage_error(b, r, "missing argument", "--output");
+
+        /* Empty names. */
+        r = PARSE(b, "generate", "p", "--model", "");
+        expect_usage_error(b, r, "--model needs a model name", NULL);
+        r = PARSE(b, "generate", "p", "-o", "");
+        expect_usage_error(b, r, "--output needs a file name", NULL);
+        r = PARSE(b, "generate", "p", "-o");
+        expect_usage_error(b, r, "missing argument", "-o");
+
+        /* At most CTL_MAX_PARAMS. */
+        {
+                char *argv[2 * CTL_MAX_PARAMS + 8];
+                int argc = 0;
+                argv[argc++] = "gpuhostctl";
+                argv[argc++] = "generate";
+                argv[argc++] = "p";
+                for (int i = 0; i <= CTL_MAX_PARAMS; i++) {
+                        argv[argc++] = "--param";
+                        argv[argc++] = "k=v";
+                }
+                argv[argc] = NULL;
+                ctl_opts o;
+                const char *error = NULL;
+                r = ctl_parse_args(argc, argv, &o, &error);
+                assert_int_equal(r, -EINVAL);
+                assert_non_null(strstr(error, "too many --param"));
+                r = ctl_parse_args(argc - 2, argv, &o, &error);
+                assert_int_equal(r, 1);
+                assert_int_equal(o.n_params, CTL_MAX_PARAMS);
+        }
+
+        /* Not for generate: --more, --oneway. */
+        r = PARSE(b, "generate", "p", "--more");
+        expect_usage_error(b, r, "'--more' does not apply", NULL);
+
+        /* Not for the other commands, before or after them. */
+        r = PARSE(b, "status", "--param", "a=b");
+        expect_usage_error(b, r, "'--param' does not apply", NULL);
+        r = PARSE(b, "--param", "a=b", "status");
+        expect_usage_error(b, r, "'--param' does not apply", NULL);
+        r = PARSE(b, "--model", "m", "model", "load", "m");
+        expect_usage_error(b, r, "'--model' does not apply", NULL);
+        r = PARSE(b, "-o", "f", "models");
+        expect_usage_error(b, r, "'--output' does not apply", NULL);
+        r = PARSE(b, "-q", "call", "M");
+        expect_usage_error(b, r, "'--quiet' does not apply", NULL);
+        r = PARSE(b, "call", "M", "--output=f");
+        expect_usage_error(b, r, "'--output=f' does not apply", NULL);
+
+        r = PARSE(b, "generate", "--help");
+        assert_int_equal(r, 0);
+        assert_ptr_equal(b->opts.command, &ctl_cmd_generate);
+}
+
+/* ---- generate: parameters ------------------------------------------------- */
+
+static const char param_table_json[] =
+        "[{\"name\": \"prompt\", \"type\": \"string\", \"help\": \"what to draw\", \"required\": true,"
+        "  \"max_length\": 512},"
+        " {\"name\": \"steps\", \"type\": \"int\", \"help\": \"\", \"required\": false, \"min\": 1, \"max\": 150,"
+        "  \"default\": 20},"
+        " {\"name\": \"cfg\", \"type\": \"float\", \"help\": \"\", \"required\": false, \"min\": 0.5, \"max\": 30.0,"
+        "  \"default\": 7.5},"
+        " {\"name\": \"tiling\", \"type\": \"bool\", \"help\": \"\", \"required\": false, \"default\": false},"
+        " {\"name\": \"sampler\", \"type\": \"enum\", \"help\": \"\", \"required\": false,"
+        "  \"choices\": [\"euler\", \"ddim\", \"dpm++\"], \"default\": \"euler\"},"
+        " {\"name\": \"model\", \"type\": \"model\", \"help\": \"\", \"required\": true},"
+        " {\"name\": \"init\", \"type\": \"image\", \"help\": \"\", \"required\": false},"
+        " {\"name\": \"odd\", \"type\": \"tensor\", \"help\": \"\", \"required\": false}]";
+
+typedef struct convert_fixture {
+        json_object *table, *params;
+        ctl_fds fds;
+        char dir[64];
+} convert_fixture;
+
+static int setup_convert(void **state) {
+        convert_fixture *f = calloc(1, sizeof(*f));
+
+        if (!f)
+                return -1;
+        f->table = json_tokener_parse(param_table_json);
+        f->params = json_object_new_object();
+        snprintf(f->dir, sizeof(f->dir), "/tmp/test-ctl-args.XXXXXX");
+        if (!f->table || !f->params || !mkdtemp(f->dir))
+                return -1;
+        *state = f;
+        return 0;
+}
+
+static void remove_dir(const char *dir) {
+        char cmd[128];
+
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+        if (system(cmd) != 0)
+                print_error("cannot remove %s\n", dir);
+}
+
+static int teardown_convert(void **state) {
+        convert_fixture *f = *state;
+
+        ctl_fds_close(&f->fds);
+        json_object_put(f->table);
+        json_object_put(f->params);
+        remove_dir(f->dir);
+        free(f);
+        return 0;
+}
+
+/* Converts |arg|; expects |want_r|, and for an error, |want_msg| in it. */
+static void expect_convert(convert_fixture *f, const char *arg, int want_r, const char *want_msg) {
+        const char *error = NULL;
+        int r = ctl_param_convert(f->table, arg, f->params, &f->fds, &error);
+
+        if (r != want_r || (want_msg && (!error || !strstr(error, want_msg))))
+                print_error("'%s': r=%d error='%s', wanted %d ~'%s'\n", arg, r, error ? error : "(null)", want_r,
+                            want_msg ? want_msg : "");
+        assert_int_equal(r, want_r);
+        if (want_msg) {
+                assert_non_null(error);
+                assert_non_null(strstr(error, want_msg));
+        }
+}
+
+static json_object *param(convert_fixture *f, const char *key) {
+        json_object *v = NULL;
+
+        assert_true(json_object_object_get_ex(f->params, key, &v));
+        return v;
+}
+
+static void test_param_convert_types(void **state) {
+        convert_fixture *f = *state;
+        json_object *v;
+
+        expect_convert(f, "steps=20", 0, NULL);
+        v = param(f, "steps");
+        assert_true(json_object_is_type(v, json_type_int));
+        assert_int_equal(json_object_get_int64(v), 20);
+
+        expect_convert(f, "cfg=7.5", 0, NULL);
+        v = param(f, "cfg");
+        assert_true(json_object_is_type(v, json_type_double));
+        assert_true(json_object_get_double(v) == 7.5);
+
+        expect_convert(f, "tiling=yes", 0, NULL);
+        v = param(f, "tiling");
+        assert_true(json_object_is_type(v, json_type_boolean));
+        assert_true(json_object_get_boolean(v));
+
+        expect_convert(f, "sampler=dpm++", 0, NULL);
+        assert_string_equal(json_object_get_string(param(f, "sampler")), "dpm++");
+
+        /* A string keeps its '=' and blanks; an empty one is fine. */
+        expect_convert(f, "prompt= a=b ", 0, NULL);
+        v = param(f, "prompt");
+        assert_true(json_object_is_type(v, json_type_string));
+        assert_string_equal(json_object_get_string(v), " a=b ");
+
+        expect_convert(f, "model=sd15", 0, NULL);
+        v = param(f, "model");
+        assert_true(json_object_is_type(v, json_type_string));
+        assert_string_equal(json_object_get_string(v), "sd15");
+
+        assert_int_equal(json_object_object_length(f->params), 6);
+        assert_int_equal(f->fds.n, 0);
+
+        /* Every spelling of a bool, in a fresh object each time. */
+        static const struct {
+                const char *value;
+                bool want;
+        } bools[] = {{"true", true}, {"false", false}, {"yes", true}, {"no", false},
+                     {"1", true},    {"0", false},     {"TRUE", true}, {"No", false}};
+        for (size_t i = 0; i < sizeof(bools) / sizeof(bools[0]); i++) {
+                char arg[32];
+                json_object_object_del(f->params, "tiling");
+                snprintf(arg, sizeof(arg), "tiling=%s", bools[i].value);
+                expect_convert(f, arg, 0, NULL);
+                assert_int_equal(json_object_get_boolean(param(f, "tiling")), bools[i].want);
+        }
+
+        /* Numbers at their edges. */
+        json_object_object_del(f->params, "steps");
+        expect_convert(f, "steps=-9223372036854775808", 0, NULL);
+        assert_true(json_object_get_int64(param(f, "steps")) == INT64_MIN);
+        json_object_object_del(f->params, "steps");
+        expect_convert(f, "steps=+7", 0, NULL);
+        assert_int_equal(json_object_get_int64(param(f, "steps")), 7);
+        json_object_object_del(f->params, "cfg");
+        expect_convert(f, "cfg=1e-3", 0, NULL);
+        assert_true(json_object_get_double(param(f, "cfg")) == 1e-3);
+        json_object_object_del(f->params, "cfg");
+        expect_convert(f, "cfg=3", 0, NULL);
+        assert_true(json_object_is_type(param(f, "cfg"), json_type_double));
+        assert_true(json_object_get_double(param(f, "cfg")) == 3.0);
+}
+
+static void test_param_convert_errors(void **state) {
+        convert_fixture *f = *state;
+
+        static const char *const bad_ints[] = {"12x", "", "x", " 12", "12 ", "1.5", "1e3", "0x10", "--1",
+                                               "9223372036854775808"};
+        for (size_t i = 0; i < sizeof(bad_ints) / sizeof(bad_ints[0]); i++) {
+                char arg[64], want[64];
+                snprintf(arg, sizeof(arg), "steps=%s", bad_ints[i]);
+                snprintf(want, sizeof(want), "'%s' is not", bad_ints[i]);
+                expect_convert(f, arg, -EINVAL, want);
+        }
+        expect_convert(f, "steps=12x", -EINVAL, "parameter 'steps' is an int");
+
+        static const char *const bad_floats[] = {"nan", "NaN", "inf", "-inf", "1e999", "", "1.5x", "x", " 1"};
+        for (size_t i = 0; i < sizeof(bad_floats) / sizeof(bad_floats[0]); i++) {
+                char arg[64], want[64];
+                snprintf(arg, sizeof(arg), "cfg=%s", bad_floats[i]);
+                snprintf(want, sizeof(want), "'%s' is not a finite number", bad_floats[i]);
+                expect_convert(f, arg, -EINVAL, want);
+        }
+
+        static const char *const bad_bools[] = {"maybe", "", "2", "y", "truex", "on"};
+        for (size_t i = 0; i < sizeof(bad_bools) / sizeof(bad_bools[0]); i++) {
+                char arg[64];
+                snprintf(arg, sizeof(arg), "tiling=%s", bad_bools[i]);
+                expect_convert(f, arg, -EINVAL, "is not one of true/false, yes/no, 1/0");
+        }
+
+        expect_convert(f, "sampler=Euler", -EINVAL, "'Euler' is not one of: euler, ddim, dpm++");
+        expect_convert(f, "sampler=", -EINVAL, "is not one of");
+
+        /* Unknown keys list the parameters with their types. */
+        expect_convert(f, "seed=1", -ENOKEY, "unknown parameter 'seed'");
+        expect_convert(f, "seed=1", -ENOKEY, "prompt (string), steps (int), cfg (float), tiling (bool)");
+        expect_convert(f, "Steps=1", -ENOKEY, "'Steps'");
+        expect_convert(f, "step=1", -ENOKEY, NULL);   /* no prefix matching */
+        expect_convert(f, "stepss=1", -ENOKEY, NULL);
+
+        /* Malformed arguments. */
+        expect_convert(f, "steps", -EINVAL, "KEY=VALUE");
+        expect_convert(f, "=1", -EINVAL, "KEY=VALUE");
+
+        /* A type gpuhostctl does not know. */
+        expect_convert(f, "odd=1", -EINVAL, "type 'tensor'");
+
+        /* Images: only @FILE, and the file must be a PNG. */
+        expect_convert(f, "init=raw", -EINVAL, "@FILE.png");
+        expect_convert(f, "init=@", -EINVAL, "@FILE.png");
+        expect_convert(f, "init=@/nonexistent/x.png", -ENOENT, "cannot open /nonexistent/x.png");
+        {
+                char path[128];
+                snprintf(path, sizeof(path), "%s/not.png", f->dir);
+                FILE *o = fopen(path, "w");
+                assert_non_null(o);
+                fputs("not a png at all", o);
+                fclose(o);
+                char arg[160];
+                snprintf(arg, sizeof(arg), "init=@%s", path);
+                expect_convert(f, arg, -EINVAL, "as a PNG file");
+        }
+        assert_int_equal(f->fds.n, 0);
+
+        /* Nothing was added by the failures. */
+        assert_int_equal(json_object_object_length(f->params), 0);
+
+        /* Twice the same key. */
+        expect_convert(f, "steps=1", 0, NULL);
+        expect_convert(f, "steps=2", -EEXIST, "'steps' given twice");
+        assert_int_equal(json_object_get_int64(param(f, "steps")), 1);
+
+        /* No table at all: nothing is known. */
+        const char *error = NULL;
+        assert_int_equal(ctl_param_convert(NULL, "steps=1", f->params, &f->fds, &error), -ENOKEY);
+        assert_non_null(strstr(error, "none"));
+}
+
+/* width x height pixels of |channels|, rows |stride| bytes apart, with a
+ * pattern that differs per pixel and channel; padding bytes are 0xee. */
+static uint8_t *make_pixels(uint32_t w, uint32_t h, unsigned channels, size_t stride) {
+        uint8_t *p = malloc(stride * h);
+
+        assert_non_null(p);
+        memset(p, 0xee, stride * h);
+        for (uint32_t y = 0; y < h; y++)
+                for (uint32_t x = 0; x < w; x++)
+                        for (unsigned c = 0; c < channels; c++)
+                                p[y * stride + x * channels + c] = (uint8_t) (x * 7 + y * 13 + c * 61 + (x ^ y));
+        return p;
+}
+
+/* Whether packed |got| holds the pixels of padded |want|. */
+static void expect_same_pixels(const uint8_t *want, size_t want_stride, const uint8_t *got, uint32_t w, uint32_t h,
+                               unsigned channels) {
+        for (uint32_t y = 0; y < h; y++)
+                assert_memory_equal(want + y * want_stride, got + (size_t) y * w * channels, (size_t) w * channels);
+}
+
+static void test_param_convert_image(void **state) {
+        convert_fixture *f = *state;
+        const uint32_t w = 13, h = 5;
+        const size_t stride = w * 4 + 9;
+        uint8_t *pixels = make_pixels(w, h, 4, stride);
+        const char *error = NULL;
+        char path[128], arg[160];
+
+        snprintf(path, sizeof(path), "%s/init.png", f->dir);
+        assert_int_equal(ctl_png_write(path, pixels, w, h, stride, 4, &error), 0);
+        snprintf(arg, sizeof(arg), "init=@%s", path);
+        expect_convert(f, arg, 0, NULL);
+
+        json_object *v = param(f, "init");
+        assert_true(json_object_is_type(v, json_type_object));
+        assert_int_equal(json_object_get_int(json_object_object_get(v, "fd")), 0);
+        assert_int_equal(json_object_get_int(json_object_object_get(v, "width")), w);
+        assert_int_equal(json_object_get_int(json_object_object_get(v, "height")), h);
+        assert_string_equal(json_object_get_string(json_object_object_get(v, "format")), "rgba8");
+        assert_int_equal(f->fds.n, 1);
+
+        /* The memfd: packed pixels, sealed, close-on-exec. */
+        int fd = f->fds.fd[0];
+        struct stat st;
+        assert_int_equal(fstat(fd, &st), 0);
+        assert_int_equal(st.st_size, (off_t) w * h * 4);
+        uint8_t *got = malloc((size_t) st.st_size);
+        assert_non_null(got);
+        assert_int_equal(pread(fd, got, (size_t) st.st_size, 0), st.st_size);
+        expect_same_pixels(pixels, stride, got, w, h, 4);
+        int seals = fcntl(fd, F_GET_SEALS);
+        assert_true(seals >= 0);
+        assert_true((seals & (F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW)) == (F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW));
+        assert_true(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+        free(got);
+
+        /* A second image parameter would get index 1; here the same key is
+         * refused and no fd is added. */
+        expect_convert(f, arg, -EEXIST, "given twice");
+        assert_int_equal(f->fds.n, 1);
+
+        /* An RGB file gives rgb8. */
+        json_object_object_del(f->params, "init");
+        free(pixels);
+        pixels = make_pixels(w, h, 3, w * 3);
+        assert_int_equal(ctl_png_write(path, pixels, w, h, w * 3, 3, &error), 0);
+        expect_convert(f, arg, 0, NULL);
+        v = param(f, "init");
+        assert_int_equal(json_object_get_int(json_object_object_get(v, "fd")), 1);
+        assert_string_equal(json_object_get_string(json_object_object_get(v, "format")), "rgb8");
+        assert_int_equal(f->fds.n, 2);
+        assert_int_equal(fstat(f->fds.fd[1], &st), 0);
+        assert_int_equal(st.st_size, (off_t) w * h * 3);
+        free(pixels);
+
+        /* No list of fds: images are refused. */
+        json_object_object_del(f->params, "init");
+        assert_int_equal(ctl_param_convert(f->table, arg, f->params, NULL, &error), -E2BIG);
+}
+
+/* ---- generate: outputs ----------------------------------------------------- */
+
+static void expect_name(const char *file, const char *name, size_t index, const char *want) {
+        char *got = ctl_output_file_name(file, name, index);
+
+        assert_non_null(got);
+        if (strcmp(got, want) != 0)
+                print_error("'%s' + '%s' #%zu: got '%s', wanted '%s'\n", file, name ? name : "(null)", index, got,
+                            want);
+        assert_string_equal(got, want);
+        free(got);
+}
+
+static void test_output_file_name(void **state) {
+        expect_name("out.png", "image", 0, "out.png");
+        expect_name("out.png", "frames", 1, "out-frames.png");
+        expect_name("out.PNG", "mask", 3, "out-mask.PNG");
+        expect_name("out", "frames", 1, "out-frames");
+        expect_name("a.b.png", "x", 1, "a.b-x.png");
+        expect_name("dir.d/out", "x", 1, "dir.d/out-x");
+        expect_name("dir.d/out.png", "x", 1, "dir.d/out-x.png");
+        expect_name("/tmp/.hidden", "x", 1, "/tmp/.hidden-x");
+        expect_name(".png", "x", 1, ".png-x");
+        expect_name("out.", "x", 1, "out-x.");
+        /* Names cannot leave the directory or hold odd characters. */
+        expect_name("out.png", "../../etc/passwd", 1, "out-.._.._etc_passwd.png");
+        expect_name("out.png", "a b/c\n", 1, "out-a_b_c_.png");
+        expect_name("out.png", "ok-name_1.2", 1, "out-ok-name_1.2.png");
+        /* No name: the index. */
+        expect_name("out.png", "", 2, "out-2.png");
+        expect_name("out.png", NULL, 4, "out-4.png");
+}
+
+static void test_png_round_trip(void **state) {
+        convert_fixture *f = *state;
+        static const struct {
+                uint32_t w, h;
+                unsigned channels;
+                size_t pad;
+        } cases[] = {
+                {64, 48, 3, 17}, {64, 48, 4, 3}, {1, 1, 3, 5}, {7, 3, 4, 0}, {33, 9, 3, 0},
+        };
+
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                uint32_t w = cases[i].w, h = cases[i].h, rw, rh;
+                unsigned ch = cases[i].channels, rch;
+                size_t stride = (size_t) w * ch + cases[i].pad;
+                uint8_t *pixels = make_pixels(w, h, ch, stride), *got = NULL;
+                const char *error = NULL;
+                char path[128];
+
+                snprintf(path, sizeof(path), "%s/rt%zu.png", f->dir, i);
+                int r = ctl_png_write(path, pixels, w, h, stride, ch, &error);
+                if (r < 0)
+                        print_error("%s\n", error);
+                assert_int_equal(r, 0);
+                r = ctl_png_read(path, &got, &rw, &rh, &rch, &error);
+                if (r < 0)
+                        print_error("%s\n", error);
+                assert_int_equal(r, 0);
+                assert_int_equal(rw, w);
+                assert_int_equal(rh, h);
+                assert_int_equal(rch, ch);
+                expect_same_pixels(pixels, stride, got, w, h, ch);
+                free(got);
+                free(pixels);
+        }
+
+        /* Refused shapes. */
+        uint8_t px[64] = {0};
+        const char *error = NULL;
+        char path[128];
+        snprintf(path, sizeof(path), "%s/bad.png", f->dir);
+        assert_int_equal(ctl_png_write(path, px, 4, 4, 11, 3, &error), -EINVAL); /* stride < 4 * 3 */
+        assert_int_equal(ctl_png_write(path, px, 0, 4, 12, 3, &error), -EINVAL);
+        assert_int_equal(ctl_png_write(path, px, 2, 2, 8, 2, &error), -EINVAL); /* 2 channels */
+        assert_int_equal(access(path, F_OK), -1);
+        assert_int_equal(ctl_png_write("/nonexistent/x.png", px, 2, 2, 6, 3, &error), -ENOENT);
+        assert_non_null(strstr(error, "/nonexistent/x.png"));
+}
+
+/* A sealed-or-not memfd holding |size| bytes of |data|. */
+static int memfd_with(const void *data, size_t size) {
+        int fd = memfd_create("test-output", MFD_CLOEXEC);
+
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, data, size), (ssize_t) size);
+        return fd;
+}
+
+static void expect_file(const char *path, const void *data, size_t size) {
+        struct stat st;
+        FILE *in = fopen(path, "rb");
+
+        assert_non_null(in);
+        assert_int_equal(fstat(fileno(in), &st), 0);
+        assert_int_equal(st.st_size, (off_t) size);
+        uint8_t *got = malloc(size + 1);
+        assert_non_null(got);
+        assert_int_equal(fread(got, 1, size + 1, in), size);
+        assert_memory_equal(got, data, size);
+        free(got);
+        fclose(in);
+}
+
+static void expect_no_tmp(const char *path) {
+        char tmp[256];
+
+        snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+        assert_int_equal(access(tmp, F_OK), -1);
+}
+
+static void test_output_write(void **state) {
+        convert_fixture *f = *state;
+        const uint32_t w = 10, h = 6;
+        const size_t stride = w * 3 + 6;
+        uint8_t *pixels = make_pixels(w, h, 3, stride), *got = NULL;
+        const char *error = NULL;
+        char path[128], json[256];
+        uint32_t rw, rh;
+        unsigned rch;
+
+        /* An rgb8 image to a .png name (any case): a PNG, rows by stride. */
+        int fd = memfd_with(pixels, stride * h);
+        snprintf(json, sizeof(json),
+                 "{\"name\": \"image\", \"kind\": \"image\", \"fd\": 0, \"size\": %zu, \"width\": %u,"
+                 " \"height\": %u, \"format\": \"rgb8\", \"stride\": %zu}",
+                 stride * h, w, h, stride);
+        json_object *out = json_tokener_parse(json);
+        assert_non_null(out);
+        snprintf(path, sizeof(path), "%s/out.PNG", f->dir);
+        assert_int_equal(ctl_output_write(path, fd, out, &error), 0);
+        expect_no_tmp(path);
+        assert_int_equal(ctl_png_read(path, &got, &rw, &rh, &rch, &error), 0);
+        assert_int_equal(rw, w);
+        assert_int_equal(rh, h);
+        assert_int_equal(rch, 3);
+        expect_same_pixels(pixels, stride, got, w, h, 3);
+        free(got);
+
+        /* The same output to another name: the raw bytes. */
+        snprintf(path, sizeof(path), "%s/out.rgb", f->dir);
+        assert_int_equal(ctl_output_write(path, fd, out, &error), 0);
+        expect_no_tmp(path);
+        expect_file(path, pixels, stride * h);
+
+        /* It replaces an existing file. */
+        assert_int_equal(ctl_output_write(path, fd, out, &error), 0);
+        expect_file(path, pixels, stride * h);
+
+        /* An image that does not fit its size is refused, and leaves no file. */
+        json_object_object_add(out, "height", json_object_new_int((int) h + 1));
+        snprintf(path, sizeof(path), "%s/bad.png", f->dir);
+        assert_int_equal(ctl_output_write(path, fd, out, &error), -EBADMSG);
+        assert_non_null(strstr(error, "not a valid image"));
+        assert_int_equal(access(path, F_OK), -1);
+        expect_no_tmp(path);
+
+        /* A size beyond the memfd. */
+        json_object_object_add(out, "size", json_object_new_int64((int64_t) (stride * h) + 1));
+        assert_int_equal(ctl_output_write(path, fd, out, &error), -EBADMSG);
+        assert_int_equal(access(path, F_OK), -1);
+        json_object_put(out);
+        close(fd);
+
+        /* Bytes, and an rgb_f32 image: raw even to a .png name; only "size"
+         * bytes of a larger memfd. */
+        static const char bytes[] = "0123456789abcdef";
+        fd = memfd_with(bytes, sizeof(bytes));
+        out = json_tokener_parse("{\"name\": \"latents\", \"kind\": \"bytes\", \"fd\": 0, \"size\": 10}");
+        snprintf(path, sizeof(path), "%s/x.png", f->dir);
+        assert_int_equal(ctl_output_write(path, fd, out, &error), 0);
+        expect_file(path, bytes, 10);
+        json_object_put(out);
+        out = json_tokener_parse("{\"name\": \"hdr\", \"kind\": \"image\", \"fd\": 0, \"size\": 12, \"width\": 1,"
+                                 " \"height\": 1, \"format\": \"rgb_f32\", \"stride\": 12}");
+        assert_int_equal(ctl_output_write(path, fd, out, &error), 0);
+        expect_file(path, bytes, 12);
+
+        /* An empty output. */
+        json_object_object_add(out, "size", json_object_new_int(0));
+        json_object_object_add(out, "kind", json_object_new_string("bytes"));
+        snprintf(path, sizeof(path), "%s/empty", f->dir);
+        assert_int_equal(ctl_output_write(path, fd, out, &error), 0);
+        expect_file(path, "", 0);
+
+        /* A directory that does not exist. */
+        assert_true(ctl_output_write("/nonexistent/dir/x.bin", fd, out, &error) == -ENOENT);
+        json_object_put(out);
+        close(fd);
+        free(pixels);
+}
+
+/* ---- pipelines: formatting -------------------------------------------------- */
+
+static void test_pipeline_format(void **state) {
+        json_object *table = json_tokener_parse(param_table_json);
+        char buf[128];
+
+        assert_non_null(table);
+        static const struct {
+                size_t index;
+                const char *range, *def;
+        } want[] = {
+                {0, "max 512", "required"}, {1, "1..150", "20"}, {2, "0.5..30", "7.5"},
+                {3, "-", "false"},          {4, "euler|ddim|dpm++", "euler"},
+                {5, "-", "required"},       {6, "-", "-"},
+        };
+        for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+                json_object *p = json_object_array_get_idx(table, want[i].index);
+                ctl_param_format_range(p, buf, sizeof(buf));
+                assert_string_equal(buf, want[i].range);
+                ctl_param_format_default(p, buf, sizeof(buf));
+                assert_string_equal(buf, want[i].def);
+        }
+        json_object_put(table);
+
+        json_object *p = json_tokener_parse("{\"name\": \"x\", \"type\": \"float\", \"min\": 0.25, \"max\": null,"
+                                            " \"default\": {\"a\": 1}, \"required\": false}");
+        ctl_param_format_range(p, buf, sizeof(buf));
+        assert_string_equal(buf, "0.25..");
+        ctl_param_format_default(p, buf, sizeof(buf));
+        assert_string_equal(buf, "{\"a\":1}");
+        json_object_put(p);
+        p = json_tokener_parse("{\"name\": \"x\", \"type\": \"int\", \"max\": -3.0, \"default\": null}");
+        ctl_param_format_range(p, buf, sizeof(buf));
+        assert_string_equal(buf, "..-3");
+        ctl_param_format_default(p, buf, sizeof(buf));
+        assert_string_equal(buf, "null");
+        json_object_put(p);
+
+        /* ctl_pipeline_find */
+        json_object *reply = json_tokener_parse("{\"pipelines\": [{\"name\": \"a\"}, {\"name\": \"sd15\"}],"
+                                                " \"refused\": []}");
+        assert_ptr_equal(ctl_pipeline_find(reply, "sd15"),
+                         json_object_array_get_idx(json_object_object_get(reply, "pipelines"), 1));
+        assert_null(ctl_pipeline_find(reply, "sd"));
+        assert_null(ctl_pipeline_find(reply, "SD15"));
+        json_object_put(reply);
+        reply = json_tokener_parse("{}");
+        assert_null(ctl_pipeline_find(reply, "a"));
+        json_object_put(reply);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_command_find),
@@ -749,6 +1551,17 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_device_option, setup_buf, teardown_buf),
                 cmocka_unit_test_setup_teardown(test_unknown_options, setup_buf, teardown_buf),
                 cmocka_unit_test_setup_teardown(test_parse_twice, setup_buf, teardown_buf),
+                cmocka_unit_test_setup_teardown(test_pipelines_workers, setup_buf, teardown_buf),
+                cmocka_unit_test_setup_teardown(test_worker_command, setup_buf, teardown_buf),
+                cmocka_unit_test_setup_teardown(test_plugin_command, setup_buf, teardown_buf),
+                cmocka_unit_test_setup_teardown(test_generate_args, setup_buf, teardown_buf),
+                cmocka_unit_test_setup_teardown(test_param_convert_types, setup_convert, teardown_convert),
+                cmocka_unit_test_setup_teardown(test_param_convert_errors, setup_convert, teardown_convert),
+                cmocka_unit_test_setup_teardown(test_param_convert_image, setup_convert, teardown_convert),
+                cmocka_unit_test(test_output_file_name),
+                cmocka_unit_test_setup_teardown(test_png_round_trip, setup_convert, teardown_convert),
+                cmocka_unit_test_setup_teardown(test_output_write, setup_convert, teardown_convert),
+                cmocka_unit_test(test_pipeline_format),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

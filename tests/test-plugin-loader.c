@@ -127,7 +127,7 @@ static void on_refused(const char *path, int error, const char *reason, void *us
 }
 
 static void test_directory(void **state) {
-        const char *names[] = {"plugin-sum", "plugin-bad-abi", "plugin-bad-params"};
+        const char *names[] = {"plugin-sum", "plugin-bad-abi", "plugin-bad-params", "plugin-crash", "plugin-hang"};
         char path[256], sub[128];
         gh_loaded_plugin **plugins = NULL;
         size_t n = 0;
@@ -144,8 +144,12 @@ static void test_directory(void **state) {
         snprintf(path, sizeof(path), "%s/notes.txt", sub); /* not a .so: ignored */
         copy_file("/etc/hostname", path, 0644);
         assert_int_equal(gh_plugin_load_dir(sub, geteuid(), &plugins, &n, on_refused, &ref), 0);
-        assert_int_equal(n, 1);
-        assert_string_equal(plugins[0]->plugin->name, "test-sum");
+        /* Several valid plugins, each its own (one fd path must not stand
+         * for two objects in the dynamic loader). */
+        assert_int_equal(n, 3);
+        assert_string_equal(plugins[0]->plugin->name, "test-crash");
+        assert_string_equal(plugins[1]->plugin->name, "test-hang");
+        assert_string_equal(plugins[2]->plugin->name, "test-sum");
         assert_int_equal(ref.n, 3);
         assert_non_null(strstr(ref.text[0], "plugin-bad-abi.so: built for plugin ABI"));
         assert_non_null(strstr(ref.text[1], "plugin-bad-params.so: parameter \"steps\""));

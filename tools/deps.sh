@@ -3,7 +3,7 @@
 # Skips apt entirely when everything is already there.
 set -euo pipefail
 
-pkgs=(cmake gcc make pkg-config libinih-dev libjson-c-dev libsystemd-dev libcmocka-dev
+pkgs=(cmake gcc make pkg-config libinih-dev libjson-c-dev libsystemd-dev libcmocka-dev libpng-dev
       python3 systemd valgrind)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -40,6 +40,10 @@ void gh_log_set_max_level(int level) {
                 log_max_level = level;
 }
 
+void gh_log_force_priority_prefix(void) {
+        log_journal = 1;
+}
+
 int gh_log_get_max_level(void) {
         return log_max_level;
 }

@@ -13,6 +13,9 @@
 void gh_log_open(const char *ident);
 void gh_log_set_max_level(int level);
 int gh_log_get_max_level(void);
+/* Always writes "<N>message" lines, for a reader that parses the level (the
+ * daemon reading a worker's stderr). */
+void gh_log_force_priority_prefix(void);
 /* Maps "err", "warning", "notice", "info", "debug" (and "error", "warn") to a
  * syslog level; returns -EINVAL for anything else. */
 int gh_log_level_from_string(const char *s);

@@ -16,8 +16,10 @@
 #define MAX_TIMEOUT_SEC 86400.0
 
 static const ctl_command *const commands[] = {
-        &ctl_cmd_status, &ctl_cmd_devices, &ctl_cmd_models, &ctl_cmd_model,
-        &ctl_cmd_ping,   &ctl_cmd_reload,  &ctl_cmd_version, &ctl_cmd_call,
+        &ctl_cmd_status,  &ctl_cmd_devices, &ctl_cmd_models,  &ctl_cmd_model,
+        &ctl_cmd_pipelines, &ctl_cmd_generate, &ctl_cmd_workers, &ctl_cmd_worker,
+        &ctl_cmd_plugin,  &ctl_cmd_ping,    &ctl_cmd_reload,  &ctl_cmd_version,
+        &ctl_cmd_call,
 };
 
 const ctl_command *ctl_command_find(const char *name) {
@@ -51,6 +53,14 @@ void ctl_print_help(FILE *f, const ctl_command *cmd) {
                         fprintf(f, "      --oneway         ask for no reply\n");
                 if (cmd->options & CTL_OPT_DEVICE)
                         fprintf(f, "  -d, --device=D       the device's index (see 'gpuhostctl devices')\n");
+                if (cmd->options & CTL_OPT_PARAM)
+                        fprintf(f, "      --param=KEY=VALUE\n"
+                                   "                       set a parameter of the pipeline (repeatable)\n"
+                                   "      --model=M        the same as --param model=M\n");
+                if (cmd->options & CTL_OPT_OUTPUT)
+                        fprintf(f, "  -o, --output=FILE    write the output to FILE (see above)\n");
+                if (cmd->options & CTL_OPT_QUIET)
+                        fprintf(f, "  -q, --quiet          no progress and no messages but errors\n");
                 fprintf(f, "%s\n%s", global_options_help, exit_codes_help);
                 return;
         }
@@ -108,12 +118,14 @@ static int check_option(const ctl_command *cmd, unsigned opt, const char *name, 
 /* One getopt pass; with |cmd| NULL it stops at the first non-option (the
  * command), otherwise it takes the command's options too. */
 static int parse_options(int argc, char **argv, const ctl_command *cmd, ctl_opts *o, const char **ret_error) {
-        enum { ARG_JSON = 0x100, ARG_MORE, ARG_ONEWAY, ARG_VERSION };
+        enum { ARG_JSON = 0x100, ARG_MORE, ARG_ONEWAY, ARG_VERSION, ARG_PARAM, ARG_MODEL };
         static const struct option options[] = {
                 {"socket", required_argument, NULL, 's'},  {"timeout", required_argument, NULL, 't'},
                 {"help", no_argument, NULL, 'h'},          {"version", no_argument, NULL, ARG_VERSION},
                 {"json", no_argument, NULL, ARG_JSON},     {"more", no_argument, NULL, ARG_MORE},
                 {"oneway", no_argument, NULL, ARG_ONEWAY}, {"device", required_argument, NULL, 'd'},
+                {"param", required_argument, NULL, ARG_PARAM}, {"model", required_argument, NULL, ARG_MODEL},
+                {"output", required_argument, NULL, 'o'},  {"quiet", no_argument, NULL, 'q'},
                 {},
         };
         int c;
@@ -123,7 +135,7 @@ static int parse_options(int argc, char **argv, const ctl_command *cmd, ctl_opts
                 /* The word getopt works on: argv[optind - 1] afterwards is
                  * wrong inside a group of short options ("-xh"). */
                 int word = optind > 0 ? optind : 1;
-                if ((c = getopt_long(argc, argv, "+s:t:hd:", options, NULL)) < 0)
+                if ((c = getopt_long(argc, argv, "+s:t:hd:o:q", options, NULL)) < 0)
                         break;
                 const char *name = argv[word];
                 switch (c) {
@@ -139,6 +151,7 @@ static int parse_options(int argc, char **argv, const ctl_command *cmd, ctl_opts
                                 *ret_error = ctl_usage_error("invalid timeout '%s' (seconds, 0..86400)", optarg);
                                 return -EINVAL;
                         }
+                        o->timeout_given = true;
                         break;
                 case 'h':
                         o->help = true;
@@ -169,8 +182,46 @@ static int parse_options(int argc, char **argv, const ctl_command *cmd, ctl_opts
                                 return -EINVAL;
                         o->oneway = true;
                         break;
+                case ARG_PARAM: {
+                        if (check_option(cmd, CTL_OPT_PARAM, name, ret_error) < 0)
+                                return -EINVAL;
+                        const char *eq = strchr(optarg, '=');
+                        if (!eq || eq == optarg) {
+                                *ret_error = ctl_usage_error("invalid --param '%s' (KEY=VALUE)", optarg);
+                                return -EINVAL;
+                        }
+                        if (o->n_params >= CTL_MAX_PARAMS) {
+                                *ret_error = ctl_usage_error("too many --param options (at most %d)", CTL_MAX_PARAMS);
+                                return -EINVAL;
+                        }
+                        o->params[o->n_params++] = optarg;
+                        break;
+                }
+                case ARG_MODEL:
+                        if (check_option(cmd, CTL_OPT_PARAM, name, ret_error) < 0)
+                                return -EINVAL;
+                        if (!*optarg) {
+                                *ret_error = "--model needs a model name";
+                                return -EINVAL;
+                        }
+                        o->model = optarg;
+                        break;
+                case 'o':
+                        if (check_option(cmd, CTL_OPT_OUTPUT, name, ret_error) < 0)
+                                return -EINVAL;
+                        if (!*optarg) {
+                                *ret_error = "--output needs a file name";
+                                return -EINVAL;
+                        }
+                        o->output = optarg;
+                        break;
+                case 'q':
+                        if (check_option(cmd, CTL_OPT_QUIET, name, ret_error) < 0)
+                                return -EINVAL;
+                        o->quiet = true;
+                        break;
                 default:
-                        *ret_error = optopt && optopt < 0x100
+                        *ret_error = optopt && (optopt < 0x100 || optopt == ARG_PARAM || optopt == ARG_MODEL)
                                 ? ctl_usage_error("unknown option or missing argument: '%s'", name)
                                 : ctl_usage_error("unknown option '%s'", name);
                         return -EINVAL;
@@ -221,7 +272,11 @@ int ctl_parse_args(int argc, char **argv, ctl_opts *o, const char **ret_error) {
         if ((o->json && check_option(o->command, CTL_OPT_JSON, "--json", ret_error) < 0) ||
             (o->more && check_option(o->command, CTL_OPT_MORE, "--more", ret_error) < 0) ||
             (o->oneway && check_option(o->command, CTL_OPT_ONEWAY, "--oneway", ret_error) < 0) ||
-            (o->device >= 0 && check_option(o->command, CTL_OPT_DEVICE, "--device", ret_error) < 0))
+            (o->device >= 0 && check_option(o->command, CTL_OPT_DEVICE, "--device", ret_error) < 0) ||
+            (o->n_params > 0 && check_option(o->command, CTL_OPT_PARAM, "--param", ret_error) < 0) ||
+            (o->model && check_option(o->command, CTL_OPT_PARAM, "--model", ret_error) < 0) ||
+            (o->output && check_option(o->command, CTL_OPT_OUTPUT, "--output", ret_error) < 0) ||
+            (o->quiet && check_option(o->command, CTL_OPT_QUIET, "--quiet", ret_error) < 0))
                 return -EINVAL;
         r = parse_command_args(argc, argv, o, ret_error);
         if (r < 0)

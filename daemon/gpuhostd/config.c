@@ -42,6 +42,8 @@ static int parse_bool(const key_def *k, const char *v, void *field, const char *
 static int parse_string(const key_def *k, const char *v, void *field, const char **ret_reason);
 static int parse_path(const key_def *k, const char *v, void *field, const char **ret_reason);
 static int parse_dtype(const key_def *k, const char *v, void *field, const char **ret_reason);
+static int parse_worker_path(const key_def *k, const char *v, void *field, const char **ret_reason);
+static int parse_plugin_dir(const key_def *k, const char *v, void *field, const char **ret_reason);
 static int parse_selectors(const key_def *k, const char *v, void *field, const char **ret_reason);
 static int parse_reserve(const key_def *k, const char *v, void *field, const char **ret_reason);
 static int parse_reserve_overrides(const key_def *k, const char *v, void *field, const char **ret_reason);
@@ -71,6 +73,13 @@ static const key_def key_table[] = {
         KEY("devices", "cpu", parse_bool, cpu_enabled, 0, 0),
         KEY("devices", "cpu_memory", parse_size, cpu_memory, 0, UINT64_C(1) << 42),
         KEY("models", "directory", parse_path, models_directory, 0, 0),
+        KEY("workers", "executable", parse_worker_path, worker_executable, 0, 0),
+        KEY("workers", "plugin_directory", parse_plugin_dir, plugin_directory, 0, 0),
+        KEY("workers", "heartbeat_timeout_sec", parse_seconds, heartbeat_timeout_usec, 1, 3600),
+        KEY("workers", "quarantine_crashes", parse_uint, quarantine_crashes, 0, 1000),
+        KEY("workers", "quarantine_window_sec", parse_seconds, quarantine_window_usec, 1, 86400),
+        KEY("workers", "max_output_size", parse_size, max_output_size, UINT64_C(1) << 20, UINT64_C(16) << 30),
+        KEY("workers", "cpu_threads", parse_uint, cpu_threads, 0, 1024),
 };
 
 /* Keys of [model NAME] sections; offsets into gh_model_config. */
@@ -268,6 +277,16 @@ static int parse_path(const key_def *k, const char *v, void *field, const char *
         return set_string(field, v);
 }
 
+/* Paths whose default depends on where gpuhost is installed: empty means
+ * that default. */
+static int parse_worker_path(const key_def *k, const char *v, void *field, const char **ret_reason) {
+        return parse_path(k, *v ? v : GH_WORKER_PATH, field, ret_reason);
+}
+
+static int parse_plugin_dir(const key_def *k, const char *v, void *field, const char **ret_reason) {
+        return parse_path(k, *v ? v : GH_PLUGINDIR, field, ret_reason);
+}
+
 static int parse_dtype(const key_def *k, const char *v, void *field, const char **ret_reason) {
         static const char *const names[] = {"keep", "fp32", "fp16", "bf16"};
 
@@ -326,11 +345,20 @@ int gh_config_new(gh_config **ret) {
                 .cpu_enabled = true,
                 .devices_reserve = strdup("1G"),
                 .models_directory = strdup(GH_DEFAULT_MODELS_DIR),
+                .worker_executable = strdup(GH_WORKER_PATH),
+                .plugin_directory = strdup(GH_PLUGINDIR),
+                .heartbeat_timeout_usec = 30 * USEC_PER_SEC,
+                .quarantine_crashes = 3,
+                .quarantine_window_usec = 600 * USEC_PER_SEC,
+                .max_output_size = UINT64_C(1) << 30,
         };
-        if (!c->socket_path || !c->models_directory || !c->devices_reserve) {
+        if (!c->socket_path || !c->models_directory || !c->devices_reserve || !c->worker_executable ||
+            !c->plugin_directory) {
                 free(c->socket_path);
                 free(c->devices_reserve);
                 free(c->models_directory);
+                free(c->worker_executable);
+                free(c->plugin_directory);
                 free(c);
                 return -ENOMEM;
         }
@@ -349,6 +377,8 @@ gh_config *gh_config_free(gh_config *c) {
         free(c->devices_reserve);
         free(c->devices_reserve_per_device);
         free(c->models_directory);
+        free(c->worker_executable);
+        free(c->plugin_directory);
         for (size_t i = 0; i < c->n_models; i++) {
                 gh_model_config *m = &c->models[i];
                 free(m->name);

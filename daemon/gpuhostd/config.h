@@ -56,6 +56,14 @@ typedef struct gh_config {
         uint64_t cpu_memory;    /* 0: automatic */
         /* [models] */
         char *models_directory;
+        /* [workers] */
+        char *worker_executable;
+        char *plugin_directory;
+        uint64_t heartbeat_timeout_usec;
+        unsigned quarantine_crashes;     /* 0: never quarantine */
+        uint64_t quarantine_window_usec;
+        uint64_t max_output_size;        /* bytes of outputs one job may make */
+        unsigned cpu_threads;            /* 0: every CPU */
         /* [model NAME] */
         gh_model_config *models;
         size_t n_models;

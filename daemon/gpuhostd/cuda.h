@@ -64,6 +64,9 @@
         X(MemcpyHtoD, 3020)                      \
         X(MemcpyHtoDAsync, 3020)                 \
         X(MemcpyDtoH, 3020)                      \
+        X(MemAlloc, 3020)                        \
+        X(MemFree, 3020)                         \
+        X(CtxSynchronize, 2000)                  \
         X(MemHostAlloc, 2020)                    \
         X(MemFreeHost, 2000)                     \
         X(MemHostRegister, 6050)                 \

@@ -135,7 +135,13 @@ static void reload_apply(gh_daemon *d, gh_config *next) {
                       next->devices_reserve_per_device ? next->devices_reserve_per_device : "") ||
             old->slab_size != next->slab_size || old->cpu_enabled != next->cpu_enabled || old->cpu_memory != next->cpu_memory)
                 gh_log_warning("[devices] changes take effect when gpuhostd restarts");
+        if (!gh_streq(old->worker_executable, next->worker_executable) ||
+            !gh_streq(old->plugin_directory, next->plugin_directory))
+                gh_log_notice("[workers] executable and plugin_directory apply to workers started from now on "
+                              "(gpuhostctl worker restart ID)");
         d->config = next;
+        if (d->workers)
+                gh_workers_set_config(d->workers, next);
         gh_config_free(old);
         apply_log_level(d);
         gh_server_limits l = limits_from_config(d->config);
@@ -281,6 +287,7 @@ static int add_sources(gh_daemon *d) {
         sigaddset(&mask, SIGTERM);
         sigaddset(&mask, SIGINT);
         sigaddset(&mask, SIGHUP);
+        sigaddset(&mask, SIGCHLD); /* workers are reaped by sd-event child sources */
         if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
                 return gh_negerrno();
         signal(SIGPIPE, SIG_IGN);
@@ -324,12 +331,17 @@ int gh_daemon_init(gh_daemon *d, gh_config *config) {
         r = gh_engine_init(&d->engine, d->event, config);
         if (r < 0)
                 return r;
-        d->methods = malloc((gh_daemon_n_methods + gh_model_n_methods) * sizeof(gh_method));
+        r = gh_workers_new(d->event, config, &d->engine, &d->workers);
+        if (r < 0)
+                return gh_log_error_errno(r, "Failed to set up the workers: %m");
+        size_t n = gh_daemon_n_methods + gh_model_n_methods + gh_job_n_methods;
+        d->methods = malloc(n * sizeof(gh_method));
         if (!d->methods)
                 return gh_log_error_errno(-ENOMEM, "Out of memory");
         memcpy(d->methods, gh_daemon_methods, gh_daemon_n_methods * sizeof(gh_method));
         memcpy(d->methods + gh_daemon_n_methods, gh_model_methods, gh_model_n_methods * sizeof(gh_method));
-        r = gh_server_new(d->event, d->listener.fd, &limits, d->methods, gh_daemon_n_methods + gh_model_n_methods,
+        memcpy(d->methods + gh_daemon_n_methods + gh_model_n_methods, gh_job_methods, gh_job_n_methods * sizeof(gh_method));
+        r = gh_server_new(d->event, d->listener.fd, &limits, d->methods, n,
                           &(gh_server_ops) {.drained = on_drained}, d, &d->server);
         if (r < 0)
                 return gh_log_error_errno(r, "Failed to start the server: %m");
@@ -353,6 +365,7 @@ void gh_daemon_done(gh_daemon *d) {
                 pthread_join(d->reload_thread, NULL);
         gh_config_free(d->reload_result);
         gh_server_free(d->server); /* cancels the waiters' requests */
+        d->workers = gh_workers_free(d->workers);
         gh_engine_done(&d->engine);
         free(d->methods);
         gh_catalog_free(d->reload_catalog);

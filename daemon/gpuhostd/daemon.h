@@ -13,6 +13,7 @@
 #include "engine.h"
 #include "listen.h"
 #include "server.h"
+#include "workers.h"
 
 typedef enum gh_daemon_state {
         GH_STATE_STARTING,
@@ -34,7 +35,8 @@ typedef struct gh_daemon {
         gh_listener listener;
         gh_server *server;
         gh_engine engine;
-        gh_method *methods; /* every method served: gh_daemon_methods + gh_model_methods */
+        gh_workers *workers;
+        gh_method *methods; /* every method served: gh_daemon_methods + gh_model_methods + gh_job_methods */
         char *last_status;
         int exit_code;
 
@@ -66,3 +68,5 @@ extern const gh_method gh_daemon_methods[];
 extern const size_t gh_daemon_n_methods;
 extern const gh_method gh_model_methods[];
 extern const size_t gh_model_n_methods;
+extern const gh_method gh_job_methods[];
+extern const size_t gh_job_n_methods;

@@ -202,6 +202,7 @@ struct gh_model {
         char *name, *path, *devices;
         int convert;
         bool pinned, from_config, gone;
+        uint64_t loads; /* loads started, on any device */
         gh_resident *resident[GH_STORE_MAX_DEVICES];
 };
 
@@ -853,6 +854,7 @@ int gh_store_load(gh_store *s, gh_model *m, unsigned device, gh_load_done_fn don
         j->phase = JOB_PLAN;
         j->convert = m->convert;
         m->resident[device] = res;
+        m->loads++;
         job_submit(s, j);
         return 0;
 }
@@ -942,6 +944,7 @@ json_object *gh_store_models_json(gh_store *s) {
                 json_object_object_add(o, "dtype", json_object_new_string(m->convert < 0 ? "keep" : gh_dtype_to_string((gh_dtype) m->convert)));
                 json_object_object_add(o, "pinned", json_object_new_boolean(m->pinned));
                 json_object_object_add(o, "declared", json_object_new_boolean(!m->gone));
+                json_object_object_add(o, "loads", json_object_new_int64((int64_t) m->loads));
                 for (unsigned d = 0; d < GH_STORE_MAX_DEVICES; d++)
                         if (m->resident[d])
                                 json_object_array_add(res, resident_json(m->resident[d]));

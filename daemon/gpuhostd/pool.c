@@ -17,6 +17,7 @@ typedef struct pool_slab {
         int fd;           /* -1: no slab here */
         uint64_t handle;
         unsigned users;   /* allocations that touch this slab */
+        uint64_t serial;  /* unique per slab made, so importers can tell a new slab from an old one */
 } pool_slab;
 
 /* A sorted array of extents, by offset. */
@@ -32,6 +33,9 @@ struct gh_pool {
         unsigned n_slots, n_slabs;
         extent_list free;   /* free space in [0, capacity), merged */
         extent_list allocs; /* live allocations */
+        uint64_t next_serial;
+        void (*released)(unsigned index, void *userdata);
+        void *released_userdata;
 };
 
 struct gh_pool_view {
@@ -108,6 +112,8 @@ static void slab_destroy(gh_pool *p, unsigned i) {
         p->be->slab_release(p->be->ctx, s->handle, s->fd);
         *s = (pool_slab) {.fd = -1};
         p->n_slabs--;
+        if (p->released)
+                p->released(i, p->released_userdata);
 }
 
 static int slab_ensure(gh_pool *p, unsigned i) {
@@ -125,7 +131,7 @@ static int slab_ensure(gh_pool *p, unsigned i) {
                 p->be->slab_release(p->be->ctx, handle, fd);
                 return r;
         }
-        *s = (pool_slab) {.fd = fd, .handle = handle};
+        *s = (pool_slab) {.fd = fd, .handle = handle, .serial = ++p->next_serial};
         p->n_slabs++;
         return 0;
 }
@@ -196,6 +202,7 @@ int gh_pool_new(const gh_pool_backend *be, uint64_t slab_size, uint64_t capacity
 gh_pool *gh_pool_free(gh_pool *p) {
         if (!p)
                 return NULL;
+        p->released = NULL;
         for (unsigned i = 0; i < p->n_slots; i++)
                 if (p->slabs[i].fd >= 0)
                         slab_destroy(p, i);
@@ -328,6 +335,15 @@ int gh_pool_slab_fd(const gh_pool *p, unsigned index) {
 }
 
 /* ---- views (importing side) ---- */
+
+uint64_t gh_pool_slab_serial(const gh_pool *p, unsigned index) {
+        return index < p->n_slots && p->slabs[index].fd >= 0 ? p->slabs[index].serial : 0;
+}
+
+void gh_pool_set_release_hook(gh_pool *p, void (*released)(unsigned index, void *userdata), void *userdata) {
+        p->released = released;
+        p->released_userdata = userdata;
+}
 
 int gh_pool_view_new(const gh_pool_backend *be, uint64_t slab_size, uint64_t size, gh_pool_view **ret) {
         if (!be || slab_size == 0 || slab_size % be->granularity || size % slab_size || size == 0)

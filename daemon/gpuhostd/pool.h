@@ -84,6 +84,13 @@ void gh_pool_get_stats(const gh_pool *p, gh_pool_stats *ret);
 int gh_pool_slabs_for(const gh_pool *p, uint64_t offset, uint64_t size, unsigned *ret_first,
                       unsigned *ret_count);
 int gh_pool_slab_fd(const gh_pool *p, unsigned index);
+/* A number that tells this slab apart from any other slab the pool made
+ * (0 if there is no slab at |index|): importers compare it to know whether
+ * their mapping at |index| is still the same memory. */
+uint64_t gh_pool_slab_serial(const gh_pool *p, unsigned index);
+/* Called after a slab is released (its memory freed here), so importers can
+ * drop their mappings and the memory really goes back. One hook a pool. */
+void gh_pool_set_release_hook(gh_pool *p, void (*released)(unsigned index, void *userdata), void *userdata);
 
 /* The importing side: a reservation of the same size in another process,
  * with imported slabs mapped at their offsets. */

@@ -30,6 +30,8 @@ struct gh_request {
         void *cancel_userdata;
         void (*stop)(gh_request *req, void *userdata);
         void *stop_userdata;
+        int *fds;       /* passed with the call (GH_METHOD_TAKES_FDS) */
+        size_t n_fds;
 };
 
 struct gh_conn {
@@ -104,6 +106,8 @@ static void conn_send_error(gh_conn *c, const char *error, json_object *params) 
 static void request_free(gh_request *req) {
         if (!req)
                 return;
+        gh_close_many(req->fds, req->n_fds);
+        free(req->fds);
         free(req->method);
         free(req);
 }
@@ -181,6 +185,11 @@ int gh_request_invalid_parameter(gh_request *req, const char *parameter, const c
         json_object *p = invalid_parameter_error(req->method, parameter, reason, &name);
 
         return gh_request_error(req, name, p);
+}
+
+size_t gh_request_fds(const gh_request *req, const int **ret_fds) {
+        *ret_fds = req->fds;
+        return req->n_fds;
 }
 
 bool gh_request_more(const gh_request *req) {
@@ -287,7 +296,7 @@ static const gh_method *call_admit(gh_conn *c, const gh_vl_call *call, size_t n_
                 conn_send_error(c, GH_VARLINK_INTERFACE_NOT_FOUND, params_1("interface", json_object_new_string(iface)));
         } else if (!m)
                 conn_send_error(c, GH_VARLINK_METHOD_NOT_FOUND, params_1("method", json_object_new_string(call->method)));
-        else if (n_fds > 0)
+        else if (n_fds > 0 && !(m->flags & GH_METHOD_TAKES_FDS))
                 conn_send_error(c, GH_ERROR_PROTOCOL, params_1("reason", json_object_new_string("this method takes no file descriptors")));
         else if (params_validate(m, call->parameters, &name, &reason) < 0) {
                 json_object *p = invalid_parameter_error(call->method, name, reason, &name);
@@ -299,7 +308,7 @@ static const gh_method *call_admit(gh_conn *c, const gh_vl_call *call, size_t n_
         return NULL;
 }
 
-static void conn_call(gh_conn *c, const gh_method *m, gh_vl_call *call) {
+static void conn_call(gh_conn *c, const gh_method *m, gh_vl_call *call, gh_vl_frame *f) {
         gh_request *req = calloc(1, sizeof(*req));
 
         if (req)
@@ -311,6 +320,7 @@ static void conn_call(gh_conn *c, const gh_method *m, gh_vl_call *call) {
         }
         req->conn = c;
         req->flags = call->flags;
+        req->n_fds = gh_vl_frame_take_fds(f, &req->fds);
         c->current = req;
         if ((m->flags & GH_METHOD_PRIVILEGED) && !gh_request_privileged(req)) {
                 json_object *p = params_1("method", json_object_new_string(call->method));
@@ -344,7 +354,7 @@ static void conn_handle_frame(gh_conn *c, gh_vl_frame *f) {
         }
         const gh_method *m = call_admit(c, &call, f->n_fds);
         if (m)
-                conn_call(c, m, &call);
+                conn_call(c, m, &call, f);
         gh_vl_call_done(&call);
 }
 

@@ -50,6 +50,7 @@ typedef int (*gh_method_fn)(gh_request *req, json_object *parameters, void *user
 enum {
         GH_METHOD_PRIVILEGED = 1 << 0, /* root, the daemon's user, admin_group */
         GH_METHOD_WHILE_STOPPING = 1 << 1, /* still served while draining */
+        GH_METHOD_TAKES_FDS = 1 << 2, /* the call may carry file descriptors */
 };
 
 typedef struct gh_method {
@@ -88,6 +89,9 @@ int gh_request_notify_fds(gh_request *req, json_object *parameters, const int *f
 int gh_request_error(gh_request *req, const char *error, json_object *parameters);
 int gh_request_invalid_parameter(gh_request *req, const char *parameter, const char *reason);
 bool gh_request_more(const gh_request *req);
+/* The fds passed with the call, owned by the request (closed when it ends;
+ * duplicate what must outlive it). */
+size_t gh_request_fds(const gh_request *req, const int **ret_fds);
 const struct ucred *gh_request_peer(const gh_request *req);
 bool gh_request_privileged(const gh_request *req);
 /* Called when the server starts draining, for a call that would otherwise

@@ -136,7 +136,9 @@ int gh_plugin_load(const char *path, uid_t owner, gh_loaded_plugin **ret, char *
         int r = check_file(fd, path, owner, reason, reason_size);
         if (r < 0)
                 return r;
-        /* Load the file we checked, not whatever the path names by now. */
+        /* Load the file we checked, not whatever the path names by now. The
+         * fd stays open while the plugin is loaded: the dynamic loader knows
+         * objects by name, and "/proc/self/fd/N" must not name two of them. */
         snprintf(fdpath, sizeof(fdpath), "/proc/self/fd/%d", fd);
         void *h = dlopen(fdpath, RTLD_NOW | RTLD_LOCAL);
         if (!h)
@@ -158,6 +160,7 @@ int gh_plugin_load(const char *path, uid_t owner, gh_loaded_plugin **ret, char *
         }
         lp->handle = h;
         lp->plugin = p;
+        lp->fd = TAKE_FD(fd);
         *ret = lp;
         return 0;
 }
@@ -166,6 +169,7 @@ void gh_plugin_unload(gh_loaded_plugin *lp) {
         if (!lp)
                 return;
         dlclose(lp->handle);
+        gh_close(lp->fd);
         free(lp->path);
         free(lp);
 }

@@ -13,6 +13,7 @@
 typedef struct gh_loaded_plugin {
         char *path;
         void *handle;              /* dlopen() */
+        int fd;                    /* the file loaded, open while it is */
         const gh_plugin *plugin;   /* valid while handle is open */
 } gh_loaded_plugin;
 

@@ -210,6 +210,13 @@ typedef struct gh_host {
         int (*output_bytes)(gh_job *job, const char *name, size_t size, void **ret);
         /* Key/value metadata of the outputs (e.g. the generation parameters). */
         int (*output_meta)(gh_job *job, const char *key, const char *value);
+
+        /* The job's CPU thread pool: runs fn(ctx, i, thread) for every i in
+         * [0, n), spread over the job's threads (thread < cpu_threads of
+         * gh_job_device; a thread runs one call at a time), and returns
+         * once all calls have returned. fn must not call host services.
+         * Returns 0, or -EINVAL for n == 0 or fn == NULL. */
+        int (*parallel_for)(gh_job *job, uint32_t n, void (*fn)(void *ctx, uint32_t i, uint32_t thread), void *ctx);
 } gh_host;
 
 /* ---- the plugin's side ---- */

@@ -1,0 +1,44 @@
+/* The internal protocol between gpuhostd and gpuhost-worker.
+ *
+ * One socketpair (AF_UNIX, SOCK_STREAM), fd 3 in the worker. Messages are
+ * the varlink codec's frames: NUL-terminated JSON objects with fds passed as
+ * SCM_RIGHTS, each with a "type" member. The worker speaks first ("hello",
+ * carrying GH_WORKER_PROTOCOL); the daemon kills a worker that speaks any
+ * other version. Neither side trusts the other's messages beyond their
+ * framing: the daemon treats a malformed worker message as a crash of that
+ * worker.
+ *
+ * daemon -> worker
+ *   ping      {seq}                           the worker answers "pong"
+ *   map       {slabs: [{index, serial}]}      + one fd a slab: map read-only
+ *   unmap     {slabs: [index]}                drop mappings (slab released)
+ *   estimate  {job, pipeline, params}         answered by "estimated"
+ *   run       {job, pipeline, params, models: [{name, tensors: [...]}],
+ *              workspace, max_output_bytes, cpu_threads}
+ *             + the fds of image parameters, in the order of their "fd"
+ *   cancel    {job}
+ *
+ * worker -> daemon
+ *   hello     {version, pid, pipelines: [...], refused: [{path, reason}]}
+ *   pong      {seq, rss}
+ *   estimated {job, needs} or {job, error, message}
+ *   progress  {job, step, steps, preview?: output}  + the preview's fd
+ *   done      {job, outputs: [output], metadata}    + one fd an output
+ *   failed    {job, error, message}   the plugin or host failed the job
+ *   cancelled {job}
+ *
+ * An output is {name, kind: image|frames|bytes, size, width?, height?,
+ * format?, stride?, frames?}; the fds of a message are in output order. */
+#pragma once
+
+#define GH_WORKER_PROTOCOL 1
+#define GH_WORKER_FD 3
+
+/* Largest message either side accepts (tensor tables of big models). */
+#define GH_WORKER_MAX_MESSAGE (32u << 20)
+#define GH_WORKER_MAX_FDS 64
+#define GH_WORKER_MAX_DEPTH 16
+/* Slab fds sent in one "map" message. */
+#define GH_WORKER_MAP_BATCH 32
+/* Outputs of one job. */
+#define GH_WORKER_MAX_OUTPUTS 16
