@@ -263,10 +263,21 @@ static void task_run(gh_task *t) {
                 json_object_object_add(o, "tensors", tensor_table(t->res[i]));
                 json_object_array_add(models, o);
         }
-        if (t->n_fds) {
-                fds = calloc(t->n_fds, sizeof(int));
-                for (size_t i = 0; fds && i < t->n_fds; i++)
-                        fds[i] = fcntl(t->fds[i], F_DUPFD_CLOEXEC, 3);
+        for (size_t i = 0; i < t->n_fds; i++) {
+                if (!fds && !(fds = calloc(t->n_fds, sizeof(int))))
+                        break;
+                if ((fds[i] = fcntl(t->fds[i], F_DUPFD_CLOEXEC, 3)) < 0) {
+                        gh_close_many(fds, i);
+                        free(fds);
+                        fds = NULL;
+                        break;
+                }
+        }
+        if (t->n_fds && !fds) {
+                json_object_put(m);
+                json_object_put(models);
+                task_failed(t, "EMFILE", "cannot pass the input images to the worker");
+                return;
         }
         json_object_object_add(m, "job", json_object_new_string(t->id));
         json_object_object_add(m, "pipeline", json_object_new_string(t->pipeline));

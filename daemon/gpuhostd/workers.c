@@ -298,20 +298,24 @@ static void log_line(gh_worker *w, char *line) {
                 gh_log_internal(level, 0, "worker %u (device %u, pid %d): %s", w->id, w->device, (int) w->pid, line);
 }
 
+/* Logs what is left of the last worker's output and closes its pipe. */
+static void log_close(gh_worker *w) {
+        if (w->log_len) {
+                w->log_line[w->log_len] = 0;
+                log_line(w, w->log_line);
+                w->log_len = 0;
+        }
+        w->log_io = sd_event_source_disable_unref(w->log_io);
+        w->log_fd = gh_close(w->log_fd);
+}
+
 static int on_log_io(sd_event_source *es, int fd, uint32_t revents, void *userdata) {
         gh_worker *w = userdata;
         ssize_t n = read(fd, w->log_line + w->log_len, sizeof(w->log_line) - 1 - w->log_len);
 
         if (n <= 0) {
-                if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
-                        if (w->log_len) {
-                                w->log_line[w->log_len] = 0;
-                                log_line(w, w->log_line);
-                                w->log_len = 0;
-                        }
-                        w->log_io = sd_event_source_disable_unref(w->log_io);
-                        w->log_fd = gh_close(w->log_fd);
-                }
+                if (n == 0 || (errno != EAGAIN && errno != EINTR))
+                        log_close(w);
                 return 0;
         }
         w->log_len += (size_t) n;
@@ -422,10 +426,13 @@ static int on_child(sd_event_source *es, const siginfo_t *si, void *userdata) {
         else
                 snprintf(reason, sizeof(reason), "%s", how);
         bool expected = w->restart_requested || w->ws->stopping;
-        if (!expected)
+        if (!expected) {
+                json_object *brief = w->task ? gh_task_brief(w->task) : NULL;
                 gh_log_error("Worker %u (device %u, pid %d) %s%s%s", w->id, w->device, (int) w->pid, reason,
-                             w->task ? " while running a job of " : "",
-                             w->task ? json_object_get_string(json_object_object_get(gh_task_brief(w->task), "pipeline")) : "");
+                             brief ? " while running a job of " : "",
+                             brief ? json_object_get_string(json_object_object_get(brief, "pipeline")) : "");
+                json_object_put(brief);
+        }
         w->child = sd_event_source_disable_unref(w->child);
         w->io = sd_event_source_disable_unref(w->io);
         w->fd = gh_close(w->fd);
@@ -450,7 +457,7 @@ static int on_child(sd_event_source *es, const siginfo_t *si, void *userdata) {
 /* ---- spawning ---- */
 
 /* The child's side, between fork and exec: async-signal-safe calls only. */
-_noreturn_ static void child_exec(int sock, int log_fd, char **argv) {
+_noreturn_ static void child_exec(int sock, int log_fd, char **argv, char **envp) {
         sigset_t none;
         int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
 
@@ -461,8 +468,28 @@ _noreturn_ static void child_exec(int sock, int log_fd, char **argv) {
             dup2(log_fd, STDERR_FILENO) < 0 || dup2(sock, GH_WORKER_FD) < 0)
                 _exit(127);
         close_range(GH_WORKER_FD + 1, ~0U, 0);
-        execv(argv[0], argv);
+        execve(argv[0], argv, envp);
         _exit(127);
+}
+
+/* The daemon's environment without what belongs to the daemon alone:
+ * systemd's notify socket, watchdog and socket-activation variables. */
+static char **worker_environ(void) {
+        static const char *const drop[] = {"NOTIFY_SOCKET=", "WATCHDOG_PID=", "WATCHDOG_USEC=", "LISTEN_PID=",
+                                           "LISTEN_FDS=", "LISTEN_FDNAMES="};
+        size_t n = 0, k = 0;
+
+        while (environ[n])
+                n++;
+        char **env = calloc(n + 1, sizeof(char *));
+        for (size_t i = 0; env && i < n; i++) {
+                bool keep = true;
+                for (size_t d = 0; d < ELEMENTSOF(drop); d++)
+                        keep &= strncmp(environ[i], drop[d], strlen(drop[d])) != 0;
+                if (keep)
+                        env[k++] = environ[i];
+        }
+        return env;
 }
 
 static int spawn(gh_worker *w, int *ret_sock, int *ret_log) {
@@ -486,6 +513,9 @@ static int spawn(gh_worker *w, int *ret_sock, int *ret_log) {
                         "--plugin-owner", a_owner, "--slab-size", a_slab, "--pool-size", a_pool,
                         "--threads", a_threads, "--log-level", (char *) gh_log_level_to_string(gh_log_get_max_level()),
                         w->cuda ? "--cuda" : NULL, a_cuda, NULL};
+        _cleanup_free_ char **envp = worker_environ();
+        if (!envp)
+                return -ENOMEM;
         if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sp) < 0)
                 return gh_negerrno();
         if (pipe2(lp, O_CLOEXEC) < 0) {
@@ -499,7 +529,7 @@ static int spawn(gh_worker *w, int *ret_sock, int *ret_log) {
                 return gh_negerrno();
         }
         if (pid == 0)
-                child_exec(sp[1], lp[1], argv);
+                child_exec(sp[1], lp[1], argv, envp);
         gh_close(sp[1]);
         gh_close(lp[1]);
         fcntl(lp[0], F_SETFL, O_NONBLOCK);
@@ -526,6 +556,7 @@ static void worker_start(gh_worker *w) {
                 return;
         }
         w->missing_logged = false;
+        log_close(w); /* a pipe the last process (or its children) kept open */
         r = spawn(w, &sock, &log_fd);
         if (r < 0) {
                 gh_log_error_errno(r, "Cannot start worker %u (%s): %m", w->id, w->ws->config->worker_executable);

@@ -643,6 +643,10 @@ const char *gh_job_id(const gh_job *job) {
         return job->id;
 }
 
+const char *gh_job_pipeline(const gh_job *job) {
+        return job->p->name;
+}
+
 void gh_job_cancel(gh_job *job) {
         job->cancelled = true;
 }

@@ -218,7 +218,7 @@ static int on_run(gh_wk *w, json_object *m, int *fds, size_t n_fds) {
         return 0;
 }
 
-static int handle(gh_wk *w, gh_vl_frame *f) {
+int gh_wk_handle_frame(gh_wk *w, gh_vl_frame *f) {
         _cleanup_free_ int *fds = NULL;
         size_t n_fds = gh_vl_frame_take_fds(f, &fds);
         json_object *m = NULL;
@@ -283,7 +283,7 @@ int gh_wk_poll(gh_wk *w, int timeout_ms) {
                 int r = gh_vl_reader_next(&w->reader, &f);
                 if (r <= 0)
                         return r;
-                r = handle(w, &f);
+                r = gh_wk_handle_frame(w, &f);
                 gh_vl_frame_done(&f);
                 if (r < 0)
                         return r;

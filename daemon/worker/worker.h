@@ -65,6 +65,8 @@ int gh_wk_send(gh_wk *w, json_object *msg, const int *fds, size_t n_fds);
 /* Reads and handles whatever messages are waiting, without blocking (a
  * plugin's cancelled() call lands here). */
 int gh_wk_poll(gh_wk *w, int timeout_ms);
+/* Handles one message from the daemon (the frame's fds are taken). */
+int gh_wk_handle_frame(gh_wk *w, gh_vl_frame *f);
 const gh_loaded_plugin *gh_wk_find_plugin(gh_wk *w, const char *name);
 uint64_t gh_wk_rss(void);
 
@@ -84,6 +86,7 @@ int gh_job_new(gh_wk *w, json_object *msg, int *fds, size_t n_fds, gh_job **ret,
 int gh_job_advance(gh_job *job);
 void gh_job_cancel(gh_job *job);
 const char *gh_job_id(const gh_job *job);
+const char *gh_job_pipeline(const gh_job *job);
 /* Ends the job (abort if needed) and frees it. */
 void gh_job_free(gh_job *job);
 

@@ -139,7 +139,9 @@ typedef struct gh_tensor {
         uint64_t bytes;
 } gh_tensor;
 
-/* Where the job runs. */
+/* Where the job runs. The CUDA context is current on the thread that calls
+ * the plugin; the stream is the job's, and work on it must be finished (or
+ * synchronised) before finish() returns or abort() frees the state. */
 typedef struct gh_job_device {
         uint32_t struct_size;
         gh_device_kind_id kind;
@@ -179,30 +181,47 @@ typedef struct gh_host {
          * NULL, e.g. in estimate). */
         void (*log)(gh_job *job, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
-        /* Parameters (validated): the value of |name|, or its default. A
-         * wrong type or unknown name is -EINVAL. Strings stay valid for the
-         * job (or the estimate call). */
+        /* Parameters (validated by the daemon against the plugin's table
+         * before the plugin sees them): the value of |name|, or its default.
+         * An unknown name or an accessor of the wrong type is -EINVAL (the
+         * string accessor reads string, enum and model parameters); an
+         * optional image or model parameter the request did not give is
+         * -ENOENT. Strings and pixels are the host's and stay valid for the
+         * job (or the estimate call). In estimate() an image has its size
+         * and format but no pixels (NULL). */
         int (*param_int)(const gh_params *p, const char *name, int64_t *ret);
         int (*param_float)(const gh_params *p, const char *name, double *ret);
         int (*param_string)(const gh_params *p, const char *name, const char **ret);
         int (*param_bool)(const gh_params *p, const char *name, bool *ret);
         int (*param_image)(const gh_params *p, const char *name, gh_image *ret);
 
-        /* A tensor of one of the job's models; -ENOENT if there is none. */
+        /* A tensor of one of the job's models (those estimate() named):
+         * read-only memory of the shared pool, valid for the job; -ENOENT
+         * if there is none. Never write through it: the pool is mapped
+         * read-only and a write faults the worker. */
         int (*tensor)(gh_job *job, const char *model, const char *name, gh_tensor *ret);
-        /* Workspace charged to the job on its device. Going past the
-         * declared need is -ENOSPC for this job, never an OOM for the GPU. */
+        /* Workspace charged to the job on its device: host memory on the
+         * CPU device, device memory (a CUdeviceptr) on a GPU; |align| is a
+         * power of two. Going past what estimate() declared for the
+         * device's kind is -ENOSPC for this job, never an OOM for the GPU.
+         * Whatever the plugin does not free is freed when the job ends. */
         int (*workspace_alloc)(gh_job *job, size_t bytes, size_t align, void **ret);
         void (*workspace_free)(gh_job *job, void *p);
         int (*device)(gh_job *job, gh_job_device *ret);
 
-        /* Progress after step |step| of |steps|, with an optional preview. */
+        /* Progress after step |step| of |steps|, with an optional preview
+         * (copied; the plugin keeps its buffer). Goes to the client at once. */
         int (*progress)(gh_job *job, uint32_t step, uint32_t steps, const gh_image *preview);
-        /* Whether the job was cancelled; step() should return soon if so. */
+        /* Whether the job was cancelled; step() should return soon if so
+         * (-ECANCELED). Also answers the daemon's heartbeat, so a long step
+         * should call it now and then. */
         bool (*cancelled)(gh_job *job);
 
         /* Outputs, in memfd-backed memory the host passes on without copies.
-         * The buffer is the plugin's to fill until finish() returns. */
+         * The buffer is the plugin's to fill until finish() returns, then the
+         * host seals it and hands it to the client. Names are unique per job
+         * (-EEXIST), at most GH_PLUGIN_NAME_MAX bytes; going past the
+         * daemon's max_output_size is -EFBIG. Returns 0 and the buffer. */
         int (*output_image)(gh_job *job, const char *name, uint32_t width, uint32_t height, gh_image_format format,
                             gh_image *ret);
         int (*output_frames)(gh_job *job, const char *name, uint32_t width, uint32_t height, gh_image_format format,
@@ -247,8 +266,12 @@ typedef struct gh_plugin {
         int (*estimate)(const gh_host *host, const gh_params *params, gh_plugin_needs *ret);
         /* Sets up a job; *ret_state is passed to the other calls. */
         int (*start)(const gh_host *host, gh_job *job, const gh_params *params, void **ret_state);
-        /* One quantum (e.g. one denoising step): GH_STEP_CONTINUE,
-         * GH_STEP_DONE or a negative errno (the job fails). */
+        /* One quantum (e.g. one denoising step), |step| counting from 0:
+         * GH_STEP_CONTINUE, GH_STEP_DONE or a negative errno (the job fails,
+         * abort() follows). The worker answers the daemon between steps, so
+         * a step returns well within the heartbeat timeout (30 s by
+         * default) or calls cancelled() meanwhile; a worker silent past it
+         * is killed. Continuing past the declared steps fails the job. */
         int (*step)(const gh_host *host, gh_job *job, void *state, uint32_t step);
         /* Produces the outputs and frees the state. */
         int (*finish)(const gh_host *host, gh_job *job, void *state);
