@@ -13,9 +13,9 @@ cmake --build build-test -j"$jobs"
 ctest --test-dir build-test --output-on-failure -j"$jobs"
 
 cmake -S . -B build-valgrind -DCMAKE_BUILD_TYPE=Debug >/dev/null
-cmake --build build-valgrind -j"$jobs" --target test-varlink test-dirlist test-config test-ctl-args test-pool \
-        test-safetensors test-devices gpuhostd test-models
+cmake --build build-valgrind -j"$jobs"
 ctest --test-dir build-valgrind -L valgrind --output-on-failure -j"$jobs"
 # Memory growth is only meaningful without sanitizers: the model store's
-# leak test again, in this build.
-ctest --test-dir build-valgrind -R '^test-models$' --output-on-failure
+# leak test again, in this build; and the workers as they run in a release
+# build (crash, hang and retry handling without the sanitizers' runtime).
+ctest --test-dir build-valgrind -R '^test-(models|workers|worker-protocol)$' --output-on-failure
