@@ -906,6 +906,14 @@ static void test_quarantine(void **state) {
         assert_string_equal(str(e, "pipeline"), "test-crash");
         assert_int_equal(num(e, "crashes"), crashes + 3);
         json_object_put(e);
+        /* Reported in the daemon's status. */
+        char *serr;
+        json_object *st = call("io.gpuhost.GetStatus", NULL, &serr);
+        assert_null(serr);
+        json_object *q = json_object_object_get(json_object_object_get(st, "workers"), "quarantined");
+        assert_int_equal(json_object_array_length(q), 1);
+        assert_string_equal(json_object_get_string(json_object_array_get_idx(q, 0)), "test-crash");
+        json_object_put(st);
         /* Other pipelines are unaffected. */
         free(sum_ok(2));
         enable_plugin("test-crash");

@@ -15,9 +15,13 @@ mkdir -p "$run"
 chmod 0700 "$run"
 sock="$run/gpuhost.sock"
 cat > "$run/gpuhost.conf" <<CONF
-# Written by tools/run.sh: the defaults of etc/gpuhost.conf, on a private socket.
+# Written by tools/run.sh: the defaults of etc/gpuhost.conf, on a private
+# socket, with the worker and the pipeline plugins of this build.
 [socket]
 path = $sock
+[workers]
+executable = $PWD/build/daemon/gpuhost-worker
+plugin_directory = $PWD/build/plugins
 CONF
 
 # A daemon from an earlier run may hold the socket: replace it.
@@ -35,6 +39,7 @@ for _ in $(seq 100); do
         sleep 0.1
 done
 build/daemon/gpuhostctl status
+build/daemon/gpuhostctl workers
 cat <<MSG
 
 gpuhostd is running (pid $(cat "$run/gpuhostd.pid"), log $run/gpuhostd.log).

@@ -51,6 +51,12 @@ static void print_status(json_object *s) {
                 printf("%s%s", i ? ", " : "", json_object_get_string(json_object_array_get_idx(files, i)));
         printf("%s\n", n ? "" : "(built-in defaults)");
         printf("%-13s %s\n", "Log level:", ctl_json_str(config, "log_level"));
+        json_object *w = json_object_object_get(s, "workers"), *q = json_object_object_get(w, "quarantined");
+        printf("%-13s %" PRId64 " of %" PRId64 " running, %" PRId64 " busy; %" PRId64 " pipeline(s)\n", "Workers:",
+               ctl_json_int(w, "running"), ctl_json_int(w, "workers"), ctl_json_int(w, "busy"), ctl_json_int(w, "pipelines"));
+        for (size_t i = 0; q && i < json_object_array_length(q); i++)
+                printf("%-13s %s (gpuhostctl plugin enable %s)\n", i ? "" : "Quarantined:",
+                       json_object_get_string(json_object_array_get_idx(q, i)), json_object_get_string(json_object_array_get_idx(q, i)));
         print_devices(json_object_object_get(s, "devices"));
 }
 

@@ -107,6 +107,7 @@ static int get_status(gh_request *req, json_object *params, void *userdata) {
         json_object_object_add(o, "connections", json_object_new_int64(gh_server_connections(d->server)));
         json_object_object_add(o, "devices", devices);
         json_object_object_add(o, "config", gh_config_summary(d->config));
+        json_object_object_add(o, "workers", gh_workers_summary(d->workers));
         return gh_request_reply(req, o);
 }
 

@@ -730,6 +730,25 @@ json_object *gh_workers_json(gh_workers *ws) {
         return a;
 }
 
+json_object *gh_workers_summary(gh_workers *ws) {
+        json_object *o = json_object_new_object(), *q = json_object_new_array();
+        unsigned up = 0, busy = 0;
+
+        for (unsigned i = 0; ws && i < ws->n_workers; i++) {
+                up += ws->workers[i].pid > 0;
+                busy += ws->workers[i].state == GH_WORKER_BUSY;
+        }
+        for (size_t i = 0; ws && i < ws->n_pipelines; i++)
+                if (ws->pipelines[i].quarantined)
+                        json_object_array_add(q, json_object_new_string(ws->pipelines[i].name));
+        json_object_object_add(o, "workers", json_object_new_int64(ws ? ws->n_workers : 0));
+        json_object_object_add(o, "running", json_object_new_int64(up));
+        json_object_object_add(o, "busy", json_object_new_int64(busy));
+        json_object_object_add(o, "pipelines", json_object_new_int64(ws ? (int64_t) ws->n_pipelines : 0));
+        json_object_object_add(o, "quarantined", q);
+        return o;
+}
+
 static json_object *devices_json(uint64_t mask) {
         json_object *a = json_object_new_array();
 

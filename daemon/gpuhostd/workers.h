@@ -116,4 +116,6 @@ int gh_worker_restart(gh_worker *w);
 bool gh_pipeline_crashed(gh_workers *ws, gh_pipeline *p);
 
 json_object *gh_workers_json(gh_workers *ws);
+/* For GetStatus: workers up and waiting, pipelines, quarantined ones. */
+json_object *gh_workers_summary(gh_workers *ws);
 json_object *gh_pipelines_json(gh_workers *ws);
