@@ -179,6 +179,12 @@ static void assert_config_is_default(const gh_config *c) {
         assert_int_equal(c->quarantine_window_usec, d->quarantine_window_usec);
         assert_int_equal(c->max_output_size, d->max_output_size);
         assert_int_equal(c->cpu_threads, d->cpu_threads);
+        assert_int_equal(c->max_queued, d->max_queued);
+        assert_int_equal(c->max_queued_per_user, d->max_queued_per_user);
+        assert_int_equal(c->aging_usec, d->aging_usec);
+        assert_int_equal(c->keep_finished_usec, d->keep_finished_usec);
+        assert_int_equal(c->max_finished, d->max_finished);
+        assert_int_equal(c->max_inline_output, d->max_inline_output);
         assert_int_equal(c->n_models, 0);
         gh_config_free(d);
 }
@@ -211,6 +217,9 @@ static void test_defaults(void **state) {
         assert_int_equal(c->quarantine_crashes, 3);
         assert_int_equal(c->max_output_size, 1024 * MiB);
         assert_int_equal(c->cpu_threads, 0);
+        assert_int_equal(c->max_queued, 1024);
+        assert_int_equal(c->keep_finished_usec, 300 * USEC_PER_SEC);
+        assert_int_equal(c->max_inline_output, 4 * MiB);
         assert_int_equal(c->n_files, 0);
         assert_null(c->files);
         gh_config_free(c);
@@ -508,6 +517,8 @@ static void test_socket_path(void **state) {
         expect_error("[workers]\nmax_output_size = 1K\n", 2, "[workers] max_output_size", "range");
         expect_error("[workers]\ncpu_threads = 2000\n", 2, "[workers] cpu_threads", "range");
         expect_error("[workers]\nheartbeat = 1\n", 2, "[workers] heartbeat", "unknown");
+        expect_error("[jobs]\nmax_queued = 0\n", 2, "[jobs] max_queued", "range");
+        expect_error("[jobs]\nmax_inline_output = 1G\n", 2, "[jobs] max_inline_output", "range");
 }
 
 static void test_group_names(void **state) {
@@ -1167,8 +1178,8 @@ static void test_shipped_config(void **state) {
                 p = end;
         }
         /* One line per key of the table: 3 daemon, 2 socket, 8 limits,
-         * 7 devices, 1 models, 7 workers. */
-        assert_int_equal(uncommented, 28);
+         * 7 devices, 1 models, 7 workers, 6 jobs. */
+        assert_int_equal(uncommented, 34);
 
         assert_int_equal(gh_config_new(&c), 0);
         r = gh_config_parse_string(c, out, o, path, &err);

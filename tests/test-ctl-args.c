@@ -19,9 +19,18 @@
  * --param conversion against a parameter table (every type, bad values,
  * unknown and repeated keys, an image through a memfd), output file names,
  * writing outputs (PNG or raw, through FILE.tmp) and a PNG round trip
- * with padded rows; the pipelines table's RANGE and DEFAULT columns. */
+ * with padded rows; the pipelines table's RANGE and DEFAULT columns.
+ *
+ * Jobs: generate's --priority, --deadline, --tag, --detach, --wait ID and
+ * --cancel ID (values, and the combinations refused), "jobs" and
+ * "job show ID"; the progress line (ctl_progress_format) and durations;
+ * PNG text chunks (written by ctl_png_write and ctl_output_write, read
+ * back with libpng's png_get_text), the chunks of a job
+ * (ctl_png_texts_for_job, ctl_json_ascii); base64 of inline outputs; the
+ * jobs table and "job show" lines. */
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -30,9 +39,11 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <png.h>
 
 #include "gpuhostctl/ctl.h"
 
@@ -111,6 +122,12 @@ static void expect_plain_command(argv_buf *b, int r, const ctl_command *cmd) {
         assert_null(b->opts.output);
         assert_null(b->opts.model);
         assert_int_equal(b->opts.n_params, 0);
+        assert_null(b->opts.priority);
+        assert_true(b->opts.deadline_sec == 0);
+        assert_null(b->opts.tag);
+        assert_false(b->opts.detach);
+        assert_null(b->opts.wait_job);
+        assert_null(b->opts.cancel_job);
 }
 
 static int teardown_buf(void **state) {
@@ -142,6 +159,8 @@ static void test_command_find(void **state) {
         assert_ptr_equal(ctl_command_find("worker"), &ctl_cmd_worker);
         assert_ptr_equal(ctl_command_find("plugin"), &ctl_cmd_plugin);
         assert_ptr_equal(ctl_command_find("generate"), &ctl_cmd_generate);
+        assert_ptr_equal(ctl_command_find("jobs"), &ctl_cmd_jobs);
+        assert_ptr_equal(ctl_command_find("job"), &ctl_cmd_job);
         assert_null(ctl_command_find("pipeline"));
         assert_null(ctl_command_find("plugins"));
         assert_null(ctl_command_find("restart")); /* an action of "worker" */
@@ -251,6 +270,7 @@ static void test_each_command(void **state) {
                 {"devices", &ctl_cmd_devices},
                 {"models", &ctl_cmd_models},
                 {"workers", &ctl_cmd_workers},
+                {"jobs", &ctl_cmd_jobs},
         };
 
         for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
@@ -1239,7 +1259,7 @@ static void test_param_convert_image(void **state) {
         char path[128], arg[160];
 
         snprintf(path, sizeof(path), "%s/init.png", f->dir);
-        assert_int_equal(ctl_png_write(path, pixels, w, h, stride, 4, &error), 0);
+        assert_int_equal(ctl_png_write(path, pixels, w, h, stride, 4, NULL, 0, &error), 0);
         snprintf(arg, sizeof(arg), "init=@%s", path);
         expect_convert(f, arg, 0, NULL);
 
@@ -1275,7 +1295,7 @@ static void test_param_convert_image(void **state) {
         json_object_object_del(f->params, "init");
         free(pixels);
         pixels = make_pixels(w, h, 3, w * 3);
-        assert_int_equal(ctl_png_write(path, pixels, w, h, w * 3, 3, &error), 0);
+        assert_int_equal(ctl_png_write(path, pixels, w, h, w * 3, 3, NULL, 0, &error), 0);
         expect_convert(f, arg, 0, NULL);
         v = param(f, "init");
         assert_int_equal(json_object_get_int(json_object_object_get(v, "fd")), 1);
@@ -1342,7 +1362,7 @@ static void test_png_round_trip(void **state) {
                 char path[128];
 
                 snprintf(path, sizeof(path), "%s/rt%zu.png", f->dir, i);
-                int r = ctl_png_write(path, pixels, w, h, stride, ch, &error);
+                int r = ctl_png_write(path, pixels, w, h, stride, ch, NULL, 0, &error);
                 if (r < 0)
                         print_error("%s\n", error);
                 assert_int_equal(r, 0);
@@ -1363,11 +1383,11 @@ static void test_png_round_trip(void **state) {
         const char *error = NULL;
         char path[128];
         snprintf(path, sizeof(path), "%s/bad.png", f->dir);
-        assert_int_equal(ctl_png_write(path, px, 4, 4, 11, 3, &error), -EINVAL); /* stride < 4 * 3 */
-        assert_int_equal(ctl_png_write(path, px, 0, 4, 12, 3, &error), -EINVAL);
-        assert_int_equal(ctl_png_write(path, px, 2, 2, 8, 2, &error), -EINVAL); /* 2 channels */
+        assert_int_equal(ctl_png_write(path, px, 4, 4, 11, 3, NULL, 0, &error), -EINVAL); /* stride < 4 * 3 */
+        assert_int_equal(ctl_png_write(path, px, 0, 4, 12, 3, NULL, 0, &error), -EINVAL);
+        assert_int_equal(ctl_png_write(path, px, 2, 2, 8, 2, NULL, 0, &error), -EINVAL); /* 2 channels */
         assert_int_equal(access(path, F_OK), -1);
-        assert_int_equal(ctl_png_write("/nonexistent/x.png", px, 2, 2, 6, 3, &error), -ENOENT);
+        assert_int_equal(ctl_png_write("/nonexistent/x.png", px, 2, 2, 6, 3, NULL, 0, &error), -ENOENT);
         assert_non_null(strstr(error, "/nonexistent/x.png"));
 }
 
@@ -1421,7 +1441,7 @@ static void test_output_write(void **state) {
         json_object *out = json_tokener_parse(json);
         assert_non_null(out);
         snprintf(path, sizeof(path), "%s/out.PNG", f->dir);
-        assert_int_equal(ctl_output_write(path, fd, out, &error), 0);
+        assert_int_equal(ctl_output_write(path, fd, out, NULL, 0, &error), 0);
         expect_no_tmp(path);
         assert_int_equal(ctl_png_read(path, &got, &rw, &rh, &rch, &error), 0);
         assert_int_equal(rw, w);
@@ -1432,25 +1452,25 @@ static void test_output_write(void **state) {
 
         /* The same output to another name: the raw bytes. */
         snprintf(path, sizeof(path), "%s/out.rgb", f->dir);
-        assert_int_equal(ctl_output_write(path, fd, out, &error), 0);
+        assert_int_equal(ctl_output_write(path, fd, out, NULL, 0, &error), 0);
         expect_no_tmp(path);
         expect_file(path, pixels, stride * h);
 
         /* It replaces an existing file. */
-        assert_int_equal(ctl_output_write(path, fd, out, &error), 0);
+        assert_int_equal(ctl_output_write(path, fd, out, NULL, 0, &error), 0);
         expect_file(path, pixels, stride * h);
 
         /* An image that does not fit its size is refused, and leaves no file. */
         json_object_object_add(out, "height", json_object_new_int((int) h + 1));
         snprintf(path, sizeof(path), "%s/bad.png", f->dir);
-        assert_int_equal(ctl_output_write(path, fd, out, &error), -EBADMSG);
+        assert_int_equal(ctl_output_write(path, fd, out, NULL, 0, &error), -EBADMSG);
         assert_non_null(strstr(error, "not a valid image"));
         assert_int_equal(access(path, F_OK), -1);
         expect_no_tmp(path);
 
         /* A size beyond the memfd. */
         json_object_object_add(out, "size", json_object_new_int64((int64_t) (stride * h) + 1));
-        assert_int_equal(ctl_output_write(path, fd, out, &error), -EBADMSG);
+        assert_int_equal(ctl_output_write(path, fd, out, NULL, 0, &error), -EBADMSG);
         assert_int_equal(access(path, F_OK), -1);
         json_object_put(out);
         close(fd);
@@ -1461,23 +1481,23 @@ static void test_output_write(void **state) {
         fd = memfd_with(bytes, sizeof(bytes));
         out = json_tokener_parse("{\"name\": \"latents\", \"kind\": \"bytes\", \"fd\": 0, \"size\": 10}");
         snprintf(path, sizeof(path), "%s/x.png", f->dir);
-        assert_int_equal(ctl_output_write(path, fd, out, &error), 0);
+        assert_int_equal(ctl_output_write(path, fd, out, NULL, 0, &error), 0);
         expect_file(path, bytes, 10);
         json_object_put(out);
         out = json_tokener_parse("{\"name\": \"hdr\", \"kind\": \"image\", \"fd\": 0, \"size\": 12, \"width\": 1,"
                                  " \"height\": 1, \"format\": \"rgb_f32\", \"stride\": 12}");
-        assert_int_equal(ctl_output_write(path, fd, out, &error), 0);
+        assert_int_equal(ctl_output_write(path, fd, out, NULL, 0, &error), 0);
         expect_file(path, bytes, 12);
 
         /* An empty output. */
         json_object_object_add(out, "size", json_object_new_int(0));
         json_object_object_add(out, "kind", json_object_new_string("bytes"));
         snprintf(path, sizeof(path), "%s/empty", f->dir);
-        assert_int_equal(ctl_output_write(path, fd, out, &error), 0);
+        assert_int_equal(ctl_output_write(path, fd, out, NULL, 0, &error), 0);
         expect_file(path, "", 0);
 
         /* A directory that does not exist. */
-        assert_true(ctl_output_write("/nonexistent/dir/x.bin", fd, out, &error) == -ENOENT);
+        assert_true(ctl_output_write("/nonexistent/dir/x.bin", fd, out, NULL, 0, &error) == -ENOENT);
         json_object_put(out);
         close(fd);
         free(pixels);
@@ -1534,6 +1554,652 @@ static void test_pipeline_format(void **state) {
         json_object_put(reply);
 }
 
+/* ---- generate: jobs ------------------------------------------------------- */
+
+static void test_generate_job_options(void **state) {
+        argv_buf *b = *state;
+        int r;
+
+        r = PARSE(b, "generate", "sd15", "--priority", "batch", "--deadline", "2.5", "--tag", "nightly run", "-o",
+                  "x.png");
+        assert_int_equal(r, 1);
+        assert_ptr_equal(b->opts.command, &ctl_cmd_generate);
+        assert_int_equal(b->opts.n_args, 1);
+        assert_string_equal(b->opts.args[0], "sd15");
+        assert_string_equal(b->opts.priority, "batch");
+        assert_true(b->opts.deadline_sec == 2.5);
+        assert_string_equal(b->opts.tag, "nightly run");
+        assert_string_equal(b->opts.output, "x.png");
+        assert_false(b->opts.detach);
+        assert_null(b->opts.wait_job);
+        assert_null(b->opts.cancel_job);
+
+        /* The "=" forms, and before the command. */
+        r = PARSE(b, "--priority=interactive", "--deadline=600", "--tag=t", "generate", "p");
+        assert_int_equal(r, 1);
+        assert_string_equal(b->opts.priority, "interactive");
+        assert_true(b->opts.deadline_sec == 600);
+        assert_string_equal(b->opts.tag, "t");
+        r = PARSE(b, "generate", "p", "--priority", "normal", "--priority", "batch"); /* the last one */
+        assert_int_equal(r, 1);
+        assert_string_equal(b->opts.priority, "batch");
+        static const char *const good_deadlines[] = {"0.001", "1e3", "31536000", "7"};
+        static const double good_values[] = {0.001, 1000, 31536000, 7};
+        for (size_t i = 0; i < sizeof(good_deadlines) / sizeof(good_deadlines[0]); i++) {
+                r = PARSE(b, "generate", "p", "--deadline", good_deadlines[i]);
+                assert_int_equal(r, 1);
+                assert_true(b->opts.deadline_sec == good_values[i]);
+        }
+
+        /* Bad values. */
+        static const char *const bad_priorities[] = {"", "high", "Batch", "interactive ", "0"};
+        for (size_t i = 0; i < sizeof(bad_priorities) / sizeof(bad_priorities[0]); i++) {
+                char want[64];
+                snprintf(want, sizeof(want), "invalid priority '%s'", bad_priorities[i]);
+                r = PARSE(b, "generate", "p", "--priority", bad_priorities[i]);
+                expect_usage_error(b, r, want, "interactive, normal or batch");
+        }
+        static const char *const bad_deadlines[] = {"0",   "-1",  "",     "abc",   "1s",       " 5",
+                                                    "nan", "inf", "1e300", "0.0", "31536001", "-0"};
+        for (size_t i = 0; i < sizeof(bad_deadlines) / sizeof(bad_deadlines[0]); i++) {
+                char want[64];
+                snprintf(want, sizeof(want), "invalid deadline '%s'", bad_deadlines[i]);
+                r = PARSE(b, "generate", "p", "--deadline", bad_deadlines[i]);
+                expect_usage_error(b, r, want, "seconds");
+        }
+        r = PARSE(b, "generate", "p", "--tag", "");
+        expect_usage_error(b, r, "--tag needs a text", NULL);
+        r = PARSE(b, "generate", "--wait", "");
+        expect_usage_error(b, r, "--wait needs a job id", NULL);
+        r = PARSE(b, "generate", "--cancel=");
+        expect_usage_error(b, r, "--cancel needs a job id", NULL);
+        static const char *const need_values[] = {"--priority", "--deadline", "--tag", "--wait", "--cancel"};
+        for (size_t i = 0; i < sizeof(need_values) / sizeof(need_values[0]); i++) {
+                r = PARSE(b, "generate", "p", need_values[i]);
+                expect_usage_error(b, r, "missing argument", need_values[i]);
+        }
+        r = PARSE(b, "generate", "p", "--detach=yes");
+        expect_usage_error(b, r, "--detach=yes", NULL);
+
+        /* --detach: every option of a new job, but -o. */
+        r = PARSE(b, "generate", "p", "--detach", "--param", "steps=2", "--model", "m", "-d", "1", "--priority",
+                  "batch", "--deadline", "60", "--tag", "x", "--json", "-q");
+        assert_int_equal(r, 1);
+        assert_true(b->opts.detach);
+        assert_string_equal(b->opts.args[0], "p");
+        assert_int_equal(b->opts.n_params, 1);
+        assert_true(b->opts.json);
+        r = PARSE(b, "generate", "p", "--detach", "-o", "x.png");
+        expect_usage_error(b, r, "--detach and --output exclude each other", "--wait ID -o FILE");
+        r = PARSE(b, "-o", "x.png", "generate", "--detach", "p");
+        expect_usage_error(b, r, "--detach and --output exclude each other", NULL);
+        r = PARSE(b, "generate", "--detach");
+        expect_usage_error(b, r, "missing arguments", "PIPELINE");
+
+        /* --wait ID: no PIPELINE; -o, -q, --json and -t apply. */
+        r = PARSE(b, "generate", "--wait", "j-3", "-o", "out.png");
+        assert_int_equal(r, 1);
+        assert_string_equal(b->opts.wait_job, "j-3");
+        assert_null(b->opts.cancel_job);
+        assert_int_equal(b->opts.n_args, 0);
+        assert_string_equal(b->opts.output, "out.png");
+        r = PARSE(b, "--wait=j-4", "generate", "-q", "--json", "-t", "60");
+        assert_int_equal(r, 1);
+        assert_string_equal(b->opts.wait_job, "j-4");
+        assert_true(b->opts.quiet);
+        assert_true(b->opts.json);
+        assert_true(b->opts.timeout_given);
+        r = PARSE(b, "generate", "--wait", "j-3", "sd15");
+        expect_usage_error(b, r, "--wait ID takes no PIPELINE", "'sd15'");
+        r = PARSE(b, "generate", "sd15", "--wait", "j-3");
+        expect_usage_error(b, r, "--wait ID takes no PIPELINE", NULL);
+        r = PARSE(b, "generate", "--wait", "j-3", "a", "b");
+        expect_usage_error(b, r, "too many arguments", NULL);
+
+        /* Options of a new job, refused with --wait and --cancel. */
+        static const struct {
+                const char *option, *value, *name;
+        } new_job[] = {
+                {"--param", "a=b", "--param"},      {"--model", "m", "--model"},       {"-d", "0", "--device"},
+                {"--priority", "batch", "--priority"}, {"--deadline", "5", "--deadline"}, {"--tag", "t", "--tag"},
+                {"--detach", NULL, "--detach"},
+        };
+        for (size_t i = 0; i < sizeof(new_job) / sizeof(new_job[0]); i++) {
+                char want[64];
+                snprintf(want, sizeof(want), "%s does not apply with --wait", new_job[i].name);
+                r = new_job[i].value ? PARSE(b, "generate", "--wait", "j-1", new_job[i].option, new_job[i].value)
+                                     : PARSE(b, "generate", "--wait", "j-1", new_job[i].option);
+                expect_usage_error(b, r, want, "already submitted");
+                snprintf(want, sizeof(want), "%s does not apply with --cancel", new_job[i].name);
+                r = new_job[i].value ? PARSE(b, new_job[i].option, new_job[i].value, "generate", "--cancel", "j-1")
+                                     : PARSE(b, new_job[i].option, "generate", "--cancel", "j-1");
+                expect_usage_error(b, r, want, NULL);
+        }
+
+        /* --cancel ID: no PIPELINE, no -o; -q and --json apply. */
+        r = PARSE(b, "generate", "--cancel", "j-9", "--json", "-q");
+        assert_int_equal(r, 1);
+        assert_string_equal(b->opts.cancel_job, "j-9");
+        assert_null(b->opts.wait_job);
+        assert_int_equal(b->opts.n_args, 0);
+        r = PARSE(b, "generate", "--cancel", "j-9", "-o", "x.png");
+        expect_usage_error(b, r, "--output does not apply with --cancel", NULL);
+        r = PARSE(b, "generate", "--cancel", "j-9", "p");
+        expect_usage_error(b, r, "--cancel ID takes no PIPELINE", "'p'");
+        r = PARSE(b, "generate", "--wait", "j-1", "--cancel", "j-2");
+        expect_usage_error(b, r, "--wait and --cancel exclude each other", NULL);
+
+        /* Not for the other commands, before or after them. */
+        r = PARSE(b, "status", "--priority", "batch");
+        expect_usage_error(b, r, "'--priority' does not apply", NULL);
+        r = PARSE(b, "--detach", "jobs");
+        expect_usage_error(b, r, "'--detach' does not apply", NULL);
+        r = PARSE(b, "--wait", "j", "status");
+        expect_usage_error(b, r, "'--wait' does not apply", NULL);
+        r = PARSE(b, "call", "M", "--cancel=j");
+        expect_usage_error(b, r, "'--cancel=j' does not apply", NULL);
+        r = PARSE(b, "--deadline", "3", "models");
+        expect_usage_error(b, r, "'--deadline' does not apply", NULL);
+        r = PARSE(b, "--tag", "x", "jobs");
+        expect_usage_error(b, r, "'--tag' does not apply", NULL);
+        r = PARSE(b, "job", "show", "j-1", "--cancel", "j-1");
+        expect_usage_error(b, r, "'--cancel' does not apply", NULL);
+
+        /* Help needs no valid combination. */
+        r = PARSE(b, "generate", "--wait", "j", "p", "--help");
+        assert_int_equal(r, 0);
+        assert_ptr_equal(b->opts.command, &ctl_cmd_generate);
+}
+
+static void test_job_commands(void **state) {
+        argv_buf *b = *state;
+        int r;
+
+        r = PARSE(b, "jobs", "--json");
+        assert_int_equal(r, 1);
+        assert_ptr_equal(b->opts.command, &ctl_cmd_jobs);
+        assert_true(b->opts.json);
+
+        r = PARSE(b, "job", "show", "j-1");
+        expect_plain_command(b, r, &ctl_cmd_job);
+        assert_int_equal(b->opts.n_args, 2);
+        assert_string_equal(b->opts.args[0], "show");
+        assert_string_equal(b->opts.args[1], "j-1");
+        r = PARSE(b, "--json", "job", "show", "j-1");
+        assert_int_equal(r, 1);
+        assert_true(b->opts.json);
+
+        r = PARSE(b, "job");
+        expect_usage_error(b, r, "missing arguments", "ACTION ID");
+        r = PARSE(b, "job", "show");
+        expect_usage_error(b, r, "missing job id", "job show ID");
+        r = PARSE(b, "job", "cancel", "j-1");
+        expect_usage_error(b, r, "unknown action 'cancel' for 'job'", "show");
+        r = PARSE(b, "job", "show", "");
+        expect_usage_error(b, r, "invalid job id ''", NULL);
+        r = PARSE(b, "job", "show", "a", "b");
+        expect_usage_error(b, r, "too many arguments", "job");
+        r = PARSE(b, "job", "show", "a", "-o", "x");
+        expect_usage_error(b, r, "'-o' does not apply", NULL);
+        r = PARSE(b, "jobs", "--wait", "x");
+        expect_usage_error(b, r, "'--wait' does not apply", NULL);
+        r = PARSE(b, "job", "--help");
+        assert_int_equal(r, 0);
+        assert_ptr_equal(b->opts.command, &ctl_cmd_job);
+}
+
+/* ---- progress ---------------------------------------------------------------- */
+
+static void expect_progress(uint32_t step, uint32_t steps, double rate, int width, const char *want) {
+        char buf[160];
+        int n = ctl_progress_format(buf, sizeof(buf), step, steps, rate, width);
+
+        if (strcmp(buf, want) != 0)
+                print_error("%u/%u %g it/s width %d: '%s', wanted '%s'\n", step, steps, rate, width, buf, want);
+        assert_string_equal(buf, want);
+        assert_int_equal(n, (int) strlen(want));
+}
+
+static void test_progress_format(void **state) {
+        expect_progress(7, 20, 3.4, 10, "[###.......] step 7/20  3.4 it/s  ETA 4s");
+        /* Rate not known (yet): no rate, no ETA. */
+        expect_progress(7, 20, 0, 10, "[###.......] step 7/20");
+        expect_progress(7, 20, NAN, 10, "[###.......] step 7/20");
+        expect_progress(7, 20, INFINITY, 10, "[###.......] step 7/20");
+        expect_progress(7, 20, -2, 10, "[###.......] step 7/20");
+        /* No bar: the plain line of a pipe. */
+        expect_progress(7, 20, 0, 0, "step 7/20");
+        expect_progress(7, 20, 3.4, 0, "step 7/20  3.4 it/s  ETA 4s");
+        expect_progress(7, 20, 3.4, -1, "step 7/20  3.4 it/s  ETA 4s");
+        /* The ends, and beyond. */
+        expect_progress(0, 20, 0, 4, "[....] step 0/20");
+        expect_progress(20, 20, 5, 4, "[####] step 20/20  5.0 it/s  ETA 0s");
+        expect_progress(25, 20, 5, 4, "[####] step 25/20  5.0 it/s  ETA 0s");
+        expect_progress(19, 20, 5, 4, "[###.] step 19/20  5.0 it/s  ETA 0s");
+        /* Steps 0: not known, so no bar and no ETA. */
+        expect_progress(3, 0, 2, 10, "step 3  2.0 it/s");
+        expect_progress(0, 0, 0, 10, "step 0");
+        /* Slow rates, long ETAs. */
+        expect_progress(1, 100, 0.25, 4, "[....] step 1/100  0.25 it/s  ETA 6m36s");
+        expect_progress(10, 1000, 0.5, 0, "step 10/1000  0.50 it/s  ETA 33m00s");
+        expect_progress(0, 10000, 1, 0, "step 0/10000  1.0 it/s  ETA 2h46m");
+        expect_progress(0, 1000000, 1.5, 0, "step 0/1000000  1.5 it/s  ETA >99h");
+        expect_progress(0, 20, 1e-9, 0, "step 0/20  0.00 it/s  ETA >99h");
+        expect_progress(1, 3, 12.3, 3, "[#..] step 1/3  12.3 it/s  ETA 0s");
+        expect_progress(0, 3, 1000, 3, "[...] step 0/3  1000.0 it/s  ETA 0s");
+        expect_progress(UINT32_MAX, UINT32_MAX, 0, 10, "[##########] step 4294967295/4294967295");
+        expect_progress(1, UINT32_MAX, 0, 10, "[..........] step 1/4294967295");
+
+        /* Truncated, NUL-terminated; the length is the whole line's. */
+        char small[8];
+        assert_int_equal(ctl_progress_format(small, sizeof(small), 7, 20, 3.4, 10), 40);
+        assert_string_equal(small, "[###...");
+        assert_int_equal(ctl_progress_format(NULL, 0, 7, 20, 0, 0), 9);
+        char one[1] = {'x'};
+        assert_int_equal(ctl_progress_format(one, 1, 7, 20, 0, 0), 9);
+        assert_int_equal(one[0], 0);
+}
+
+static void expect_duration(int64_t usec, const char *want) {
+        char buf[32];
+
+        ctl_format_duration(usec, buf, sizeof(buf));
+        assert_string_equal(buf, want);
+}
+
+static void test_format_duration(void **state) {
+        expect_duration(0, "0s");
+        expect_duration(-5000000, "0s"); /* a clock that went back */
+        expect_duration(999999, "0s");
+        expect_duration(45000000, "45s");
+        expect_duration(60000000, "1m00s");
+        expect_duration(125000000, "2m05s");
+        expect_duration(INT64_C(3600000000), "1h00m");
+        expect_duration((INT64_C(3) * 3600 + 12 * 60 + 5) * 1000000, "3h12m");
+        expect_duration((INT64_C(2) * 86400 + 4 * 3600 + 59) * 1000000, "2d04h");
+        expect_duration(INT64_MAX, "106751991d04h");
+}
+
+/* ---- PNG text chunks ------------------------------------------------------------ */
+
+/* The text chunks of the PNG file |path|: a JSON array of [key, text,
+ * compression] in file order (keys as the file has them, in Latin-1). */
+static json_object *png_texts_of(const char *path) {
+        FILE *f = fopen(path, "rb");
+        assert_non_null(f);
+        png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+        assert_non_null(png);
+        png_infop info = png_create_info_struct(png);
+        assert_non_null(info);
+        if (setjmp(png_jmpbuf(png)))
+                fail_msg("cannot read %s", path);
+        png_init_io(png, f);
+        png_read_info(png, info);
+        png_textp text = NULL;
+        int n = 0;
+        png_get_text(png, info, &text, &n);
+        json_object *list = json_object_new_array();
+        for (int i = 0; i < n; i++) {
+                json_object *e = json_object_new_array();
+                json_object_array_add(e, json_object_new_string(text[i].key));
+                json_object_array_add(e, json_object_new_string(text[i].text ? text[i].text : ""));
+                json_object_array_add(e, json_object_new_int(text[i].compression));
+                json_object_array_add(list, e);
+        }
+        png_destroy_read_struct(&png, &info, NULL);
+        fclose(f);
+        return list;
+}
+
+static void expect_png_text(json_object *list, size_t i, const char *key, const char *text, int compression) {
+        json_object *e = json_object_array_get_idx(list, i);
+
+        if (!e)
+                fail_msg("text chunk %zu missing (wanted '%s')", i, key);
+        assert_string_equal(json_object_get_string(json_object_array_get_idx(e, 0)), key);
+        assert_string_equal(json_object_get_string(json_object_array_get_idx(e, 1)), text);
+        assert_int_equal(json_object_get_int(json_object_array_get_idx(e, 2)), compression);
+}
+
+static void test_png_text(void **state) {
+        convert_fixture *f = *state;
+        const uint32_t w = 5, h = 4;
+        uint8_t *pixels = make_pixels(w, h, 4, w * 4 + 3), *got = NULL;
+        char key79[80], key80[81], path[128];
+        const char *error = NULL;
+        uint32_t rw, rh;
+        unsigned rch;
+
+        memset(key79, 'k', 79);
+        key79[79] = 0;
+        memset(key80, 'k', 80);
+        key80[80] = 0;
+        const ctl_png_text text[] = {
+                {"parameters", "{\"pipeline\":\"sd15\",\"parameters\":{\"steps\":20}}"},
+                {"gpuhost-job", "j-7"},
+                {"caf\xc3\xa9", "latin-1 key"},                         /* U+00E9: one byte in the file */
+                {"prompt", "caf\xc3\xa9 \xe6\x97\xa5\xf0\x9f\x98\x80"}, /* UTF-8 text: iTXt */
+                {"multi line", "a\nb"},
+                {"empty", ""},
+                {key79, "79"},
+                /* Skipped: */
+                {key80, "80"},
+                {"", "empty key"},
+                {" lead", "x"},
+                {"trail ", "x"},
+                {"two  spaces", "x"},
+                {"ctl\x01", "x"},
+                {"tab\t", "x"},
+                {"\xe6\x97\xa5", "beyond Latin-1"},
+                {"\xff", "not UTF-8"},
+                {"nbsp\xc2\xa0", "U+00A0 is not printable"},
+                {"del\x7f", "x"},
+                {NULL, "x"},
+                {"null-text", NULL},
+                /* Kept again after the skipped ones. */
+                {"raw", "\xff\xfe not UTF-8: bytes as they are"},
+        };
+
+        snprintf(path, sizeof(path), "%s/text.png", f->dir);
+        int r = ctl_png_write(path, pixels, w, h, w * 4 + 3, 4, text, sizeof(text) / sizeof(text[0]), &error);
+        if (r < 0)
+                print_error("%s\n", error);
+        assert_int_equal(r, 0);
+
+        json_object *list = png_texts_of(path);
+        assert_int_equal(json_object_array_length(list), 8);
+        expect_png_text(list, 0, "parameters", "{\"pipeline\":\"sd15\",\"parameters\":{\"steps\":20}}",
+                        PNG_TEXT_COMPRESSION_NONE);
+        expect_png_text(list, 1, "gpuhost-job", "j-7", PNG_TEXT_COMPRESSION_NONE);
+        expect_png_text(list, 2, "caf\xe9", "latin-1 key", PNG_TEXT_COMPRESSION_NONE);
+        expect_png_text(list, 3, "prompt", "caf\xc3\xa9 \xe6\x97\xa5\xf0\x9f\x98\x80", PNG_ITXT_COMPRESSION_NONE);
+        expect_png_text(list, 4, "multi line", "a\nb", PNG_TEXT_COMPRESSION_NONE);
+        expect_png_text(list, 5, "empty", "", PNG_TEXT_COMPRESSION_NONE);
+        expect_png_text(list, 6, key79, "79", PNG_TEXT_COMPRESSION_NONE);
+        expect_png_text(list, 7, "raw", "\xff\xfe not UTF-8: bytes as they are", PNG_TEXT_COMPRESSION_NONE);
+        json_object_put(list);
+
+        /* The pixels are intact. */
+        assert_int_equal(ctl_png_read(path, &got, &rw, &rh, &rch, &error), 0);
+        assert_int_equal(rw, w);
+        assert_int_equal(rh, h);
+        assert_int_equal(rch, 4);
+        expect_same_pixels(pixels, w * 4 + 3, got, w, h, 4);
+        free(got);
+
+        /* No list, or only invalid keys: no text chunks. */
+        assert_int_equal(ctl_png_write(path, pixels, w, h, w * 4 + 3, 4, NULL, 3, &error), 0);
+        list = png_texts_of(path);
+        assert_int_equal(json_object_array_length(list), 0);
+        json_object_put(list);
+        assert_int_equal(ctl_png_write(path, pixels, w, h, w * 4 + 3, 4, text + 7, 3, &error), 0);
+        list = png_texts_of(path);
+        assert_int_equal(json_object_array_length(list), 0);
+        json_object_put(list);
+        free(pixels);
+}
+
+static void expect_ascii(const char *json, const char *want) {
+        char *got = ctl_json_ascii(json);
+
+        assert_non_null(got);
+        assert_string_equal(got, want);
+        free(got);
+}
+
+static void test_json_ascii(void **state) {
+        expect_ascii("", "");
+        expect_ascii("{\"a\":\"x\\n\"}", "{\"a\":\"x\\n\"}");
+        expect_ascii("\"\xc3\xa9\"", "\"\\u00e9\"");
+        expect_ascii("\xe2\x82\xac", "\\u20ac");
+        expect_ascii("\xf0\x9f\x98\x80", "\\ud83d\\ude00");
+        expect_ascii("\xf4\x8f\xbf\xbf", "\\udbff\\udfff");
+        /* Malformed: U+FFFD for each byte that starts nothing valid. */
+        expect_ascii("\xff", "\\ufffd");
+        expect_ascii("a\xc3", "a\\ufffd");
+        expect_ascii("a\xc3" "b", "a\\ufffdb");
+        expect_ascii("\xc0\x80", "\\ufffd\\ufffd");             /* overlong */
+        expect_ascii("\xed\xa0\x80", "\\ufffd\\ufffd\\ufffd"); /* a surrogate */
+        expect_ascii("\xf4\x90\x80\x80", "\\ufffd\\ufffd\\ufffd\\ufffd"); /* beyond U+10FFFF */
+}
+
+static void expect_text_entry(const ctl_png_texts *t, size_t i, const char *key, const char *text) {
+        assert_true(i < t->n);
+        assert_string_equal(t->v[i].key, key);
+        assert_string_equal(t->v[i].text, text);
+}
+
+static void test_png_texts_for_job(void **state) {
+        json_object *params = json_tokener_parse("{\"prompt\": \"a caf\\u00e9 \\ud83d\\ude00\", \"steps\": 20,"
+                                                 " \"model\": \"sd15-f16\", \"cfg\": 7.5}");
+        json_object *meta = json_tokener_parse("{\"seed\": 1234, \"sampler\": \"euler\", \"parameters\": \"x\","
+                                               " \"gpuhost-job\": \"y\", \"nested\": {\"a\": [1, 2]}, \"note\": null}");
+        ctl_png_texts t = {0};
+
+        assert_non_null(params);
+        assert_non_null(meta);
+        assert_int_equal(ctl_png_texts_for_job(&t, "sd15", params, "j-42", meta), 0);
+        assert_int_equal(t.n, 6);
+        expect_text_entry(&t, 0, "parameters",
+                          "{\"pipeline\":\"sd15\",\"model\":\"sd15-f16\",\"parameters\":{\"prompt\":\"a caf\\u00e9 "
+                          "\\ud83d\\ude00\",\"steps\":20,\"model\":\"sd15-f16\",\"cfg\":7.5}}");
+        expect_text_entry(&t, 1, "gpuhost-job", "j-42");
+        expect_text_entry(&t, 2, "seed", "1234");
+        expect_text_entry(&t, 3, "sampler", "euler");
+        expect_text_entry(&t, 4, "nested", "{\"a\":[1,2]}");
+        expect_text_entry(&t, 5, "note", "null");
+
+        /* The parameters text is JSON, and means the same. */
+        json_object *back = json_tokener_parse(t.v[0].text), *p = NULL;
+        assert_non_null(back);
+        assert_true(json_object_object_get_ex(back, "parameters", &p));
+        assert_string_equal(json_object_get_string(json_object_object_get(p, "prompt")),
+                            "a caf\xc3\xa9 \xf0\x9f\x98\x80");
+        json_object_put(back);
+        ctl_png_texts_free(&t);
+        assert_int_equal(t.n, 0);
+        assert_null(t.v);
+
+        /* --wait: no pipeline, no parameters text. No model: none at the top. */
+        assert_int_equal(ctl_png_texts_for_job(&t, NULL, NULL, "j-1", NULL), 0);
+        assert_int_equal(t.n, 1);
+        expect_text_entry(&t, 0, "gpuhost-job", "j-1");
+        ctl_png_texts_free(&t);
+        assert_int_equal(ctl_png_texts_for_job(&t, "p", NULL, NULL, NULL), 0);
+        assert_int_equal(t.n, 1);
+        expect_text_entry(&t, 0, "parameters", "{\"pipeline\":\"p\",\"parameters\":{}}");
+        ctl_png_texts_free(&t);
+        json_object *other = json_tokener_parse("{\"model\": 3}");
+        assert_int_equal(ctl_png_texts_for_job(&t, "p", other, NULL, params /* not metadata, but an object */), 0);
+        expect_text_entry(&t, 0, "parameters", "{\"pipeline\":\"p\",\"parameters\":{\"model\":3}}");
+        expect_text_entry(&t, 1, "prompt", "a caf\xc3\xa9 \xf0\x9f\x98\x80");
+        ctl_png_texts_free(&t);
+        json_object_put(other);
+        /* Metadata that is not an object is ignored. */
+        other = json_tokener_parse("[1, 2]");
+        assert_int_equal(ctl_png_texts_for_job(&t, NULL, NULL, NULL, other), 0);
+        assert_int_equal(t.n, 0);
+        ctl_png_texts_free(&t);
+        json_object_put(other);
+        json_object_put(params);
+        json_object_put(meta);
+}
+
+/* ctl_output_write passes the texts to PNG files only. */
+static void test_output_write_text(void **state) {
+        convert_fixture *f = *state;
+        const uint32_t w = 3, h = 2;
+        uint8_t *pixels = make_pixels(w, h, 4, w * 4);
+        const char *error = NULL;
+        char path[128], json[256];
+        ctl_png_texts t = {0};
+        json_object *meta = json_tokener_parse("{\"seed\": 7}");
+
+        int fd = memfd_with(pixels, w * 4 * h);
+        snprintf(json, sizeof(json),
+                 "{\"name\": \"image\", \"kind\": \"image\", \"fd\": 0, \"size\": %u, \"width\": %u,"
+                 " \"height\": %u, \"format\": \"rgba8\", \"stride\": %u}",
+                 w * 4 * h, w, h, w * 4);
+        json_object *out = json_tokener_parse(json);
+        assert_non_null(out);
+        assert_int_equal(ctl_png_texts_for_job(&t, "sd15", f->params, "j-5", meta), 0);
+        snprintf(path, sizeof(path), "%s/t.png", f->dir);
+        assert_int_equal(ctl_output_write(path, fd, out, t.v, t.n, &error), 0);
+        expect_no_tmp(path);
+        json_object *list = png_texts_of(path);
+        assert_int_equal(json_object_array_length(list), 3);
+        expect_png_text(list, 0, "parameters", "{\"pipeline\":\"sd15\",\"parameters\":{}}", PNG_TEXT_COMPRESSION_NONE);
+        expect_png_text(list, 1, "gpuhost-job", "j-5", PNG_TEXT_COMPRESSION_NONE);
+        expect_png_text(list, 2, "seed", "7", PNG_TEXT_COMPRESSION_NONE);
+        json_object_put(list);
+
+        /* A raw file is the bytes, whatever the texts. */
+        snprintf(path, sizeof(path), "%s/t.rgba", f->dir);
+        assert_int_equal(ctl_output_write(path, fd, out, t.v, t.n, &error), 0);
+        expect_file(path, pixels, w * 4 * h);
+
+        ctl_png_texts_free(&t);
+        json_object_put(out);
+        json_object_put(meta);
+        close(fd);
+        free(pixels);
+}
+
+/* ---- base64 (inline outputs) ----------------------------------------------------- */
+
+static void expect_base64(const char *in, const void *want, size_t want_size) {
+        uint8_t *got = NULL;
+        size_t size = 99;
+
+        assert_int_equal(ctl_base64_decode(in, &got, &size), 0);
+        assert_int_equal(size, want_size);
+        assert_memory_equal(got, want, want_size);
+        assert_int_equal(got[size], 0);
+        free(got);
+}
+
+static void test_base64(void **state) {
+        static const char *const bad[] = {"Zg=", "Z", "Zg===", "Zm9v!", "Zm 9v", "Zh==", "=Zg=", "Zm9vY", "Zg==Zg==",
+                                          "===="};
+
+        expect_base64("", "", 0);
+        expect_base64("Zg==", "f", 1);
+        expect_base64("Zm8=", "fo", 2);
+        expect_base64("Zm9v", "foo", 3);
+        expect_base64("Zm9vYg", "foob", 4); /* padding left out */
+        expect_base64("Zm9vYmE=", "fooba", 5);
+        expect_base64("Zm9vYmFy", "foobar", 6);
+        expect_base64("/+8=", "\xff\xef", 2);
+        expect_base64("AAEC", "\x00\x01\x02", 3);
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                uint8_t *got = NULL;
+                size_t size = 0;
+                if (ctl_base64_decode(bad[i], &got, &size) != -EINVAL)
+                        fail_msg("'%s' was accepted", bad[i]);
+                assert_null(got);
+        }
+}
+
+/* ---- jobs and job show ----------------------------------------------------------- */
+
+#define NOW_USEC INT64_C(1700000000000000) /* 2023-11-14 22:13:20 UTC */
+
+/* What |print| writes for |json|. */
+static char *print_to_string(void (*print)(FILE *, json_object *, int64_t), const char *json) {
+        json_object *o = json_tokener_parse(json);
+        char *text = NULL;
+        size_t size = 0;
+        FILE *f = open_memstream(&text, &size);
+
+        assert_non_null(o);
+        assert_non_null(f);
+        print(f, o, NOW_USEC);
+        assert_int_equal(fclose(f), 0);
+        json_object_put(o);
+        return text;
+}
+
+static void test_jobs_print(void **state) {
+        char *text = print_to_string(
+                ctl_jobs_print,
+                "{\"jobs\": ["
+                " {\"job\": \"j-1\", \"pipeline\": \"sd15\", \"state\": \"running\", \"priority\": \"interactive\","
+                "  \"tag\": \"cat pics\", \"uid\": 1000, \"device\": 0, \"step\": 7, \"steps\": 20,"
+                "  \"submitted_usec\": 1699999934500000, \"started_usec\": 1699999940000000,"
+                "  \"finished_usec\": null, \"error\": null, \"error_parameters\": null},"
+                " {\"job\": \"j-12\", \"pipeline\": \"test-sum\", \"state\": \"queued\", \"priority\": \"batch\","
+                "  \"tag\": null, \"uid\": 0, \"device\": null, \"step\": null, \"steps\": null,"
+                "  \"submitted_usec\": 1699999995000000},"
+                " {\"job\": \"j-3\", \"pipeline\": \"sd15\", \"state\": \"failed\", \"priority\": \"normal\","
+                "  \"tag\": \"a\\nb\\u001b[2J\", \"uid\": 1000, \"device\": 1, \"step\": 3,"
+                "  \"submitted_usec\": 1699992800000000}]}");
+        static const char want[] =
+                "JOB  PIPELINE STATE     PRIORITY    DEVICE STEP TAG      AGE\n"
+                "j-1  sd15     running   interactive 0      7/20 cat pics 1m05s\n"
+                "j-12 test-sum queued    batch       -      -    -        5s\n"
+                "j-3  sd15     failed    normal      1      3    a?b?[2J  2h00m\n";
+        if (strcmp(text, want) != 0)
+                print_error("got:\n%s", text);
+        assert_string_equal(text, want);
+        free(text);
+
+        text = print_to_string(ctl_jobs_print, "{\"jobs\": []}");
+        assert_string_equal(text, "(no jobs)\n");
+        free(text);
+        text = print_to_string(ctl_jobs_print, "{}");
+        assert_string_equal(text, "(no jobs)\n");
+        free(text);
+}
+
+static void test_job_print(void **state) {
+        char *old_tz = getenv("TZ") ? strdup(getenv("TZ")) : NULL;
+
+        setenv("TZ", "UTC", 1);
+        tzset();
+        char *text = print_to_string(
+                ctl_job_print,
+                "{\"job\": \"j-3\", \"pipeline\": \"sd15\", \"state\": \"failed\", \"priority\": \"normal\","
+                " \"tag\": null, \"uid\": 1000, \"device\": 0, \"step\": 7, \"steps\": 20,"
+                " \"submitted_usec\": 1699999935000000, \"started_usec\": 1699999937500000,"
+                " \"finished_usec\": null, \"error\": \"io.gpuhost.JobFailed\","
+                " \"error_parameters\": {\"pipeline\": \"sd15\", \"error\": \"EIO\", \"message\": \"boom\"}}");
+        static const char want[] = "job: j-3\n"
+                                   "pipeline: sd15\n"
+                                   "state: failed\n"
+                                   "priority: normal\n"
+                                   "tag: -\n"
+                                   "uid: 1000\n"
+                                   "device: 0\n"
+                                   "step: 7/20\n"
+                                   "submitted: 2023-11-14 22:12:15 (1m05s ago)\n"
+                                   "started: 2023-11-14 22:12:17 (1m02s ago)\n"
+                                   "finished: -\n"
+                                   "error: io.gpuhost.JobFailed {\"pipeline\":\"sd15\",\"error\":\"EIO\","
+                                   "\"message\":\"boom\"}\n";
+        if (strcmp(text, want) != 0)
+                print_error("got:\n%s", text);
+        assert_string_equal(text, want);
+        free(text);
+
+        /* A queued job: no step, no times but its submission; a tag with a
+         * newline stays on its line. */
+        text = print_to_string(ctl_job_print,
+                               "{\"job\": \"j-4\", \"pipeline\": \"p\", \"state\": \"queued\", \"priority\": \"batch\","
+                               " \"tag\": \"x\\ny\", \"uid\": 0, \"device\": null, \"step\": null, \"steps\": null,"
+                               " \"submitted_usec\": 1700000000000000}");
+        assert_string_equal(text, "job: j-4\npipeline: p\nstate: queued\npriority: batch\ntag: x?y\nuid: 0\n"
+                                  "device: -\nstep: -\nsubmitted: 2023-11-14 22:13:20 (0s ago)\nstarted: -\n"
+                                  "finished: -\n");
+        free(text);
+
+        if (old_tz)
+                setenv("TZ", old_tz, 1);
+        else
+                unsetenv("TZ");
+        free(old_tz);
+        tzset();
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_command_find),
@@ -1562,6 +2228,17 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_png_round_trip, setup_convert, teardown_convert),
                 cmocka_unit_test_setup_teardown(test_output_write, setup_convert, teardown_convert),
                 cmocka_unit_test(test_pipeline_format),
+                cmocka_unit_test_setup_teardown(test_generate_job_options, setup_buf, teardown_buf),
+                cmocka_unit_test_setup_teardown(test_job_commands, setup_buf, teardown_buf),
+                cmocka_unit_test(test_progress_format),
+                cmocka_unit_test(test_format_duration),
+                cmocka_unit_test_setup_teardown(test_png_text, setup_convert, teardown_convert),
+                cmocka_unit_test(test_json_ascii),
+                cmocka_unit_test(test_png_texts_for_job),
+                cmocka_unit_test_setup_teardown(test_output_write_text, setup_convert, teardown_convert),
+                cmocka_unit_test(test_base64),
+                cmocka_unit_test(test_jobs_print),
+                cmocka_unit_test(test_job_print),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -710,7 +710,18 @@ static void *overalloc_thread(void *userdata) {
         if (gh_client_connect(E.sock, &c) < 0)
                 return NULL;
         gh_client_set_timeout(c, 30 * USEC_PER_SEC);
-        if (gh_client_call(c, "io.gpuhost.Generate", o->params, &r) == 0) {
+        /* Without "more": the job's id at once, then WaitJob for its end. */
+        if (gh_client_call(c, "io.gpuhost.Generate", o->params, &r) == 0 && !gh_reply_error(r)) {
+                json_object *q = json_tokener_parse(gh_reply_parameters(r));
+                char wait[128];
+                snprintf(wait, sizeof(wait), "{\"job\":\"%s\"}", json_object_get_string(json_object_object_get(q, "job")));
+                json_object_put(q);
+                gh_reply_free(r);
+                r = NULL;
+                if (gh_client_call(c, "io.gpuhost.WaitJob", wait, &r) < 0) {
+                        gh_client_free(c);
+                        return NULL;
+                }
                 o->error = json_tokener_parse(gh_reply_parameters(r));
                 if (o->error)
                         json_object_object_add(o->error, "_error",
@@ -858,6 +869,124 @@ static void test_cancel(void **state) {
         assert_int_equal(worker_get("jobs_done"), done + 1);
 }
 
+/* Decodes standard base64 (no line breaks); returns the length. */
+static size_t unbase64(const char *in, uint8_t *out) {
+        static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        uint32_t acc = 0;
+        int bits = 0;
+        size_t n = 0;
+
+        for (; *in && *in != '='; in++) {
+                const char *c = strchr(tab, *in);
+                assert_non_null(c);
+                acc = acc << 6 | (uint32_t) (c - tab);
+                if ((bits += 6) >= 8) {
+                        bits -= 8;
+                        out[n++] = (uint8_t) (acc >> bits);
+                }
+        }
+        return n;
+}
+
+static char *job_params(const char *id) {
+        static char buf[128];
+        snprintf(buf, sizeof(buf), "{\"job\":\"%s\"}", id);
+        return buf;
+}
+
+/* Jobs by id: Generate without "more" answers at once; GetJob, ListJobs,
+ * WaitJob (fds, or inline base64), CancelJob of a finished job, options
+ * checked, and a deadline that passes. */
+static void test_job_api(void **state) {
+        double want[3];
+        char *err, params[512];
+
+        expected_sums(3, want);
+        snprintf(params, sizeof(params),
+                 "{\"pipeline\":\"test-sum\",\"device\":%d,\"priority\":\"batch\",\"tag\":\"mine\",\"detach\":true,"
+                 "\"parameters\":{\"model\":\"" MODEL "\",\"tensor\":\"w\",\"blocks\":3}}", E.device);
+        json_object *p = call_ok("io.gpuhost.Generate", params);
+        char *id = strdup(str(p, "job"));
+        assert_string_equal(str(p, "state"), "queued");
+        json_object_put(p);
+
+        /* WaitJob without "more": the final reply, outputs as fds. */
+        gh_client *c = connect_daemon();
+        gh_reply *r = NULL;
+        assert_int_equal(gh_client_call(c, "io.gpuhost.WaitJob", job_params(id), &r), 0);
+        assert_null(gh_reply_error(r));
+        assert_int_equal(gh_reply_n_fds(r), 1);
+        int fd = gh_reply_take_fd(r, 0);
+        double got[3];
+        assert_int_equal(pread(fd, got, sizeof(got), 0), (ssize_t) sizeof(got));
+        assert_memory_equal(got, want, sizeof(got));
+        close(fd);
+        gh_reply_free(r);
+        gh_client_free(c);
+
+        /* GetJob and ListJobs know it, finished. */
+        p = call_ok("io.gpuhost.GetJob", job_params(id));
+        json_object *j = json_object_object_get(p, "job");
+        assert_string_equal(str(j, "state"), "done");
+        assert_string_equal(str(j, "priority"), "batch");
+        assert_string_equal(str(j, "tag"), "mine");
+        assert_int_equal(num(j, "uid"), geteuid());
+        assert_int_equal(num(j, "steps"), 3);
+        assert_true(num(j, "finished_usec") >= num(j, "started_usec") && num(j, "started_usec") >= num(j, "submitted_usec"));
+        json_object_put(p);
+        p = call_ok("io.gpuhost.ListJobs", NULL);
+        bool found = false;
+        json_object *jobs = json_object_object_get(p, "jobs");
+        for (size_t i = 0; i < json_object_array_length(jobs); i++)
+                found |= gh_streq(str(json_object_array_get_idx(jobs, i), "job"), id);
+        assert_true(found);
+        json_object_put(p);
+
+        /* The same result again, inline. */
+        snprintf(params, sizeof(params), "{\"job\":\"%s\",\"output\":\"inline\"}", id);
+        p = call_ok("io.gpuhost.WaitJob", params);
+        json_object *out = json_object_array_get_idx(json_object_object_get(p, "outputs"), 0);
+        assert_int_equal(num(out, "fd"), -1);
+        uint8_t bytes[64];
+        assert_int_equal(unbase64(str(out, "data"), bytes), sizeof(got));
+        assert_memory_equal(bytes, want, sizeof(got));
+        json_object_put(p);
+
+        /* CancelJob of a finished job forgets it. */
+        p = call_ok("io.gpuhost.CancelJob", job_params(id));
+        assert_string_equal(str(p, "state"), "done");
+        json_object_put(p);
+        json_object_put(call("io.gpuhost.GetJob", job_params(id), &err));
+        assert_string_equal(err, "io.gpuhost.JobNotFound");
+        free(err);
+        free(id);
+
+        /* Options are checked before anything is queued. */
+        static const char *const bad[][2] = {
+                {"\"priority\":\"urgent\"", "priority"},
+                {"\"deadline_sec\":0", "deadline_sec"},
+                {"\"deadline_sec\":-1", "deadline_sec"},
+                {"\"output\":\"file\"", "output"},
+        };
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                snprintf(params, sizeof(params), "{\"pipeline\":\"test-sum\",\"device\":%d,%s,"
+                         "\"parameters\":{\"model\":\"" MODEL "\",\"tensor\":\"w\"}}", E.device, bad[i][0]);
+                p = call("io.gpuhost.Generate", params, &err);
+                assert_string_equal(err, "io.gpuhost.InvalidParameter");
+                assert_string_equal(str(p, "parameter"), bad[i][1]);
+                free(err);
+                json_object_put(p);
+        }
+
+        /* A deadline shorter than the job: DeadlineExceeded. */
+        snprintf(params, sizeof(params), "{\"pipeline\":\"test-sum\",\"device\":%d,\"deadline_sec\":0.002,"
+                 "\"parameters\":{\"model\":\"" MODEL "\",\"tensor\":\"w\",\"blocks\":1000}}", E.device);
+        json_object *e = job_error(params, "io.gpuhost.DeadlineExceeded");
+        assert_true(json_object_get_double(json_object_object_get(e, "deadline_sec")) == 0.002);
+        json_object_put(e);
+        free(sum_ok(2)); /* the worker goes on */
+}
+
 /* RestartWorker: a new process, idle again, jobs go on, models stay. */
 static void test_restart(void **state) {
         char params[64];
@@ -944,6 +1073,7 @@ int main(void) {
                 cmocka_unit_test(test_hang),
                 cmocka_unit_test(test_retry),
                 cmocka_unit_test(test_cancel),
+                cmocka_unit_test(test_job_api),
                 cmocka_unit_test(test_restart),
                 cmocka_unit_test(test_quarantine),
         };

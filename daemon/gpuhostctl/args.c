@@ -14,12 +14,13 @@
 
 #define DEFAULT_TIMEOUT_USEC (30 * UINT64_C(1000000))
 #define MAX_TIMEOUT_SEC 86400.0
+#define MAX_DEADLINE_SEC 31536000.0 /* a year */
 
 static const ctl_command *const commands[] = {
         &ctl_cmd_status,  &ctl_cmd_devices, &ctl_cmd_models,  &ctl_cmd_model,
-        &ctl_cmd_pipelines, &ctl_cmd_generate, &ctl_cmd_workers, &ctl_cmd_worker,
-        &ctl_cmd_plugin,  &ctl_cmd_ping,    &ctl_cmd_reload,  &ctl_cmd_version,
-        &ctl_cmd_call,
+        &ctl_cmd_pipelines, &ctl_cmd_generate, &ctl_cmd_jobs,  &ctl_cmd_job,
+        &ctl_cmd_workers, &ctl_cmd_worker,  &ctl_cmd_plugin,  &ctl_cmd_ping,
+        &ctl_cmd_reload,  &ctl_cmd_version, &ctl_cmd_call,
 };
 
 const ctl_command *ctl_command_find(const char *name) {
@@ -61,6 +62,13 @@ void ctl_print_help(FILE *f, const ctl_command *cmd) {
                         fprintf(f, "  -o, --output=FILE    write the output to FILE (see above)\n");
                 if (cmd->options & CTL_OPT_QUIET)
                         fprintf(f, "  -q, --quiet          no progress and no messages but errors\n");
+                if (cmd->options & CTL_OPT_JOB)
+                        fprintf(f, "      --priority=P     interactive, normal (the default) or batch\n"
+                                   "      --deadline=SEC   fail the job if not done within SEC seconds\n"
+                                   "      --tag=TEXT       a label of your own, shown by 'gpuhostctl jobs'\n"
+                                   "      --detach         submit, print the job's id and exit\n"
+                                   "      --wait=ID        wait for job ID and fetch its outputs\n"
+                                   "      --cancel=ID      cancel job ID\n");
                 fprintf(f, "%s\n%s", global_options_help, exit_codes_help);
                 return;
         }
@@ -108,6 +116,24 @@ static int parse_device(const char *s, int *ret) {
         return 0;
 }
 
+/* A job's deadline: finite seconds, > 0, at most a year. */
+static int parse_deadline(const char *s, double *ret) {
+        char *end;
+
+        if (!((*s >= '0' && *s <= '9') || *s == '.')) /* no sign, no blanks, not empty */
+                return -EINVAL;
+        errno = 0;
+        double v = strtod(s, &end);
+        if (errno || end == s || *end || !isfinite(v) || v <= 0 || v > MAX_DEADLINE_SEC)
+                return -EINVAL;
+        *ret = v;
+        return 0;
+}
+
+static bool valid_priority(const char *s) {
+        return strcmp(s, "interactive") == 0 || strcmp(s, "normal") == 0 || strcmp(s, "batch") == 0;
+}
+
 static int check_option(const ctl_command *cmd, unsigned opt, const char *name, const char **ret_error) {
         if (!cmd || (cmd->options & opt))
                 return 0;
@@ -118,7 +144,10 @@ static int check_option(const ctl_command *cmd, unsigned opt, const char *name, 
 /* One getopt pass; with |cmd| NULL it stops at the first non-option (the
  * command), otherwise it takes the command's options too. */
 static int parse_options(int argc, char **argv, const ctl_command *cmd, ctl_opts *o, const char **ret_error) {
-        enum { ARG_JSON = 0x100, ARG_MORE, ARG_ONEWAY, ARG_VERSION, ARG_PARAM, ARG_MODEL };
+        enum {
+                ARG_JSON = 0x100, ARG_MORE, ARG_ONEWAY, ARG_VERSION, ARG_PARAM, ARG_MODEL,
+                ARG_PRIORITY, ARG_DEADLINE, ARG_TAG, ARG_DETACH, ARG_WAIT, ARG_CANCEL,
+        };
         static const struct option options[] = {
                 {"socket", required_argument, NULL, 's'},  {"timeout", required_argument, NULL, 't'},
                 {"help", no_argument, NULL, 'h'},          {"version", no_argument, NULL, ARG_VERSION},
@@ -126,6 +155,10 @@ static int parse_options(int argc, char **argv, const ctl_command *cmd, ctl_opts
                 {"oneway", no_argument, NULL, ARG_ONEWAY}, {"device", required_argument, NULL, 'd'},
                 {"param", required_argument, NULL, ARG_PARAM}, {"model", required_argument, NULL, ARG_MODEL},
                 {"output", required_argument, NULL, 'o'},  {"quiet", no_argument, NULL, 'q'},
+                {"priority", required_argument, NULL, ARG_PRIORITY},
+                {"deadline", required_argument, NULL, ARG_DEADLINE},
+                {"tag", required_argument, NULL, ARG_TAG}, {"detach", no_argument, NULL, ARG_DETACH},
+                {"wait", required_argument, NULL, ARG_WAIT}, {"cancel", required_argument, NULL, ARG_CANCEL},
                 {},
         };
         int c;
@@ -220,8 +253,56 @@ static int parse_options(int argc, char **argv, const ctl_command *cmd, ctl_opts
                                 return -EINVAL;
                         o->quiet = true;
                         break;
+                case ARG_PRIORITY:
+                        if (check_option(cmd, CTL_OPT_JOB, name, ret_error) < 0)
+                                return -EINVAL;
+                        if (!valid_priority(optarg)) {
+                                *ret_error = ctl_usage_error("invalid priority '%s' (interactive, normal or batch)",
+                                                             optarg);
+                                return -EINVAL;
+                        }
+                        o->priority = optarg;
+                        break;
+                case ARG_DEADLINE:
+                        if (check_option(cmd, CTL_OPT_JOB, name, ret_error) < 0)
+                                return -EINVAL;
+                        if (parse_deadline(optarg, &o->deadline_sec) < 0) {
+                                *ret_error = ctl_usage_error("invalid deadline '%s' (seconds, more than 0, "
+                                                             "at most a year)", optarg);
+                                return -EINVAL;
+                        }
+                        break;
+                case ARG_TAG:
+                        if (check_option(cmd, CTL_OPT_JOB, name, ret_error) < 0)
+                                return -EINVAL;
+                        if (!*optarg) {
+                                *ret_error = "--tag needs a text";
+                                return -EINVAL;
+                        }
+                        o->tag = optarg;
+                        break;
+                case ARG_DETACH:
+                        if (check_option(cmd, CTL_OPT_JOB, name, ret_error) < 0)
+                                return -EINVAL;
+                        o->detach = true;
+                        break;
+                case ARG_WAIT:
+                case ARG_CANCEL:
+                        if (check_option(cmd, CTL_OPT_JOB, name, ret_error) < 0)
+                                return -EINVAL;
+                        if (!*optarg) {
+                                *ret_error = c == ARG_WAIT ? "--wait needs a job id" : "--cancel needs a job id";
+                                return -EINVAL;
+                        }
+                        if (c == ARG_WAIT)
+                                o->wait_job = optarg;
+                        else
+                                o->cancel_job = optarg;
+                        break;
                 default:
-                        *ret_error = optopt && (optopt < 0x100 || optopt == ARG_PARAM || optopt == ARG_MODEL)
+                        *ret_error = optopt && (optopt < 0x100 || optopt == ARG_PARAM || optopt == ARG_MODEL ||
+                                                optopt == ARG_PRIORITY || optopt == ARG_DEADLINE ||
+                                                optopt == ARG_TAG || optopt == ARG_WAIT || optopt == ARG_CANCEL)
                                 ? ctl_usage_error("unknown option or missing argument: '%s'", name)
                                 : ctl_usage_error("unknown option '%s'", name);
                         return -EINVAL;
@@ -276,7 +357,13 @@ int ctl_parse_args(int argc, char **argv, ctl_opts *o, const char **ret_error) {
             (o->n_params > 0 && check_option(o->command, CTL_OPT_PARAM, "--param", ret_error) < 0) ||
             (o->model && check_option(o->command, CTL_OPT_PARAM, "--model", ret_error) < 0) ||
             (o->output && check_option(o->command, CTL_OPT_OUTPUT, "--output", ret_error) < 0) ||
-            (o->quiet && check_option(o->command, CTL_OPT_QUIET, "--quiet", ret_error) < 0))
+            (o->quiet && check_option(o->command, CTL_OPT_QUIET, "--quiet", ret_error) < 0) ||
+            (o->priority && check_option(o->command, CTL_OPT_JOB, "--priority", ret_error) < 0) ||
+            (o->deadline_sec > 0 && check_option(o->command, CTL_OPT_JOB, "--deadline", ret_error) < 0) ||
+            (o->tag && check_option(o->command, CTL_OPT_JOB, "--tag", ret_error) < 0) ||
+            (o->detach && check_option(o->command, CTL_OPT_JOB, "--detach", ret_error) < 0) ||
+            (o->wait_job && check_option(o->command, CTL_OPT_JOB, "--wait", ret_error) < 0) ||
+            (o->cancel_job && check_option(o->command, CTL_OPT_JOB, "--cancel", ret_error) < 0))
                 return -EINVAL;
         r = parse_command_args(argc, argv, o, ret_error);
         if (r < 0)

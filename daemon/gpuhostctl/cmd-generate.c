@@ -1,19 +1,25 @@
 /* gpuhostctl generate PIPELINE [--param KEY=VALUE]... [-o FILE]: runs a job
- * (io.gpuhost.Generate with "more") and saves or describes its outputs.
+ * (io.gpuhost.Generate with "more") and saves or describes its outputs;
+ * with --detach, only submits it (Generate without "more") and prints its
+ * id; --wait ID takes a submitted job up again (io.gpuhost.WaitJob with
+ * "more"), --cancel ID cancels one (io.gpuhost.CancelJob).
  *
  * The pipeline's parameter table (io.gpuhost.ListPipelines) says which
  * JSON type each --param value becomes; an image parameter is a PNG file,
  * decoded here and passed as a memfd with the call. Progress comes on
- * stderr while the job runs; the final reply carries the outputs as
- * memfds, written to FILE (a PNG for rgb8/rgba8 images and a .png name,
- * else the raw bytes) or summarized on stdout.
+ * stderr while the job runs (a bar with the rate and ETA on a terminal);
+ * the final reply carries the outputs as memfds (or base64 "data"),
+ * written to FILE (a PNG with the job's parameters and metadata as text
+ * chunks for rgb8/rgba8 images and a .png name, else the raw bytes) or
+ * summarized on stdout.
  *
  * The parts that need no daemon (ctl_param_convert, ctl_output_file_name,
- * ctl_output_write, ctl_png_read/write) are declared in ctl.h for the
- * tests. */
+ * ctl_output_write, ctl_png_read/write, the PNG texts, base64) are
+ * declared in ctl.h for the tests. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <png.h>
 #include <stdarg.h>
@@ -21,8 +27,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ctl.h"
@@ -50,9 +58,109 @@ void ctl_fds_close(ctl_fds *fds) {
 
 /* ---- PNG ---- */
 
+/* |key| (UTF-8) as a PNG keyword in Latin-1, into |out| (80 bytes): 1 to
+ * 79 printable characters (32-126, 161-255), no leading, trailing or
+ * consecutive spaces. Returns false when it cannot be one. */
+static bool png_keyword(const char *key, char out[80]) {
+        const unsigned char *p = (const unsigned char *) key;
+        size_t n = 0;
+
+        while (*p) {
+                unsigned cp;
+                if (*p < 0x80)
+                        cp = *p++;
+                else if ((p[0] == 0xc2 || p[0] == 0xc3) && (p[1] & 0xc0) == 0x80) {
+                        cp = ((unsigned) (p[0] & 0x1f) << 6) | (p[1] & 0x3f);
+                        p += 2;
+                } else
+                        return false; /* beyond Latin-1, or not UTF-8 */
+                if (!((cp >= 32 && cp <= 126) || (cp >= 161 && cp <= 255)) || n >= 79)
+                        return false;
+                if (cp == ' ' && (n == 0 || out[n - 1] == ' '))
+                        return false;
+                out[n++] = (char) cp;
+        }
+        out[n] = 0;
+        return n > 0 && out[n - 1] != ' ';
+}
+
+/* Whether |s| is ASCII; *ret_utf8: whether it is valid UTF-8. */
+static bool is_ascii(const char *s, bool *ret_utf8) {
+        const unsigned char *p = (const unsigned char *) s;
+        bool ascii = true;
+
+        *ret_utf8 = true;
+        while (*p) {
+                if (*p < 0x80) {
+                        p++;
+                        continue;
+                }
+                ascii = false;
+                int n = (*p & 0xe0) == 0xc0 ? 1 : (*p & 0xf0) == 0xe0 ? 2 : (*p & 0xf8) == 0xf0 ? 3 : -1;
+                if (n < 0 || *p == 0xc0 || *p == 0xc1 || *p > 0xf4) {
+                        *ret_utf8 = false;
+                        return false;
+                }
+                for (int i = 1; i <= n; i++)
+                        if ((p[i] & 0xc0) != 0x80) {
+                                *ret_utf8 = false;
+                                return false;
+                        }
+                p += n + 1;
+        }
+        return ascii;
+}
+
+typedef struct png_failure {
+        char message[256];
+} png_failure;
+
+static void png_on_error(png_structp png, png_const_charp message) {
+        png_failure *e = png_get_error_ptr(png);
+
+        snprintf(e->message, sizeof(e->message), "%s", message);
+        png_longjmp(png, 1);
+}
+
+static void png_on_warning(png_structp png, png_const_charp message) {
+}
+
+/* Writes the PNG to |f|; the libpng part, apart so that nothing of the
+ * caller's needs to be volatile across its longjmp. */
+static int png_write_stream(FILE *f, const uint8_t *pixels, uint32_t width, uint32_t height, size_t stride,
+                            unsigned channels, png_text *chunks, int n_chunks, png_failure *e) {
+        png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, e, png_on_error, png_on_warning);
+        png_infop info = png ? png_create_info_struct(png) : NULL;
+
+        if (!info) {
+                snprintf(e->message, sizeof(e->message), "out of memory");
+                png_destroy_write_struct(&png, NULL);
+                return -ENOMEM;
+        }
+        if (setjmp(png_jmpbuf(png))) {
+                png_destroy_write_struct(&png, &info);
+                return -EIO;
+        }
+        png_init_io(png, f);
+        png_set_IHDR(png, info, width, height, 8, channels == 4 ? PNG_COLOR_TYPE_RGB_ALPHA : PNG_COLOR_TYPE_RGB,
+                     PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+        png_set_sRGB(png, info, PNG_sRGB_INTENT_PERCEPTUAL);
+        if (n_chunks > 0)
+                png_set_text(png, info, chunks, n_chunks);
+        png_write_info(png, info);
+        for (uint32_t y = 0; y < height; y++)
+                png_write_row(png, pixels + (size_t) y * stride);
+        png_write_end(png, info);
+        png_destroy_write_struct(&png, &info);
+        return 0;
+}
+
 int ctl_png_write(const char *path, const uint8_t *pixels, uint32_t width, uint32_t height, size_t stride,
-                  unsigned channels, const char **ret_error) {
-        png_image image = {.version = PNG_IMAGE_VERSION};
+                  unsigned channels, const ctl_png_text *text, size_t n_text, const char **ret_error) {
+        png_failure failure = {.message = ""};
+        png_text *chunks = NULL;
+        char(*keys)[80] = NULL;
+        int n_chunks = 0, r;
 
         if ((channels != 3 && channels != 4) || width == 0 || height == 0 || width > IMAGE_DIM_MAX ||
             height > IMAGE_DIM_MAX || stride < (size_t) width * channels || stride > INT32_MAX) {
@@ -60,35 +168,58 @@ int ctl_png_write(const char *path, const uint8_t *pixels, uint32_t width, uint3
                                         "rows of %zu bytes", width, height, channels, stride);
                 return -EINVAL;
         }
-        image.width = width;
-        image.height = height;
-        image.format = channels == 4 ? PNG_FORMAT_RGBA : PNG_FORMAT_RGB;
+        if (text && n_text > 0) {
+                if (n_text > INT_MAX || !(chunks = calloc(n_text, sizeof(*chunks))) ||
+                    !(keys = calloc(n_text, sizeof(*keys)))) {
+                        free(chunks);
+                        *ret_error = "out of memory";
+                        return -ENOMEM;
+                }
+                for (size_t i = 0; i < n_text; i++) {
+                        bool utf8;
+                        if (!text[i].key || !text[i].text || !png_keyword(text[i].key, keys[n_chunks]))
+                                continue;
+                        bool ascii = is_ascii(text[i].text, &utf8);
+                        chunks[n_chunks] = (png_text) {
+                                .compression = ascii || !utf8 ? PNG_TEXT_COMPRESSION_NONE : PNG_ITXT_COMPRESSION_NONE,
+                                .key = keys[n_chunks],
+                                .text = (char *) text[i].text,
+                                .text_length = ascii || !utf8 ? strlen(text[i].text) : 0,
+                                .itxt_length = ascii || !utf8 ? 0 : strlen(text[i].text),
+                                .lang = NULL,
+                                .lang_key = NULL,
+                        };
+                        n_chunks++;
+                }
+        }
 
         FILE *f = fopen(path, "wbe");
         if (!f) {
-                int r = -errno;
+                r = -errno;
                 *ret_error = error_text("cannot create %s: %s", path, strerror(errno));
-                return r;
+                goto done;
         }
-        if (!png_image_write_to_stdio(&image, f, 0, pixels, (png_int_32) stride, NULL)) {
-                *ret_error = error_text("cannot write %s: %s", path, image.message);
-                png_image_free(&image);
+        r = png_write_stream(f, pixels, width, height, stride, channels, chunks, n_chunks, &failure);
+        if (r < 0) {
+                *ret_error = error_text("cannot write %s: %s", path, failure.message);
                 fclose(f);
-                return -EIO;
+                goto done;
         }
-        png_image_free(&image);
         if (fflush(f) != 0 || fsync(fileno(f)) < 0) {
-                int r = -errno;
+                r = -errno;
                 *ret_error = error_text("cannot write %s: %s", path, strerror(errno));
                 fclose(f);
-                return r;
+                goto done;
         }
         if (fclose(f) != 0) {
-                int r = -errno;
+                r = -errno;
                 *ret_error = error_text("cannot write %s: %s", path, strerror(errno));
-                return r;
+                goto done;
         }
-        return 0;
+done:
+        free(chunks);
+        free(keys);
+        return r;
 }
 
 int ctl_png_read(const char *path, uint8_t **ret_pixels, uint32_t *ret_width, uint32_t *ret_height,
@@ -137,6 +268,170 @@ int ctl_png_read(const char *path, uint8_t **ret_pixels, uint32_t *ret_width, ui
         *ret_width = image.width;
         *ret_height = image.height;
         *ret_channels = channels;
+        return 0;
+}
+
+/* ---- PNG text chunks ---- */
+
+void ctl_png_texts_free(ctl_png_texts *t) {
+        for (size_t i = 0; i < t->n; i++) {
+                free((char *) t->v[i].key);
+                free((char *) t->v[i].text);
+        }
+        free(t->v);
+        t->v = NULL;
+        t->n = 0;
+}
+
+int ctl_png_texts_add(ctl_png_texts *t, const char *key, const char *text) {
+        ctl_png_text *v = realloc(t->v, (t->n + 1) * sizeof(*v));
+
+        if (!v)
+                return -ENOMEM;
+        t->v = v;
+        char *k = strdup(key), *x = strdup(text);
+        if (!k || !x) {
+                free(k);
+                free(x);
+                return -ENOMEM;
+        }
+        t->v[t->n++] = (ctl_png_text) {.key = k, .text = x};
+        return 0;
+}
+
+char *ctl_json_ascii(const char *json) {
+        const unsigned char *p = (const unsigned char *) json;
+        size_t len = strlen(json);
+        /* Each byte becomes at most 6 characters ("\uXXXX"; 4 bytes: 12). */
+        char *out = malloc(len * 6 + 1), *o = out;
+
+        if (!out)
+                return NULL;
+        while (*p) {
+                if (*p < 0x80) {
+                        *o++ = (char) *p++;
+                        continue;
+                }
+                int n = (*p & 0xe0) == 0xc0 ? 1 : (*p & 0xf0) == 0xe0 ? 2 : (*p & 0xf8) == 0xf0 ? 3 : 0;
+                uint32_t cp = n == 1 ? *p & 0x1f : n == 2 ? *p & 0x0f : *p & 0x07;
+                bool ok = n > 0;
+                for (int i = 1; ok && i <= n; i++) {
+                        if ((p[i] & 0xc0) != 0x80)
+                                ok = false;
+                        else
+                                cp = cp << 6 | (p[i] & 0x3f);
+                }
+                /* Overlong forms, surrogates, beyond U+10FFFF. */
+                if (ok && ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
+                           (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff))
+                        ok = false;
+                if (!ok) {
+                        cp = 0xfffd;
+                        n = 0; /* skip the one byte */
+                }
+                p += n + 1;
+                if (cp >= 0x10000) {
+                        cp -= 0x10000;
+                        o += sprintf(o, "\\u%04x\\u%04x", 0xd800 + (cp >> 10), 0xdc00 + (cp & 0x3ff));
+                } else
+                        o += sprintf(o, "\\u%04x", cp);
+        }
+        *o = 0;
+        return out;
+}
+
+int ctl_png_texts_for_job(ctl_png_texts *t, const char *pipeline, json_object *parameters, const char *job,
+                          json_object *metadata) {
+        int r = 0;
+
+        if (pipeline) {
+                json_object *o = json_object_new_object(), *model = NULL;
+                json_object_object_add(o, "pipeline", json_object_new_string(pipeline));
+                if (parameters && json_object_object_get_ex(parameters, "model", &model) &&
+                    json_object_is_type(model, json_type_string))
+                        json_object_object_add(o, "model", json_object_get(model));
+                json_object_object_add(o, "parameters",
+                                       parameters ? json_object_get(parameters) : json_object_new_object());
+                char *text = ctl_json_ascii(
+                        json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+                r = text ? ctl_png_texts_add(t, "parameters", text) : -ENOMEM;
+                free(text);
+                json_object_put(o);
+        }
+        if (r == 0 && job)
+                r = ctl_png_texts_add(t, "gpuhost-job", job);
+        if (r == 0 && metadata && json_object_is_type(metadata, json_type_object)) {
+                json_object_object_foreach(metadata, key, v) {
+                        if (strcmp(key, "parameters") == 0 || strcmp(key, "gpuhost-job") == 0)
+                                continue;
+                        r = ctl_png_texts_add(t, key,
+                                              v && json_object_is_type(v, json_type_string)
+                                                      ? json_object_get_string(v)
+                                                      : json_object_to_json_string_ext(
+                                                                v, JSON_C_TO_STRING_PLAIN |
+                                                                           JSON_C_TO_STRING_NOSLASHESCAPE));
+                        if (r < 0)
+                                break;
+                }
+        }
+        return r;
+}
+
+/* ---- base64 ---- */
+
+static int base64_value(unsigned char c) {
+        if (c >= 'A' && c <= 'Z')
+                return c - 'A';
+        if (c >= 'a' && c <= 'z')
+                return c - 'a' + 26;
+        if (c >= '0' && c <= '9')
+                return c - '0' + 52;
+        if (c == '+')
+                return 62;
+        if (c == '/')
+                return 63;
+        return -1;
+}
+
+int ctl_base64_decode(const char *in, uint8_t **ret, size_t *ret_size) {
+        size_t len = strlen(in);
+
+        /* "=" only at the end: at most two, making a multiple of 4. */
+        size_t pad = 0;
+        while (pad < len && in[len - 1 - pad] == '=')
+                pad++;
+        if (pad > 2 || (pad > 0 && len % 4 != 0))
+                return -EINVAL;
+        len -= pad;
+        if (len % 4 == 1)
+                return -EINVAL;
+        uint8_t *out = malloc(len / 4 * 3 + 3);
+        if (!out)
+                return -ENOMEM;
+        size_t n = 0;
+        uint32_t acc = 0;
+        int bits = 0;
+        for (size_t i = 0; i < len; i++) {
+                int v = base64_value((unsigned char) in[i]);
+                if (v < 0) {
+                        free(out);
+                        return -EINVAL;
+                }
+                acc = acc << 6 | (uint32_t) v;
+                bits += 6;
+                if (bits >= 8) {
+                        bits -= 8;
+                        out[n++] = (uint8_t) (acc >> bits);
+                        acc &= (1u << bits) - 1;
+                }
+        }
+        if (acc != 0) { /* bits left over must be zero */
+                free(out);
+                return -EINVAL;
+        }
+        out[n] = 0;
+        *ret = out;
+        *ret_size = n;
         return 0;
 }
 
@@ -391,7 +686,8 @@ static int64_t int_or(json_object *o, const char *key, int64_t def) {
         return json_object_object_get_ex(o, key, &v) && v ? json_object_get_int64(v) : def;
 }
 
-static int write_png_output(const char *tmp, int fd, json_object *output, int64_t size, const char **ret_error) {
+static int write_png_output(const char *tmp, int fd, json_object *output, int64_t size, const ctl_png_text *text,
+                            size_t n_text, const char **ret_error) {
         const char *format = ctl_json_str(output, "format");
         unsigned channels = strcmp(format, "rgba8") == 0 ? 4 : 3;
         int64_t w = int_or(output, "width", 0), h = int_or(output, "height", 0);
@@ -412,7 +708,8 @@ static int write_png_output(const char *tmp, int fd, json_object *output, int64_
                 *ret_error = error_text("cannot map output '%s': %s", ctl_json_str(output, "name"), strerror(errno));
                 return r;
         }
-        int r = ctl_png_write(tmp, map, (uint32_t) w, (uint32_t) h, (size_t) stride, channels, ret_error);
+        int r = ctl_png_write(tmp, map, (uint32_t) w, (uint32_t) h, (size_t) stride, channels, text, n_text,
+                              ret_error);
         munmap(map, (size_t) size);
         return r;
 }
@@ -453,7 +750,8 @@ static int write_raw_output(const char *tmp, int fd, int64_t size, const char **
         return r;
 }
 
-int ctl_output_write(const char *path, int fd, json_object *output, const char **ret_error) {
+int ctl_output_write(const char *path, int fd, json_object *output, const ctl_png_text *text, size_t n_text,
+                     const char **ret_error) {
         int64_t size = int_or(output, "size", -1);
         const char *format = ctl_json_str(output, "format");
         struct stat st;
@@ -476,7 +774,7 @@ int ctl_output_write(const char *path, int fd, json_object *output, const char *
         }
         if (strcmp(ctl_json_str(output, "kind"), "image") == 0 &&
             (strcmp(format, "rgb8") == 0 || strcmp(format, "rgba8") == 0) && ends_with_png(path))
-                r = write_png_output(tmp, fd, output, size, ret_error);
+                r = write_png_output(tmp, fd, output, size, text, n_text, ret_error);
         else
                 r = write_raw_output(tmp, fd, size, ret_error);
         if (r == 0 && rename(tmp, path) < 0) {
@@ -508,11 +806,31 @@ static void describe_output(json_object *out, char *buf, size_t size) {
 
 /* ---- the call ---- */
 
+/* The progress bar's cells on a terminal of |cols| columns (0: not known). */
+static int bar_width(int cols) {
+        if (cols <= 0 || cols >= 72)
+                return 20;
+        return cols > 56 ? cols - 52 : 0;
+}
+
+static double monotonic_sec(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
+}
+
 typedef struct gen_state {
         const ctl_opts *o;
         bool tty;       /* progress goes to stderr, a terminal: one line, redrawn */
+        int bar_width;  /* cells of the progress bar on the terminal */
         int shown;      /* length of the progress line on stderr, 0 if none */
-        char last[96];  /* the last progress shown, not to repeat it */
+        char last[160]; /* the last progress shown, not to repeat it */
+        /* The rate: the step last seen and when, and the seconds per step,
+         * a moving average of the time between step events (0: not known). */
+        bool have_step;
+        int64_t last_step;
+        double last_time, sec_per_step;
         int exit_code;
         json_object *final;
         int *fds;       /* the final reply's fds, taken; -1 where none */
@@ -531,29 +849,59 @@ static void final_clear(gen_state *s) {
 }
 
 static void progress_clear(gen_state *s) {
-        if (s->shown > 0)
+        if (s->shown > 0) {
                 fprintf(stderr, "\r%*s\r", s->shown, "");
+                fflush(stderr);
+        }
         s->shown = 0;
 }
 
-/* "queued", "step 3/20": on a terminal over the previous line, else one
- * line each time it changes. */
+/* Notes that the job is at |step| now, for the rate. */
+static void rate_update(gen_state *s, int64_t step) {
+        double now = monotonic_sec();
+
+        if (s->have_step && step > s->last_step && now > s->last_time) {
+                double per = (now - s->last_time) / (double) (step - s->last_step);
+                s->sec_per_step = s->sec_per_step > 0 ? 0.7 * s->sec_per_step + 0.3 * per : per;
+        }
+        if (!s->have_step || step != s->last_step) {
+                s->have_step = true;
+                s->last_step = step;
+                s->last_time = now;
+        }
+}
+
+static uint32_t clamp_u32(int64_t v) {
+        return v < 0 ? 0 : v > UINT32_MAX ? UINT32_MAX : (uint32_t) v;
+}
+
+/* "queued", "running", "[###.......] step 7/20  3.4 it/s  ETA 4s": on a
+ * terminal over the previous line; else one line each time it changes,
+ * without the bar and the rate ("step 7/20"). */
 static void progress_show(gen_state *s, json_object *p) {
         const char *state = ctl_json_str(p, "state");
         json_object *step = NULL, *steps = NULL;
         char line[sizeof(s->last)];
 
-        if (s->o->quiet)
-                return;
-        if (strcmp(state, "running") == 0 && json_object_object_get_ex(p, "step", &step) && step &&
-            json_object_object_get_ex(p, "steps", &steps) && steps)
-                snprintf(line, sizeof(line), "step %" PRId64 "/%" PRId64, json_object_get_int64(step),
-                         json_object_get_int64(steps));
-        else if (strcmp(state, "queued") == 0 || strcmp(state, "running") == 0)
-                snprintf(line, sizeof(line), "%s", state);
+        if (strcmp(state, "running") == 0 && json_object_object_get_ex(p, "step", &step) && step) {
+                int64_t k = json_object_get_int64(step);
+                uint32_t n = json_object_object_get_ex(p, "steps", &steps) && steps
+                                     ? clamp_u32(json_object_get_int64(steps))
+                                     : 0;
+                rate_update(s, k);
+                if (s->tty)
+                        ctl_progress_format(line, sizeof(line), clamp_u32(k), n,
+                                            s->sec_per_step > 0 ? 1 / s->sec_per_step : 0, s->bar_width);
+                else
+                        ctl_progress_format(line, sizeof(line), clamp_u32(k), n, 0, 0);
+        } else if (strcmp(state, "running") == 0) {
+                rate_update(s, 0); /* started: step 0 from now */
+                snprintf(line, sizeof(line), "running");
+        } else if (strcmp(state, "queued") == 0)
+                snprintf(line, sizeof(line), "queued");
         else
                 return;
-        if (strcmp(line, s->last) == 0)
+        if (s->o->quiet || strcmp(line, s->last) == 0)
                 return;
         snprintf(s->last, sizeof(s->last), "%s", line);
         if (!s->tty) {
@@ -610,7 +958,34 @@ static int output_fd(const gen_state *s, json_object *out) {
         return i >= 0 && (uint64_t) i < s->n_fds ? s->fds[i] : -1;
 }
 
-static int write_outputs(const gen_state *s, json_object *outputs, size_t n) {
+/* A memfd holding the base64 "data" of an inline output, or -1 with a
+ * message printed (none when it has no data). */
+static int inline_output_fd(json_object *out) {
+        json_object *data = NULL;
+        uint8_t *bytes = NULL;
+        size_t size = 0;
+
+        if (!json_object_object_get_ex(out, "data", &data) || !data || !json_object_is_type(data, json_type_string))
+                return -1;
+        int r = ctl_base64_decode(json_object_get_string(data), &bytes, &size);
+        if (r < 0) {
+                fprintf(stderr, "gpuhostctl: malformed reply: output '%s' has %s\n", ctl_json_str(out, "name"),
+                        r == -ENOMEM ? "too much data to hold" : "malformed base64 data");
+                return -2;
+        }
+        int fd = memfd_create("gpuhostctl-output", MFD_CLOEXEC);
+        if (fd < 0 || (r = write_all(fd, bytes, size)) < 0) {
+                fprintf(stderr, "gpuhostctl: cannot hold output '%s': %s\n", ctl_json_str(out, "name"),
+                        strerror(fd < 0 ? errno : -r));
+                if (fd >= 0)
+                        close(fd);
+                fd = -2;
+        }
+        free(bytes);
+        return fd;
+}
+
+static int write_outputs(const gen_state *s, json_object *outputs, size_t n, const ctl_png_texts *texts) {
         if (n == 0) {
                 fprintf(stderr, "gpuhostctl: the job produced no outputs\n");
                 return CTL_EXIT_REMOTE;
@@ -618,18 +993,25 @@ static int write_outputs(const gen_state *s, json_object *outputs, size_t n) {
         for (size_t i = 0; i < n; i++) {
                 json_object *out = json_object_array_get_idx(outputs, i);
                 const char *error = NULL;
-                int fd = output_fd(s, out);
-                if (fd < 0) {
+                int fd = output_fd(s, out), own = -1;
+                if (fd < 0)
+                        fd = own = inline_output_fd(out);
+                if (fd == -1)
                         fprintf(stderr, "gpuhostctl: malformed reply: output '%s' has no file descriptor\n",
                                 ctl_json_str(out, "name"));
+                if (fd < 0)
                         return CTL_EXIT_CONNECT;
-                }
                 char *path = ctl_output_file_name(s->o->output, ctl_json_str(out, "name"), i);
                 if (!path) {
                         fprintf(stderr, "gpuhostctl: out of memory\n");
+                        if (own >= 0)
+                                close(own);
                         return CTL_EXIT_REMOTE;
                 }
-                if (ctl_output_write(path, fd, out, &error) < 0) {
+                int r = ctl_output_write(path, fd, out, texts->v, texts->n, &error);
+                if (own >= 0)
+                        close(own);
+                if (r < 0) {
                         fprintf(stderr, "gpuhostctl: %s\n", error);
                         free(path);
                         return CTL_EXIT_REMOTE;
@@ -703,14 +1085,86 @@ static int build_parameters(const ctl_opts *o, json_object *table, json_object *
         return CTL_EXIT_OK;
 }
 
-static int run(const ctl_opts *o) {
+/* Makes a streamed call (Generate or WaitJob) and waits for its final
+ * reply, showing the progress; returns a CTL_EXIT_* code. */
+static int stream_call(const ctl_opts *o, gh_client *c, const char *method, json_object *call, const ctl_fds *fds,
+                       gen_state *s) {
+        /* A job takes as long as it takes: no limit unless -t says. */
+        if (!o->timeout_given)
+                gh_client_set_timeout(c, 0);
+        int k = gh_client_call_full(
+                c, method, json_object_to_json_string_ext(call, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE),
+                GH_CALL_MORE, fds ? fds->fd : NULL, fds ? fds->n : 0, on_reply, s);
+        progress_clear(s);
+        if (k < 0)
+                return ctl_report_transport_error(o, c, k);
+        if (s->exit_code != CTL_EXIT_OK)
+                return s->exit_code;
+        if (!s->final) {
+                fprintf(stderr, "gpuhostctl: gpuhostd ended the call without a final reply\n");
+                return CTL_EXIT_CONNECT;
+        }
+        return CTL_EXIT_OK;
+}
+
+/* Writes or describes the outputs of the final reply. |pipeline| and
+ * |params|, when known, go into the PNG files' "parameters" text. */
+static int finish(const ctl_opts *o, gen_state *s, const char *pipeline, json_object *params) {
+        json_object *outputs = NULL, *metadata = NULL;
+        const char *state = ctl_json_str(s->final, "state");
+        int r = CTL_EXIT_OK;
+
+        if (strcmp(state, "done") != 0) {
+                fprintf(stderr, "gpuhostctl: job %s ended without outputs: %s\n", ctl_json_str(s->final, "job"),
+                        state);
+                if (o->json)
+                        ctl_print_json(s->final);
+                return CTL_EXIT_REMOTE;
+        }
+        size_t n = json_object_object_get_ex(s->final, "outputs", &outputs) &&
+                                   json_object_is_type(outputs, json_type_array)
+                           ? json_object_array_length(outputs)
+                           : 0;
+        if (o->output) {
+                ctl_png_texts texts = {0};
+                json_object *job = NULL;
+                json_object_object_get_ex(s->final, "metadata", &metadata);
+                json_object_object_get_ex(s->final, "job", &job);
+                if (ctl_png_texts_for_job(&texts, pipeline, params,
+                                          job && json_object_is_type(job, json_type_string)
+                                                  ? json_object_get_string(job)
+                                                  : NULL,
+                                          metadata) < 0) {
+                        fprintf(stderr, "gpuhostctl: out of memory\n");
+                        r = CTL_EXIT_REMOTE;
+                } else
+                        r = write_outputs(s, outputs, n, &texts);
+                ctl_png_texts_free(&texts);
+        }
+        if (r == CTL_EXIT_OK && o->json)
+                ctl_print_json(s->final);
+        else if (r == CTL_EXIT_OK && !o->output)
+                print_summary(s->final, outputs, n);
+        return r;
+}
+
+static void gen_state_init(gen_state *s, const ctl_opts *o) {
+        struct winsize ws = {0};
+
+        *s = (gen_state) {.o = o, .tty = isatty(STDERR_FILENO) == 1, .exit_code = CTL_EXIT_OK};
+        s->bar_width = bar_width(s->tty && ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 ? ws.ws_col : 0);
+}
+
+/* A new job: Generate with "more", or with --detach without it. */
+static int run_generate(const ctl_opts *o) {
         const char *name = o->args[0];
-        gen_state s = {.o = o, .tty = isatty(STDERR_FILENO) == 1, .exit_code = CTL_EXIT_OK};
+        gen_state s;
         json_object *list = NULL, *params = json_object_new_object(), *call = NULL;
         ctl_fds fds = {.n = 0};
         gh_client *c = NULL;
         int r = ctl_connect(o, &c);
 
+        gen_state_init(&s, o);
         if (r == CTL_EXIT_OK)
                 r = ctl_call(o, c, "io.gpuhost.ListPipelines", NULL, &list);
         if (r == CTL_EXIT_OK) {
@@ -727,35 +1181,35 @@ static int run(const ctl_opts *o) {
                 json_object_object_add(call, "parameters", json_object_get(params));
                 if (o->device >= 0)
                         json_object_object_add(call, "device", json_object_new_int(o->device));
-                /* A job takes as long as it takes: no limit unless -t says. */
-                if (!o->timeout_given)
-                        gh_client_set_timeout(c, 0);
-                int k = gh_client_call_full(
-                        c, "io.gpuhost.Generate",
-                        json_object_to_json_string_ext(call, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE),
-                        GH_CALL_MORE, fds.fd, fds.n, on_reply, &s);
-                progress_clear(&s);
+                if (o->priority)
+                        json_object_object_add(call, "priority", json_object_new_string(o->priority));
+                if (o->deadline_sec > 0)
+                        json_object_object_add(call, "deadline_sec", json_object_new_double(o->deadline_sec));
+                if (o->tag)
+                        json_object_object_add(call, "tag", json_object_new_string(o->tag));
+        }
+        if (r == CTL_EXIT_OK && o->detach) {
+                /* The reply comes at once: the job's id, "queued". */
+                json_object_object_add(call, "detach", json_object_new_boolean(true));
+                int k = gh_client_call_full(c, "io.gpuhost.Generate",
+                                            json_object_to_json_string_ext(call, JSON_C_TO_STRING_PLAIN |
+                                                                                         JSON_C_TO_STRING_NOSLASHESCAPE),
+                                            0, fds.fd, fds.n, on_reply, &s);
                 if (k < 0)
                         r = ctl_report_transport_error(o, c, k);
                 else if (s.exit_code != CTL_EXIT_OK)
                         r = s.exit_code;
-                else if (!s.final) {
-                        fprintf(stderr, "gpuhostctl: gpuhostd ended the call without a final reply\n");
+                else if (!s.final || strcmp(ctl_json_str(s.final, "job"), "?") == 0) {
+                        fprintf(stderr, "gpuhostctl: malformed reply: no job id\n");
                         r = CTL_EXIT_CONNECT;
-                }
-        }
-        if (r == CTL_EXIT_OK) {
-                json_object *outputs = NULL;
-                size_t n = json_object_object_get_ex(s.final, "outputs", &outputs) &&
-                                           json_object_is_type(outputs, json_type_array)
-                                   ? json_object_array_length(outputs)
-                                   : 0;
-                if (o->output)
-                        r = write_outputs(&s, outputs, n);
-                if (r == CTL_EXIT_OK && o->json)
+                } else if (o->json)
                         ctl_print_json(s.final);
-                else if (r == CTL_EXIT_OK && !o->output)
-                        print_summary(s.final, outputs, n);
+                else
+                        printf("%s\n", ctl_json_str(s.final, "job"));
+        } else if (r == CTL_EXIT_OK) {
+                r = stream_call(o, c, "io.gpuhost.Generate", call, &fds, &s);
+                if (r == CTL_EXIT_OK)
+                        r = finish(o, &s, name, params);
         }
         final_clear(&s);
         ctl_fds_close(&fds);
@@ -766,10 +1220,105 @@ static int run(const ctl_opts *o) {
         return r;
 }
 
+/* --wait ID: WaitJob with "more", then as a new job. */
+static int run_wait(const ctl_opts *o) {
+        gen_state s;
+        json_object *call = json_object_new_object();
+        gh_client *c = NULL;
+        int r = ctl_connect(o, &c);
+
+        gen_state_init(&s, o);
+        json_object_object_add(call, "job", json_object_new_string(o->wait_job));
+        if (r == CTL_EXIT_OK)
+                r = stream_call(o, c, "io.gpuhost.WaitJob", call, NULL, &s);
+        if (r == CTL_EXIT_OK)
+                r = finish(o, &s, NULL, NULL);
+        final_clear(&s);
+        json_object_put(call);
+        gh_client_free(c);
+        return r;
+}
+
+static void print_cancelled(const ctl_opts *o, gh_client *c, json_object *reply) {
+        if (!o->quiet)
+                printf("job %s: %s\n", ctl_json_str(reply, "job"), ctl_json_str(reply, "state"));
+}
+
+/* --cancel ID: CancelJob, and the state it leaves the job in. */
+static int run_cancel(const ctl_opts *o) {
+        json_object *call = json_object_new_object();
+
+        json_object_object_add(call, "job", json_object_new_string(o->cancel_job));
+        int r = ctl_call_and_print(
+                o, "io.gpuhost.CancelJob",
+                json_object_to_json_string_ext(call, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE),
+                print_cancelled);
+        json_object_put(call);
+        return r;
+}
+
+/* The first option given that a job already submitted (--wait, --cancel)
+ * does not take, or NULL. */
+static const char *new_job_option(const ctl_opts *o, bool output_too) {
+        return o->n_params > 0       ? "--param"
+               : o->model            ? "--model"
+               : o->device >= 0      ? "--device"
+               : o->priority         ? "--priority"
+               : o->deadline_sec > 0 ? "--deadline"
+               : o->tag              ? "--tag"
+               : o->detach           ? "--detach"
+               : output_too && o->output ? "--output"
+                                         : NULL;
+}
+
+static int check(const ctl_opts *o, const char **ret_error) {
+        if (o->wait_job && o->cancel_job) {
+                *ret_error = "--wait and --cancel exclude each other";
+                return -EINVAL;
+        }
+        const char *mode = o->wait_job ? "--wait" : o->cancel_job ? "--cancel" : NULL;
+        if (mode) {
+                const char *bad = new_job_option(o, !!o->cancel_job);
+                if (o->n_args > 0) {
+                        *ret_error = ctl_usage_error("%s ID takes no PIPELINE (the job has its own): '%s'", mode,
+                                                     o->args[0]);
+                        return -EINVAL;
+                }
+                if (bad) {
+                        *ret_error = ctl_usage_error("%s does not apply with %s (it acts on a job already "
+                                                     "submitted)", bad, mode);
+                        return -EINVAL;
+                }
+                return 0;
+        }
+        if (o->n_args < 1) {
+                *ret_error = ctl_usage_error("missing arguments (usage: gpuhostctl %s %s)", ctl_cmd_generate.name,
+                                             ctl_cmd_generate.args_usage);
+                return -EINVAL;
+        }
+        if (o->detach && o->output) {
+                *ret_error = "--detach and --output exclude each other: --detach does not wait for the outputs "
+                             "(fetch them later with --wait ID -o FILE)";
+                return -EINVAL;
+        }
+        return 0;
+}
+
+static int run(const ctl_opts *o) {
+        const char *error = NULL;
+
+        /* The parser has checked; this is for callers that did not. */
+        if (check(o, &error) < 0) {
+                fprintf(stderr, "gpuhostctl: %s\n", error);
+                return CTL_EXIT_USAGE;
+        }
+        return o->cancel_job ? run_cancel(o) : o->wait_job ? run_wait(o) : run_generate(o);
+}
+
 const ctl_command ctl_cmd_generate = {
         .name = "generate",
-        .args_usage = "PIPELINE [--param KEY=VALUE]... [--model M] [-o FILE]",
-        .summary = "run a pipeline and save its outputs",
+        .args_usage = "PIPELINE [--param KEY=VALUE]... [--model M] [-o FILE] | --wait ID [-o FILE] | --cancel ID",
+        .summary = "run a pipeline and save its outputs; wait for or cancel a job",
         .description =
                 "Runs PIPELINE (io.gpuhost.Generate) with the parameters given as\n"
                 "--param KEY=VALUE, each converted to the type the pipeline declares\n"
@@ -779,20 +1328,42 @@ const ctl_command ctl_cmd_generate = {
                 "as rgb8 or rgba8 pixels. --model M is short for --param model=M. Each\n"
                 "parameter may be given once; an unknown one is a usage error.\n"
                 "\n"
-                "Shows the progress on stderr (\"step 3/20\"; one line redrawn on a\n"
-                "terminal). No reply timeout applies unless -t is given.\n"
+                "--priority interactive|normal|batch sets the job's class in the queue\n"
+                "(normal by default); --deadline SEC fails the job (DeadlineExceeded) if it\n"
+                "is not done SEC seconds after it was submitted; --tag TEXT labels it for\n"
+                "'gpuhostctl jobs'.\n"
+                "\n"
+                "Shows the progress on stderr: \"queued\", then on a terminal one line\n"
+                "redrawn, \"[###.......] step 7/20  3.4 it/s  ETA 4s\", else a line\n"
+                "\"step 7/20\" for each step; nothing with -q. No reply timeout applies\n"
+                "unless -t is given. Interrupting gpuhostctl cancels the job.\n"
                 "\n"
                 "With -o FILE, writes the first output to FILE: an rgb8 or rgba8 image\n"
                 "becomes a PNG file when FILE ends in .png, any other output is written\n"
                 "as its raw bytes. Further outputs go to FILE with \"-NAME\" (the output's\n"
                 "name) before the extension: out.png, out-frames.png. Each file is\n"
-                "written to FILE.tmp first, then renamed. Without -o, prints each\n"
-                "output's name, kind, size and dimensions, and the job's metadata.\n"
-                "--json prints the final reply as JSON (after writing the files).\n"
-                "Errors of the job (WorkerCrashed, JobFailed, InvalidParameter, ...)\n"
-                "exit with status 1, as does an output that cannot be written.",
-        .options = CTL_OPT_JSON | CTL_OPT_DEVICE | CTL_OPT_PARAM | CTL_OPT_OUTPUT | CTL_OPT_QUIET,
-        .min_args = 1,
+                "written to FILE.tmp first, then renamed. A PNG file carries text chunks:\n"
+                "\"parameters\" (the pipeline, the model and the parameters as sent, as\n"
+                "JSON), \"gpuhost-job\" (the job's id) and one for each member of the\n"
+                "job's metadata. Without -o, prints each output's name, kind, size and\n"
+                "dimensions, and the job's metadata. --json prints the final reply as\n"
+                "JSON (after writing the files).\n"
+                "\n"
+                "--detach submits the job and prints its id (the reply, with --json)\n"
+                "without waiting; the job runs on after gpuhostctl exits. --wait ID waits\n"
+                "for that job (io.gpuhost.WaitJob) with progress, and writes or describes\n"
+                "its outputs as above (its PNG files have no \"parameters\" text); it\n"
+                "works for a finished job as long as the daemon keeps it. --cancel ID\n"
+                "cancels the job (io.gpuhost.CancelJob) and prints the state it is left\n"
+                "in. --wait and --cancel take no PIPELINE and none of the options of a\n"
+                "new job; --detach takes no -o.\n"
+                "\n"
+                "Errors of the job (WorkerCrashed, JobFailed, InvalidParameter,\n"
+                "DeadlineExceeded, JobCancelled, QueueFull, JobNotFound, ...) exit with\n"
+                "status 1, as does an output that cannot be written.",
+        .options = CTL_OPT_JSON | CTL_OPT_DEVICE | CTL_OPT_PARAM | CTL_OPT_OUTPUT | CTL_OPT_QUIET | CTL_OPT_JOB,
+        .min_args = 0,
         .max_args = 1,
+        .check = check,
         .run = run,
 };

@@ -27,6 +27,8 @@ enum {
         CTL_OPT_PARAM = 1 << 4,  /* --param KEY=VALUE (repeatable), --model M */
         CTL_OPT_OUTPUT = 1 << 5, /* -o/--output FILE */
         CTL_OPT_QUIET = 1 << 6,  /* -q/--quiet */
+        /* --priority, --deadline, --tag, --detach, --wait ID, --cancel ID */
+        CTL_OPT_JOB = 1 << 7,
 };
 
 /* The most --param options one command line may give. */
@@ -44,6 +46,12 @@ typedef struct ctl_opts {
         const char *model;      /* --model; NULL when not given */
         const char *params[CTL_MAX_PARAMS]; /* --param KEY=VALUE, in order; each has a '=' */
         int n_params;
+        const char *priority;   /* --priority: "interactive", "normal" or "batch"; NULL when not given */
+        double deadline_sec;    /* --deadline: > 0; 0 when not given */
+        const char *tag;        /* --tag; NULL when not given */
+        bool detach;            /* --detach */
+        const char *wait_job;   /* --wait ID; NULL when not given */
+        const char *cancel_job; /* --cancel ID; NULL when not given */
         const ctl_command *command;
         char **args;            /* positional arguments after the command */
         int n_args;
@@ -65,7 +73,7 @@ struct ctl_command {
 
 extern const ctl_command ctl_cmd_status, ctl_cmd_ping, ctl_cmd_reload, ctl_cmd_version, ctl_cmd_call,
         ctl_cmd_devices, ctl_cmd_models, ctl_cmd_model, ctl_cmd_pipelines, ctl_cmd_workers, ctl_cmd_worker,
-        ctl_cmd_plugin, ctl_cmd_generate;
+        ctl_cmd_plugin, ctl_cmd_generate, ctl_cmd_jobs, ctl_cmd_job;
 
 /* Parses argv. Returns 1 to run o->command, 0 if help or version was
  * requested (print with ctl_print_help), or -EINVAL with *ret_error set
@@ -146,17 +154,85 @@ int ctl_param_convert(json_object *table, const char *arg, json_object *params, 
  * free, or NULL when out of memory. */
 char *ctl_output_file_name(const char *file, const char *name, size_t index);
 
+/* A text chunk of a PNG file: |key| (UTF-8) and |text|. */
+typedef struct ctl_png_text {
+        const char *key;
+        const char *text;
+} ctl_png_text;
+
+/* A list of text chunks that owns its strings. */
+typedef struct ctl_png_texts {
+        ctl_png_text *v;
+        size_t n;
+} ctl_png_texts;
+void ctl_png_texts_free(ctl_png_texts *t);
+/* Adds a copy of |key| and |text|; returns 0 or -ENOMEM. */
+int ctl_png_texts_add(ctl_png_texts *t, const char *key, const char *text);
+/* The text chunks of a job's image: "parameters", the JSON text (ASCII
+ * only: other characters as \uXXXX escapes) of {"pipeline": |pipeline|,
+ * "model": the "model" of |parameters| when it has one, "parameters":
+ * |parameters| as sent}, when |pipeline| is not NULL; "gpuhost-job",
+ * |job|, when not NULL; then each member of |metadata| (strings as they
+ * are, other values as JSON text), but for those named "parameters" or
+ * "gpuhost-job". Returns 0 or -ENOMEM. */
+int ctl_png_texts_for_job(ctl_png_texts *t, const char *pipeline, json_object *parameters, const char *job,
+                          json_object *metadata);
+/* |json| (UTF-8 JSON text) with every character beyond ASCII written as
+ * a \uXXXX escape (a surrogate pair beyond U+FFFF; U+FFFD for a malformed
+ * sequence): the same JSON value, in ASCII. Returns a string to free, or
+ * NULL when out of memory. */
+char *ctl_json_ascii(const char *json);
+
 /* Writes an Output (|output|, the JSON object; |fd|, its memfd) to |path|
  * through |path|.tmp and a rename: a PNG when it is an "image" in rgb8 or
- * rgba8 and |path| ends in ".png" (any case), else the raw "size" bytes.
- * Returns 0, or a negative errno with *ret_error set. */
-int ctl_output_write(const char *path, int fd, json_object *output, const char **ret_error);
+ * rgba8 and |path| ends in ".png" (any case), with the |n_text| chunks of
+ * |text| (may be NULL), else the raw "size" bytes. Returns 0, or a
+ * negative errno with *ret_error set. */
+int ctl_output_write(const char *path, int fd, json_object *output, const ctl_png_text *text, size_t n_text,
+                     const char **ret_error);
+
+/* Decodes base64 (RFC 4648, "=" padding optional) into *ret (to free,
+ * one byte more than *ret_size, NUL-terminated). Returns 0, -EINVAL for
+ * malformed input, or -ENOMEM. */
+int ctl_base64_decode(const char *in, uint8_t **ret, size_t *ret_size);
 
 /* PNG files with libpng. Pixels are 8-bit RGB (|channels| 3) or RGBA (4),
- * rows |stride| bytes apart (at least width * channels). */
+ * rows |stride| bytes apart (at least width * channels). |text| (|n_text|
+ * entries, may be NULL) become text chunks before the pixels: tEXt when
+ * the text is ASCII, iTXt (UTF-8) when it is valid UTF-8 beyond ASCII.
+ * Keys are written in Latin-1 and must have 1 to 79 characters, printable
+ * ones (32-126, 161-255), without leading, trailing or consecutive spaces;
+ * an entry whose key is not one is skipped. */
 int ctl_png_write(const char *path, const uint8_t *pixels, uint32_t width, uint32_t height, size_t stride,
-                  unsigned channels, const char **ret_error);
+                  unsigned channels, const ctl_png_text *text, size_t n_text, const char **ret_error);
 /* Reads any PNG as 8-bit RGB, or RGBA when it has transparency, rows packed
  * (stride = width * channels), into *ret_pixels (to free). */
 int ctl_png_read(const char *path, uint8_t **ret_pixels, uint32_t *ret_width, uint32_t *ret_height,
                  unsigned *ret_channels, const char **ret_error);
+
+/* ---- progress (progress.c) ---- */
+
+/* The progress line of a running job, into |buf| (always NUL-terminated
+ * when |size| > 0):
+ *   "[###.......] step 7/20  3.4 it/s  ETA 4s"
+ * The bar has |width| cells ('#' done, '.' to do; none when |width| <= 0
+ * or |steps| is 0); "step 7" when |steps| is 0 (not known); the rate and
+ * the ETA only when |it_per_s| is finite and > 0 (the ETA needs |steps|
+ * too). Rates below 1 have two decimals; the ETA is "4s", "1m05s" or
+ * "2h07m" (">99h" beyond). Returns the length of the line (as snprintf,
+ * before any truncation). */
+int ctl_progress_format(char *buf, size_t size, uint32_t step, uint32_t steps, double it_per_s, int width);
+/* A duration for people: "0s", "45s", "2m05s", "3h12m", "2d04h"
+ * (negative: "0s"). */
+void ctl_format_duration(int64_t usec, char *buf, size_t size);
+
+/* ---- jobs (cmd-jobs.c, cmd-job.c) ---- */
+
+/* The table of a ListJobs reply, with ages from |now_usec|
+ * (CLOCK_REALTIME microseconds). */
+void ctl_jobs_print(FILE *f, json_object *reply, int64_t now_usec);
+/* A Job as "key: value" lines, times in local time with their age from
+ * |now_usec|. */
+void ctl_job_print(FILE *f, json_object *job, int64_t now_usec);
+/* CLOCK_REALTIME in microseconds. */
+int64_t ctl_now_usec(void);

@@ -80,6 +80,12 @@ static const key_def key_table[] = {
         KEY("workers", "quarantine_window_sec", parse_seconds, quarantine_window_usec, 1, 86400),
         KEY("workers", "max_output_size", parse_size, max_output_size, UINT64_C(1) << 20, UINT64_C(16) << 30),
         KEY("workers", "cpu_threads", parse_uint, cpu_threads, 0, 1024),
+        KEY("jobs", "max_queued", parse_uint, max_queued, 1, 1000000),
+        KEY("jobs", "max_queued_per_user", parse_uint, max_queued_per_user, 1, 1000000),
+        KEY("jobs", "aging_sec", parse_seconds, aging_usec, 0, 86400),
+        KEY("jobs", "keep_finished_sec", parse_seconds, keep_finished_usec, 0, 86400),
+        KEY("jobs", "max_finished", parse_uint, max_finished, 0, 100000),
+        KEY("jobs", "max_inline_output", parse_size, max_inline_output, 0, UINT64_C(32) << 20),
 };
 
 /* Keys of [model NAME] sections; offsets into gh_model_config. */
@@ -351,6 +357,12 @@ int gh_config_new(gh_config **ret) {
                 .quarantine_crashes = 3,
                 .quarantine_window_usec = 600 * USEC_PER_SEC,
                 .max_output_size = UINT64_C(1) << 30,
+                .max_queued = 1024,
+                .max_queued_per_user = 256,
+                .aging_usec = 30 * USEC_PER_SEC,
+                .keep_finished_usec = 300 * USEC_PER_SEC,
+                .max_finished = 256,
+                .max_inline_output = UINT64_C(4) << 20,
         };
         if (!c->socket_path || !c->models_directory || !c->devices_reserve || !c->worker_executable ||
             !c->plugin_directory) {

@@ -64,6 +64,13 @@ typedef struct gh_config {
         uint64_t quarantine_window_usec;
         uint64_t max_output_size;        /* bytes of outputs one job may make */
         unsigned cpu_threads;            /* 0: every CPU */
+        /* [jobs] */
+        unsigned max_queued;             /* jobs not finished, in all */
+        unsigned max_queued_per_user;
+        uint64_t aging_usec;             /* a queued job moves up a class after this; 0: never */
+        uint64_t keep_finished_usec;     /* finished jobs (and their outputs) are kept this long */
+        unsigned max_finished;           /* ... and at most this many */
+        uint64_t max_inline_output;      /* bytes of base64-able outputs per reply */
         /* [model NAME] */
         gh_model_config *models;
         size_t n_models;

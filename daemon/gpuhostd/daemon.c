@@ -9,6 +9,7 @@
 #include "../common/log.h"
 #include "../common/util.h"
 #include "daemon.h"
+#include "tasks.h"
 #include "gh-build.h"
 #include "gpuhost/protocol.h"
 
@@ -334,13 +335,15 @@ int gh_daemon_init(gh_daemon *d, gh_config *config) {
         r = gh_workers_new(d->event, config, &d->engine, &d->workers);
         if (r < 0)
                 return gh_log_error_errno(r, "Failed to set up the workers: %m");
-        size_t n = gh_daemon_n_methods + gh_model_n_methods + gh_job_n_methods;
+        size_t n = gh_daemon_n_methods + gh_model_n_methods + gh_job_n_methods + gh_job_api_n_methods;
         d->methods = malloc(n * sizeof(gh_method));
         if (!d->methods)
                 return gh_log_error_errno(-ENOMEM, "Out of memory");
         memcpy(d->methods, gh_daemon_methods, gh_daemon_n_methods * sizeof(gh_method));
         memcpy(d->methods + gh_daemon_n_methods, gh_model_methods, gh_model_n_methods * sizeof(gh_method));
         memcpy(d->methods + gh_daemon_n_methods + gh_model_n_methods, gh_job_methods, gh_job_n_methods * sizeof(gh_method));
+        memcpy(d->methods + gh_daemon_n_methods + gh_model_n_methods + gh_job_n_methods, gh_job_api_methods,
+               gh_job_api_n_methods * sizeof(gh_method));
         r = gh_server_new(d->event, d->listener.fd, &limits, d->methods, n,
                           &(gh_server_ops) {.drained = on_drained}, d, &d->server);
         if (r < 0)

@@ -1,5 +1,5 @@
-/* io.gpuhost methods for pipelines, workers and jobs: ListPipelines,
- * ListWorkers, RestartWorker, EnablePlugin and Generate. */
+/* io.gpuhost methods for pipelines and workers: ListPipelines, ListWorkers,
+ * RestartWorker and EnablePlugin (the job methods are in jobs.c). */
 #include <string.h>
 
 #include "../common/log.h"
@@ -56,12 +56,6 @@ static int enable_plugin(gh_request *req, json_object *params, void *userdata) {
         return gh_request_reply(req, o);
 }
 
-static int generate(gh_request *req, json_object *params, void *userdata) {
-        gh_daemon *d = userdata;
-
-        return gh_task_submit(d->workers, req, params);
-}
-
 static const gh_param_spec params_restart[] = {
         {"id", json_type_int, true},
         {NULL, 0, false},
@@ -70,18 +64,10 @@ static const gh_param_spec params_enable[] = {
         {"pipeline", json_type_string, true},
         {NULL, 0, false},
 };
-static const gh_param_spec params_generate[] = {
-        {"pipeline", json_type_string, true},
-        {"parameters", json_type_object, false},
-        {"device", json_type_int, false},
-        {NULL, 0, false},
-};
-
 const gh_method gh_job_methods[] = {
         {"io.gpuhost.ListPipelines", list_pipelines, GH_METHOD_WHILE_STOPPING, NULL},
         {"io.gpuhost.ListWorkers", list_workers, GH_METHOD_WHILE_STOPPING, NULL},
         {"io.gpuhost.RestartWorker", restart_worker, GH_METHOD_PRIVILEGED, params_restart},
         {"io.gpuhost.EnablePlugin", enable_plugin, GH_METHOD_PRIVILEGED, params_enable},
-        {"io.gpuhost.Generate", generate, GH_METHOD_TAKES_FDS, params_generate},
 };
 const size_t gh_job_n_methods = ELEMENTSOF(gh_job_methods);

@@ -1,44 +1,14 @@
-/* Tasks: a Generate call's job, queued on a worker, estimated, given its
- * models, run, and answered. See tasks.h. */
+/* Tasks on workers: the queues, estimate, models, running, the worker's
+ * messages, and worker deaths. See tasks.h. */
 #include <fcntl.h>
 #include <inttypes.h>
 #include <string.h>
 
 #include "../common/log.h"
-#include "../common/params.h"
 #include "../common/util.h"
 #include "../common/worker-proto.h"
-#include "gpuhost/plugin.h"
 #include "gpuhost/protocol.h"
 #include "tasks.h"
-
-typedef enum task_state {
-        TASK_QUEUED,
-        TASK_ESTIMATING,
-        TASK_LOADING,   /* waiting for its models */
-        TASK_RUNNING,
-} task_state;
-
-struct gh_task {
-        gh_workers *ws;
-        gh_worker *w;
-        gh_task *next;          /* in the worker's queue */
-        char id[32];
-        char *pipeline;
-        json_object *params;    /* normalized */
-        int *fds;               /* image parameters' fds, in the order of their "fd" */
-        size_t n_fds;
-        gh_request *req;        /* NULL once the caller is gone */
-        task_state state;
-        uint32_t steps;
-        uint64_t workspace;
-        gh_model *models[GH_PLUGIN_MODELS_MAX];
-        gh_resident *res[GH_PLUGIN_MODELS_MAX]; /* referenced while set */
-        unsigned n_models;
-        unsigned loads_pending; /* gh_store_load() callbacks still to come */
-        bool retried;
-        bool cancel_sent;
-};
 
 static void task_next(gh_worker *w);
 
@@ -56,9 +26,7 @@ json_object *gh_task_brief(const gh_task *t) {
         return o;
 }
 
-/* ---- life ---- */
-
-static void task_unref_models(gh_task *t) {
+void gh_task_release(gh_task *t) {
         for (unsigned i = 0; i < t->n_models; i++)
                 if (t->res[i]) {
                         gh_resident_unref(t->res[i]);
@@ -66,24 +34,15 @@ static void task_unref_models(gh_task *t) {
                 }
 }
 
-static void task_free(gh_task *t) {
-        task_unref_models(t);
-        if (t->loads_pending) {
-                /* A load callback still points here; it frees the task. */
-                t->req = NULL;
-                t->w = NULL;
-                return;
-        }
-        gh_close_many(t->fds, t->n_fds);
-        free(t->fds);
-        json_object_put(t->params);
-        free(t->pipeline);
-        free(t);
+bool gh_task_idle(const gh_task *t) {
+        return !t->bound && t->loads_pending == 0 && t->phase != GH_TASK_QUEUED;
 }
+
+/* ---- queues ---- */
 
 static void queue_push(gh_worker *w, gh_task *t, bool head) {
         t->w = w;
-        t->state = TASK_QUEUED;
+        t->phase = GH_TASK_QUEUED;
         if (head) {
                 t->next = w->queue_head;
                 w->queue_head = t;
@@ -107,80 +66,82 @@ static bool queue_remove(gh_worker *w, gh_task *t) {
                         if (w->queue_tail == t)
                                 w->queue_tail = prev;
                         w->queued--;
+                        t->next = NULL;
                         return true;
                 }
         return false;
 }
 
-/* Hands over the caller's request, no longer to be cancelled: a final
- * reply frees it, so this comes first. */
-static gh_request *take_req(gh_task *t) {
-        gh_request *req = TAKE_PTR(t->req);
+/* The class a queued task competes in: one better for each aging period
+ * it has waited. */
+static int effective_class(const gh_task *t, uint64_t now) {
+        uint64_t aging = t->ws->config->aging_usec;
+        int c = (int) t->priority;
 
-        if (req)
-                gh_request_set_cancel(req, NULL, NULL);
-        return req;
+        if (aging)
+                c -= (int) ((now - t->queued_mono) / aging);
+        return c < 0 ? 0 : c;
 }
 
-/* The task leaves its worker (answered, failed or abandoned). */
-static void task_end(gh_task *t) {
+/* The next task to run: the best class, the oldest within it (a retried
+ * task was put back first). */
+static gh_task *queue_pick(gh_worker *w) {
+        uint64_t now = gh_now_usec(CLOCK_MONOTONIC);
+        gh_task *best = NULL;
+        int best_class = 0;
+
+        for (gh_task *t = w->queue_head; t; t = t->next) {
+                int c = t->retried ? -1 : effective_class(t, now);
+                if (!best || c < best_class) {
+                        best = t;
+                        best_class = c;
+                }
+        }
+        return best;
+}
+
+void gh_task_enqueue(gh_worker *w, gh_task *t) {
+        t->queued_mono = gh_now_usec(CLOCK_MONOTONIC);
+        queue_push(w, t, false);
+        task_next(w);
+}
+
+/* The task leaves its worker, which takes the next one. */
+static void unbind(gh_task *t) {
         gh_worker *w = t->w;
 
-        take_req(t);
-        if (w && w->task == t) {
-                w->task = NULL;
-                if (w->state == GH_WORKER_BUSY)
-                        w->state = GH_WORKER_IDLE;
+        t->phase = GH_TASK_OFF;
+        if (t->bound) {
+                t->bound = false;
+                if (w->task == t) {
+                        w->task = NULL;
+                        if (w->state == GH_WORKER_BUSY)
+                                w->state = GH_WORKER_IDLE;
+                }
         }
-        task_free(t);
+        gh_task_release(t);
+        gh_job_unbound(t); /* may free t */
         if (w)
                 task_next(w);
 }
 
-static void task_error(gh_task *t, const char *error, json_object *params) {
-        gh_request *req = take_req(t);
-
-        if (req)
-                gh_request_error(req, error, params);
-        else
-                json_object_put(params);
-        task_end(t);
-}
-
-static void task_failed(gh_task *t, const char *errname, const char *message) {
-        json_object *p = obj1("pipeline", json_object_new_string(t->pipeline));
-
-        json_object_object_add(p, "error", json_object_new_string(errname));
-        json_object_object_add(p, "message", json_object_new_string(message));
-        gh_log_info("Job %s (%s) failed: %s: %s", t->id, t->pipeline, errname, message);
-        task_error(t, "io.gpuhost.JobFailed", p);
-}
-
-static void on_cancel(gh_request *req, void *userdata) {
-        gh_task *t = userdata;
-
-        t->req = NULL;
-        gh_log_debug("Job %s: caller gone, cancelling", t->id);
-        if (t->state == TASK_QUEUED) {
-                if (t->w)
-                        queue_remove(t->w, t);
-                task_free(t);
-        } else if (t->state == TASK_RUNNING) {
-                json_object *m = obj1("type", json_object_new_string("cancel"));
-                json_object_object_add(m, "job", json_object_new_string(t->id));
-                t->cancel_sent = true;
-                gh_worker_send(t->w, m, NULL, 0); /* the worker answers "cancelled" at the step boundary */
+void gh_task_stop(gh_task *t) {
+        switch (t->phase) {
+        case GH_TASK_QUEUED:
+                queue_remove(t->w, t);
+                t->phase = GH_TASK_OFF;
+                return;
+        case GH_TASK_RUNNING:
+                if (t->stop_reason != GH_STOP_NONE && !t->cancel_sent) {
+                        json_object *m = obj1("type", json_object_new_string("cancel"));
+                        json_object_object_add(m, "job", json_object_new_string(t->id));
+                        t->cancel_sent = true;
+                        gh_worker_send(t->w, m, NULL, 0); /* "cancelled" comes at the step boundary */
+                }
+                return;
+        default:
+                return; /* estimating or loading: noticed when that ends */
         }
-        /* Estimating or loading: noticed when that ends. */
-}
-
-static json_object *state_reply(gh_task *t, const char *state) {
-        json_object *o = obj1("job", json_object_new_string(t->id));
-
-        json_object_object_add(o, "state", json_object_new_string(state));
-        if (t->w)
-                json_object_object_add(o, "device", json_object_new_int64(t->w->device));
-        return o;
 }
 
 /* ---- starting a task on its worker ---- */
@@ -191,34 +152,32 @@ static void send_estimate(gh_task *t) {
         json_object_object_add(m, "job", json_object_new_string(t->id));
         json_object_object_add(m, "pipeline", json_object_new_string(t->pipeline));
         json_object_object_add(m, "params", json_object_get(t->params));
-        t->state = TASK_ESTIMATING;
+        t->phase = GH_TASK_ESTIMATING;
         gh_worker_send(t->w, m, NULL, 0);
 }
 
 static void task_next(gh_worker *w) {
-        while (w->state == GH_WORKER_IDLE && !w->task && w->queue_head) {
-                gh_task *t = w->queue_head;
+        gh_task *t;
+
+        while (w->state == GH_WORKER_IDLE && !w->task && (t = queue_pick(w))) {
                 queue_remove(w, t);
-                if (!t->req) {
-                        task_free(t);
-                        continue;
-                }
                 gh_pipeline *p = gh_workers_pipeline(w->ws, t->pipeline);
-                if (!p || !(p->devices & (UINT64_C(1) << w->device)) || p->quarantined) {
-                        t->w = w;
-                        w->task = t;
-                        w->state = GH_WORKER_BUSY;
-                        if (p && p->quarantined) {
-                                json_object *e = obj1("pipeline", json_object_new_string(t->pipeline));
-                                json_object_object_add(e, "crashes", json_object_new_int64(p->crashes));
-                                task_error(t, "io.gpuhost.PluginQuarantined", e);
-                        } else
-                                task_error(t, "io.gpuhost.PipelineNotFound", obj1("pipeline", json_object_new_string(t->pipeline)));
-                        return;
-                }
+                t->w = w;
+                t->bound = true;
                 w->task = t;
                 w->state = GH_WORKER_BUSY;
-                send_estimate(t);
+                t->phase = GH_TASK_ESTIMATING;
+                if (p && p->quarantined) {
+                        json_object *e = obj1("pipeline", json_object_new_string(t->pipeline));
+                        json_object_object_add(e, "crashes", json_object_new_int64(p->crashes));
+                        gh_job_finish_error(t, GH_JOB_FAILED, "io.gpuhost.PluginQuarantined", e);
+                        unbind(t);
+                } else if (!p || !(p->devices & (UINT64_C(1) << w->device))) {
+                        gh_job_finish_error(t, GH_JOB_FAILED, "io.gpuhost.PipelineNotFound",
+                                            obj1("pipeline", json_object_new_string(t->pipeline)));
+                        unbind(t);
+                } else
+                        send_estimate(t);
         }
 }
 
@@ -245,6 +204,7 @@ static json_object *tensor_table(const gh_resident *res) {
         return a;
 }
 
+
 /* Every model is resident and referenced: map and run. */
 static void task_run(gh_task *t) {
         gh_worker *w = t->w;
@@ -256,7 +216,8 @@ static void task_run(gh_task *t) {
                 if (r < 0) {
                         json_object_put(m);
                         json_object_put(models);
-                        task_failed(t, strerrorname_np(-r) ?: "EIO", "cannot hand the model's memory to the worker");
+                        gh_job_fail(t, strerrorname_np(-r) ?: "EIO", "cannot hand the model's memory to the worker");
+                        unbind(t);
                         return;
                 }
                 json_object *o = obj1("name", json_object_new_string(gh_model_name(t->models[i])));
@@ -276,7 +237,8 @@ static void task_run(gh_task *t) {
         if (t->n_fds && !fds) {
                 json_object_put(m);
                 json_object_put(models);
-                task_failed(t, "EMFILE", "cannot pass the input images to the worker");
+                gh_job_fail(t, "EMFILE", "cannot pass the input images to the worker");
+                unbind(t);
                 return;
         }
         json_object_object_add(m, "job", json_object_new_string(t->id));
@@ -286,28 +248,24 @@ static void task_run(gh_task *t) {
         json_object_object_add(m, "workspace", json_object_new_int64((int64_t) t->workspace));
         json_object_object_add(m, "steps", json_object_new_int64(t->steps));
         json_object_object_add(m, "max_output_bytes", json_object_new_int64((int64_t) t->ws->config->max_output_size));
-        t->state = TASK_RUNNING;
+        t->phase = GH_TASK_RUNNING;
         gh_log_debug("Job %s (%s) running on worker %u", t->id, t->pipeline, w->id);
         gh_worker_send(w, m, fds, fds ? t->n_fds : 0);
         free(fds);
-        if (t->req && gh_request_more(t->req)) {
-                json_object *p = state_reply(t, "running");
-                json_object_object_add(p, "step", json_object_new_int64(0));
-                json_object_object_add(p, "steps", json_object_new_int64(t->steps));
-                gh_request_notify(t->req, p);
-        }
+        gh_job_running(t);
 }
 
+/* The models are resident (or failed): run, unless the job ended meanwhile. */
 static void models_check(gh_task *t) {
         if (t->loads_pending)
                 return;
-        if (!t->req) { /* cancelled while loading */
-                task_end(t);
+        if (t->state >= GH_JOB_DONE) {
+                unbind(t);
                 return;
         }
         for (unsigned i = 0; i < t->n_models; i++)
                 if (!t->res[i])
-                        return; /* a failure already answered */
+                        return; /* a failure already ended it */
         task_run(t);
 }
 
@@ -316,9 +274,8 @@ static void on_model_loaded(gh_resident *res, int r, const char *reason, void *u
         unsigned i;
 
         t->loads_pending--;
-        if (!t->w && !t->req) { /* the task ended while this load ran */
-                if (!t->loads_pending)
-                        task_free(t);
+        if (!t->bound) { /* the task left its worker while this load ran */
+                gh_job_unbound(t);
                 return;
         }
         /* Which model: on success the one now resident as |res|, on failure
@@ -330,11 +287,11 @@ static void on_model_loaded(gh_resident *res, int r, const char *reason, void *u
                 gh_resident_ref(res);
                 t->res[i] = res;
         }
-        if (r < 0 && t->req) {
+        if (r < 0 && t->state < GH_JOB_DONE) {
                 json_object *p = obj1("model", json_object_new_string(i < t->n_models ? gh_model_name(t->models[i]) : "?"));
                 json_object_object_add(p, "device", json_object_new_int64(t->w->device));
                 json_object_object_add(p, "reason", json_object_new_string(reason ? reason : strerror(-r)));
-                gh_request_error(take_req(t), GH_ERROR_MODEL_LOAD_FAILED, p);
+                gh_job_finish_error(t, GH_JOB_FAILED, GH_ERROR_MODEL_LOAD_FAILED, p);
         }
         models_check(t);
 }
@@ -344,13 +301,14 @@ static void on_estimated(gh_task *t, json_object *m) {
         json_object *needs = json_object_object_get(m, "needs"), *models = json_object_object_get(needs, "models");
         gh_store *store = t->ws->engine->store;
 
-        if (!t->req) {
-                task_end(t);
+        if (t->state >= GH_JOB_DONE) {
+                unbind(t);
                 return;
         }
         if (!needs) {
-                task_failed(t, json_object_get_string(json_object_object_get(m, "error")) ?: "EIO",
+                gh_job_fail(t, json_object_get_string(json_object_object_get(m, "error")) ?: "EIO",
                             json_object_get_string(json_object_object_get(m, "message")) ?: "estimate failed");
+                unbind(t);
                 return;
         }
         t->steps = (uint32_t) json_object_get_int64(json_object_object_get(needs, "steps"));
@@ -358,15 +316,18 @@ static void on_estimated(gh_task *t, json_object *m) {
         if (t->workspace == 0) {
                 char msg[160];
                 snprintf(msg, sizeof(msg), "the pipeline cannot run on device %u (%s)", t->w->device, t->w->cuda ? "cuda" : "cpu");
-                task_failed(t, "ENODEV", msg);
+                gh_job_fail(t, "ENODEV", msg);
+                unbind(t);
                 return;
         }
+        t->n_models = 0;
         size_t n = json_object_array_length(models);
         for (size_t i = 0; i < n && i < GH_PLUGIN_MODELS_MAX; i++) {
                 const char *name = json_object_get_string(json_object_array_get_idx(models, i));
                 gh_model *model = gh_store_find(store, name);
                 if (!model) {
-                        task_error(t, GH_ERROR_MODEL_NOT_FOUND, obj1("model", json_object_new_string(name ?: "")));
+                        gh_job_finish_error(t, GH_JOB_FAILED, GH_ERROR_MODEL_NOT_FOUND, obj1("model", json_object_new_string(name ?: "")));
+                        unbind(t);
                         return;
                 }
                 bool dup = false;
@@ -375,7 +336,7 @@ static void on_estimated(gh_task *t, json_object *m) {
                 if (!dup)
                         t->models[t->n_models++] = model;
         }
-        t->state = TASK_LOADING;
+        t->phase = GH_TASK_LOADING;
         /* Count every load first: a resident model calls back at once. */
         t->loads_pending = t->n_models + 1;
         for (unsigned i = 0; i < t->n_models; i++) {
@@ -387,26 +348,7 @@ static void on_estimated(gh_task *t, json_object *m) {
         models_check(t);
 }
 
-/* ---- the worker's messages about the task ---- */
-
-static int on_progress(gh_task *t, json_object *m, int *fds, size_t n_fds) {
-        if (!t->req || !gh_request_more(t->req)) {
-                gh_close_many(fds, n_fds);
-                return 0;
-        }
-        json_object *p = state_reply(t, "running"), *preview = json_object_object_get(m, "preview");
-        json_object_object_add(p, "step", json_object_get(json_object_object_get(m, "step")));
-        json_object_object_add(p, "steps", json_object_get(json_object_object_get(m, "steps")));
-        if (preview && n_fds == 1) {
-                json_object *pv = NULL;
-                json_object_deep_copy(preview, &pv, NULL);
-                json_object_object_add(pv, "fd", json_object_new_int(0));
-                json_object_object_add(p, "preview", pv);
-                return gh_request_notify_fds(t->req, p, fds, 1);
-        }
-        gh_close_many(fds, n_fds);
-        return gh_request_notify(t->req, p);
-}
+/* ---- the worker's messages about its task ---- */
 
 static int on_done(gh_task *t, json_object *m, int *fds, size_t n_fds) {
         json_object *outs = json_object_object_get(m, "outputs");
@@ -418,21 +360,17 @@ static int on_done(gh_task *t, json_object *m, int *fds, size_t n_fds) {
         }
         t->w->jobs_done++;
         t->w->backoff = 0;
-        if (!t->req) {
-                gh_close_many(fds, n_fds);
-                task_end(t);
-                return 0;
-        }
-        json_object *p = state_reply(t, "done"), *o = NULL;
-        json_object_deep_copy(outs, &o, NULL);
-        for (size_t i = 0; i < n; i++)
-                json_object_object_add(json_object_array_get_idx(o, i), "fd", json_object_new_int64((int64_t) i));
-        json_object_object_add(p, "outputs", o);
-        json_object_object_add(p, "metadata", json_object_get(json_object_object_get(m, "metadata")));
-        json_object_object_add(p, "steps", json_object_new_int64(t->steps));
         gh_log_debug("Job %s (%s) done: %zu output(s)", t->id, t->pipeline, n);
-        gh_request_reply_fds(take_req(t), p, fds, n_fds);
-        task_end(t);
+        int *copy = n_fds ? malloc(n_fds * sizeof(int)) : NULL;
+        if (n_fds && !copy) {
+                gh_close_many(fds, n_fds);
+                gh_job_fail(t, "ENOMEM", "out of memory");
+        } else {
+                if (copy)
+                        memcpy(copy, fds, n_fds * sizeof(int));
+                gh_job_finish_done(t, outs, json_object_object_get(m, "metadata"), copy, n_fds);
+        }
+        unbind(t);
         return 0;
 }
 
@@ -446,23 +384,24 @@ int gh_tasks_worker_message(gh_worker *w, const char *type, json_object *m, int 
                 free(fds);
                 return -EPROTO;
         }
-        if (gh_streq(type, "estimated") && t->state == TASK_ESTIMATING) {
+        if (gh_streq(type, "estimated") && t->phase == GH_TASK_ESTIMATING) {
                 gh_close_many(fds, n_fds);
                 on_estimated(t, m);
-        } else if (gh_streq(type, "progress") && t->state == TASK_RUNNING)
-                r = on_progress(t, m, fds, n_fds);
-        else if (gh_streq(type, "done") && t->state == TASK_RUNNING)
+        } else if (gh_streq(type, "progress") && t->phase == GH_TASK_RUNNING) {
+                t->step = (uint32_t) json_object_get_int64(json_object_object_get(m, "step"));
+                gh_job_progress(t, m, fds, n_fds);
+        } else if (gh_streq(type, "done") && t->phase == GH_TASK_RUNNING)
                 r = on_done(t, m, fds, n_fds);
-        else if (gh_streq(type, "failed") && (t->state == TASK_RUNNING || t->state == TASK_ESTIMATING)) {
+        else if (gh_streq(type, "failed") && (t->phase == GH_TASK_RUNNING || t->phase == GH_TASK_ESTIMATING)) {
                 gh_close_many(fds, n_fds);
-                task_failed(t, json_object_get_string(json_object_object_get(m, "error")) ?: "EIO",
+                gh_job_fail(t, json_object_get_string(json_object_object_get(m, "error")) ?: "EIO",
                             json_object_get_string(json_object_object_get(m, "message")) ?: "failed");
-        } else if (gh_streq(type, "cancelled") && t->state == TASK_RUNNING) {
+                unbind(t);
+        } else if (gh_streq(type, "cancelled") && t->phase == GH_TASK_RUNNING) {
                 gh_close_many(fds, n_fds);
-                if (t->req)
-                        task_failed(t, "ECANCELED", "cancelled");
-                else
-                        task_end(t);
+                /* Normally ended already (cancel or deadline); this is the worker letting go. */
+                gh_job_finish_error(t, GH_JOB_CANCELLED, "io.gpuhost.JobCancelled", obj1("job", json_object_new_string(t->id)));
+                unbind(t);
         } else {
                 gh_close_many(fds, n_fds);
                 r = -EPROTO;
@@ -480,11 +419,13 @@ void gh_tasks_worker_died(gh_worker *w, int signal, int exit_status, const char 
         bool requested = gh_streq(reason, "restarted on request");
         bool quarantined = p && !requested && gh_pipeline_crashed(w->ws, p);
         w->task = NULL;
-        task_unref_models(t);
-        if (t->req && p && p->retry_safe && !t->retried && !quarantined && !t->loads_pending) {
+        t->bound = false;
+        gh_task_release(t);
+        if (t->state < GH_JOB_DONE && p && p->retry_safe && !t->retried && !quarantined && !t->loads_pending) {
                 gh_log_notice("Job %s (%s): its worker died (%s); running it again", t->id, t->pipeline, reason);
                 t->retried = true;
                 t->n_models = 0;
+                t->cancel_sent = false;
                 queue_push(w, t, true);
                 return;
         }
@@ -493,12 +434,9 @@ void gh_tasks_worker_died(gh_worker *w, int signal, int exit_status, const char 
         json_object_object_add(e, "signal", signal ? json_object_new_string(sigabbrev_np(signal) ?: "?") : NULL);
         json_object_object_add(e, "exit_status", exit_status >= 0 ? json_object_new_int64(exit_status) : NULL);
         json_object_object_add(e, "reason", json_object_new_string(reason));
-        t->w = NULL;
-        if (t->req)
-                gh_request_error(take_req(t), "io.gpuhost.WorkerCrashed", e);
-        else
-                json_object_put(e);
-        task_free(t);
+        gh_job_finish_error(t, GH_JOB_FAILED, "io.gpuhost.WorkerCrashed", e);
+        t->phase = GH_TASK_OFF;
+        gh_job_unbound(t);
 }
 
 void gh_tasks_worker_free(gh_worker *w) {
@@ -506,18 +444,17 @@ void gh_tasks_worker_free(gh_worker *w) {
 
         while ((t = w->queue_head)) {
                 queue_remove(w, t);
-                take_req(t);
-                task_free(t);
+                t->phase = GH_TASK_OFF;
         }
         if ((t = w->task)) {
                 w->task = NULL;
-                take_req(t);
-                t->w = NULL;
-                task_free(t);
+                t->bound = false;
+                t->phase = GH_TASK_OFF;
+                gh_task_release(t);
         }
 }
 
-/* ---- submitting ---- */
+/* ---- placement ---- */
 
 static bool worker_has_model(gh_worker *w, json_object *params, json_object *table) {
         gh_store *store = w->ws->engine->store;
@@ -538,7 +475,7 @@ static bool worker_has_model(gh_worker *w, json_object *params, json_object *tab
 /* Where the task goes: the device asked for, else a worker offering the
  * pipeline that holds one of its models, else the one with the shortest
  * queue (GPUs come before the CPU in device order). */
-static gh_worker *place(gh_workers *ws, gh_pipeline *p, json_object *params, json_object *device) {
+gh_worker *gh_task_place(gh_workers *ws, gh_pipeline *p, json_object *params, json_object *device) {
         gh_worker *best = NULL;
         bool best_has = false;
 
@@ -559,61 +496,3 @@ static gh_worker *place(gh_workers *ws, gh_pipeline *p, json_object *params, jso
         return best;
 }
 
-int gh_task_submit(gh_workers *ws, gh_request *req, json_object *params) {
-        const char *name = json_object_get_string(json_object_object_get(params, "pipeline"));
-        json_object *device = json_object_object_get(params, "device");
-        gh_pipeline *p = gh_workers_pipeline(ws, name);
-        char pname[GH_PLUGIN_NAME_MAX + 8], reason[512];
-        json_object *norm = NULL;
-        const int *fds;
-        size_t n_fds = gh_request_fds(req, &fds);
-
-        if (!p || !p->devices)
-                return gh_request_error(req, "io.gpuhost.PipelineNotFound", obj1("pipeline", json_object_new_string(name)));
-        if (p->quarantined) {
-                json_object *e = obj1("pipeline", json_object_new_string(name));
-                json_object_object_add(e, "crashes", json_object_new_int64(p->crashes));
-                return gh_request_error(req, "io.gpuhost.PluginQuarantined", e);
-        }
-        int r = gh_params_validate(p->table, json_object_object_get(params, "parameters"), n_fds, &norm, pname,
-                                   sizeof(pname), reason, sizeof(reason));
-        if (r == -EINVAL)
-                return gh_request_invalid_parameter(req, pname[0] ? pname : "parameters", reason);
-        if (r < 0)
-                return r;
-        gh_worker *w = place(ws, p, norm, device);
-        if (!w || (device && (w->device >= 64 || !(p->devices & (UINT64_C(1) << w->device))))) {
-                json_object *e = obj1("device", json_object_new_int64(device ? json_object_get_int64(device) : -1));
-                json_object_object_add(e, "reason", json_object_new_string(w ? "its worker does not offer this pipeline"
-                                                                           : "no worker serves that device"));
-                json_object_put(norm);
-                return gh_request_error(req, "io.gpuhost.DeviceUnavailable", e);
-        }
-        gh_task *t = calloc(1, sizeof(*t));
-        if (!t || !(t->pipeline = strdup(name))) {
-                free(t);
-                json_object_put(norm);
-                return -ENOMEM;
-        }
-        t->ws = ws;
-        t->params = norm;
-        t->req = req;
-        snprintf(t->id, sizeof(t->id), "j-%" PRIu64, ++ws->next_task_id);
-        if (n_fds) {
-                t->fds = calloc(n_fds, sizeof(int));
-                for (size_t i = 0; t->fds && i < n_fds; i++, t->n_fds++)
-                        if ((t->fds[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 3)) < 0)
-                                break;
-                if (!t->fds || t->n_fds < n_fds) {
-                        task_free(t);
-                        return -ENOMEM;
-                }
-        }
-        gh_request_set_cancel(req, on_cancel, t);
-        queue_push(w, t, false);
-        gh_log_debug("Job %s (%s) queued on worker %u (device %u)", t->id, name, w->id, w->device);
-        if (gh_request_more(req))
-                gh_request_notify(req, state_reply(t, "queued"));
-        task_next(w);
-        return 0;
-}

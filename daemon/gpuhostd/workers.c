@@ -694,6 +694,7 @@ gh_workers *gh_workers_free(gh_workers *ws) {
                 json_object_put(w->refused);
                 free(w->slab_serial);
         }
+        gh_jobs_free(ws);
         for (size_t i = 0; i < ws->n_pipelines; i++) {
                 free(ws->pipelines[i].name);
                 json_object_put(ws->pipelines[i].desc);

@@ -88,6 +88,8 @@ struct gh_workers {
         gh_pipeline *pipelines;
         size_t n_pipelines;
         uint64_t next_task_id;
+        gh_task *tasks;          /* every job known (jobs.c) */
+        unsigned n_active, n_finished;
         bool stopping;
 };
 
