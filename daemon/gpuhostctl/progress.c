@@ -28,13 +28,14 @@ static void format_eta(double sec, char *buf, size_t size) {
                 snprintf(buf, size, ">99h");
                 return;
         }
-        long s = lround(sec > 0 ? sec : 0);
+        /* Below 100 hours: small numbers, which the compiler is told. */
+        unsigned s = (unsigned) lround(sec > 0 ? sec : 0) % (100 * 3600);
         if (s < 60)
-                snprintf(buf, size, "%lds", s);
+                snprintf(buf, size, "%us", s);
         else if (s < 3600)
-                snprintf(buf, size, "%ldm%02lds", s / 60, s % 60);
+                snprintf(buf, size, "%um%02us", s / 60 % 60, s % 60);
         else
-                snprintf(buf, size, "%ldh%02ldm", s / 3600, s % 3600 / 60);
+                snprintf(buf, size, "%uh%02um", s / 3600 % 100, s % 3600 / 60 % 60);
 }
 
 int ctl_progress_format(char *buf, size_t size, uint32_t step, uint32_t steps, double it_per_s, int width) {
