@@ -21,6 +21,7 @@
 #include "gpuhost/client.h"
 #include "gpuhostd/dtype-convert.h"
 #include "gpuhostd/pool.h"
+#include "daemon-run.h"
 #include "st-writer.h"
 
 #define MiB (UINT64_C(1) << 20)
@@ -51,14 +52,10 @@ static gh_client *connect_daemon(void) {
 
 /* One call; returns the parameters and sets *ret_error (NULL: success). */
 static json_object *call(const char *method, const char *params, char **ret_error) {
-        gh_client *c = connect_daemon();
-        gh_reply *r = NULL;
+        json_object *p = gh_test_call(E.sock, method, params, ret_error);
 
-        assert_int_equal(gh_client_call(c, method, params, &r), 0);
-        *ret_error = gh_reply_error(r) ? strdup(gh_reply_error(r)) : NULL;
-        json_object *p = json_tokener_parse(gh_reply_parameters(r));
-        gh_reply_free(r);
-        gh_client_free(c);
+        if (gh_streq(*ret_error, "transport error"))
+                fail_msg("%s: no reply from gpuhostd", method);
         return p;
 }
 
@@ -218,7 +215,7 @@ static void make_models(void) {
 }
 
 static int setup(void **state) {
-        const char *bin = getenv("GH_GPUHOSTD");
+        const char *bin = getenv("GH_GPUHOSTD"); /* run by gh_test_daemon_start() */
         char conf[256], text[2048], log[256];
 
         assert_non_null(bin);
@@ -236,24 +233,10 @@ static int setup(void **state) {
                  E.sock, E.models, E.dir, E.dir);
         write_text(conf, text);
         snprintf(log, sizeof(log), "%s/daemon.log", E.dir);
-        E.pid = fork();
-        assert_true(E.pid >= 0);
-        if (E.pid == 0) {
-                int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-                dup2(fd, 2);
-                execl(bin, bin, "-c", conf, (char *) NULL);
-                _exit(127);
-        }
-        for (int i = 0; i < 500; i++) {
-                gh_client *c = NULL;
-                if (gh_client_connect(E.sock, &c) == 0) {
-                        gh_client_free(c);
-                        return 0;
-                }
-                usleep(20000);
-        }
-        fail_msg("gpuhostd did not start");
-        return -1;
+        int r = gh_test_daemon_start(conf, log, E.sock, NULL, &E.pid);
+        if (r < 0)
+                fail_msg("gpuhostd did not start: %s", strerror(-r));
+        return 0;
 }
 
 static int teardown(void **state) {

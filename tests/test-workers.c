@@ -28,6 +28,7 @@
 
 #include "common/util.h"
 #include "gpuhost/client.h"
+#include "daemon-run.h"
 #include "st-writer.h"
 
 #define W_ROWS 768
@@ -141,14 +142,10 @@ static gh_client *connect_daemon(void) {
 
 /* One call; returns the parameters and sets *ret_error (NULL: success). */
 static json_object *call(const char *method, const char *params, char **ret_error) {
-        gh_client *c = connect_daemon();
-        gh_reply *r = NULL;
+        json_object *p = gh_test_call(E.sock, method, params, ret_error);
 
-        assert_int_equal(gh_client_call(c, method, params, &r), 0);
-        *ret_error = gh_reply_error(r) ? strdup(gh_reply_error(r)) : NULL;
-        json_object *p = json_tokener_parse(gh_reply_parameters(r));
-        gh_reply_free(r);
-        gh_client_free(c);
+        if (gh_streq(*ret_error, "transport error"))
+                fail_msg("%s: no reply from gpuhostd", method);
         return p;
 }
 
@@ -367,7 +364,7 @@ static void enable_plugin(const char *name) {
 /* ---- the daemon ---- */
 
 static int setup(void **state) {
-        const char *bin = getenv("GH_GPUHOSTD"), *worker_bin = getenv("GH_GPUHOST_WORKER");
+        const char *bin = getenv("GH_GPUHOSTD"), *worker_bin = getenv("GH_GPUHOST_WORKER"); /* bin: run by gh_test_daemon_start() */
         char conf[256], text[2048];
 
         assert_non_null(bin);
@@ -389,27 +386,7 @@ static int setup(void **state) {
                  "quarantine_crashes = 3\nquarantine_window_sec = 600\ncpu_threads = 2\n",
                  E.sock, E.models, worker_bin, E.plugins);
         write_text(conf, text);
-        E.pid = fork();
-        assert_true(E.pid >= 0);
-        if (E.pid == 0) {
-                /* Crashing workers write no core files; a test that
-                 * aborts leaves no daemon behind. */
-                struct rlimit none = {0, 0};
-                setrlimit(RLIMIT_CORE, &none);
-                prctl(PR_SET_PDEATHSIG, SIGTERM);
-                int fd = open(E.log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-                dup2(fd, 2);
-                execl(bin, bin, "-c", conf, (char *) NULL);
-                _exit(127);
-        }
-        for (int i = 0; i < 500; i++) {
-                gh_client *c = NULL;
-                if (gh_client_connect(E.sock, &c) == 0) {
-                        gh_client_free(c);
-                        break;
-                }
-                usleep(20000);
-        }
+        assert_int_equal(gh_test_daemon_start(conf, E.log, E.sock, NULL, &E.pid), 0);
         json_object *p = call_ok("io.gpuhost.ListDevices", NULL), *devs = json_object_object_get(p, "devices");
         E.device = -1;
         for (size_t i = 0; i < json_object_array_length(devs); i++)
@@ -952,6 +929,14 @@ static void test_job_api(void **state) {
         assert_memory_equal(bytes, want, sizeof(got));
         json_object_put(p);
 
+        /* WaitJob checks its own options too. */
+        snprintf(params, sizeof(params), "{\"job\":\"%s\",\"output\":\"file\"}", id);
+        p = call("io.gpuhost.WaitJob", params, &err);
+        assert_string_equal(err, "io.gpuhost.InvalidParameter");
+        assert_string_equal(str(p, "parameter"), "output");
+        free(err);
+        json_object_put(p);
+
         /* CancelJob of a finished job forgets it. */
         p = call_ok("io.gpuhost.CancelJob", job_params(id));
         assert_string_equal(str(p, "state"), "done");
@@ -967,6 +952,8 @@ static void test_job_api(void **state) {
                 {"\"deadline_sec\":0", "deadline_sec"},
                 {"\"deadline_sec\":-1", "deadline_sec"},
                 {"\"output\":\"file\"", "output"},
+                {"\"tag\":\"" "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+                 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef" "x\"", "tag"},
         };
         for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
                 snprintf(params, sizeof(params), "{\"pipeline\":\"test-sum\",\"device\":%d,%s,"

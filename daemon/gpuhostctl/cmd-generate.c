@@ -822,9 +822,8 @@ static double monotonic_sec(void) {
 
 typedef struct gen_state {
         const ctl_opts *o;
-        bool tty;       /* progress goes to stderr, a terminal: one line, redrawn */
+        ctl_status_line status; /* progress on stderr */
         int bar_width;  /* cells of the progress bar on the terminal */
-        int shown;      /* length of the progress line on stderr, 0 if none */
         char last[160]; /* the last progress shown, not to repeat it */
         /* The rate: the step last seen and when, and the seconds per step,
          * a moving average of the time between step events (0: not known). */
@@ -846,14 +845,6 @@ static void final_clear(gen_state *s) {
         s->n_fds = 0;
         json_object_put(s->final);
         s->final = NULL;
-}
-
-static void progress_clear(gen_state *s) {
-        if (s->shown > 0) {
-                fprintf(stderr, "\r%*s\r", s->shown, "");
-                fflush(stderr);
-        }
-        s->shown = 0;
 }
 
 /* Notes that the job is at |step| now, for the rate. */
@@ -889,7 +880,7 @@ static void progress_show(gen_state *s, json_object *p) {
                                      ? clamp_u32(json_object_get_int64(steps))
                                      : 0;
                 rate_update(s, k);
-                if (s->tty)
+                if (s->status.tty)
                         ctl_progress_format(line, sizeof(line), clamp_u32(k), n,
                                             s->sec_per_step > 0 ? 1 / s->sec_per_step : 0, s->bar_width);
                 else
@@ -904,22 +895,14 @@ static void progress_show(gen_state *s, json_object *p) {
         if (s->o->quiet || strcmp(line, s->last) == 0)
                 return;
         snprintf(s->last, sizeof(s->last), "%s", line);
-        if (!s->tty) {
-                fprintf(stderr, "%s\n", line);
-                return;
-        }
-        int n = (int) strlen(line);
-        if (n > s->shown)
-                s->shown = n;
-        fprintf(stderr, "\r%-*s", s->shown, line);
-        fflush(stderr);
+        ctl_status_show(&s->status, line);
 }
 
 static int on_reply(gh_client *c, gh_reply *reply, void *userdata) {
         gen_state *s = userdata;
 
         if (gh_reply_error(reply)) {
-                progress_clear(s);
+                ctl_status_clear(&s->status);
                 ctl_report_remote_error(gh_reply_error(reply), gh_reply_parameters(reply));
                 s->exit_code = CTL_EXIT_REMOTE;
                 return 0;
@@ -1095,7 +1078,7 @@ static int stream_call(const ctl_opts *o, gh_client *c, const char *method, json
         int k = gh_client_call_full(
                 c, method, json_object_to_json_string_ext(call, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE),
                 GH_CALL_MORE, fds ? fds->fd : NULL, fds ? fds->n : 0, on_reply, s);
-        progress_clear(s);
+        ctl_status_clear(&s->status);
         if (k < 0)
                 return ctl_report_transport_error(o, c, k);
         if (s->exit_code != CTL_EXIT_OK)
@@ -1151,8 +1134,8 @@ static int finish(const ctl_opts *o, gen_state *s, const char *pipeline, json_ob
 static void gen_state_init(gen_state *s, const ctl_opts *o) {
         struct winsize ws = {0};
 
-        *s = (gen_state) {.o = o, .tty = isatty(STDERR_FILENO) == 1, .exit_code = CTL_EXIT_OK};
-        s->bar_width = bar_width(s->tty && ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 ? ws.ws_col : 0);
+        *s = (gen_state) {.o = o, .status.tty = isatty(STDERR_FILENO) == 1, .exit_code = CTL_EXIT_OK};
+        s->bar_width = bar_width(s->status.tty && ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 ? ws.ws_col : 0);
 }
 
 /* A new job: Generate with "more", or with --detach without it. */

@@ -81,43 +81,28 @@ static const char *params_text(json_object *p) {
 /* ---- load ---- */
 
 typedef struct load_state {
-        bool tty;     /* progress goes to stderr, a terminal */
-        int shown;    /* length of the progress line on stderr, 0 if none */
+        ctl_status_line status; /* shown only on a terminal */
         int exit_code;
         json_object *final;
 } load_state;
 
-static void progress_clear(load_state *s) {
-        if (s->shown > 0)
-                fprintf(stderr, "\r%*s\r", s->shown, "");
-        s->shown = 0;
-}
-
-/* "loading NAME onto device D: 812.0 MiB / 2.0 GiB, 1234 MB/s", over the
- * previous one (padded, should this one be shorter). */
+/* "loading NAME onto device D: 812.0 MiB / 2.0 GiB, 1234 MB/s". */
 static void progress_show(load_state *s, json_object *p) {
         char done[32], total[32], line[512];
 
         ctl_format_bytes(ctl_json_int(p, "bytes_loaded"), done, sizeof(done));
         ctl_format_bytes(ctl_json_int(p, "bytes_total"), total, sizeof(total));
-        int n = snprintf(line, sizeof(line), "loading %s onto device %" PRId64 ": %s / %s, %.0f MB/s",
-                         ctl_json_str(p, "model"), ctl_json_int(p, "device"), done, total,
-                         json_object_get_double(json_object_object_get(p, "mb_per_sec")));
-        if (n < 0)
-                return;
-        if (n >= (int) sizeof(line))
-                n = (int) sizeof(line) - 1;
-        if (n > s->shown)
-                s->shown = n;
-        fprintf(stderr, "\r%-*s", s->shown, line);
-        fflush(stderr);
+        snprintf(line, sizeof(line), "loading %s onto device %" PRId64 ": %s / %s, %.0f MB/s",
+                 ctl_json_str(p, "model"), ctl_json_int(p, "device"), done, total,
+                 json_object_get_double(json_object_object_get(p, "mb_per_sec")));
+        ctl_status_show(&s->status, line);
 }
 
 static int on_load_reply(gh_client *c, gh_reply *reply, void *userdata) {
         load_state *s = userdata;
 
         if (gh_reply_error(reply)) {
-                progress_clear(s);
+                ctl_status_clear(&s->status);
                 ctl_report_remote_error(gh_reply_error(reply), gh_reply_parameters(reply));
                 s->exit_code = CTL_EXIT_REMOTE;
                 return 0;
@@ -126,7 +111,7 @@ static int on_load_reply(gh_client *c, gh_reply *reply, void *userdata) {
         if (!p)
                 return -EBADMSG;
         if (gh_reply_continues(reply)) {
-                if (s->tty)
+                if (s->status.tty)
                         progress_show(s, p);
                 json_object_put(p);
                 return 0;
@@ -137,14 +122,14 @@ static int on_load_reply(gh_client *c, gh_reply *reply, void *userdata) {
 }
 
 static int run_load(const ctl_opts *o, const char *model) {
-        load_state s = {.tty = isatty(STDERR_FILENO) == 1, .exit_code = CTL_EXIT_OK};
+        load_state s = {.status.tty = isatty(STDERR_FILENO) == 1, .exit_code = CTL_EXIT_OK};
         json_object *params = params_new(model, o->device);
         gh_client *c = NULL;
         int r = ctl_connect(o, &c);
 
         if (r == CTL_EXIT_OK) {
                 int k = gh_client_call_more(c, "io.gpuhost.LoadModel", params_text(params), on_load_reply, &s);
-                progress_clear(&s);
+                ctl_status_clear(&s.status);
                 if (k < 0)
                         r = ctl_report_transport_error(o, c, k);
                 else if (s.exit_code != CTL_EXIT_OK)

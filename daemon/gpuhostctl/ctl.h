@@ -212,6 +212,17 @@ int ctl_png_read(const char *path, uint8_t **ret_pixels, uint32_t *ret_width, ui
 
 /* ---- progress (progress.c) ---- */
 
+/* One line of progress on stderr: on a terminal it is redrawn in place
+ * (padded over a longer previous one), else each line is printed once. */
+typedef struct ctl_status_line {
+        bool tty;   /* stderr is a terminal */
+        int shown;  /* length of the line on the terminal now, 0 if none */
+} ctl_status_line;
+
+void ctl_status_show(ctl_status_line *l, const char *line);
+/* Erases the line on a terminal (before other output or at the end). */
+void ctl_status_clear(ctl_status_line *l);
+
 /* The progress line of a running job, into |buf| (always NUL-terminated
  * when |size| > 0):
  *   "[###.......] step 7/20  3.4 it/s  ETA 4s"

@@ -38,6 +38,26 @@ static void format_eta(double sec, char *buf, size_t size) {
                 snprintf(buf, size, "%uh%02um", s / 3600 % 100, s % 3600 / 60 % 60);
 }
 
+void ctl_status_show(ctl_status_line *l, const char *line) {
+        if (!l->tty) {
+                fprintf(stderr, "%s\n", line);
+                return;
+        }
+        int n = (int) strlen(line);
+        if (n > l->shown)
+                l->shown = n;
+        fprintf(stderr, "\r%-*s", l->shown, line);
+        fflush(stderr);
+}
+
+void ctl_status_clear(ctl_status_line *l) {
+        if (l->shown > 0) {
+                fprintf(stderr, "\r%*s\r", l->shown, "");
+                fflush(stderr);
+        }
+        l->shown = 0;
+}
+
 int ctl_progress_format(char *buf, size_t size, uint32_t step, uint32_t steps, double it_per_s, int width) {
         size_t len = 0;
         bool rate = isfinite(it_per_s) && it_per_s > 0;

@@ -19,13 +19,6 @@ static json_object *obj1(const char *k, json_object *v) {
         return o;
 }
 
-json_object *gh_task_brief(const gh_task *t) {
-        json_object *o = obj1("job", json_object_new_string(t->id));
-
-        json_object_object_add(o, "pipeline", json_object_new_string(t->pipeline));
-        return o;
-}
-
 void gh_task_release(gh_task *t) {
         for (unsigned i = 0; i < t->n_models; i++)
                 if (t->res[i]) {

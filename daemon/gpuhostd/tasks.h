@@ -120,7 +120,6 @@ int gh_tasks_worker_message(gh_worker *w, const char *type, json_object *msg, in
 void gh_tasks_worker_died(gh_worker *w, int signal, int exit_status, const char *reason);
 /* Drops every task of the worker (daemon exit). */
 void gh_tasks_worker_free(gh_worker *w);
-json_object *gh_task_brief(const gh_task *t); /* {job, pipeline} for ListWorkers */
 
 /* ---- jobs.c: what callers see ---- */
 

@@ -427,11 +427,8 @@ static int on_child(sd_event_source *es, const siginfo_t *si, void *userdata) {
                 snprintf(reason, sizeof(reason), "%s", how);
         bool expected = w->restart_requested || w->ws->stopping;
         if (!expected) {
-                json_object *brief = w->task ? gh_task_brief(w->task) : NULL;
                 gh_log_error("Worker %u (device %u, pid %d) %s%s%s", w->id, w->device, (int) w->pid, reason,
-                             brief ? " while running a job of " : "",
-                             brief ? json_object_get_string(json_object_object_get(brief, "pipeline")) : "");
-                json_object_put(brief);
+                             w->task ? " while running a job of " : "", w->task ? w->task->pipeline : "");
         }
         w->child = sd_event_source_disable_unref(w->child);
         w->io = sd_event_source_disable_unref(w->io);
@@ -714,18 +711,16 @@ json_object *gh_workers_json(gh_workers *ws) {
                 gh_worker *w = &ws->workers[i];
                 json_object *o = json_object_new_object();
                 bool up = w->pid > 0;
-                json_object *brief = w->task ? gh_task_brief(w->task) : NULL;
                 json_object_object_add(o, "id", json_object_new_int64(w->id));
                 json_object_object_add(o, "device", json_object_new_int64(w->device));
                 json_object_object_add(o, "pid", up ? json_object_new_int64(w->pid) : NULL);
                 json_object_object_add(o, "state", json_object_new_string(gh_worker_state_to_string(w->state)));
-                json_object_object_add(o, "job", brief ? json_object_get(json_object_object_get(brief, "job")) : NULL);
-                json_object_object_add(o, "pipeline", brief ? json_object_get(json_object_object_get(brief, "pipeline")) : NULL);
+                json_object_object_add(o, "job", w->task ? json_object_new_string(w->task->id) : NULL);
+                json_object_object_add(o, "pipeline", w->task ? json_object_new_string(w->task->pipeline) : NULL);
                 json_object_object_add(o, "jobs_done", json_object_new_int64((int64_t) w->jobs_done));
                 json_object_object_add(o, "crashes", json_object_new_int64((int64_t) w->crashes));
                 json_object_object_add(o, "rss_bytes", up && w->rss ? json_object_new_int64((int64_t) w->rss) : NULL);
                 json_object_object_add(o, "started_usec", up ? json_object_new_int64((int64_t) w->started_usec) : NULL);
-                json_object_put(brief);
                 json_object_array_add(a, o);
         }
         return a;

@@ -21,6 +21,7 @@
 #include "gpuhost/client.h"
 #include "gpuhostd/cuda.h"
 #include "gpuhostd/pool-cuda.h"
+#include "daemon-run.h"
 #include "st-writer.h"
 
 #define SLAB (UINT64_C(64) << 20)
@@ -37,19 +38,7 @@ static char sock[256];
         } while (0)
 
 static json_object *call(const char *method, const char *params, char **ret_error) {
-        gh_client *c = NULL;
-        gh_reply *r = NULL;
-
-        if (gh_client_connect(sock, &c) < 0 || (gh_client_set_timeout(c, 120 * USEC_PER_SEC), gh_client_call(c, method, params, &r) < 0)) {
-                gh_client_free(c);
-                *ret_error = strdup("transport error");
-                return NULL;
-        }
-        *ret_error = gh_reply_error(r) ? strdup(gh_reply_error(r)) : NULL;
-        json_object *p = json_tokener_parse(gh_reply_parameters(r));
-        gh_reply_free(r);
-        gh_client_free(c);
-        return p;
+        return gh_test_call(sock, method, params, ret_error);
 }
 
 typedef struct attachment {
@@ -83,31 +72,16 @@ static int on_attach(gh_client *c, gh_reply *r, void *userdata) {
 }
 
 static int start_daemon(const char *dir, pid_t *ret) {
-        const char *bin = getenv("GH_GPUHOSTD");
         char conf[512], text[1024];
 
-        if (!bin)
-                return -EINVAL;
         snprintf(conf, sizeof(conf), "%s/g.conf", dir);
         snprintf(text, sizeof(text), "[socket]\npath = %s\n[devices]\ncpu = no\nslab_size = 64M\n[models]\ndirectory = %s/models\n", sock, dir);
         FILE *f = fopen(conf, "we");
+        if (!f)
+                return -errno;
         fputs(text, f);
         fclose(f);
-        pid_t pid = fork();
-        if (pid == 0) {
-                execl(bin, bin, "-c", conf, (char *) NULL);
-                _exit(127);
-        }
-        for (int i = 0; i < 500; i++) {
-                gh_client *c = NULL;
-                if (gh_client_connect(sock, &c) == 0) {
-                        gh_client_free(c);
-                        *ret = pid;
-                        return 0;
-                }
-                usleep(20000);
-        }
-        return -ETIMEDOUT;
+        return gh_test_daemon_start(conf, NULL, sock, NULL, ret);
 }
 
 /* Load, attach from here, read every tensor back, detach, unload. */

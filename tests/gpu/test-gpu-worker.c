@@ -22,6 +22,7 @@
 #include "common/util.h"
 #include "gpuhost/client.h"
 #include "gpuhostd/cuda.h"
+#include "daemon-run.h"
 #include "st-writer.h"
 
 #define N_FLOATS (UINT64_C(48) << 20) /* 192 MiB: spans four 64 MiB slabs */
@@ -50,19 +51,7 @@ static float value(uint64_t i) {
 }
 
 static json_object *call(const char *method, const char *params, char **ret_error) {
-        gh_client *c = NULL;
-        gh_reply *r = NULL;
-
-        if (gh_client_connect(sock, &c) < 0 || (gh_client_set_timeout(c, 120 * USEC_PER_SEC), gh_client_call(c, method, params, &r) < 0)) {
-                gh_client_free(c);
-                *ret_error = strdup("transport error");
-                return NULL;
-        }
-        *ret_error = gh_reply_error(r) ? strdup(gh_reply_error(r)) : NULL;
-        json_object *p = json_tokener_parse(gh_reply_parameters(r));
-        gh_reply_free(r);
-        gh_client_free(c);
-        return p;
+        return gh_test_call(sock, method, params, ret_error);
 }
 
 typedef struct job_result {
@@ -112,10 +101,10 @@ static int64_t model_loads(void) {
 }
 
 static int start_daemon(const char *dir, pid_t *ret) {
-        const char *bin = getenv("GH_GPUHOSTD"), *worker = getenv("GH_GPUHOST_WORKER"), *plugins = getenv("GH_TEST_PLUGIN_DIR");
+        const char *worker = getenv("GH_GPUHOST_WORKER"), *plugins = getenv("GH_TEST_PLUGIN_DIR");
         char conf[512], text[2048], log[512];
 
-        if (!bin || !worker || !plugins)
+        if (!worker || !plugins)
                 return -EINVAL;
         snprintf(conf, sizeof(conf), "%s/g.conf", dir);
         snprintf(log, sizeof(log), "%s/daemon.log", dir);
@@ -127,13 +116,11 @@ static int start_daemon(const char *dir, pid_t *ret) {
         fputs(text, f);
         fclose(f);
         uint64_t t0 = gh_now_usec(CLOCK_MONOTONIC);
-        pid_t pid = fork();
+        pid_t pid;
+        int r = gh_test_daemon_start(conf, log, sock, NULL, &pid);
         daemon_pid = pid;
-        if (pid == 0) {
-                (void) !freopen(log, "w", stderr);
-                execl(bin, bin, "-c", conf, (char *) NULL);
-                _exit(127);
-        }
+        if (r < 0)
+                return r;
         /* Up, and its worker ready (its CUDA context made at start). */
         for (int i = 0; i < 1500; i++) {
                 char *e;

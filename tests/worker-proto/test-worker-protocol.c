@@ -19,7 +19,7 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "gpuhost/client.h"
+#include "daemon-run.h"
 
 typedef struct daemon_run {
         char dir[64], sock[128], log[128];
@@ -27,10 +27,9 @@ typedef struct daemon_run {
 } daemon_run;
 
 static void start(daemon_run *d, const char *mode) {
-        const char *bin = getenv("GH_GPUHOSTD"), *fake = getenv("GH_FAKE_WORKER");
+        const char *fake = getenv("GH_FAKE_WORKER");
         char conf[128];
 
-        assert_non_null(bin);
         assert_non_null(fake);
         strcpy(d->dir, "/tmp/gh-wproto-XXXXXX");
         assert_non_null(mkdtemp(d->dir));
@@ -43,15 +42,10 @@ static void start(daemon_run *d, const char *mode) {
                    "[workers]\nexecutable = %s\nplugin_directory = %s\nheartbeat_timeout_sec = 1\n",
                 d->sock, d->dir, fake, d->dir);
         fclose(f);
-        d->pid = fork();
-        assert_true(d->pid >= 0);
-        if (d->pid == 0) {
-                int fd = open(d->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-                dup2(fd, 2);
-                setenv("GH_FAKE_WORKER_MODE", mode, 1);
-                execl(bin, bin, "-c", conf, (char *) NULL);
-                _exit(127);
-        }
+        char mode_env[64];
+        snprintf(mode_env, sizeof(mode_env), "GH_FAKE_WORKER_MODE=%s", mode);
+        const char *env[] = {mode_env, NULL};
+        assert_int_equal(gh_test_daemon_start(conf, d->log, d->sock, env, &d->pid), 0);
 }
 
 static void stop(daemon_run *d) {
@@ -78,18 +72,16 @@ static bool log_has(const daemon_run *d, const char *text) {
         return strstr(buf, text) != NULL;
 }
 
+/* The reply's parameters, or NULL on an error. */
 static json_object *call(const daemon_run *d, const char *method) {
-        gh_client *c = NULL;
-        gh_reply *r = NULL;
+        char *err;
+        json_object *p = gh_test_call(d->sock, method, NULL, &err);
 
-        if (gh_client_connect(d->sock, &c) < 0)
+        if (err) {
+                free(err);
+                json_object_put(p);
                 return NULL;
-        gh_client_set_timeout(c, 10 * USEC_PER_SEC);
-        json_object *p = NULL;
-        if (gh_client_call(c, method, NULL, &r) == 0 && !gh_reply_error(r))
-                p = json_tokener_parse(gh_reply_parameters(r));
-        gh_reply_free(r);
-        gh_client_free(c);
+        }
         return p;
 }
 
