@@ -185,6 +185,7 @@ static void assert_config_is_default(const gh_config *c) {
         assert_int_equal(c->keep_finished_usec, d->keep_finished_usec);
         assert_int_equal(c->max_finished, d->max_finished);
         assert_int_equal(c->max_inline_output, d->max_inline_output);
+        assert_str_or_null_equal(c->metrics_listen, d->metrics_listen);
         assert_int_equal(c->n_models, 0);
         gh_config_free(d);
 }
@@ -519,6 +520,56 @@ static void test_socket_path(void **state) {
         expect_error("[workers]\nheartbeat = 1\n", 2, "[workers] heartbeat", "unknown");
         expect_error("[jobs]\nmax_queued = 0\n", 2, "[jobs] max_queued", "range");
         expect_error("[jobs]\nmax_inline_output = 1G\n", 2, "[jobs] max_inline_output", "range");
+}
+
+/* [metrics] listen: empty (off) or a loopback address with a port. */
+static void test_metrics_listen(void **state) {
+        static const char *const good[] = {
+                "127.0.0.1:9464", "localhost:1", "[::1]:65535", "127.1.2.3:8080", "[0:0:0:0:0:0:0:1]:9100",
+        };
+        static const struct {
+                const char *value, *reason;
+        } bad[] = {
+                {"0.0.0.0:9464", "loopback only"},
+                {"192.168.1.10:9464", "loopback only"},
+                {"10.0.0.1:80", "loopback only"},
+                {"[::]:9464", "loopback only"},
+                {"[::ffff:127.0.0.1]:9464", "loopback only"},
+                {"example.com:9464", "loopback only"},
+                {"localhost.localdomain:9464", "loopback only"},
+                {"[localhost]:9464", "loopback only"},
+                {"127.0.0.1", "not HOST:PORT"},
+                {"::1:9464", "not HOST:PORT"},
+                {"[::1]9464", "not HOST:PORT"},
+                {":9464", "not HOST:PORT"},
+                {"[]:9464", "not HOST:PORT"},
+                {"127.0.0.1:0", "invalid port"},
+                {"127.0.0.1:65536", "invalid port"},
+                {"127.0.0.1:", "invalid port"},
+                {"127.0.0.1:+80", "invalid port"},
+                {"127.0.0.1:80x", "invalid port"},
+                {"localhost:123456", "invalid port"},
+        };
+        char text[256];
+        gh_config *c = parse_ok("[metrics]\nlisten =\n");
+
+        assert_null(c->metrics_listen);
+        gh_config_free(c);
+        for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+                snprintf(text, sizeof(text), "[metrics]\nlisten = %s\n", good[i]);
+                c = parse_ok(text);
+                assert_string_equal(c->metrics_listen, good[i]);
+                gh_config_free(c);
+        }
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                snprintf(text, sizeof(text), "[metrics]\nlisten = %s\n", bad[i].value);
+                expect_error(text, 2, "[metrics] listen", bad[i].reason);
+        }
+        /* A later file turns it off again. */
+        c = parse_ok("[metrics]\nlisten = 127.0.0.1:9464\n[metrics]\nlisten =\n");
+        assert_null(c->metrics_listen);
+        gh_config_free(c);
+        expect_error("[metrics]\nport = 9464\n", 2, "[metrics] port", "unknown");
 }
 
 static void test_group_names(void **state) {
@@ -1178,8 +1229,8 @@ static void test_shipped_config(void **state) {
                 p = end;
         }
         /* One line per key of the table: 3 daemon, 2 socket, 8 limits,
-         * 7 devices, 1 models, 7 workers, 6 jobs. */
-        assert_int_equal(uncommented, 34);
+         * 7 devices, 1 models, 7 workers, 6 jobs, 1 metrics. */
+        assert_int_equal(uncommented, 42);
 
         assert_int_equal(gh_config_new(&c), 0);
         r = gh_config_parse_string(c, out, o, path, &err);
@@ -1210,6 +1261,7 @@ int main(void) {
                 cmocka_unit_test(test_numeric_ranges),
                 cmocka_unit_test(test_bad_numbers),
                 cmocka_unit_test(test_socket_path),
+                cmocka_unit_test(test_metrics_listen),
                 cmocka_unit_test(test_group_names),
                 cmocka_unit_test(test_unknown_key_and_section),
                 cmocka_unit_test(test_key_outside_section),

@@ -27,7 +27,7 @@
  * PNG text chunks (written by ctl_png_write and ctl_output_write, read
  * back with libpng's png_get_text), the chunks of a job
  * (ctl_png_texts_for_job, ctl_json_ascii); base64 of inline outputs; the
- * jobs table and "job show" lines. */
+ * jobs table and "job show" lines. "top --iterations N" and "metrics". */
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -128,6 +128,7 @@ static void expect_plain_command(argv_buf *b, int r, const ctl_command *cmd) {
         assert_false(b->opts.detach);
         assert_null(b->opts.wait_job);
         assert_null(b->opts.cancel_job);
+        assert_int_equal(b->opts.iterations, 0);
 }
 
 static int teardown_buf(void **state) {
@@ -271,6 +272,8 @@ static void test_each_command(void **state) {
                 {"models", &ctl_cmd_models},
                 {"workers", &ctl_cmd_workers},
                 {"jobs", &ctl_cmd_jobs},
+                {"metrics", &ctl_cmd_metrics},
+                {"top", &ctl_cmd_top},
         };
 
         for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
@@ -288,6 +291,46 @@ static void test_each_command(void **state) {
         expect_plain_command(b, r, &ctl_cmd_call);
         assert_int_equal(b->opts.n_args, 1);
         assert_string_equal(b->opts.args[0], "io.gpuhost.Ping");
+}
+
+/* top --iterations N: a count, 1..CTL_MAX_ITERATIONS, before or after the
+ * command; no other command takes it. metrics takes --json. */
+static void test_top_metrics(void **state) {
+        argv_buf *b = *state;
+        int r;
+
+        r = PARSE(b, "top", "--iterations", "3");
+        assert_int_equal(r, 1);
+        assert_ptr_equal(b->opts.command, &ctl_cmd_top);
+        assert_int_equal(b->opts.iterations, 3);
+        r = PARSE(b, "top", "--iterations=1");
+        assert_int_equal(r, 1);
+        assert_int_equal(b->opts.iterations, 1);
+        r = PARSE(b, "--iterations", "2", "top");
+        assert_int_equal(r, 1);
+        assert_int_equal(b->opts.iterations, 2);
+        r = PARSE(b, "top", "--iterations", "1000000");
+        assert_int_equal(r, 1);
+        assert_int_equal(b->opts.iterations, 1000000);
+        static const char *const bad[] = {"0", "-1", "abc", "1000001", "", " 2", "2x", "99999999999999999999"};
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                r = PARSE(b, "top", "--iterations", bad[i]);
+                expect_usage_error(b, r, "invalid --iterations", "1..1000000");
+        }
+        r = PARSE(b, "top", "--iterations");
+        expect_usage_error(b, r, "missing argument", "--iterations");
+        r = PARSE(b, "status", "--iterations", "2");
+        expect_usage_error(b, r, "does not apply", "--iterations");
+        r = PARSE(b, "--iterations", "2", "jobs");
+        expect_usage_error(b, r, "does not apply", "--iterations");
+        r = PARSE(b, "top", "--json");
+        expect_usage_error(b, r, "does not apply", "--json");
+        r = PARSE(b, "metrics", "--json");
+        assert_int_equal(r, 1);
+        assert_ptr_equal(b->opts.command, &ctl_cmd_metrics);
+        assert_true(b->opts.json);
+        r = PARSE(b, "metrics", "--iterations", "2");
+        expect_usage_error(b, r, "does not apply", "--iterations");
 }
 
 static void test_socket_option(void **state) {
@@ -2207,6 +2250,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_help_and_version, setup_buf, teardown_buf),
                 cmocka_unit_test_setup_teardown(test_unknown_command, setup_buf, teardown_buf),
                 cmocka_unit_test_setup_teardown(test_each_command, setup_buf, teardown_buf),
+                cmocka_unit_test_setup_teardown(test_top_metrics, setup_buf, teardown_buf),
                 cmocka_unit_test_setup_teardown(test_socket_option, setup_buf, teardown_buf),
                 cmocka_unit_test_setup_teardown(test_timeout_option, setup_buf, teardown_buf),
                 cmocka_unit_test_setup_teardown(test_json_option, setup_buf, teardown_buf),

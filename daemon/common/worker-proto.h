@@ -14,16 +14,24 @@
  *   unmap     {slabs: [index]}                drop mappings (slab released)
  *   estimate  {job, pipeline, params}         answered by "estimated"
  *   run       {job, pipeline, params, models: [{name, tensors: [...]}],
- *              workspace, max_output_bytes, cpu_threads}
- *             + the fds of image parameters, in the order of their "fd"
+ *              workspace, steps, max_output_bytes, units}
+ *             + the fds of image parameters, in the order of their "fd";
+ *             |units| is the job's slice, a mask of the units of the hello
+ *   slice     {job, units}                    take this slice at the next
+ *                                             step boundary; "sliced" follows
  *   cancel    {job}
  *
  * worker -> daemon
- *   hello     {version, pid, pipelines: [...], refused: [{path, reason}]}
+ *   hello     {version, pid, pipelines: [...], refused: [{path, reason}],
+ *              units, unit_sms?}   units: the slices the device splits into
  *   pong      {seq, rss}
  *   estimated {job, needs} or {job, error, message}
- *   progress  {job, step, steps, preview?: output}  + the preview's fd
- *   done      {job, outputs: [output], metadata}    + one fd an output
+ *   progress  {job, step, steps, preview?: output}  + the preview's fd;
+ *             at least one after each step (the daemon's step watchdog)
+ *   sliced    {job, units}            the job now runs in this slice
+ *   done      {job, outputs: [output], metadata,
+ *              timing: {first_step_usec, last_step_usec}}  (CLOCK_MONOTONIC)
+ *             + one fd an output
  *   failed    {job, error, message}   the plugin or host failed the job
  *   cancelled {job}
  *
@@ -31,7 +39,7 @@
  * format?, stride?, frames?}; the fds of a message are in output order. */
 #pragma once
 
-#define GH_WORKER_PROTOCOL 1
+#define GH_WORKER_PROTOCOL 2
 #define GH_WORKER_FD 3
 
 /* Largest message either side accepts (tensor tables of big models). */
@@ -40,5 +48,8 @@
 #define GH_WORKER_MAX_DEPTH 16
 /* Slab fds sent in one "map" message. */
 #define GH_WORKER_MAP_BATCH 32
+/* Jobs running at once in one worker (slice units are a 64-bit mask). */
+#define GH_WORKER_MAX_JOBS 64
+#define GH_WORKER_MAX_UNITS 64
 /* Outputs of one job. */
 #define GH_WORKER_MAX_OUTPUTS 16

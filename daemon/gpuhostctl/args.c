@@ -20,7 +20,8 @@ static const ctl_command *const commands[] = {
         &ctl_cmd_status,  &ctl_cmd_devices, &ctl_cmd_models,  &ctl_cmd_model,
         &ctl_cmd_pipelines, &ctl_cmd_generate, &ctl_cmd_jobs,  &ctl_cmd_job,
         &ctl_cmd_workers, &ctl_cmd_worker,  &ctl_cmd_plugin,  &ctl_cmd_ping,
-        &ctl_cmd_reload,  &ctl_cmd_version, &ctl_cmd_call,
+        &ctl_cmd_top,     &ctl_cmd_metrics, &ctl_cmd_reload,  &ctl_cmd_version,
+        &ctl_cmd_call,
 };
 
 const ctl_command *ctl_command_find(const char *name) {
@@ -69,6 +70,8 @@ void ctl_print_help(FILE *f, const ctl_command *cmd) {
                                    "      --detach         submit, print the job's id and exit\n"
                                    "      --wait=ID        wait for job ID and fetch its outputs\n"
                                    "      --cancel=ID      cancel job ID\n");
+                if (cmd->options & CTL_OPT_ITERATIONS)
+                        fprintf(f, "      --iterations=N   show N frames, then exit\n");
                 fprintf(f, "%s\n%s", global_options_help, exit_codes_help);
                 return;
         }
@@ -116,6 +119,20 @@ static int parse_device(const char *s, int *ret) {
         return 0;
 }
 
+/* --iterations: a decimal integer, 1..CTL_MAX_ITERATIONS. */
+static int parse_iterations(const char *s, int *ret) {
+        char *end;
+
+        if (*s < '0' || *s > '9')
+                return -EINVAL;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (errno || *end || v < 1 || v > CTL_MAX_ITERATIONS)
+                return -EINVAL;
+        *ret = (int) v;
+        return 0;
+}
+
 /* A job's deadline: finite seconds, > 0, at most a year. */
 static int parse_deadline(const char *s, double *ret) {
         char *end;
@@ -146,7 +163,7 @@ static int check_option(const ctl_command *cmd, unsigned opt, const char *name, 
 static int parse_options(int argc, char **argv, const ctl_command *cmd, ctl_opts *o, const char **ret_error) {
         enum {
                 ARG_JSON = 0x100, ARG_MORE, ARG_ONEWAY, ARG_VERSION, ARG_PARAM, ARG_MODEL,
-                ARG_PRIORITY, ARG_DEADLINE, ARG_TAG, ARG_DETACH, ARG_WAIT, ARG_CANCEL,
+                ARG_PRIORITY, ARG_DEADLINE, ARG_TAG, ARG_DETACH, ARG_WAIT, ARG_CANCEL, ARG_ITERATIONS,
         };
         static const struct option options[] = {
                 {"socket", required_argument, NULL, 's'},  {"timeout", required_argument, NULL, 't'},
@@ -159,6 +176,7 @@ static int parse_options(int argc, char **argv, const ctl_command *cmd, ctl_opts
                 {"deadline", required_argument, NULL, ARG_DEADLINE},
                 {"tag", required_argument, NULL, ARG_TAG}, {"detach", no_argument, NULL, ARG_DETACH},
                 {"wait", required_argument, NULL, ARG_WAIT}, {"cancel", required_argument, NULL, ARG_CANCEL},
+                {"iterations", required_argument, NULL, ARG_ITERATIONS},
                 {},
         };
         int c;
@@ -299,10 +317,20 @@ static int parse_options(int argc, char **argv, const ctl_command *cmd, ctl_opts
                         else
                                 o->cancel_job = optarg;
                         break;
+                case ARG_ITERATIONS:
+                        if (check_option(cmd, CTL_OPT_ITERATIONS, name, ret_error) < 0)
+                                return -EINVAL;
+                        if (parse_iterations(optarg, &o->iterations) < 0) {
+                                *ret_error = ctl_usage_error("invalid --iterations '%s' (1..%d)", optarg,
+                                                             CTL_MAX_ITERATIONS);
+                                return -EINVAL;
+                        }
+                        break;
                 default:
                         *ret_error = optopt && (optopt < 0x100 || optopt == ARG_PARAM || optopt == ARG_MODEL ||
                                                 optopt == ARG_PRIORITY || optopt == ARG_DEADLINE ||
-                                                optopt == ARG_TAG || optopt == ARG_WAIT || optopt == ARG_CANCEL)
+                                                optopt == ARG_TAG || optopt == ARG_WAIT || optopt == ARG_CANCEL ||
+                                                optopt == ARG_ITERATIONS)
                                 ? ctl_usage_error("unknown option or missing argument: '%s'", name)
                                 : ctl_usage_error("unknown option '%s'", name);
                         return -EINVAL;
@@ -363,7 +391,8 @@ int ctl_parse_args(int argc, char **argv, ctl_opts *o, const char **ret_error) {
             (o->tag && check_option(o->command, CTL_OPT_JOB, "--tag", ret_error) < 0) ||
             (o->detach && check_option(o->command, CTL_OPT_JOB, "--detach", ret_error) < 0) ||
             (o->wait_job && check_option(o->command, CTL_OPT_JOB, "--wait", ret_error) < 0) ||
-            (o->cancel_job && check_option(o->command, CTL_OPT_JOB, "--cancel", ret_error) < 0))
+            (o->cancel_job && check_option(o->command, CTL_OPT_JOB, "--cancel", ret_error) < 0) ||
+            (o->iterations && check_option(o->command, CTL_OPT_ITERATIONS, "--iterations", ret_error) < 0))
                 return -EINVAL;
         r = parse_command_args(argc, argv, o, ret_error);
         if (r < 0)

@@ -1,5 +1,5 @@
-/* gpuhostctl status: the daemon's state, devices and configuration, as a
- * table for people or JSON for scripts. */
+/* gpuhostctl status: the daemon's state, configuration and device table
+ * (devtable.c), for people, or JSON for scripts. */
 #include <inttypes.h>
 #include <stdio.h>
 
@@ -16,22 +16,6 @@ static void format_duration(int64_t usec, char *buf, size_t size) {
                 snprintf(buf, size, "%" PRId64 "min %" PRId64 "s", s / 60, s % 60);
         else
                 snprintf(buf, size, "%" PRId64 "s", s);
-}
-
-static void print_devices(json_object *devices) {
-        size_t n = devices ? json_object_array_length(devices) : 0;
-
-        printf("\n%-5s %-5s %-28s %12s %12s\n", "INDEX", "KIND", "NAME", "MEMORY", "FREE");
-        for (size_t i = 0; i < n; i++) {
-                json_object *d = json_object_array_get_idx(devices, i);
-                char total[32], avail[32];
-                ctl_format_bytes(ctl_json_int(d, "memory_total"), total, sizeof(total));
-                ctl_format_bytes(ctl_json_int(d, "memory_free"), avail, sizeof(avail));
-                printf("%-5" PRId64 " %-5s %-28s %12s %12s\n", ctl_json_int(d, "index"),
-                       ctl_json_str(d, "kind"), ctl_json_str(d, "name"), total, avail);
-        }
-        if (n == 0)
-                printf("(no devices)\n");
 }
 
 static void print_status(json_object *s) {
@@ -57,7 +41,8 @@ static void print_status(json_object *s) {
         for (size_t i = 0; q && i < json_object_array_length(q); i++)
                 printf("%-13s %s (gpuhostctl plugin enable %s)\n", i ? "" : "Quarantined:",
                        json_object_get_string(json_object_array_get_idx(q, i)), json_object_get_string(json_object_array_get_idx(q, i)));
-        print_devices(json_object_object_get(s, "devices"));
+        printf("\n");
+        ctl_devices_table_print(stdout, json_object_object_get(s, "devices"));
 }
 
 static void print(const ctl_opts *o, gh_client *c, json_object *status) {
@@ -72,8 +57,11 @@ const ctl_command ctl_cmd_status = {
         .name = "status",
         .args_usage = "",
         .summary = "show the daemon's state, devices and configuration",
-        .description = "Calls io.gpuhost.GetStatus and prints the result as a table, or as JSON\n"
-                       "with --json (stable field names, for scripts).",
+        .description = "Calls io.gpuhost.GetStatus and prints the daemon's state, then one line\n"
+                       "per device: its index, name, a VRAM bar and \"used/budget\" MiB (model\n"
+                       "weights plus the workspaces of running jobs, of the memory gpuhost may\n"
+                       "use), its running/queued jobs and its resident models. --json prints the\n"
+                       "reply as JSON (stable field names, for scripts).",
         .options = CTL_OPT_JSON,
         .run = run,
 };

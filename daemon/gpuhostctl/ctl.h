@@ -29,10 +29,13 @@ enum {
         CTL_OPT_QUIET = 1 << 6,  /* -q/--quiet */
         /* --priority, --deadline, --tag, --detach, --wait ID, --cancel ID */
         CTL_OPT_JOB = 1 << 7,
+        CTL_OPT_ITERATIONS = 1 << 8, /* --iterations N */
 };
 
 /* The most --param options one command line may give. */
 #define CTL_MAX_PARAMS 64
+/* The most --iterations. */
+#define CTL_MAX_ITERATIONS 1000000
 
 typedef struct ctl_command ctl_command;
 
@@ -52,6 +55,7 @@ typedef struct ctl_opts {
         bool detach;            /* --detach */
         const char *wait_job;   /* --wait ID; NULL when not given */
         const char *cancel_job; /* --cancel ID; NULL when not given */
+        int iterations;         /* --iterations N: 1..CTL_MAX_ITERATIONS; 0 when not given */
         const ctl_command *command;
         char **args;            /* positional arguments after the command */
         int n_args;
@@ -73,7 +77,7 @@ struct ctl_command {
 
 extern const ctl_command ctl_cmd_status, ctl_cmd_ping, ctl_cmd_reload, ctl_cmd_version, ctl_cmd_call,
         ctl_cmd_devices, ctl_cmd_models, ctl_cmd_model, ctl_cmd_pipelines, ctl_cmd_workers, ctl_cmd_worker,
-        ctl_cmd_plugin, ctl_cmd_generate, ctl_cmd_jobs, ctl_cmd_job;
+        ctl_cmd_plugin, ctl_cmd_generate, ctl_cmd_jobs, ctl_cmd_job, ctl_cmd_metrics, ctl_cmd_top;
 
 /* Parses argv. Returns 1 to run o->command, 0 if help or version was
  * requested (print with ctl_print_help), or -EINVAL with *ret_error set
@@ -247,3 +251,38 @@ void ctl_jobs_print(FILE *f, json_object *reply, int64_t now_usec);
 void ctl_job_print(FILE *f, json_object *job, int64_t now_usec);
 /* CLOCK_REALTIME in microseconds. */
 int64_t ctl_now_usec(void);
+
+/* ---- device table (devtable.c; status, top) ---- */
+
+/* "[#####.....]": |width| cells, '#' for |used| of |budget| (rounded to the
+ * nearest cell; at least one when |used| > 0, all of them when |used| >=
+ * |budget|), '.' for the rest; all '.' when |budget| <= 0. Always
+ * NUL-terminated when |size| > 0; returns the length (as snprintf). */
+int ctl_vram_bar(char *buf, size_t size, int64_t used, int64_t budget, int width);
+
+/* One device of a GetStatus reply, in the numbers the table shows. A
+ * daemon that sends no "memory" object gives the older fields instead
+ * (memory_total, memory_reserve, the pool's used bytes as weights);
+ * counts it does not send are -1. */
+typedef struct ctl_device_row {
+        int64_t index;
+        const char *name;
+        int64_t total, reserve, weights, workspaces, free;
+        int64_t budget; /* memory "budget" when sent, else total - reserve (at least 0) */
+        int64_t units, units_busy, running, queued;
+        json_object *models; /* array of strings, or NULL */
+} ctl_device_row;
+void ctl_device_row_from_json(json_object *device, ctl_device_row *ret);
+
+/* The device table of a GetStatus reply's "devices": a header, then one
+ * line per device: index, name, VRAM bar of (weights + workspaces) /
+ * budget (total - reserve), "used/budget" MiB, running/queued jobs, the resident
+ * models. Names and models are shown without control characters. */
+void ctl_devices_table_print(FILE *f, json_object *devices);
+
+/* ---- top (cmd-top.c) ---- */
+
+/* One frame of "gpuhostctl top": a line about the daemon, the device
+ * table, and the job table, from a GetStatus and a ListJobs reply (either
+ * may be NULL: that part is left out). */
+void ctl_top_frame_print(FILE *f, json_object *status, json_object *jobs, int64_t now_usec);

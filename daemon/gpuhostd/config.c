@@ -16,6 +16,7 @@
 #include "devices.h"
 #include "engine.h"
 #include "gh-build.h"
+#include "metrics-http.h"
 #include "gpuhost/protocol.h"
 
 #define CONFIG_FILE_MAX (1024 * 1024)
@@ -47,6 +48,7 @@ static int parse_plugin_dir(const key_def *k, const char *v, void *field, const 
 static int parse_selectors(const key_def *k, const char *v, void *field, const char **ret_reason);
 static int parse_reserve(const key_def *k, const char *v, void *field, const char **ret_reason);
 static int parse_reserve_overrides(const key_def *k, const char *v, void *field, const char **ret_reason);
+static int parse_metrics_listen(const key_def *k, const char *v, void *field, const char **ret_reason);
 
 #define KEY(sec, name, parser, member, lo, hi) \
         {sec, name, parser, offsetof(gh_config, member), lo, hi}
@@ -72,6 +74,7 @@ static const key_def key_table[] = {
         KEY("devices", "slab_size", parse_size, slab_size, UINT64_C(2) << 20, UINT64_C(4) << 30),
         KEY("devices", "cpu", parse_bool, cpu_enabled, 0, 0),
         KEY("devices", "cpu_memory", parse_size, cpu_memory, 0, UINT64_C(1) << 42),
+        KEY("devices", "cpu_devices", parse_uint, cpu_devices, 1, 16),
         KEY("models", "directory", parse_path, models_directory, 0, 0),
         KEY("workers", "executable", parse_worker_path, worker_executable, 0, 0),
         KEY("workers", "plugin_directory", parse_plugin_dir, plugin_directory, 0, 0),
@@ -86,6 +89,13 @@ static const key_def key_table[] = {
         KEY("jobs", "keep_finished_sec", parse_seconds, keep_finished_usec, 0, 86400),
         KEY("jobs", "max_finished", parse_uint, max_finished, 0, 100000),
         KEY("jobs", "max_inline_output", parse_size, max_inline_output, 0, UINT64_C(32) << 20),
+        KEY("metrics", "listen", parse_metrics_listen, metrics_listen, 0, 0),
+        KEY("scheduler", "jobs_per_device", parse_uint, jobs_per_device, 1, 64),
+        KEY("scheduler", "weight_interactive", parse_uint, weight[0], 1, 1000),
+        KEY("scheduler", "weight_normal", parse_uint, weight[1], 1, 1000),
+        KEY("scheduler", "weight_batch", parse_uint, weight[2], 1, 1000),
+        KEY("scheduler", "step_timeout_sec", parse_seconds, step_timeout_usec, 0, 86400),
+        KEY("scheduler", "unit_sms", parse_uint, unit_sms, 0, 1024),
 };
 
 /* Keys of [model NAME] sections; offsets into gh_model_config. */
@@ -328,6 +338,16 @@ static int parse_reserve_overrides(const key_def *k, const char *v, void *field,
         return r < 0 ? r : parse_string(k, v, field, ret_reason);
 }
 
+/* [metrics] listen: empty (off) or a loopback HOST:PORT. */
+static int parse_metrics_listen(const key_def *k, const char *v, void *field, const char **ret_reason) {
+        struct sockaddr_storage addr;
+        socklen_t len;
+
+        if (v[0] && gh_metrics_listen_parse(v, &addr, &len, ret_reason) < 0)
+                return -EINVAL;
+        return parse_string(k, v, field, ret_reason);
+}
+
 int gh_config_new(gh_config **ret) {
         gh_config *c = calloc(1, sizeof(*c));
 
@@ -349,6 +369,7 @@ int gh_config_new(gh_config **ret) {
                 .max_output_buffer = 16 * 1024 * 1024,
                 .slab_size = UINT64_C(256) << 20,
                 .cpu_enabled = true,
+                .cpu_devices = 1,
                 .devices_reserve = strdup("1G"),
                 .models_directory = strdup(GH_DEFAULT_MODELS_DIR),
                 .worker_executable = strdup(GH_WORKER_PATH),
@@ -363,6 +384,10 @@ int gh_config_new(gh_config **ret) {
                 .keep_finished_usec = 300 * USEC_PER_SEC,
                 .max_finished = 256,
                 .max_inline_output = UINT64_C(4) << 20,
+                .jobs_per_device = 4,
+                .weight = {8, 4, 1},
+                .step_timeout_usec = 300 * USEC_PER_SEC,
+                .unit_sms = 16,
         };
         if (!c->socket_path || !c->models_directory || !c->devices_reserve || !c->worker_executable ||
             !c->plugin_directory) {
@@ -391,6 +416,7 @@ gh_config *gh_config_free(gh_config *c) {
         free(c->models_directory);
         free(c->worker_executable);
         free(c->plugin_directory);
+        free(c->metrics_listen);
         for (size_t i = 0; i < c->n_models; i++) {
                 gh_model_config *m = &c->models[i];
                 free(m->name);

@@ -53,7 +53,8 @@ typedef struct gh_config {
         char *devices_reserve_per_device; /* "SELECTOR:RESERVE ..." overrides */
         uint64_t slab_size;
         bool cpu_enabled;
-        uint64_t cpu_memory;    /* 0: automatic */
+        uint64_t cpu_memory;    /* each CPU device's budget; 0: automatic */
+        unsigned cpu_devices;   /* CPU devices to serve (when cpu_enabled) */
         /* [models] */
         char *models_directory;
         /* [workers] */
@@ -71,6 +72,13 @@ typedef struct gh_config {
         uint64_t keep_finished_usec;     /* finished jobs (and their outputs) are kept this long */
         unsigned max_finished;           /* ... and at most this many */
         uint64_t max_inline_output;      /* bytes of base64-able outputs per reply */
+        /* [scheduler] */
+        unsigned jobs_per_device;        /* jobs running at once on one device */
+        unsigned weight[3];              /* slice weight of each priority class */
+        uint64_t step_timeout_usec;      /* a step running longer kills its worker; 0: never */
+        unsigned unit_sms;               /* SMs per slice unit on GPUs (default 16); 0: the driver's smallest */
+        /* [metrics] */
+        char *metrics_listen;            /* "127.0.0.1:PORT", "[::1]:PORT", "localhost:PORT"; NULL: off */
         /* [model NAME] */
         gh_model_config *models;
         size_t n_models;

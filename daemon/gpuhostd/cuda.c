@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,10 +17,14 @@
 typedef struct entry_point {
         const char *symbol;
         size_t offset;
+        int version;   /* asked of cuGetProcAddress */
+        bool optional; /* a driver without it still loads; the member stays NULL */
 } entry_point;
 
-#define GH_CUDA_ENTRY_(name, version) {"cu" #name, offsetof(gh_cuda, name)},
-static const entry_point entry_points[] = {GH_CUDA_FUNCTIONS(GH_CUDA_ENTRY_)};
+#define GH_CUDA_ENTRY_(name, version) {"cu" #name, offsetof(gh_cuda, name), GH_CUDA_API_VERSION, false},
+#define GH_CUDA_OPTIONAL_ENTRY_(name, version) {"cu" #name, offsetof(gh_cuda, name), version, true},
+static const entry_point entry_points[] = {
+        GH_CUDA_FUNCTIONS(GH_CUDA_ENTRY_) GH_CUDA_OPTIONAL_FUNCTIONS(GH_CUDA_OPTIONAL_ENTRY_)};
 
 
 /* -ENOENT when there is no such library; -ELIBBAD when a file named by a
@@ -43,6 +48,27 @@ static int stub_error(const char *library, char *err, size_t err_size) {
         return -ENODEV;
 }
 
+/* Resolves one entry point into the table. A missing optional one is not
+ * an error (the member stays NULL); the stub library is. */
+static int resolve_entry(gh_cuda *cu, PFN_cuGetProcAddress_v12000 get_proc_address, const entry_point *e,
+                         const char *library, char *err, size_t err_size) {
+        CUdriverProcAddressQueryResult status = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+        void *fn = NULL;
+        CUresult r = get_proc_address(e->symbol, &fn, e->version, CU_GET_PROC_ADDRESS_DEFAULT, &status);
+
+        if (r == CUDA_ERROR_STUB_LIBRARY)
+                return stub_error(library, err, err_size);
+        if (r != CUDA_SUCCESS || status != CU_GET_PROC_ADDRESS_SUCCESS || !fn) {
+                if (e->optional)
+                        return 0;
+                gh_set_error(err, err_size, "%s: cannot resolve %s for CUDA %d.%d (error %d, status %d)", library,
+                             e->symbol, e->version / 1000, e->version % 1000 / 10, (int) r, (int) status);
+                return -EOPNOTSUPP;
+        }
+        memcpy((char *) cu + e->offset, &fn, sizeof(fn));
+        return 0;
+}
+
 static int resolve_table(gh_cuda *cu, const char *library, char *err, size_t err_size) {
         PFN_cuGetProcAddress_v12000 get_proc_address =
                 (PFN_cuGetProcAddress_v12000) dlsym(cu->library, "cuGetProcAddress_v2");
@@ -52,20 +78,9 @@ static int resolve_table(gh_cuda *cu, const char *library, char *err, size_t err
                 return -EOPNOTSUPP;
         }
         for (size_t i = 0; i < ELEMENTSOF(entry_points); i++) {
-                CUdriverProcAddressQueryResult status = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
-                void *fn = NULL;
-                CUresult r = get_proc_address(entry_points[i].symbol, &fn, GH_CUDA_API_VERSION,
-                                              CU_GET_PROC_ADDRESS_DEFAULT, &status);
-
-                if (r == CUDA_ERROR_STUB_LIBRARY)
-                        return stub_error(library, err, err_size);
-                if (r != CUDA_SUCCESS || status != CU_GET_PROC_ADDRESS_SUCCESS || !fn) {
-                        gh_set_error(err, err_size, "%s: cannot resolve %s for CUDA %d.%d (error %d, status %d)", library,
-                             entry_points[i].symbol, GH_CUDA_API_VERSION / 1000, GH_CUDA_API_VERSION % 1000 / 10,
-                             (int) r, (int) status);
-                        return -EOPNOTSUPP;
-                }
-                memcpy((char *) cu + entry_points[i].offset, &fn, sizeof(fn));
+                int r = resolve_entry(cu, get_proc_address, &entry_points[i], library, err, err_size);
+                if (r < 0)
+                        return r;
         }
         return 0;
 }
@@ -126,6 +141,10 @@ static int errno_of(CUresult r) {
         case CUDA_ERROR_NOT_MAPPED_AS_ARRAY:
         case CUDA_ERROR_NOT_MAPPED_AS_POINTER:
         case CUDA_ERROR_ILLEGAL_STATE:
+#if CUDA_VERSION >= 12040
+        case CUDA_ERROR_INVALID_RESOURCE_TYPE:          /* green contexts */
+        case CUDA_ERROR_INVALID_RESOURCE_CONFIGURATION:
+#endif
                 return -EINVAL;
         case CUDA_ERROR_OUT_OF_MEMORY:
                 return -ENOMEM;

@@ -13,6 +13,12 @@
  * (cuMemGetInfo_v2, cuDeviceGetUuid_v2, ...) come out right and the
  * header's "#define cuMemGetInfo cuMemGetInfo_v2" macros never touch them.
  *
+ * Entry points newer than CUDA 12.0 are optional (GH_CUDA_OPTIONAL_FUNCTIONS):
+ * each is asked for with the version that introduced it, and a driver that
+ * lacks one still loads, with that member NULL. Green contexts (SM
+ * partitions, see worker/slices.h) are the optional set today; they need a
+ * 12.5 driver, and headers of 12.5 or newer to be built at all.
+ *
  * gh_cuda_errno() is the one place that turns a CUresult into a negative
  * errno and the driver's name for the error.
  *
@@ -78,7 +84,29 @@
         X(EventRecord, 2000)                     \
         X(EventSynchronize, 2000)                \
         X(EventDestroy, 4000)                    \
-        X(EventElapsedTime, 2000)
+        X(EventElapsedTime, 2000)                \
+        X(LibraryLoadData, 12000)                \
+        X(LibraryUnload, 12000)                  \
+        X(LibraryGetKernel, 12000)               \
+        X(LaunchKernel, 4000)
+
+/* X(member, cuda_version): optional entry points, asked of cuGetProcAddress
+ * with the version that introduced them, which is also that of their PFN_
+ * type. NULL where the driver lacks them. */
+#if CUDA_VERSION >= 12050
+#define GH_CUDA_HAVE_GREEN_CONTEXTS 1
+#define GH_CUDA_OPTIONAL_FUNCTIONS(X)            \
+        X(DeviceGetDevResource, 12040)           \
+        X(DevSmResourceSplitByCount, 12040)      \
+        X(DevResourceGenerateDesc, 12040)        \
+        X(GreenCtxCreate, 12040)                 \
+        X(GreenCtxDestroy, 12040)                \
+        X(CtxFromGreenCtx, 12040)                \
+        X(GreenCtxStreamCreate, 12050)
+#else
+#define GH_CUDA_HAVE_GREEN_CONTEXTS 0
+#define GH_CUDA_OPTIONAL_FUNCTIONS(X)
+#endif
 
 #define GH_CUDA_MEMBER_(name, version) PFN_cu##name##_v##version name;
 
@@ -86,12 +114,13 @@ typedef struct gh_cuda {
         void *library;      /* the dlopen() handle */
         int driver_version; /* cuDriverGetVersion: 1000 * major + 10 * minor */
         GH_CUDA_FUNCTIONS(GH_CUDA_MEMBER_)
+        GH_CUDA_OPTIONAL_FUNCTIONS(GH_CUDA_MEMBER_)
 } gh_cuda;
 
 /* Loads |library| (NULL: "libcuda.so.1"; other paths are for tests),
  * resolves the table and calls cuInit(0). Fails with -ENOENT when the
  * library cannot be found, -EOPNOTSUPP when the driver is older than CUDA
- * 12.0 or lacks an entry point, -ENODEV when there is no device or the
+ * 12.0 or lacks a required entry point, -ENODEV when there is no device or the
  * library is the toolkit's stub, or the errno of the failing CUresult. On
  * failure a one-line reason goes to |err| (if |err_size| > 0). */
 int gh_cuda_load(const char *library, gh_cuda **ret, char *err, size_t err_size);

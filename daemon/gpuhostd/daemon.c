@@ -9,6 +9,7 @@
 #include "../common/log.h"
 #include "../common/util.h"
 #include "daemon.h"
+#include "metrics-gpuhost.h"
 #include "tasks.h"
 #include "gh-build.h"
 #include "gpuhost/protocol.h"
@@ -45,16 +46,27 @@ static gh_server_limits limits_from_config(const gh_config *c) {
         };
 }
 
+/* The registry of the daemon running in this process (gh_daemon_metrics()). */
+static gh_metrics *daemon_metrics;
+
+gh_metrics *gh_daemon_metrics(void) {
+        return daemon_metrics;
+}
+
 static void apply_log_level(const gh_daemon *d) {
         gh_log_set_max_level(d->forced_log_level >= 0 ? d->forced_log_level : d->config->log_level);
 }
 
 void gh_daemon_update_status(gh_daemon *d) {
         char *status = NULL;
-        unsigned n = d->server ? gh_server_connections(d->server) : 0;
+        unsigned n = d->server ? gh_server_connections(d->server) : 0, queued = 0, running = 0;
 
-        if (asprintf(&status, "%s on %s, %u connection%s", gh_daemon_state_to_string(d->state),
-                     d->config->socket_path, n, n == 1 ? "" : "s") < 0)
+        for (unsigned i = 0; d->workers && i < d->workers->n_workers; i++) {
+                queued += d->workers->workers[i].queued;
+                running += d->workers->workers[i].n_bound;
+        }
+        if (asprintf(&status, "%s on %s, %u connection%s; %u job%s running, %u queued", gh_daemon_state_to_string(d->state),
+                     d->config->socket_path, n, n == 1 ? "" : "s", running, running == 1 ? "" : "s", queued) < 0)
                 return;
         if (gh_streq(status, d->last_status)) {
                 free(status);
@@ -69,6 +81,40 @@ static int on_status_timer(sd_event_source *es, uint64_t usec, void *userdata) {
         gh_daemon_update_status(userdata);
         sd_event_source_set_time_relative(es, STATUS_INTERVAL_USEC);
         return 0;
+}
+
+/* ---- metrics ---- */
+
+static int metrics_http_start(gh_daemon *d, const char *listen) {
+        int r = gh_metrics_http_new(d->event, listen, d->metrics, &d->metrics_http);
+
+        if (r < 0)
+                return gh_log_error_errno(r, "[metrics] listen: cannot serve on %s: %m", listen);
+        gh_log_info("Metrics at http://%s/metrics", gh_metrics_http_address(d->metrics_http));
+        return 0;
+}
+
+static int metrics_start(gh_daemon *d) {
+        int r = gh_metrics_new(&d->metrics);
+
+        if (r >= 0)
+                r = gh_metrics_declare_gpuhost(d->metrics);
+        if (r < 0)
+                return gh_log_error_errno(r, "Failed to set up the metrics: %m");
+        daemon_metrics = d->metrics;
+        return d->config->metrics_listen ? metrics_http_start(d, d->config->metrics_listen) : 0;
+}
+
+/* A reload that changes [metrics] listen moves the endpoint; if the new
+ * address cannot be had, the old one is taken again. */
+static void metrics_apply_listen(gh_daemon *d, const char *old, const char *next) {
+        if (gh_streq(old ? old : "", next ? next : ""))
+                return;
+        d->metrics_http = gh_metrics_http_free(d->metrics_http);
+        if (!next)
+                gh_log_info("Metrics endpoint stopped");
+        else if (metrics_http_start(d, next) < 0 && old && metrics_http_start(d, old) >= 0)
+                gh_log_warning("[metrics] listen: keeping %s", old);
 }
 
 /* ---- reload ---- */
@@ -140,6 +186,7 @@ static void reload_apply(gh_daemon *d, gh_config *next) {
             !gh_streq(old->plugin_directory, next->plugin_directory))
                 gh_log_notice("[workers] executable and plugin_directory apply to workers started from now on "
                               "(gpuhostctl worker restart ID)");
+        metrics_apply_listen(d, old->metrics_listen, next->metrics_listen);
         d->config = next;
         if (d->workers)
                 gh_workers_set_config(d->workers, next);
@@ -310,6 +357,32 @@ static int add_sources(gh_daemon *d) {
         return sd_event_set_watchdog(d->event, true);
 }
 
+/* Every method table, concatenated into d->methods. */
+static int methods_build(gh_daemon *d, size_t *ret_n) {
+        const struct {
+                const gh_method *methods;
+                size_t n;
+        } tables[] = {
+                {gh_daemon_methods, gh_daemon_n_methods},   {gh_model_methods, gh_model_n_methods},
+                {gh_job_methods, gh_job_n_methods},         {gh_job_api_methods, gh_job_api_n_methods},
+                {gh_metrics_methods, gh_metrics_n_methods},
+        };
+        size_t n = 0;
+
+        for (size_t i = 0; i < ELEMENTSOF(tables); i++)
+                n += tables[i].n;
+        d->methods = malloc(n * sizeof(gh_method));
+        if (!d->methods)
+                return -ENOMEM;
+        n = 0;
+        for (size_t i = 0; i < ELEMENTSOF(tables); i++) {
+                memcpy(d->methods + n, tables[i].methods, tables[i].n * sizeof(gh_method));
+                n += tables[i].n;
+        }
+        *ret_n = n;
+        return 0;
+}
+
 int gh_daemon_init(gh_daemon *d, gh_config *config) {
         gh_server_limits limits = limits_from_config(config);
         _cleanup_free_ char *error = NULL;
@@ -329,21 +402,19 @@ int gh_daemon_init(gh_daemon *d, gh_config *config) {
         r = gh_listen_open(config->socket_path, config->socket_gid, &d->listener, &error);
         if (r < 0)
                 return gh_log_error_errno(r, "%s", error ? error : "Cannot open the socket");
+        r = metrics_start(d);
+        if (r < 0)
+                return r;
         r = gh_engine_init(&d->engine, d->event, config);
         if (r < 0)
                 return r;
         r = gh_workers_new(d->event, config, &d->engine, &d->workers);
         if (r < 0)
                 return gh_log_error_errno(r, "Failed to set up the workers: %m");
-        size_t n = gh_daemon_n_methods + gh_model_n_methods + gh_job_n_methods + gh_job_api_n_methods;
-        d->methods = malloc(n * sizeof(gh_method));
-        if (!d->methods)
-                return gh_log_error_errno(-ENOMEM, "Out of memory");
-        memcpy(d->methods, gh_daemon_methods, gh_daemon_n_methods * sizeof(gh_method));
-        memcpy(d->methods + gh_daemon_n_methods, gh_model_methods, gh_model_n_methods * sizeof(gh_method));
-        memcpy(d->methods + gh_daemon_n_methods + gh_model_n_methods, gh_job_methods, gh_job_n_methods * sizeof(gh_method));
-        memcpy(d->methods + gh_daemon_n_methods + gh_model_n_methods + gh_job_n_methods, gh_job_api_methods,
-               gh_job_api_n_methods * sizeof(gh_method));
+        size_t n;
+        r = methods_build(d, &n);
+        if (r < 0)
+                return gh_log_error_errno(r, "Out of memory");
         r = gh_server_new(d->event, d->listener.fd, &limits, d->methods, n,
                           &(gh_server_ops) {.drained = on_drained}, d, &d->server);
         if (r < 0)
@@ -367,9 +438,12 @@ void gh_daemon_done(gh_daemon *d) {
         if (d->reload_running)
                 pthread_join(d->reload_thread, NULL);
         gh_config_free(d->reload_result);
+        d->metrics_http = gh_metrics_http_free(d->metrics_http);
         gh_server_free(d->server); /* cancels the waiters' requests */
         d->workers = gh_workers_free(d->workers);
         gh_engine_done(&d->engine);
+        daemon_metrics = NULL;
+        d->metrics = gh_metrics_free(d->metrics);
         free(d->methods);
         gh_catalog_free(d->reload_catalog);
         waiters_reply(TAKE_PTR(d->waiters), -ECANCELED, &d->reload_error, d->config);

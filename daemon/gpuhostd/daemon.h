@@ -12,6 +12,8 @@
 #include "config.h"
 #include "engine.h"
 #include "listen.h"
+#include "metrics-http.h"
+#include "metrics.h"
 #include "server.h"
 #include "workers.h"
 
@@ -36,7 +38,9 @@ typedef struct gh_daemon {
         gh_server *server;
         gh_engine engine;
         gh_workers *workers;
-        gh_method *methods; /* every method served: gh_daemon_methods + gh_model_methods + gh_job_methods */
+        gh_metrics *metrics;         /* families of metrics-gpuhost.h */
+        gh_metrics_http *metrics_http; /* [metrics] listen; NULL: off */
+        gh_method *methods; /* every method served: the tables below and tasks.h's, concatenated */
         char *last_status;
         int exit_code;
 
@@ -70,3 +74,11 @@ extern const gh_method gh_model_methods[];
 extern const size_t gh_model_n_methods;
 extern const gh_method gh_job_methods[];
 extern const size_t gh_job_n_methods;
+extern const gh_method gh_metrics_methods[];
+extern const size_t gh_metrics_n_methods;
+
+/* The running daemon's metrics registry, for the subsystems that count
+ * (see metrics-gpuhost.h); event-loop thread only. NULL outside
+ * gh_daemon_init()..gh_daemon_done(), which the gh_metrics_* sample
+ * functions accept. */
+gh_metrics *gh_daemon_metrics(void);

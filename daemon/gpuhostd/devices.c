@@ -33,6 +33,7 @@ void gh_devices_config_init(gh_devices_config *cfg) {
         *cfg = (gh_devices_config) {
                 .reserve = {.unit = GH_RESERVE_PERCENT, .value = RESERVE_DEFAULT_PERCENT},
                 .cpu_enabled = true,
+                .cpu_count = 1,
         };
 }
 
@@ -532,8 +533,18 @@ int gh_devices_discover(const gh_devices_config *cfg, gh_cuda *cu, gh_devices **
                 r = probe_gpu(cfg, cu, &infos[n], err, err_size);
                 n++;
         }
-        if (r >= 0 && cfg->cpu_enabled)
-                r = probe_cpu(cfg, (int) n_gpus, &infos[n++], err, err_size);
+        for (unsigned i = 0; r >= 0 && cfg->cpu_enabled && i < cfg->cpu_count; i++) {
+                gh_device_info *grown = realloc(infos, (n + 1) * sizeof(*infos));
+                if (!grown)
+                        return -ENOMEM;
+                infos = grown;
+                r = probe_cpu(cfg, (int) (n_gpus + i), &infos[n++], err, err_size);
+                if (r >= 0 && cfg->cpu_count > 1) {
+                        char *name = infos[n - 1].name;
+                        size_t len = strnlen(name, GH_DEVICE_NAME_MAX - 8);
+                        snprintf(name + len, GH_DEVICE_NAME_MAX - len, " #%u", i % 100);
+                }
+        }
         if (r < 0)
                 return r;
         gh_devices *d = calloc(1, sizeof(*d));

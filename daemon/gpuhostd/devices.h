@@ -97,7 +97,8 @@ typedef struct gh_devices_config {
         gh_device_reserve reserve_overrides[GH_DEVICE_SELECTORS_MAX]; /* the last match wins */
         size_t n_reserve_overrides;
         bool cpu_enabled;          /* default true */
-        uint64_t cpu_budget_bytes; /* 0 (default): half of MemAvailable at discovery */
+        uint64_t cpu_budget_bytes; /* each CPU device's; 0 (default): half of MemAvailable at discovery */
+        unsigned cpu_count;        /* CPU devices, default 1: indexes n_gpus, n_gpus + 1, ... */
 } gh_devices_config;
 
 typedef struct gh_devices gh_devices;

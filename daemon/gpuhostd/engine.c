@@ -42,6 +42,7 @@ int gh_config_devices(const gh_config *c, gh_devices_config *ret, gh_config_erro
         gh_devices_config_init(ret);
         ret->cpu_enabled = c->cpu_enabled;
         ret->cpu_budget_bytes = c->cpu_memory;
+        ret->cpu_count = c->cpu_devices;
         if (c->devices_include && (r = gh_device_selectors_parse(c->devices_include, ret->include, GH_DEVICE_SELECTORS_MAX,
                                                                  &ret->n_include, &reason)) < 0)
                 key = "include";

@@ -25,6 +25,7 @@ struct gh_watcher {
         gh_request *req;
         bool inline_out;
         bool submitter;  /* its going away cancels the job, unless detached */
+        bool awaiting_id; /* a Generate without "more": answered once the job is queued */
         gh_watcher *next;
 };
 
@@ -308,12 +309,46 @@ static void notify_all(gh_task *t, json_object *p, int fd) {
 
 /* ---- the job's course ---- */
 
+static json_object *slice_json(const gh_task *t) {
+        if (!t->w || !t->units)
+                return NULL;
+        json_object *o = json_object_new_object();
+        unsigned n = (unsigned) __builtin_popcountll(t->units);
+        json_object_object_add(o, "units", json_object_new_int64(n));
+        json_object_object_add(o, "of", json_object_new_int64(t->w->units));
+        json_object_object_add(o, "mask", json_object_new_int64((int64_t) t->units));
+        if (t->w->cuda && t->w->unit_sms)
+                json_object_object_add(o, "sms", json_object_new_int64((int64_t) n * t->w->unit_sms));
+        else if (!t->w->cuda)
+                json_object_object_add(o, "threads", json_object_new_int64(n));
+        return o;
+}
+
+void gh_job_queued(gh_task *t) {
+        json_object *p = state_reply(t, "queued");
+
+        json_object_object_add(p, "event", json_object_new_string("queued"));
+        json_object_object_add(p, "placement", json_object_new_string(t->placement));
+        for (gh_watcher *v = t->watchers, *next; v; v = next) {
+                next = v->next;
+                if (!v->awaiting_id)
+                        continue;
+                watcher_unlink(v);
+                gh_request_set_cancel(v->req, NULL, NULL);
+                gh_request_reply(v->req, json_object_get(p));
+                free(v);
+        }
+        notify_all(t, p, -1);
+}
+
 void gh_job_running(gh_task *t) {
         if (t->state != GH_JOB_QUEUED)
                 return;
         t->state = GH_JOB_RUNNING;
         t->started_rt = gh_now_usec(CLOCK_REALTIME);
         json_object *p = state_reply(t, "running");
+        json_object_object_add(p, "event", json_object_new_string("admitted"));
+        json_object_object_add(p, "slice", slice_json(t));
         json_object_object_add(p, "step", json_object_new_int64(0));
         json_object_object_add(p, "steps", json_object_new_int64(t->steps));
         notify_all(t, p, -1);
@@ -378,6 +413,12 @@ void gh_job_finish_done(gh_task *t, json_object *outputs, json_object *metadata,
         json_object_object_add(p, "outputs", o);
         json_object_object_add(p, "metadata", json_object_get(metadata));
         json_object_object_add(p, "steps", json_object_new_int64(t->steps));
+        json_object *timing = json_object_new_object();
+        json_object_object_add(timing, "received_usec", json_object_new_int64((int64_t) t->received_mono));
+        json_object_object_add(timing, "first_step_usec", json_object_new_int64((int64_t) t->first_step_mono));
+        json_object_object_add(timing, "last_step_usec", json_object_new_int64((int64_t) t->last_step_mono));
+        json_object_object_add(timing, "replied_usec", json_object_new_int64((int64_t) gh_now_usec(CLOCK_MONOTONIC)));
+        json_object_object_add(p, "timing", timing);
         t->result = p;
         t->out_fds = fds;
         t->n_out_fds = n_fds;
@@ -440,6 +481,8 @@ static json_object *job_json(const gh_task *t) {
         json_object_object_add(o, "tag", t->tag ? json_object_new_string(t->tag) : NULL);
         json_object_object_add(o, "uid", json_object_new_int64(t->uid));
         json_object_object_add(o, "device", t->w ? json_object_new_int64(t->w->device) : NULL);
+        json_object_object_add(o, "placement", t->placement[0] ? json_object_new_string(t->placement) : NULL);
+        json_object_object_add(o, "slice", t->state == GH_JOB_RUNNING ? slice_json(t) : NULL);
         json_object_object_add(o, "step", t->state != GH_JOB_QUEUED ? json_object_new_int64(t->step) : NULL);
         json_object_object_add(o, "steps", t->steps ? json_object_new_int64(t->steps) : NULL);
         json_object_object_add(o, "submitted_usec", json_object_new_int64((int64_t) t->submitted_rt));
@@ -588,13 +631,17 @@ int gh_job_submit(gh_workers *ws, gh_request *req, json_object *params) {
                 return r == -EINVAL ? gh_request_invalid_parameter(req, pname[0] ? pname : "parameters", reason) : r;
         }
         t->params = norm;
-        gh_worker *w = gh_task_place(ws, p, norm, device);
-        if (!w || (device && (w->device >= 64 || !(p->devices & (UINT64_C(1) << w->device))))) {
-                json_object *e = obj1("device", json_object_new_int64(device ? json_object_get_int64(device) : -1));
-                json_object_object_add(e, "reason", json_object_new_string(w ? "its worker does not offer this pipeline"
-                                                                           : "no worker serves that device"));
-                task_free(t);
-                return gh_request_error(req, "io.gpuhost.DeviceUnavailable", e);
+        t->want_device = -1;
+        if (device) {
+                gh_worker *w = gh_workers_for_device(ws, (unsigned) json_object_get_int64(device));
+                if (!w || w->device >= 64 || !(p->devices & (UINT64_C(1) << w->device))) {
+                        json_object *e = obj1("device", json_object_new_int64(json_object_get_int64(device)));
+                        json_object_object_add(e, "reason", json_object_new_string(w ? "its worker does not offer this pipeline"
+                                                                                   : "no worker serves that device"));
+                        task_free(t);
+                        return gh_request_error(req, "io.gpuhost.DeviceUnavailable", e);
+                }
+                t->want_device = (int) w->device;
         }
         if ((r = copy_fds(req, t)) < 0) {
                 task_free(t);
@@ -606,20 +653,24 @@ int gh_job_submit(gh_workers *ws, gh_request *req, json_object *params) {
         if (t->deadline_sec > 0)
                 sd_event_add_time_relative(ws->event, &t->deadline_timer, CLOCK_MONOTONIC,
                                            (uint64_t) (t->deadline_sec * 1e6), USEC_PER_MSEC, on_deadline, t);
-        gh_log_debug("Job %s (%s, %s) queued on worker %u (device %u)", t->id, name, priority_names[t->priority],
-                     w->id, w->device);
-        if (gh_request_more(req)) {
-                if (!watcher_add(t, req, inline_out, true)) {
-                        job_cancel(t, GH_STOP_CANCEL);
-                        return -ENOMEM;
-                }
-                gh_request_notify(req, state_reply(t, "queued"));
-        } else {
-                json_object *o = obj1("job", json_object_new_string(t->id));
-                json_object_object_add(o, "state", json_object_new_string("queued"));
-                gh_request_reply(req, o);
+        gh_watcher *v = watcher_add(t, req, inline_out, true);
+        if (!v) {
+                job_cancel(t, GH_STOP_CANCEL);
+                return -ENOMEM;
         }
-        gh_task_enqueue(w, t);
+        v->awaiting_id = !gh_request_more(req);
+        if (gh_task_submit(t) > 0)
+                return 0; /* answered once the estimate places it (or refuses it) */
+        /* No worker is up to estimate it yet: it is queued until one is. */
+        gh_log_debug("Job %s (%s) waits for a worker to estimate it", t->id, name);
+        json_object *o = state_reply(t, "queued");
+        if (v->awaiting_id) {
+                watcher_unlink(v);
+                gh_request_set_cancel(req, NULL, NULL);
+                free(v);
+                gh_request_reply(req, o);
+        } else
+                gh_request_notify(req, o);
         return 0;
 }
 

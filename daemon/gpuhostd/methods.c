@@ -8,6 +8,7 @@
 #include "daemon.h"
 #include "gh-build.h"
 #include "gpuhost/protocol.h"
+#include "tasks.h"
 
 /* io.gpuhost.varlink, embedded at build time and returned verbatim. */
 extern const char gh_interface_io_gpuhost[];
@@ -105,6 +106,20 @@ static int get_status(gh_request *req, json_object *params, void *userdata) {
         json_object_object_add(o, "uptime_usec", json_object_new_int64((int64_t) (gh_now_usec(CLOCK_MONOTONIC) - d->start_usec)));
         json_object_object_add(o, "pid", json_object_new_int(getpid()));
         json_object_object_add(o, "connections", json_object_new_int64(gh_server_connections(d->server)));
+        json_object *sched = gh_sched_devices_json(d->workers);
+        for (size_t i = 0; i < json_object_array_length(devices); i++) { /* the scheduler's view, merged */
+                json_object *dev = json_object_array_get_idx(devices, i);
+                int64_t index = json_object_get_int64(json_object_object_get(dev, "index"));
+                for (size_t k = 0; k < json_object_array_length(sched); k++) {
+                        json_object *s = json_object_array_get_idx(sched, k);
+                        if (json_object_get_int64(json_object_object_get(s, "index")) != index)
+                                continue;
+                        json_object_object_foreach(s, key, val)
+                                if (!json_object_object_get_ex(dev, key, NULL))
+                                        json_object_object_add(dev, key, json_object_get(val));
+                }
+        }
+        json_object_put(sched);
         json_object_object_add(o, "devices", devices);
         json_object_object_add(o, "config", gh_config_summary(d->config));
         json_object_object_add(o, "workers", gh_workers_summary(d->workers));

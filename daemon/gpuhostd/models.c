@@ -28,6 +28,7 @@ typedef struct catalog_entry {
         char *name, *path, *devices;
         int convert; /* a gh_dtype, or -1 to keep */
         bool pinned, from_config;
+        uint64_t bytes; /* pool bytes once loaded (0: unknown, the files are unreadable) */
 } catalog_entry;
 
 struct gh_catalog {
@@ -117,6 +118,8 @@ static int catalog_scan(gh_catalog *cat, const char *dir) {
         return r;
 }
 
+static int plan_bytes(const char *path, int convert, uint64_t *ret);
+
 int gh_catalog_build(const gh_config *c, gh_catalog **ret, char *err, size_t err_size) {
         gh_catalog *cat = calloc(1, sizeof(*cat));
         int r = cat ? 0 : -ENOMEM;
@@ -142,6 +145,10 @@ int gh_catalog_build(const gh_config *c, gh_catalog **ret, char *err, size_t err
                 gh_catalog_free(cat);
                 return r;
         }
+        /* What each model will take in a pool, from its headers: the
+         * scheduler admits jobs by it before anything is loaded. */
+        for (size_t i = 0; i < cat->n; i++)
+                (void) plan_bytes(cat->entries[i].path, cat->entries[i].convert, &cat->entries[i].bytes);
         *ret = cat;
         return 0;
 }
@@ -178,6 +185,7 @@ typedef struct load_job {
         uint64_t total;
         gh_store_device dev;    /* copy: where to */
         uint64_t base;          /* copy: the pool offset of the allocation */
+        uint64_t copy_start_usec;
         _Atomic uint64_t done_bytes;
         int r;
         char reason[512];
@@ -203,6 +211,7 @@ struct gh_model {
         int convert;
         bool pinned, from_config, gone;
         uint64_t loads; /* loads started, on any device */
+        uint64_t bytes; /* pool bytes of a resident copy (0: unknown) */
         gh_resident *resident[GH_STORE_MAX_DEVICES];
 };
 
@@ -222,6 +231,8 @@ struct gh_store {
         bool stop;                  /* under lock */
         int efd;
         sd_event_source *efd_source;
+        gh_store_observer_fn observer;
+        void *observer_data;
 };
 
 static void job_free(load_job *j) {
@@ -384,6 +395,20 @@ static int job_plan(load_job *j) {
         }
         j->total = cursor > 0 ? cursor : TENSOR_ALIGN;
         return 0;
+}
+
+static int plan_bytes(const char *path, int convert, uint64_t *ret) {
+        load_job *j = calloc(1, sizeof(*j));
+        int r = j && (j->path = strdup(path)) ? 0 : -ENOMEM;
+
+        if (r >= 0) {
+                j->convert = convert;
+                r = job_plan(j);
+        }
+        if (r >= 0)
+                *ret = j->total;
+        job_free(j);
+        return r;
 }
 
 /* ---- loader thread: copy ---- */
@@ -557,6 +582,11 @@ static void resident_drop(gh_resident *res) {
         resident_free(res);
 }
 
+static void observe(gh_store *s, gh_store_event ev, const gh_model *m, unsigned device, uint64_t bytes, uint64_t usec) {
+        if (s->observer)
+                s->observer(ev, m, device, bytes, usec, s->observer_data);
+}
+
 /* The least recently used model on |device| that may go. */
 static gh_resident *eviction_candidate(gh_store *s, unsigned device, const gh_resident *except) {
         gh_resident *best = NULL;
@@ -588,6 +618,7 @@ static int allocate(gh_store *s, gh_resident *res, uint64_t bytes, char *reason,
                                  (bytes + (1 << 20) - 1) >> 20, res->device, st.largest_free >> 20, st.capacity >> 20);
                         return -ENOSPC;
                 }
+                observe(s, GH_STORE_EVICTED, victim->model, victim->device, victim->bytes, 0);
                 resident_drop(victim);
         }
 }
@@ -612,6 +643,8 @@ static void on_planned(gh_store *s, load_job *j) {
         if (r < 0)
                 return fail_load(res, j, r);
         res->bytes = j->total;
+        res->model->bytes = j->total;
+        j->copy_start_usec = gh_now_usec(CLOCK_MONOTONIC);
         j->base = res->offset;
         j->dev = s->devices[res->device];
         j->phase = JOB_COPY;
@@ -639,6 +672,7 @@ static void on_copied(gh_store *s, load_job *j) {
         }
         res->n_tensors = j->n_tensors;
         res->ready = true;
+        observe(s, GH_STORE_LOADED, res->model, res->device, res->bytes, gh_now_usec(CLOCK_MONOTONIC) - j->copy_start_usec);
         res->last_use = ++s->clock;
         res->job = NULL;
         job_free(j);
@@ -765,6 +799,8 @@ static int model_update(gh_model *m, const catalog_entry *e) {
         m->devices = devices;
         m->convert = e->convert;
         m->pinned = e->pinned;
+        if (e->bytes)
+                m->bytes = e->bytes;
         m->from_config = e->from_config;
         m->gone = false;
         return 0;
@@ -810,6 +846,29 @@ gh_model *gh_store_find(gh_store *s, const char *name) {
 
 const char *gh_model_name(const gh_model *m) {
         return m->name;
+}
+
+uint64_t gh_model_bytes(const gh_model *m) {
+        return m->bytes;
+}
+
+uint64_t gh_store_evictable(gh_store *s, unsigned device, const gh_model *const *keep, size_t n_keep) {
+        uint64_t n = 0;
+
+        for (size_t i = 0; device < GH_STORE_MAX_DEVICES && i < s->n_models; i++) {
+                gh_resident *r = s->models[i]->resident[device];
+                bool kept = false;
+                for (size_t k = 0; k < n_keep; k++)
+                        kept |= keep[k] == s->models[i];
+                if (r && r->ready && r->refs == 0 && !r->model->pinned && !kept)
+                        n += r->bytes;
+        }
+        return n;
+}
+
+void gh_store_set_observer(gh_store *s, gh_store_observer_fn fn, void *userdata) {
+        s->observer = fn;
+        s->observer_data = userdata;
 }
 
 const char *gh_model_devices(const gh_model *m) {

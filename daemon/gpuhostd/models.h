@@ -83,6 +83,21 @@ const char *gh_model_name(const gh_model *m);
 /* The [model] devices selectors, or NULL when any device will do. */
 const char *gh_model_devices(const gh_model *m);
 gh_resident *gh_model_resident(const gh_model *m, unsigned device);
+/* The pool bytes a resident copy takes: from the headers when the
+ * catalogue was built, then from the last load; 0 if unknown (the files
+ * could not be read). */
+uint64_t gh_model_bytes(const gh_model *m);
+/* Bytes of models on |device| that a load could evict now (ready, no
+ * references, not pinned), leaving out those in |keep|. */
+uint64_t gh_store_evictable(gh_store *s, unsigned device, const gh_model *const *keep, size_t n_keep);
+
+/* What the store tells its observer (metrics, the scheduler's load
+ * throughput): a load finished (|bytes| copied in |usec|), or a model was
+ * evicted to make room. */
+typedef enum gh_store_event { GH_STORE_LOADED, GH_STORE_EVICTED } gh_store_event;
+typedef void (*gh_store_observer_fn)(gh_store_event ev, const gh_model *m, unsigned device, uint64_t bytes,
+                                     uint64_t usec, void *userdata);
+void gh_store_set_observer(gh_store *s, gh_store_observer_fn fn, void *userdata);
 
 /* Starts loading |m| onto |device| (or joins the load under way). |done|
  * runs when it ends; right away if already resident. */

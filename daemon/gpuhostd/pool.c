@@ -31,6 +31,7 @@ struct gh_pool {
         uint64_t slab_size, capacity, base, used;
         pool_slab *slabs;
         unsigned n_slots, n_slabs;
+        unsigned limit_slabs; /* slabs that may exist at once (gh_pool_set_limit) */
         extent_list free;   /* free space in [0, capacity), merged */
         extent_list allocs; /* live allocations */
         uint64_t next_serial;
@@ -153,9 +154,13 @@ static void slabs_unuse(gh_pool *p, uint64_t offset, uint64_t size) {
 
 /* Makes sure every slab of the range exists and counts one more user. */
 static int slabs_use(gh_pool *p, uint64_t offset, uint64_t size) {
-        unsigned first, end;
+        unsigned first, end, missing = 0;
 
         slab_range(p, offset, size, &first, &end);
+        for (unsigned i = first; i < end; i++)
+                missing += p->slabs[i].fd < 0;
+        if (p->n_slabs + missing > p->limit_slabs)
+                return -ENOSPC;
         for (unsigned i = first; i < end; i++) {
                 int r = slab_ensure(p, i);
                 if (r < 0) {
@@ -180,7 +185,8 @@ int gh_pool_new(const gh_pool_backend *be, uint64_t slab_size, uint64_t capacity
         gh_pool *p = calloc(1, sizeof(*p));
         if (!p)
                 return -ENOMEM;
-        *p = (gh_pool) {.be = be, .slab_size = slab_size, .capacity = n * slab_size, .n_slots = (unsigned) n};
+        *p = (gh_pool) {.be = be, .slab_size = slab_size, .capacity = n * slab_size, .n_slots = (unsigned) n,
+                        .limit_slabs = (unsigned) n};
         p->slabs = malloc(n * sizeof(*p->slabs));
         int r = p->slabs ? be->reserve(be->ctx, p->capacity, &p->base) : -ENOMEM;
         if (r >= 0)
@@ -297,6 +303,12 @@ void *gh_pool_ptr(const gh_pool *p, uint64_t offset) {
 
 uint64_t gh_pool_slab_size(const gh_pool *p) {
         return p->slab_size;
+}
+
+void gh_pool_set_limit(gh_pool *p, uint64_t limit) {
+        uint64_t n = limit / p->slab_size;
+
+        p->limit_slabs = n < p->n_slots ? (unsigned) n : p->n_slots;
 }
 
 void gh_pool_get_stats(const gh_pool *p, gh_pool_stats *ret) {

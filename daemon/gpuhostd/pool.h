@@ -77,6 +77,11 @@ uint64_t gh_pool_base(const gh_pool *p);
 void *gh_pool_ptr(const gh_pool *p, uint64_t offset); /* CPU pools: a usable pointer */
 uint64_t gh_pool_slab_size(const gh_pool *p);
 void gh_pool_get_stats(const gh_pool *p, gh_pool_stats *ret);
+/* At most |limit| bytes of slabs (rounded down to whole slabs, at most the
+ * capacity) may exist from now on: an allocation that would need more
+ * fails with -ENOSPC. Slabs already there stay. The scheduler lowers it by
+ * the workspaces it has promised to jobs. */
+void gh_pool_set_limit(gh_pool *p, uint64_t limit);
 
 /* The slabs that back [offset, offset + size): their indexes (slab i covers
  * [i * slab_size, (i + 1) * slab_size)) and fds, owned by the pool. Returns

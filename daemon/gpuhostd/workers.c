@@ -214,9 +214,15 @@ static int on_hello(gh_worker *w, json_object *m) {
         json_object_put(w->refused);
         w->refused = json_object_get(refused);
         w->rss = (uint64_t) json_object_get_int64(json_object_object_get(m, "rss"));
+        int64_t units = json_object_get_int64(json_object_object_get(m, "units"));
+        if (units < 1 || units > GH_WORKER_MAX_UNITS)
+                return -EPROTO;
+        w->units = (unsigned) units;
+        w->unit_sms = (unsigned) json_object_get_int64(json_object_object_get(m, "unit_sms"));
         w->state = GH_WORKER_IDLE;
-        gh_log_info("Worker %u (device %u, pid %d) ready: %zu pipeline(s), %zu plugin(s) refused", w->id, w->device,
-                    (int) w->pid, json_object_array_length(pl), json_object_array_length(refused));
+        gh_log_info("Worker %u (device %u, pid %d) ready: %zu pipeline(s), %zu plugin(s) refused, %u slice unit(s)",
+                    w->id, w->device, (int) w->pid, json_object_array_length(pl), json_object_array_length(refused),
+                    w->units);
         gh_tasks_worker_ready(w);
         return 0;
 }
@@ -428,7 +434,7 @@ static int on_child(sd_event_source *es, const siginfo_t *si, void *userdata) {
         bool expected = w->restart_requested || w->ws->stopping;
         if (!expected) {
                 gh_log_error("Worker %u (device %u, pid %d) %s%s%s", w->id, w->device, (int) w->pid, reason,
-                             w->task ? " while running a job of " : "", w->task ? w->task->pipeline : "");
+                             w->bound ? " while running a job of " : "", w->bound ? w->bound->pipeline : "");
         }
         w->child = sd_event_source_disable_unref(w->child);
         w->io = sd_event_source_disable_unref(w->io);
@@ -493,7 +499,7 @@ static int spawn(gh_worker *w, int *ret_sock, int *ret_log) {
         const gh_config *c = w->ws->config;
         gh_pool *pool = gh_store_pool(w->ws->engine->store, w->device);
         gh_pool_stats st;
-        char a_dev[16], a_cuda[16], a_owner[24], a_slab[24], a_pool[24], a_threads[16];
+        char a_dev[16], a_cuda[16], a_owner[24], a_slab[24], a_pool[24], a_threads[16], a_unit[16];
         int sp[2], lp[2];
 
         if (!pool)
@@ -506,9 +512,10 @@ static int spawn(gh_worker *w, int *ret_sock, int *ret_log) {
         snprintf(a_slab, sizeof(a_slab), "%" PRIu64, gh_pool_slab_size(pool));
         snprintf(a_pool, sizeof(a_pool), "%" PRIu64, st.capacity);
         snprintf(a_threads, sizeof(a_threads), "%u", threads ? threads : 1);
+        snprintf(a_unit, sizeof(a_unit), "%u", c->unit_sms);
         char *argv[] = {c->worker_executable, "--device", a_dev, "--plugin-dir", c->plugin_directory,
                         "--plugin-owner", a_owner, "--slab-size", a_slab, "--pool-size", a_pool,
-                        "--threads", a_threads, "--log-level", (char *) gh_log_level_to_string(gh_log_get_max_level()),
+                        "--threads", a_threads, "--unit-sms", a_unit, "--log-level", (char *) gh_log_level_to_string(gh_log_get_max_level()),
                         w->cuda ? "--cuda" : NULL, a_cuda, NULL};
         _cleanup_free_ char **envp = worker_environ();
         if (!envp)
@@ -607,6 +614,17 @@ void gh_workers_set_config(gh_workers *ws, const gh_config *config) {
         }
 }
 
+/* Loads measured on a device give its throughput, for placement. */
+static void on_store_event(gh_store_event ev, const gh_model *m, unsigned device, uint64_t bytes, uint64_t usec,
+                           void *userdata) {
+        gh_worker *w = gh_workers_for_device(userdata, device);
+
+        if (!w || ev != GH_STORE_LOADED || usec == 0 || bytes < (1u << 20))
+                return; /* tiny loads measure the overhead, not the throughput */
+        double bps = (double) bytes * 1e6 / (double) usec;
+        w->load_bps = w->load_bps > 0 ? 0.7 * w->load_bps + 0.3 * bps : bps;
+}
+
 int gh_workers_new(sd_event *event, const gh_config *config, gh_engine *engine, gh_workers **ret) {
         gh_workers *ws = calloc(1, sizeof(*ws));
         unsigned n = 0;
@@ -625,7 +643,7 @@ int gh_workers_new(sd_event *event, const gh_config *config, gh_engine *engine, 
                 if (!pool || !info)
                         continue;
                 gh_worker *w = &ws->workers[n];
-                *w = (gh_worker) {.ws = ws, .id = n, .device = d, .fd = -1, .log_fd = -1,
+                *w = (gh_worker) {.ws = ws, .id = n, .device = d, .fd = -1, .log_fd = -1, .info = info,
                                   .cuda = info->kind == GH_DEVICE_CUDA, .cuda_ordinal = info->cuda_ordinal};
                 gh_pool_stats st;
                 gh_pool_get_stats(pool, &st);
@@ -641,6 +659,7 @@ int gh_workers_new(sd_event *event, const gh_config *config, gh_engine *engine, 
                 n++;
         }
         ws->n_workers = n;
+        gh_store_set_observer(engine->store, on_store_event, ws);
         for (unsigned i = 0; i < n; i++) {
                 gh_worker *w = &ws->workers[i];
                 sd_event_add_time_relative(event, &w->heartbeat, CLOCK_MONOTONIC, heartbeat_period(ws), USEC_PER_MSEC,
@@ -691,7 +710,9 @@ gh_workers *gh_workers_free(gh_workers *ws) {
                 json_object_put(w->refused);
                 free(w->slab_serial);
         }
+        gh_store_set_observer(ws->engine->store, NULL, NULL);
         gh_jobs_free(ws);
+        free(ws->entities);
         for (size_t i = 0; i < ws->n_pipelines; i++) {
                 free(ws->pipelines[i].name);
                 json_object_put(ws->pipelines[i].desc);
@@ -715,8 +736,13 @@ json_object *gh_workers_json(gh_workers *ws) {
                 json_object_object_add(o, "device", json_object_new_int64(w->device));
                 json_object_object_add(o, "pid", up ? json_object_new_int64(w->pid) : NULL);
                 json_object_object_add(o, "state", json_object_new_string(gh_worker_state_to_string(w->state)));
-                json_object_object_add(o, "job", w->task ? json_object_new_string(w->task->id) : NULL);
-                json_object_object_add(o, "pipeline", w->task ? json_object_new_string(w->task->pipeline) : NULL);
+                json_object *jobs = json_object_new_array();
+                for (gh_task *t = w->bound; t; t = t->run_next)
+                        json_object_array_add(jobs, json_object_new_string(t->id));
+                json_object_object_add(o, "job", w->bound ? json_object_new_string(w->bound->id) : NULL);
+                json_object_object_add(o, "pipeline", w->bound ? json_object_new_string(w->bound->pipeline) : NULL);
+                json_object_object_add(o, "jobs", jobs);
+                json_object_object_add(o, "units", w->units ? json_object_new_int64(w->units) : NULL);
                 json_object_object_add(o, "jobs_done", json_object_new_int64((int64_t) w->jobs_done));
                 json_object_object_add(o, "crashes", json_object_new_int64((int64_t) w->crashes));
                 json_object_object_add(o, "rss_bytes", up && w->rss ? json_object_new_int64((int64_t) w->rss) : NULL);

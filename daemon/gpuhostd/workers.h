@@ -49,6 +49,7 @@ typedef struct gh_pipeline {
         unsigned n_crash;       /* entries in crash_usec (most recent last) */
         unsigned crashes;       /* in all */
         bool quarantined;
+        double step_usec;       /* measured time of one step (moving average; 0: none yet) */
 } gh_pipeline;
 
 typedef struct gh_worker {
@@ -74,9 +75,19 @@ typedef struct gh_worker {
         json_object *refused;   /* [{path, reason}] from its hello */
         uint64_t *slab_serial;  /* per slab: the slab mapped in the worker (0: none) */
         unsigned n_slots;
-        gh_task *task;          /* the task it serves */
-        gh_task *queue_head, *queue_tail; /* tasks waiting for it */
+        /* The device's scheduler state (sched.c, tasks.c); outlives processes. */
+        const gh_device_info *info;
+        gh_task *estimating;    /* tasks whose estimate this worker makes */
+        gh_task *bound;         /* admitted tasks (run_next), oldest first */
+        unsigned n_bound;
+        gh_task *queue_head, *queue_tail; /* the run queue */
         unsigned queued;
+        uint64_t workspaces;    /* reserved by admitted tasks */
+        unsigned units;         /* slice units (from the hello); 0: not known yet */
+        unsigned unit_sms;      /* SMs per unit on a GPU */
+        uint64_t units_free;    /* mask */
+        uint64_t busy_mark, busy_unit_usec; /* utilisation: unit-microseconds busy */
+        double load_bps;        /* measured model load throughput (moving average) */
 } gh_worker;
 
 struct gh_workers {
@@ -90,6 +101,10 @@ struct gh_workers {
         uint64_t next_task_id;
         gh_task *tasks;          /* every job known (jobs.c) */
         unsigned n_active, n_finished;
+        gh_task *unestimated;    /* tasks waiting for a worker to estimate them */
+        uint64_t served_clock;   /* round robin between clients (sched.c) */
+        struct gh_entity *entities; /* per client uid: when it was last served */
+        size_t n_entities;
         bool stopping;
 };
 

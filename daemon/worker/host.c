@@ -1,10 +1,12 @@
 /* The host side of the plugin ABI inside gpuhost-worker: a job's
  * parameters, its models' tensors in the mapped pool, its workspace
  * (charged against what estimate() declared), progress, cancellation,
- * memfd outputs, and the job's life: start, steps, finish or abort. */
+ * memfd outputs, its slice of the device, and the job's life on its own
+ * thread: start, steps, finish or abort. */
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -72,8 +74,20 @@ struct gh_job {
         job_phase phase;
         uint32_t step, steps;
         void *state;
-        bool started, cancelled;
+        bool started;
         char error[512];      /* why the host refused the plugin something */
+        /* its thread and slice */
+        pthread_t thread;
+        bool thread_started;
+        atomic_bool cancelled, ended;
+        _Atomic uint64_t next_units; /* a slice to take at the next step boundary (0: none) */
+        uint64_t units;              /* the slice it runs in */
+        gh_threads *threads;         /* CPU: its share of threads, made on first use */
+        void *cuda_context, *cuda_stream;
+        bool own_stream;             /* cuda_stream is the job's (no slices) */
+        uint64_t held;               /* the slice whose context it holds (GPU) */
+        bool reported;               /* progress() was called during this step */
+        uint64_t first_step_usec, last_step_usec;
 };
 
 static const gh_plugin *current_plugin; /* for log lines outside a job (estimate) */
@@ -340,9 +354,9 @@ static int host_device(gh_job *job, gh_job_device *ret) {
                 .struct_size = sizeof(*ret),
                 .kind = w->args.cuda ? GH_DEVICE_KIND_CUDA : GH_DEVICE_KIND_CPU,
                 .index = w->args.device,
-                .cuda_context = w->args.cuda ? (void *) w->pc.context : NULL,
-                .cuda_stream = w->args.cuda ? (void *) w->stream : NULL,
-                .cpu_threads = gh_threads_count(w->threads),
+                .cuda_context = job->cuda_context,
+                .cuda_stream = job->cuda_stream,
+                .cpu_threads = w->args.cuda ? 1 : (uint32_t) __builtin_popcountll(job->units),
         };
         return 0;
 }
@@ -497,19 +511,24 @@ static int host_progress(gh_job *job, uint32_t step, uint32_t steps, const gh_im
                         }
                 }
         }
+        job->reported = true;
         return gh_wk_send(job->w, m, fd >= 0 ? &fd : NULL, fd >= 0 ? 1 : 0);
 }
 
 static bool host_cancelled(gh_job *job) {
-        if (!job->cancelled)
-                (void) gh_wk_poll(job->w, 0);
-        return job->cancelled;
+        return atomic_load(&job->cancelled);
 }
 
 static int host_parallel_for(gh_job *job, uint32_t n, void (*fn)(void *ctx, uint32_t i, uint32_t thread), void *ctx) {
         if (n == 0 || !fn)
                 return -EINVAL;
-        gh_threads_run(job->w->threads, n, fn, ctx);
+        if (!job->threads) {
+                unsigned k = job->w->args.cuda ? 1 : (unsigned) __builtin_popcountll(job->units);
+                int r = gh_threads_new(k ? k : 1, &job->threads);
+                if (r < 0)
+                        return r;
+        }
+        gh_threads_run(job->threads, n, fn, ctx);
         return 0;
 }
 
@@ -567,6 +586,7 @@ int gh_job_estimate(gh_wk *w, const gh_loaded_plugin *lp, json_object *params, j
         json_object_object_add(o, "workspace_cuda", json_object_new_int64((int64_t) needs.workspace[GH_DEVICE_KIND_CUDA]));
         json_object_object_add(o, "steps", json_object_new_int64(needs.steps));
         json_object_object_add(o, "slice_sms", json_object_new_int64(needs.slice_sms));
+        json_object_object_add(o, "step_timeout_ms", json_object_new_int64(needs.step_timeout_ms));
         json_object_object_add(o, "models", models);
         *ret_needs = o;
         return 0;
@@ -623,8 +643,11 @@ int gh_job_new(gh_wk *w, json_object *msg, int *fds, size_t n_fds, gh_job **ret,
                 .ws_limit = (uint64_t) json_object_get_int64(json_object_object_get(msg, "workspace")),
                 .out_limit = (uint64_t) json_object_get_int64(json_object_object_get(msg, "max_output_bytes")),
                 .steps = (uint32_t) json_object_get_int64(json_object_object_get(msg, "steps")),
+                .units = (uint64_t) json_object_get_int64(json_object_object_get(msg, "units")),
                 .metadata = json_object_new_object(),
         };
+        if (job->units == 0)
+                job->units = 1;
         job->params = (gh_params) {.plugin = lp->plugin, .values = params, .job = job};
         if (!job->id)
                 job->id = "?";
@@ -648,7 +671,16 @@ const char *gh_job_pipeline(const gh_job *job) {
 }
 
 void gh_job_cancel(gh_job *job) {
-        job->cancelled = true;
+        atomic_store(&job->cancelled, true);
+}
+
+void gh_job_set_units(gh_job *job, uint64_t units) {
+        if (units)
+                atomic_store(&job->next_units, units);
+}
+
+bool gh_job_ended(const gh_job *job) {
+        return atomic_load(&job->ended);
 }
 
 static json_object *job_msg(gh_job *job, const char *type) {
@@ -665,7 +697,7 @@ static int job_fail(gh_job *job, int r, const char *what) {
                 job->p->abort(&gh_wk_host, job, job->state);
         job->started = false;
         outputs_drop(job);
-        if (job->cancelled && r == -ECANCELED)
+        if (atomic_load(&job->cancelled) && r == -ECANCELED)
                 return gh_wk_send(job->w, job_msg(job, "cancelled"), NULL, 0);
         json_object *m = job_msg(job, "failed");
         char message[768];
@@ -692,17 +724,90 @@ static int job_done(gh_job *job) {
                 fds[i] = job->outputs[i].fd;
         }
         job->n_outputs = 0; /* the fds go with the message */
+        json_object *timing = json_object_new_object();
+        json_object_object_add(timing, "first_step_usec", json_object_new_int64((int64_t) job->first_step_usec));
+        json_object_object_add(timing, "last_step_usec", json_object_new_int64((int64_t) job->last_step_usec));
         json_object_object_add(m, "outputs", outs);
         json_object_object_add(m, "metadata", json_object_get(job->metadata));
+        json_object_object_add(m, "timing", timing);
         return gh_wk_send(job->w, m, fds, n);
 }
 
-int gh_job_advance(gh_job *job) {
+/* The slice's CUDA context and stream, current on this thread. */
+static int job_enter_slice(gh_job *job) {
+        gh_wk *w = job->w;
+
+        if (!w->args.cuda)
+                return 0;
+        if (job->cuda_stream) /* the old slice's work finishes in its own SMs */
+                w->cu->StreamSynchronize((CUstream) job->cuda_stream);
+        if (job->own_stream) {
+                w->cu->StreamDestroy((CUstream) job->cuda_stream);
+                job->own_stream = false;
+        }
+        job->cuda_stream = NULL;
+        if (job->held)
+                gh_wk_slice_put(w, job->held);
+        job->held = 0;
+        int r = gh_wk_slice(w, job->units, &job->cuda_context, &job->cuda_stream);
+        if (r >= 0)
+                job->held = job->units;
+        if (r >= 0)
+                r = gh_cuda_errno(w->cu, w->cu->CtxSetCurrent((CUcontext) job->cuda_context), NULL);
+        if (r >= 0 && !job->cuda_stream) {
+                CUstream s;
+                r = gh_cuda_errno(w->cu, w->cu->StreamCreate(&s, CU_STREAM_NON_BLOCKING), NULL);
+                if (r >= 0) {
+                        job->cuda_stream = s;
+                        job->own_stream = true;
+                }
+        }
+        return r;
+}
+
+/* A step boundary: take a new slice if the daemon gave one. */
+static int job_boundary(gh_job *job) {
+        uint64_t u = atomic_exchange(&job->next_units, 0);
+
+        if (!u)
+                return 0;
+        if (u != job->units) {
+                job->units = u;
+                gh_threads_free(job->threads);
+                job->threads = NULL; /* made again with the new share */
+                int r = job_enter_slice(job);
+                if (r < 0)
+                        return r;
+        }
+        json_object *m = job_msg(job, "sliced");
+        json_object_object_add(m, "units", json_object_new_int64((int64_t) u));
+        return gh_wk_send(job->w, m, NULL, 0);
+}
+
+/* After a step the plugin did not report: the daemon's watchdog and
+ * clients see every step. */
+static void job_report_step(gh_job *job) {
+        if (job->reported) {
+                job->reported = false;
+                return;
+        }
+        json_object *m = job_msg(job, "progress");
+        json_object_object_add(m, "step", json_object_new_int64(job->step));
+        json_object_object_add(m, "steps", json_object_new_int64(job->steps));
+        gh_wk_send(job->w, m, NULL, 0);
+}
+
+static int job_advance(gh_job *job) {
         const gh_plugin *p = job->p;
         int r;
 
-        if (job->cancelled) {
+        if (atomic_load(&job->cancelled)) {
                 job_fail(job, -ECANCELED, "cancelled");
+                return 0;
+        }
+        r = job_boundary(job);
+        if (r < 0) {
+                job_fail(job, r, "taking a new slice");
                 return 0;
         }
         switch (job->phase) {
@@ -716,12 +821,17 @@ int gh_job_advance(gh_job *job) {
                 job->phase = PHASE_STEP;
                 return 1;
         case PHASE_STEP:
+                if (job->step == 0)
+                        job->first_step_usec = gh_now_usec(CLOCK_MONOTONIC);
+                job->reported = false;
                 r = p->step(&gh_wk_host, job, job->state, job->step);
+                job->last_step_usec = gh_now_usec(CLOCK_MONOTONIC);
                 if (r < 0) {
-                        job_fail(job, r, job->cancelled && r == -ECANCELED ? "cancelled" : "step() failed");
+                        job_fail(job, r, atomic_load(&job->cancelled) && r == -ECANCELED ? "cancelled" : "step() failed");
                         return 0;
                 }
                 job->step++;
+                job_report_step(job);
                 if (r == GH_STEP_CONTINUE && job->steps && job->step >= job->steps) {
                         job_refuse(job, "step() wants more than the %u steps estimate() declared", job->steps);
                         job_fail(job, -EPROTO, "step() failed");
@@ -744,9 +854,50 @@ int gh_job_advance(gh_job *job) {
         return 0;
 }
 
+static void *job_thread(void *userdata) {
+        gh_job *job = userdata;
+        uint64_t one = 1;
+        int r = job_enter_slice(job);
+
+        if (r < 0)
+                job_fail(job, r, "entering its slice of the device");
+        else
+                while (job_advance(job) > 0)
+                        ;
+        /* Freed in the context they were made in. */
+        while (job->n_allocs)
+                alloc_release(job, job->n_allocs - 1);
+        if (job->cuda_stream)
+                job->w->cu->StreamSynchronize((CUstream) job->cuda_stream);
+        if (job->held)
+                gh_wk_slice_put(job->w, job->held);
+        job->held = 0;
+        gh_threads_free(job->threads);
+        job->threads = NULL;
+        atomic_store(&job->ended, true);
+        (void) !write(job->w->reap_fd, &one, sizeof(one));
+        return NULL;
+}
+
+int gh_job_start(gh_job *job) {
+        int r = -pthread_create(&job->thread, NULL, job_thread, job);
+
+        if (r < 0)
+                return r;
+        job->thread_started = true;
+        return 0;
+}
+
 void gh_job_free(gh_job *job) {
         if (!job)
                 return;
+        if (job->thread_started) {
+                gh_job_cancel(job);
+                pthread_join(job->thread, NULL);
+        }
+        if (job->own_stream)
+                job->w->cu->StreamDestroy((CUstream) job->cuda_stream);
+        gh_threads_free(job->threads);
         if (job->started)
                 job_fail(job, -ECANCELED, "ended");
         if (job->n_allocs)

@@ -31,6 +31,7 @@ static int parse_args(int argc, char **argv, gh_worker_args *a) {
                 {"plugin-dir", required_argument, NULL, 'p'}, {"plugin-owner", required_argument, NULL, 'o'},
                 {"slab-size", required_argument, NULL, 's'},  {"pool-size", required_argument, NULL, 'z'},
                 {"threads", required_argument, NULL, 't'},    {"log-level", required_argument, NULL, 'l'},
+                {"unit-sms", required_argument, NULL, 'u'},
                 {},
         };
         uint64_t v;
@@ -59,6 +60,7 @@ static int parse_args(int argc, char **argv, gh_worker_args *a) {
                 case 's': a->slab_size = v; break;
                 case 'z': a->pool_size = v; break;
                 case 't': a->cpu_threads = v > 1024 ? 1024 : (unsigned) v; break;
+                case 'u': a->unit_sms = v > 1024 ? 1024 : (unsigned) v; break;
                 }
         }
         return a->plugin_dir && a->slab_size && a->pool_size && optind == argc ? 0 : -EINVAL;
@@ -75,7 +77,7 @@ int main(int argc, char **argv) {
         gh_log_force_priority_prefix();
         if (parse_args(argc, argv, &args) < 0) {
                 gh_log_error("Usage: gpuhost-worker --device N [--cuda ORDINAL] --plugin-dir DIR --plugin-owner UID "
-                             "--slab-size BYTES --pool-size BYTES [--threads N] [--log-level LEVEL] (started by gpuhostd)");
+                             "--slab-size BYTES --pool-size BYTES [--threads N] [--unit-sms N] [--log-level LEVEL] (started by gpuhostd)");
                 return 2;
         }
         if (fstat(GH_WORKER_FD, &st) < 0 || !S_ISSOCK(st.st_mode) ||

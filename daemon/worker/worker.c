@@ -1,14 +1,16 @@
 /* gpuhost-worker's process state and its side of the protocol: start-up
  * (plugins, CUDA context, pool reservation), the message loop, slab
- * mapping, and running the one job at a time. See worker.h. */
+ * mapping, and the jobs' threads. See worker.h. */
 #include <fcntl.h>
 #include <poll.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/resource.h>
 
 #include "../common/log.h"
 #include "../common/util.h"
 #include "../common/worker-proto.h"
+#include "slices.h"
 #include "worker.h"
 
 static void on_refused(const char *path, int error, const char *reason, void *userdata) {
@@ -35,6 +37,9 @@ static int init_cuda(gh_wk *w) {
                 r = gh_cuda_errno(w->cu, w->cu->StreamCreate(&w->stream, CU_STREAM_NON_BLOCKING), NULL);
         if (r < 0)
                 return gh_log_error_errno(r, "Cannot set up the CUDA context: %m");
+        r = gh_slices_new(w->cu, w->args.cuda_ordinal, w->args.unit_sms, &w->slices, err, sizeof(err));
+        if (r < 0)
+                gh_log_notice("No SM slices (%s): jobs share the whole device", err);
         return 0;
 }
 
@@ -42,7 +47,11 @@ int gh_wk_init(gh_wk *w, const gh_worker_args *args, int fd) {
         static const gh_vl_limits limits = {GH_WORKER_MAX_MESSAGE, GH_WORKER_MAX_FDS, GH_WORKER_MAX_DEPTH};
         int r;
 
-        *w = (gh_wk) {.args = *args, .fd = fd};
+        *w = (gh_wk) {.args = *args, .fd = fd, .reap_fd = -1};
+        pthread_mutex_init(&w->send_lock, NULL);
+        w->reap_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (w->reap_fd < 0)
+                return gh_log_error_errno(errno, "Cannot make an eventfd: %m");
         gh_vl_reader_init(&w->reader, &limits);
         gh_vl_writer_init(&w->writer);
         w->refused = json_object_new_array();
@@ -56,9 +65,11 @@ int gh_wk_init(gh_wk *w, const gh_worker_args *args, int fd) {
         w->slab_serial = calloc(w->n_slots, sizeof(uint64_t));
         if (!w->slab_serial)
                 return -ENOMEM;
-        r = gh_threads_new(args->cpu_threads ? args->cpu_threads : 1, &w->threads);
-        if (r < 0)
-                return gh_log_error_errno(r, "Cannot start %u threads: %m", args->cpu_threads);
+        w->units = args->cuda ? (w->slices ? gh_slices_count(w->slices) : 1) : args->cpu_threads;
+        if (w->units == 0)
+                w->units = 1;
+        if (w->units > GH_WORKER_MAX_UNITS)
+                w->units = GH_WORKER_MAX_UNITS;
         r = gh_plugin_load_dir(args->plugin_dir, args->plugin_owner, &w->plugins, &w->n_plugins, on_refused, w);
         if (r < 0)
                 gh_log_error_errno(r, "Cannot read the plugin directory %s: %m", args->plugin_dir);
@@ -66,12 +77,13 @@ int gh_wk_init(gh_wk *w, const gh_worker_args *args, int fd) {
 }
 
 void gh_wk_done(gh_wk *w) {
-        if (w->job)
-                gh_job_free(w->job);
+        for (unsigned i = 0; i < w->n_jobs; i++)
+                gh_job_free(w->jobs[i]); /* cancels and joins */
+        w->n_jobs = 0;
         gh_plugins_free(w->plugins, w->n_plugins);
         json_object_put(w->refused);
-        gh_threads_free(w->threads);
         gh_pool_view_free(w->view);
+        gh_slices_free(w->slices);
         free(w->slab_serial);
         if (w->stream)
                 w->cu->StreamDestroy(w->stream);
@@ -80,6 +92,30 @@ void gh_wk_done(gh_wk *w) {
         gh_cuda_free(w->cu);
         gh_vl_reader_done(&w->reader);
         gh_vl_writer_done(&w->writer);
+        gh_close(w->reap_fd);
+        pthread_mutex_destroy(&w->send_lock);
+}
+
+int gh_wk_slice(gh_wk *w, uint64_t units, void **ret_context, void **ret_stream) {
+        CUcontext ctx;
+        CUstream stream;
+
+        if (!w->slices) {
+                *ret_context = w->pc.context; /* the whole device */
+                *ret_stream = NULL;           /* the job makes its own */
+                return 0;
+        }
+        int r = gh_slices_get(w->slices, units, &ctx, &stream);
+        if (r < 0)
+                return r;
+        *ret_context = ctx;
+        *ret_stream = stream;
+        return 0;
+}
+
+void gh_wk_slice_put(gh_wk *w, uint64_t units) {
+        if (w->slices)
+                (void) gh_slices_put(w->slices, units);
 }
 
 uint64_t gh_wk_rss(void) {
@@ -93,6 +129,7 @@ uint64_t gh_wk_rss(void) {
 }
 
 int gh_wk_send(gh_wk *w, json_object *msg, const int *fds, size_t n_fds) {
+        pthread_mutex_lock(&w->send_lock);
         int r = gh_vl_writer_queue_json(&w->writer, msg, fds, n_fds);
 
         json_object_put(msg);
@@ -104,6 +141,7 @@ int gh_wk_send(gh_wk *w, json_object *msg, const int *fds, size_t n_fds) {
                 if (poll(&p, 1, -1) < 0 && errno != EINTR)
                         r = -errno;
         }
+        pthread_mutex_unlock(&w->send_lock);
         return r < 0 ? r : 0;
 }
 
@@ -131,6 +169,9 @@ static int send_hello(gh_wk *w) {
         json_object_object_add(m, "pipelines", pl);
         json_object_object_add(m, "refused", json_object_get(w->refused));
         json_object_object_add(m, "rss", json_object_new_int64((int64_t) gh_wk_rss()));
+        json_object_object_add(m, "units", json_object_new_int64(w->units));
+        if (w->slices)
+                json_object_object_add(m, "unit_sms", json_object_new_int64(gh_slices_sms(w->slices, 1)));
         return gh_wk_send(w, m, NULL, 0);
 }
 
@@ -194,19 +235,30 @@ static int on_estimate(gh_wk *w, json_object *m) {
         return gh_wk_send(w, reply, NULL, 0);
 }
 
+static gh_job *find_job(gh_wk *w, const char *id) {
+        for (unsigned i = 0; id && i < w->n_jobs; i++)
+                if (gh_streq(gh_job_id(w->jobs[i]), id))
+                        return w->jobs[i];
+        return NULL;
+}
+
 static int on_run(gh_wk *w, json_object *m, int *fds, size_t n_fds) {
         char err[256] = "";
-        gh_job *job;
+        gh_job *job = NULL;
+        int r;
 
-        if (w->job) {
+        if (w->n_jobs == GH_WORKER_MAX_JOBS || find_job(w, str(m, "job"))) {
                 gh_close_many(fds, n_fds);
-                json_object *reply = msg_new("failed");
-                json_object_object_add(reply, "job", json_object_get(json_object_object_get(m, "job")));
-                json_object_object_add(reply, "error", json_object_new_string("EBUSY"));
-                json_object_object_add(reply, "message", json_object_new_string("the worker is running another job"));
-                return gh_wk_send(w, reply, NULL, 0);
+                free(fds);
+                r = w->n_jobs == GH_WORKER_MAX_JOBS ? -EBUSY : -EEXIST;
+                snprintf(err, sizeof(err), r == -EBUSY ? "the worker runs as many jobs as it can" : "a job of that id runs");
+        } else {
+                r = gh_job_new(w, m, fds, n_fds, &job, err, sizeof(err));
+                if (r >= 0 && (r = gh_job_start(job)) < 0) {
+                        snprintf(err, sizeof(err), "cannot start the job's thread");
+                        gh_job_free(job);
+                }
         }
-        int r = gh_job_new(w, m, fds, n_fds, &job, err, sizeof(err));
         if (r < 0) {
                 json_object *reply = msg_new("failed");
                 json_object_object_add(reply, "job", json_object_get(json_object_object_get(m, "job")));
@@ -214,8 +266,21 @@ static int on_run(gh_wk *w, json_object *m, int *fds, size_t n_fds) {
                 json_object_object_add(reply, "message", json_object_new_string(err));
                 return gh_wk_send(w, reply, NULL, 0);
         }
-        w->job = job;
+        w->jobs[w->n_jobs++] = job;
         return 0;
+}
+
+/* Joins and frees the jobs whose threads ended. */
+static void reap_jobs(gh_wk *w) {
+        uint64_t v;
+
+        (void) !read(w->reap_fd, &v, sizeof(v));
+        for (unsigned i = 0; i < w->n_jobs;)
+                if (gh_job_ended(w->jobs[i])) {
+                        gh_job_free(w->jobs[i]);
+                        w->jobs[i] = w->jobs[--w->n_jobs];
+                } else
+                        i++;
 }
 
 int gh_wk_handle_frame(gh_wk *w, gh_vl_frame *f) {
@@ -248,8 +313,15 @@ int gh_wk_handle_frame(gh_wk *w, gh_vl_frame *f) {
                         else if (gh_streq(type, "estimate"))
                                 r = on_estimate(w, m);
                         else if (gh_streq(type, "cancel")) {
-                                if (w->job && gh_streq(gh_job_id(w->job), str(m, "job")))
-                                        gh_job_cancel(w->job);
+                                gh_job *job = find_job(w, str(m, "job"));
+                                if (job)
+                                        gh_job_cancel(job);
+                                r = 0;
+                        } else if (gh_streq(type, "slice")) {
+                                gh_job *job = find_job(w, str(m, "job"));
+                                uint64_t units = (uint64_t) json_object_get_int64(json_object_object_get(m, "units"));
+                                if (job && units && (w->units >= 64 || units >> w->units == 0))
+                                        gh_job_set_units(job, units);
                                 r = 0;
                         } else
                                 r = gh_log_error_errno(EBADMSG, "Unknown message type from the daemon: %s", type ?: "(none)");
@@ -260,12 +332,14 @@ int gh_wk_handle_frame(gh_wk *w, gh_vl_frame *f) {
 }
 
 int gh_wk_poll(gh_wk *w, int timeout_ms) {
-        struct pollfd p = {.fd = w->fd, .events = POLLIN};
-        int n = poll(&p, 1, timeout_ms);
+        struct pollfd p[2] = {{.fd = w->fd, .events = POLLIN}, {.fd = w->reap_fd, .events = POLLIN}};
+        int n = poll(p, 2, timeout_ms);
 
         if (n < 0)
                 return errno == EINTR ? 0 : -errno;
-        if (n == 0)
+        if (p[1].revents & POLLIN)
+                reap_jobs(w);
+        if (!(p[0].revents & (POLLIN | POLLHUP | POLLERR)))
                 return 0;
         for (;;) {
                 ssize_t k = gh_vl_reader_recv(&w->reader, w->fd, 1 << 20);
@@ -293,14 +367,7 @@ int gh_wk_poll(gh_wk *w, int timeout_ms) {
 int gh_wk_run(gh_wk *w) {
         int r = send_hello(w);
 
-        while (r >= 0 && !w->eof) {
-                r = gh_wk_poll(w, w->job ? 0 : -1);
-                if (r < 0 || w->eof || !w->job)
-                        continue;
-                if (gh_job_advance(w->job) == 0) {
-                        gh_job_free(w->job);
-                        w->job = NULL;
-                }
-        }
+        while (r >= 0 && !w->eof)
+                r = gh_wk_poll(w, -1);
         return r < 0 ? r : 0;
 }

@@ -2,14 +2,21 @@
  *
  * gpuhostd starts it with one socketpair end as fd 3 (see
  * common/worker-proto.h). It loads the plugin directory, maps the device's
- * weight pool read-only as the daemon hands it slab fds, creates its CUDA
- * context once at start on a GPU, and then runs jobs one at a time, one
- * step between two looks at the socket, so that pings, cancels and
- * estimates are answered at every step boundary. Single-threaded, except
- * for the CPU thread pool that jobs borrow (threads.c). */
+ * weight pool read-only as the daemon hands it slab fds, and creates its
+ * CUDA context once at start on a GPU.
+ *
+ * The main thread owns the socket: it answers pings and estimates, maps
+ * slabs, and hands cancels and new slices to jobs at any time. Each job
+ * runs on a thread of its own, in a slice of the device the daemon gives
+ * it as a mask of units: on a GPU a green context over those SMs
+ * (slices.c), on the CPU a thread pool of that many threads (threads.c).
+ * A job takes a new slice, or notices a cancel, at its next step boundary.
+ * Job threads send their own messages, under one lock; when one ends it
+ * wakes the main thread, which joins it. */
 #pragma once
 
 #include <json-c/json.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -17,6 +24,7 @@
 #include "../gpuhostd/cuda.h"
 #include "../gpuhostd/pool-cuda.h"
 #include "../gpuhostd/pool.h"
+#include "../common/worker-proto.h"
 #include "gpuhost/plugin.h"
 #include "plugin-loader.h"
 
@@ -29,7 +37,8 @@ typedef struct gh_worker_args {
         const char *plugin_dir;
         uid_t plugin_owner;
         uint64_t slab_size, pool_size;
-        unsigned cpu_threads;
+        unsigned cpu_threads;   /* the CPU device's slice units */
+        unsigned unit_sms;      /* SMs per slice unit on a GPU; 0: the driver's smallest group */
 } gh_worker_args;
 
 typedef struct gh_wk {
@@ -51,8 +60,12 @@ typedef struct gh_wk {
         uint64_t *slab_serial;  /* per slab index: what is mapped (0: nothing) */
         unsigned n_slots;
 
-        gh_threads *threads;
-        struct gh_job *job;     /* the job running, if any */
+        struct gh_slices *slices; /* GPU: green-context slices; NULL: whole-device context */
+        unsigned units;         /* slice units offered: SM groups on a GPU, threads on the CPU */
+        pthread_mutex_t send_lock;
+        int reap_fd;            /* eventfd: a job thread ended */
+        struct gh_job *jobs[GH_WORKER_MAX_JOBS];
+        unsigned n_jobs;
 } gh_wk;
 
 int gh_wk_init(gh_wk *w, const gh_worker_args *args, int fd);
@@ -62,9 +75,12 @@ int gh_wk_run(gh_wk *w);
 
 /* Sends a message (takes |msg| and |fds|) and waits until it is written. */
 int gh_wk_send(gh_wk *w, json_object *msg, const int *fds, size_t n_fds);
-/* Reads and handles whatever messages are waiting, without blocking (a
- * plugin's cancelled() call lands here). */
+/* Waits up to |timeout_ms| for messages and ended jobs, and handles them. */
 int gh_wk_poll(gh_wk *w, int timeout_ms);
+/* The CUDA context and stream of the slice over |units| (GPU only). */
+int gh_wk_slice(gh_wk *w, uint64_t units, void **ret_context, void **ret_stream);
+/* The job is done with that slice's context and stream. */
+void gh_wk_slice_put(gh_wk *w, uint64_t units);
 /* Handles one message from the daemon (the frame's fds are taken). */
 int gh_wk_handle_frame(gh_wk *w, gh_vl_frame *f);
 const gh_loaded_plugin *gh_wk_find_plugin(gh_wk *w, const char *name);
@@ -81,13 +97,17 @@ int gh_job_estimate(gh_wk *w, const gh_loaded_plugin *lp, json_object *params, j
                     char *err, size_t err_size);
 /* Creates the job from a "run" message (takes |fds|). */
 int gh_job_new(gh_wk *w, json_object *msg, int *fds, size_t n_fds, gh_job **ret, char *err, size_t err_size);
-/* Advances the job by one quantum (start, a step, or finish). Returns 1
- * while there is more to do, 0 when it has ended (its final message sent). */
-int gh_job_advance(gh_job *job);
+/* Starts the job's thread, which runs it to its end and sends its final
+ * message, then writes to the worker's reap_fd. */
+int gh_job_start(gh_job *job);
+/* Whether its thread is done (then gh_job_free joins it at once). */
+bool gh_job_ended(const gh_job *job);
+/* From the main thread: noticed at the next step boundary. */
 void gh_job_cancel(gh_job *job);
+void gh_job_set_units(gh_job *job, uint64_t units);
 const char *gh_job_id(const gh_job *job);
 const char *gh_job_pipeline(const gh_job *job);
-/* Ends the job (abort if needed) and frees it. */
+/* Cancels the job if it still runs, joins its thread, frees it. */
 void gh_job_free(gh_job *job);
 
 /* ---- the CPU thread pool (threads.c) ---- */

@@ -44,7 +44,7 @@ extern "C" {
 #endif
 
 #define GH_PLUGIN_ABI_MAJOR 1
-#define GH_PLUGIN_ABI_MINOR 0
+#define GH_PLUGIN_ABI_MINOR 1
 #define GH_PLUGIN_ABI_VERSION ((uint32_t) ((GH_PLUGIN_ABI_MAJOR << 16) | GH_PLUGIN_ABI_MINOR))
 #define GH_PLUGIN_ABI_MAJOR_OF(v) ((v) >> 16)
 
@@ -109,6 +109,11 @@ typedef struct gh_plugin_needs {
         /* The models the job reads (names from its parameters). */
         const char *models[GH_PLUGIN_MODELS_MAX];
         uint32_t n_models;
+        /* ABI 1.1: the longest one step may take, in milliseconds; a
+         * step running longer is taken for hung and its worker is
+         * restarted. 0: the daemon's step_timeout_sec. Write it only if
+         * struct_size covers it. */
+        uint32_t step_timeout_ms;
 } gh_plugin_needs;
 
 /* ---- the host's side ---- */
@@ -139,9 +144,14 @@ typedef struct gh_tensor {
         uint64_t bytes;
 } gh_tensor;
 
-/* Where the job runs. The CUDA context is current on the thread that calls
- * the plugin; the stream is the job's, and work on it must be finished (or
- * synchronised) before finish() returns or abort() frees the state. */
+/* Where the job runs: its slice of the device. The CUDA context (a green
+ * context over the job's SMs) is current on the thread that calls the
+ * plugin; the stream is the job's, and work on it must be finished (or
+ * synchronised) before finish() returns or abort() frees the state. The
+ * slice may change between two steps (the scheduler rebalances running
+ * jobs): ask device() again at the start of each step rather than keeping
+ * the context, stream or thread count from start(). The host finishes the
+ * old stream's work before it switches. */
 typedef struct gh_job_device {
         uint32_t struct_size;
         gh_device_kind_id kind;
@@ -172,7 +182,9 @@ enum {
 };
 
 /* Services of the host, passed to every entry point. Members after the
- * first minor version are present only if struct_size covers them. */
+ * first minor version are present only if struct_size covers them. Jobs
+ * run on threads of their own, several at once in one worker: each
+ * service is thread-safe for calls about different jobs. */
 typedef struct gh_host {
         uint32_t abi_version;
         uint32_t struct_size;
@@ -213,8 +225,8 @@ typedef struct gh_host {
          * (copied; the plugin keeps its buffer). Goes to the client at once. */
         int (*progress)(gh_job *job, uint32_t step, uint32_t steps, const gh_image *preview);
         /* Whether the job was cancelled; step() should return soon if so
-         * (-ECANCELED). Also answers the daemon's heartbeat, so a long step
-         * should call it now and then. */
+         * (-ECANCELED). Each job runs on a thread of its own, so this is
+         * cheap (one atomic load). */
         bool (*cancelled)(gh_job *job);
 
         /* Outputs, in memfd-backed memory the host passes on without copies.
@@ -268,10 +280,11 @@ typedef struct gh_plugin {
         int (*start)(const gh_host *host, gh_job *job, const gh_params *params, void **ret_state);
         /* One quantum (e.g. one denoising step), |step| counting from 0:
          * GH_STEP_CONTINUE, GH_STEP_DONE or a negative errno (the job fails,
-         * abort() follows). The worker answers the daemon between steps, so
-         * a step returns well within the heartbeat timeout (30 s by
-         * default) or calls cancelled() meanwhile; a worker silent past it
-         * is killed. Continuing past the declared steps fails the job. */
+         * abort() follows). A step that runs past its timeout (the
+         * estimate's step_timeout_ms, else the daemon's step_timeout_sec)
+         * is taken for hung: the worker is killed and restarted. Long steps
+         * call cancelled() now and then. Continuing past the declared steps
+         * fails the job. */
         int (*step)(const gh_host *host, gh_job *job, void *state, uint32_t step);
         /* Produces the outputs and frees the state. */
         int (*finish)(const gh_host *host, gh_job *job, void *state);

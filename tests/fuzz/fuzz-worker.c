@@ -3,10 +3,15 @@
  * the daemon, separated by NULs, handled by a real worker state on the CPU
  * device with the test plugins loaded if $GH_TEST_PLUGIN_DIR names them.
  * Whatever comes in, the worker must not crash, and everything it answers
- * must be a JSON object with a "type". A test-sum job it starts is run a
- * few steps (the crashing test plugins are left alone). Messages carry no fds here, so
- * "map" always disagrees with its fd count. */
+ * must be a JSON object with a "type". Jobs run on threads of their own
+ * from the moment a "run" starts them, so the worker sees only test-sum
+ * (copied into a directory of its own; the crashing test plugins would
+ * crash the fuzzer), and each input's jobs are cancelled and joined at
+ * its end. Messages carry no fds here, so "map" always disagrees with
+ * its fd count. */
+#include <fcntl.h>
 #include <json-c/json.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -20,16 +25,32 @@
 static gh_wk w;
 static int peer = -1;
 
+/* test-sum alone, copied into |dir|. */
+static void copy_sum_plugin(const char *from, const char *dir) {
+        char src[4096], dst[4096], buf[65536];
+        ssize_t n;
+
+        snprintf(src, sizeof(src), "%s/plugin-sum.so", from);
+        snprintf(dst, sizeof(dst), "%s/plugin-sum.so", dir);
+        int in = open(src, O_RDONLY | O_CLOEXEC), out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        CHECK(in >= 0 && out >= 0);
+        while ((n = read(in, buf, sizeof(buf))) > 0)
+                CHECK(write(out, buf, (size_t) n) == n);
+        close(in);
+        close(out);
+}
+
 static void setup(void) {
-        static char empty[] = "/tmp/gh-fuzz-worker-XXXXXX";
-        const char *dir = getenv("GH_TEST_PLUGIN_DIR");
+        static char tmp[] = "/tmp/gh-fuzz-worker-XXXXXX";
+        const char *plugins = getenv("GH_TEST_PLUGIN_DIR");
+        char *dir = mkdtemp(tmp);
         int sp[2];
 
         gh_log_set_max_level(LOG_EMERG); /* the worker logs every refusal */
         CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sp) == 0);
-        if (!dir)
-                dir = mkdtemp(empty);
         CHECK(dir);
+        if (plugins)
+                copy_sum_plugin(plugins, dir);
         gh_worker_args a = {.plugin_dir = dir, .plugin_owner = geteuid(), .slab_size = 2u << 20,
                             .pool_size = 16u << 20, .cpu_threads = 2};
         CHECK(gh_wk_init(&w, &a, sp[0]) == 0);
@@ -75,12 +96,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 drain();
                 start += len + 1;
         }
-        if (w.job) { /* a "run" started one: run test-sum's a little, then end it */
-                for (int i = 0; i < 8 && strcmp(gh_job_pipeline(w.job), "test-sum") == 0 && gh_job_advance(w.job); i++)
-                        drain();
-                gh_job_free(w.job);
-                w.job = NULL;
+        for (unsigned i = 0; i < w.n_jobs; i++) { /* "run" started them: cancel, join */
+                gh_job_free(w.jobs[i]);
+                drain();
         }
+        w.n_jobs = 0;
         drain();
         return 0;
 }

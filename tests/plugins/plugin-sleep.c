@@ -1,0 +1,187 @@
+/* test-sleep: a plugin for scheduler tests and benchmarks. Each of |steps|
+ * steps sleeps |step_ms| (asking whether it was cancelled every 10 ms) and
+ * then burns |work| iterations of arithmetic spread over the job's CPU
+ * threads with parallel_for, so a step's time shows the job's slice. It
+ * declares |workspace| bytes and really allocates and touches them (so an
+ * admission mistake would show as memory really used), reads the first
+ * bytes of every tensor of |model| if one is given, and outputs "report",
+ * text with what it saw: "threads=N units=... sum=...". With steps=1,
+ * step_ms=0, work=0 and workspace=0 it is a no-op job. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "gpuhost/plugin.h"
+
+#define MIB (UINT64_C(1) << 20)
+
+static const gh_plugin_param params[] = {
+        {GH_PARAM_HEADER, .name = "steps", .type = GH_PARAM_INT, .help = "steps", .int_min = 1, .int_max = 100000,
+         .int_default = 1},
+        {GH_PARAM_HEADER, .name = "step_ms", .type = GH_PARAM_INT, .help = "sleep per step, ms", .int_min = 0,
+         .int_max = 600000, .int_default = 0},
+        {GH_PARAM_HEADER, .name = "work", .type = GH_PARAM_INT, .help = "arithmetic per step (iterations)",
+         .int_min = 0, .int_max = INT64_C(1) << 40, .int_default = 0},
+        {GH_PARAM_HEADER, .name = "workspace", .type = GH_PARAM_INT, .help = "declared and used workspace, bytes",
+         .int_min = 0, .int_max = INT64_C(1) << 40, .int_default = 0},
+        {GH_PARAM_HEADER, .name = "slice_sms", .type = GH_PARAM_INT, .help = "SMs wanted", .int_min = 0,
+         .int_max = 4096, .int_default = 0},
+        {GH_PARAM_HEADER, .name = "step_timeout_ms", .type = GH_PARAM_INT, .help = "declared step timeout",
+         .int_min = 0, .int_max = 86400000, .int_default = 0},
+        {GH_PARAM_HEADER, .name = "model", .type = GH_PARAM_MODEL, .help = "a model to read"},
+};
+
+typedef struct job_state {
+        int64_t steps, step_ms, work;
+        uint64_t workspace;
+        unsigned char *ws;
+        const char *model;
+        uint64_t sum;
+        unsigned max_threads, min_threads;
+} job_state;
+
+static int64_t param(const gh_host *host, const gh_params *p, const char *name) {
+        int64_t v = 0;
+        host->param_int(p, name, &v);
+        return v;
+}
+
+static int estimate(const gh_host *host, const gh_params *p, gh_plugin_needs *ret) {
+        const char *model = NULL;
+        uint64_t ws = (uint64_t) param(host, p, "workspace");
+
+        ret->steps = (uint32_t) param(host, p, "steps");
+        ret->workspace[GH_DEVICE_KIND_CPU] = ws ? ws : 1;
+        ret->workspace[GH_DEVICE_KIND_CUDA] = ws ? ws : 1;
+        ret->slice_sms = (uint32_t) param(host, p, "slice_sms");
+        if (ret->struct_size >= offsetof(gh_plugin_needs, step_timeout_ms) + sizeof(ret->step_timeout_ms))
+                ret->step_timeout_ms = (uint32_t) param(host, p, "step_timeout_ms");
+        if (host->param_string(p, "model", &model) >= 0 && model)
+                ret->models[ret->n_models++] = model;
+        return 0;
+}
+
+static int start(const gh_host *host, gh_job *job, const gh_params *p, void **ret_state) {
+        job_state *s = calloc(1, sizeof(*s));
+        gh_job_device dev = {.struct_size = sizeof(dev)};
+
+        if (!s)
+                return -ENOMEM;
+        s->steps = param(host, p, "steps");
+        s->step_ms = param(host, p, "step_ms");
+        s->work = param(host, p, "work");
+        s->workspace = (uint64_t) param(host, p, "workspace");
+        s->min_threads = UINT32_MAX;
+        if (host->param_string(p, "model", &s->model) < 0)
+                s->model = NULL;
+        host->device(job, &dev);
+        if (s->workspace && dev.kind == GH_DEVICE_KIND_CPU) {
+                int r = host->workspace_alloc(job, s->workspace, 64, (void **) &s->ws);
+                if (r < 0) {
+                        free(s);
+                        return r;
+                }
+                for (uint64_t i = 0; i < s->workspace; i += 4096) /* really use it */
+                        s->ws[i] = (unsigned char) i;
+        }
+        *ret_state = s;
+        return 0;
+}
+
+typedef struct burn {
+        uint64_t per;
+        volatile uint64_t out[64];
+} burn;
+
+static void burn_fn(void *ctx, uint32_t i, uint32_t thread) {
+        burn *b = ctx;
+        uint64_t x = i + 1;
+
+        for (uint64_t k = 0; k < b->per; k++)
+                x = x * 6364136223846793005u + 1442695040888963407u;
+        b->out[thread & 63] += x;
+}
+
+static void sleep_ms(const gh_host *host, gh_job *job, int64_t ms) {
+        while (ms > 0 && !host->cancelled(job)) {
+                int64_t chunk = ms < 10 ? ms : 10;
+                struct timespec ts = {.tv_sec = 0, .tv_nsec = chunk * 1000000};
+                nanosleep(&ts, NULL);
+                ms -= chunk;
+        }
+}
+
+static int step(const gh_host *host, gh_job *job, void *state, uint32_t k) {
+        job_state *s = state;
+        gh_job_device dev = {.struct_size = sizeof(dev)};
+
+        host->device(job, &dev); /* the slice may change between steps */
+        if (dev.cpu_threads > s->max_threads)
+                s->max_threads = dev.cpu_threads;
+        if (dev.cpu_threads < s->min_threads)
+                s->min_threads = dev.cpu_threads;
+        sleep_ms(host, job, s->step_ms);
+        if (host->cancelled(job))
+                return -ECANCELED;
+        if (s->work > 0 && dev.kind == GH_DEVICE_KIND_CPU) {
+                static const uint32_t items = 64;
+                burn b = {.per = (uint64_t) s->work / items};
+                int r = host->parallel_for(job, items, burn_fn, &b);
+                if (r < 0)
+                        return r;
+        }
+        if (s->model && k == 0) {
+                gh_tensor t;
+                static const char *const names[] = {"a", "b", "w", "weight", NULL};
+                for (unsigned i = 0; names[i]; i++)
+                        if (host->tensor(job, s->model, names[i], &t) >= 0 && dev.kind == GH_DEVICE_KIND_CPU)
+                                for (uint64_t b = 0; b < t.bytes && b < 4096; b++)
+                                        s->sum += ((const unsigned char *) t.data)[b];
+        }
+        return (int64_t) k + 1 < s->steps ? GH_STEP_CONTINUE : GH_STEP_DONE;
+}
+
+static int finish(const gh_host *host, gh_job *job, void *state) {
+        job_state *s = state;
+        char text[256];
+        void *out;
+        int n = snprintf(text, sizeof(text), "threads=%u min_threads=%u sum=%" PRIu64 "\n", s->max_threads,
+                         s->min_threads == UINT32_MAX ? 0 : s->min_threads, s->sum);
+        int r = host->output_bytes(job, "report", (size_t) n, &out);
+
+        if (r >= 0)
+                memcpy(out, text, (size_t) n);
+        if (s->ws)
+                host->workspace_free(job, s->ws);
+        free(s);
+        return r;
+}
+
+static void abort_job(const gh_host *host, gh_job *job, void *state) {
+        job_state *s = state;
+
+        if (s->ws)
+                host->workspace_free(job, s->ws);
+        free(s);
+}
+
+static const gh_plugin plugin = {
+        GH_PLUGIN_HEADER,
+        .name = "test-sleep",
+        .version = "1.0",
+        .description = "sleeps, burns CPU in its slice, uses its workspace: for scheduler tests",
+        .params = params,
+        .n_params = GH_PLUGIN_ELEMENTS(params),
+        .flags = 0,
+        .estimate = estimate,
+        .start = start,
+        .step = step,
+        .finish = finish,
+        .abort = abort_job,
+};
+
+GH_PLUGIN_DEFINE(plugin);
