@@ -2,6 +2,12 @@
  * measured in the same run.
  *
  *   gpuhost-bench load [--size-mib N] [--dir DIR] [--device I]
+ *   gpuhost-bench sched [--jobs N] [--clients N[,N...]] [--gpuhostd PATH]
+ *                       [--worker PATH] [--plugins DIR] [--log-level LEVEL]
+ *
+ * sched (bench-sched.c) measures the daemon's overhead per job around the
+ * worker's steps, against the Ping round trip; see that file. This file
+ * holds main() and load:
  *
  * Writes a safetensors model of N MiB (default 2048) into DIR (default
  * /tmp), reads it once so it is in the page cache, then measures:
@@ -25,6 +31,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "bench.h"
 #include "common/util.h"
 #include "gpuhostd/engine.h"
 #include "fdpass.h"
@@ -297,8 +304,12 @@ int main(int argc, char **argv) {
 
         if (argc == 3 && strcmp(argv[1], "attach-child") == 0)
                 return attach_child(atoi(argv[2]));
+        if (argc >= 2 && strcmp(argv[1], "sched") == 0)
+                return bench_sched(argc - 1, argv + 1);
         if (argc < 2 || strcmp(argv[1], "load") != 0) {
-                fprintf(stderr, "Usage: gpuhost-bench load [--size-mib N] [--dir DIR] [--device I]\n");
+                fprintf(stderr, "Usage: gpuhost-bench load [--size-mib N] [--dir DIR] [--device I]\n"
+                                "       gpuhost-bench sched [--jobs N] [--clients N[,N...]] [--gpuhostd PATH]\n"
+                                "                           [--worker PATH] [--plugins DIR] [--log-level LEVEL]\n");
                 return 2;
         }
         snprintf(b.dir, sizeof(b.dir), "/tmp");

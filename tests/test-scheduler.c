@@ -624,6 +624,43 @@ static void test_soak(void **state) {
         assert_idle();
 }
 
+/* The metrics tell what the tests above did. */
+static double metric(const char *text, const char *series) {
+        const char *p = text;
+        size_t n = strlen(series);
+
+        while ((p = strstr(p, series))) {
+                if ((p == text || p[-1] == '\n') && p[n] == ' ')
+                        return strtod(p + n + 1, NULL);
+                p += n;
+        }
+        fail_msg("no series %s in:\n%s", series, text);
+        return 0;
+}
+
+static void test_metrics(void **state) {
+        json_object *o = call_ok("io.gpuhost.GetMetrics", NULL);
+        const char *text = str(o, "text");
+        char series[256];
+
+        assert_true(metric(text, "gpuhost_jobs_submitted_total{pipeline=\"test-sleep\"}") >= 200);
+        assert_true(metric(text, "gpuhost_jobs_finished_total{pipeline=\"test-sleep\",state=\"failed\","
+                                 "reason=\"io.gpuhost.DeadlineExceeded\"}") >= 20);
+        assert_true(metric(text, "gpuhost_placements_total{reason=\"second_copy\"}") >= 1);
+        snprintf(series, sizeof(series), "gpuhost_admission_waits_total{device=\"%d\",reason=\"memory\"}", E.dev[0]);
+        assert_true(metric(text, series) >= 1);
+        snprintf(series, sizeof(series), "gpuhost_worker_restarts_total{device=\"%d\",reason=\"killed\"}", E.dev[0]);
+        assert_true(metric(text, series) == 1); /* the step watchdog */
+        snprintf(series, sizeof(series), "gpuhost_device_memory_bytes{device=\"%d\",kind=\"budget\"}", E.dev[1]);
+        assert_true(metric(text, series) == 64.0 * 1024 * 1024);
+        snprintf(series, sizeof(series), "gpuhost_device_memory_bytes{device=\"%d\",kind=\"workspaces\"}", E.dev[1]);
+        assert_true(metric(text, series) == 0);
+        snprintf(series, sizeof(series), "gpuhost_device_busy_seconds_total{device=\"%d\"}", E.dev[0]);
+        assert_true(metric(text, series) > 0.1);
+        assert_true(metric(text, "gpuhost_step_seconds_count{pipeline=\"test-sleep\"}") > 200);
+        json_object_put(o);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_never_fits),
@@ -634,6 +671,7 @@ int main(void) {
                 cmocka_unit_test(test_cancel_frees),
                 cmocka_unit_test(test_step_watchdog),
                 cmocka_unit_test(test_soak),
+                cmocka_unit_test(test_metrics),
         };
         if (!getenv("GH_GPUHOSTD") || !getenv("GH_GPUHOST_WORKER") || !getenv("GH_TEST_PLUGIN_DIR")) {
                 print_message("GH_GPUHOSTD, GH_GPUHOST_WORKER or GH_TEST_PLUGIN_DIR unset: skipped\n");

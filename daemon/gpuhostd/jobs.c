@@ -380,6 +380,7 @@ static void finish(gh_task *t, gh_task_state state) {
 
         t->state = state;
         t->finished_rt = gh_now_usec(CLOCK_REALTIME);
+        gh_sched_metric_finished(t);
         ws->n_active--;
         ws->n_finished++;
         t->deadline_timer = sd_event_source_disable_unref(t->deadline_timer);
@@ -648,6 +649,7 @@ int gh_job_submit(gh_workers *ws, gh_request *req, json_object *params) {
                 return r;
         }
         snprintf(t->id, sizeof(t->id), "j-%" PRIu64, ++ws->next_task_id);
+        gh_sched_metric_submitted(t);
         t->submitted_rt = gh_now_usec(CLOCK_REALTIME);
         registry_add(ws, t);
         if (t->deadline_sec > 0)

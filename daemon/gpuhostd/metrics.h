@@ -70,8 +70,8 @@ int gh_metrics_declare(gh_metrics *m, const char *name, gh_metric_type type, con
  * GH_METRICS_VALUE_MAX bytes; backslash, double quote and newline are
  * escaped, invalid UTF-8 becomes U+FFFD; a NULL value is "". Names must
  * match [a-zA-Z_][a-zA-Z0-9_]* and not start with "__". Returns the length,
- * -EINVAL for a bad name, or -ENOBUFS when |buf| is too small (then |buf|
- * holds ""). */
+ * -EINVAL for a bad name, or -ENOBUFS when |buf| is too small or the text
+ * would pass GH_METRICS_LABELS_MAX (then |buf| holds ""). */
 int gh_metrics_labels(char *buf, size_t size, ...) __attribute__((sentinel));
 
 /* Samples. |labels| is label text as gh_metrics_labels() makes it (NULL or

@@ -140,6 +140,8 @@ static bool better(const candidate *a, const candidate *b) {
 }
 
 static void describe(gh_task *t, const candidate *c, const candidate *holder) {
+        t->placement_kind = t->want_device >= 0 ? "requested" : t->n_models == 0 ? "shortest_wait"
+                            : c->has ? "resident" : holder ? "second_copy" : "not_resident";
         if (t->want_device >= 0)
                 snprintf(t->placement, sizeof(t->placement), "device %u requested", c->w->device);
         else if (t->n_models == 0)

@@ -251,6 +251,7 @@ static void on_estimated(gh_task *t, json_object *m) {
         gh_log_debug("Job %s (%s, %s) placed on device %u: %s", t->id, t->pipeline,
                      t->priority == GH_PRIORITY_INTERACTIVE ? "interactive" : t->priority == GH_PRIORITY_BATCH ? "batch" : "normal",
                      w->device, t->placement);
+        gh_sched_metric_placed(t->placement_kind);
         t->queued_mono = gh_now_usec(CLOCK_MONOTONIC);
         queue_push(w, t, false);
         gh_job_queued(t);
@@ -336,6 +337,8 @@ static bool admit(gh_worker *w, gh_task *t) {
 
         gh_sched_fit(w, t, &need, &avail);
         if (need > avail) {
+                if (!t->wait_logged)
+                        gh_sched_metric_wait(w->device, "memory");
                 if (!t->wait_logged)
                         gh_log_debug("Job %s waits on device %u for memory: needs %" PRIu64 " MiB, %" PRIu64 " MiB free",
                                      t->id, w->device, (need + (1 << 20) - 1) >> 20, avail >> 20);
@@ -466,6 +469,7 @@ static void task_run(gh_task *t) {
         json_object_object_add(m, "max_output_bytes", json_object_new_int64((int64_t) t->ws->config->max_output_size));
         t->phase = GH_TASK_RUNNING;
         t->started_mono = t->step_mono = gh_now_usec(CLOCK_MONOTONIC);
+        gh_sched_metric_started(t);
         gh_log_debug("Job %s (%s) running on device %u with %d of %u units", t->id, t->pipeline, w->device,
                      __builtin_popcountll(t->units), w->units);
         gh_worker_send(w, m, fds, fds ? t->n_fds : 0);
@@ -677,6 +681,7 @@ static void on_progress(gh_task *t, json_object *m, int *fds, size_t n_fds) {
 
         if (step > t->step) {
                 gh_sched_step_done(t, (now - t->step_mono) / (step - t->step));
+                gh_sched_metric_step(t, (now - t->step_mono) / (step - t->step));
                 t->step_mono = now;
                 t->step = step;
                 arm_watchdog(t);

@@ -86,6 +86,7 @@ struct gh_task {
         uint64_t received_mono, queued_mono, started_mono, step_mono; /* CLOCK_MONOTONIC */
         uint64_t first_step_mono, last_step_mono; /* from the worker */
         char placement[256];           /* why it went to w */
+        const char *placement_kind;    /* the same, one word (metrics) */
         /* the job (jobs.c) */
         char id[32];
         char *pipeline, *tag;
@@ -156,6 +157,19 @@ void gh_sched_step_done(gh_task *t, uint64_t usec);
 void gh_sched_account(gh_worker *w);
 /* GetStatus' devices: ledger, units, jobs, resident models. */
 json_object *gh_sched_devices_json(gh_workers *ws);
+
+/* ---- sched-metrics.c ---- */
+
+void gh_sched_metrics_init(gh_workers *ws);
+void gh_sched_metrics_done(gh_workers *ws);
+void gh_sched_metric_submitted(const gh_task *t);
+void gh_sched_metric_finished(const gh_task *t);
+void gh_sched_metric_started(const gh_task *t);
+void gh_sched_metric_step(const gh_task *t, uint64_t usec);
+void gh_sched_metric_placed(const char *kind);
+void gh_sched_metric_wait(unsigned device, const char *reason);
+void gh_sched_metric_restart(unsigned device, const char *reason);
+void gh_sched_metric_model(gh_store_event ev, const char *model, unsigned device, uint64_t bytes, uint64_t usec);
 
 /* ---- jobs.c: what callers see ---- */
 

@@ -447,6 +447,8 @@ static int on_child(sd_event_source *es, const siginfo_t *si, void *userdata) {
                 w->backoff = 0;
         if (!expected)
                 w->crashes++;
+        if (!w->ws->stopping)
+                gh_sched_metric_restart(w->device, w->restart_requested ? "requested" : w->kill_reason[0] ? "killed" : "crashed");
         w->state = GH_WORKER_WAITING;
         gh_tasks_worker_died(w, sig, status, w->restart_requested ? "restarted on request" : reason);
         w->pid = 0;
@@ -619,6 +621,7 @@ static void on_store_event(gh_store_event ev, const gh_model *m, unsigned device
                            void *userdata) {
         gh_worker *w = gh_workers_for_device(userdata, device);
 
+        gh_sched_metric_model(ev, gh_model_name(m), device, bytes, usec);
         if (!w || ev != GH_STORE_LOADED || usec == 0 || bytes < (1u << 20))
                 return; /* tiny loads measure the overhead, not the throughput */
         double bps = (double) bytes * 1e6 / (double) usec;
@@ -660,6 +663,7 @@ int gh_workers_new(sd_event *event, const gh_config *config, gh_engine *engine, 
         }
         ws->n_workers = n;
         gh_store_set_observer(engine->store, on_store_event, ws);
+        gh_sched_metrics_init(ws);
         for (unsigned i = 0; i < n; i++) {
                 gh_worker *w = &ws->workers[i];
                 sd_event_add_time_relative(event, &w->heartbeat, CLOCK_MONOTONIC, heartbeat_period(ws), USEC_PER_MSEC,
@@ -711,6 +715,7 @@ gh_workers *gh_workers_free(gh_workers *ws) {
                 free(w->slab_serial);
         }
         gh_store_set_observer(ws->engine->store, NULL, NULL);
+        gh_sched_metrics_done(ws);
         gh_jobs_free(ws);
         free(ws->entities);
         for (size_t i = 0; i < ws->n_pipelines; i++) {

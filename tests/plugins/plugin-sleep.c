@@ -5,8 +5,17 @@
  * declares |workspace| bytes and really allocates and touches them (so an
  * admission mistake would show as memory really used), reads the first
  * bytes of every tensor of |model| if one is given, and outputs "report",
- * text with what it saw: "threads=N units=... sum=...". With steps=1,
- * step_ms=0, work=0 and workspace=0 it is a no-op job. */
+ * text with what it saw: "threads=N min_threads=M sum=S". With steps=1,
+ * step_ms=0, work=0 and workspace=0 it is a no-op job.
+ *
+ * On a GPU (built with nvcc), |spin_cycles| > 0 makes each step launch a
+ * grid of |spin_blocks| blocks of 1024 threads on the job's stream, each
+ * spinning that many SM clock cycles and writing down the SM it ran on;
+ * the step waits for it. So a step's time shows the job's SM slice, and
+ * the report adds "sms=N smmask=HEX" (every SM any block ran on, SM 0 in
+ * the lowest bit of the last word). The kernel comes from a context-
+ * independent library (cuLibraryLoadData), as the slice may change
+ * between steps. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stddef.h>
@@ -16,6 +25,30 @@
 #include <time.h>
 
 #include "gpuhost/plugin.h"
+
+#ifdef GH_SLEEP_CUDA
+#include <cuda.h>
+#include <dlfcn.h>
+extern const char gh_spin_kernel_ptx[];
+#define SM_WORDS 4 /* up to 256 SMs */
+
+typedef struct sleep_cuda {
+        void *lib;
+        __typeof__(&cuLibraryLoadData) LibraryLoadData;
+        __typeof__(&cuLibraryUnload) LibraryUnload;
+        __typeof__(&cuLibraryGetKernel) LibraryGetKernel;
+        __typeof__(&cuLaunchKernel) LaunchKernel;
+        __typeof__(&cuMemcpyDtoHAsync) MemcpyDtoHAsync;
+        __typeof__(&cuStreamSynchronize) StreamSynchronize;
+        __typeof__(&cuMemHostAlloc) MemHostAlloc;
+        __typeof__(&cuMemFreeHost) MemFreeHost;
+        CUlibrary library;
+        CUkernel kernel;
+        unsigned *host;
+        void *out; /* workspace: 2 words a block */
+        uint64_t sms[SM_WORDS];
+} sleep_cuda;
+#endif
 
 #define MIB (UINT64_C(1) << 20)
 
@@ -33,6 +66,10 @@ static const gh_plugin_param params[] = {
         {GH_PARAM_HEADER, .name = "step_timeout_ms", .type = GH_PARAM_INT, .help = "declared step timeout",
          .int_min = 0, .int_max = 86400000, .int_default = 0},
         {GH_PARAM_HEADER, .name = "model", .type = GH_PARAM_MODEL, .help = "a model to read"},
+        {GH_PARAM_HEADER, .name = "spin_cycles", .type = GH_PARAM_INT, .help = "GPU: SM clock cycles each block spins",
+         .int_min = 0, .int_max = INT64_C(1) << 40, .int_default = 0},
+        {GH_PARAM_HEADER, .name = "spin_blocks", .type = GH_PARAM_INT, .help = "GPU: blocks of 1024 threads a step",
+         .int_min = 1, .int_max = 1 << 20, .int_default = 1024},
 };
 
 typedef struct job_state {
@@ -42,7 +79,16 @@ typedef struct job_state {
         const char *model;
         uint64_t sum;
         unsigned max_threads, min_threads;
+        int64_t spin_cycles, spin_blocks;
+#ifdef GH_SLEEP_CUDA
+        sleep_cuda cu;
+#endif
 } job_state;
+
+#ifdef GH_SLEEP_CUDA
+static int cuda_setup(const gh_host *host, gh_job *job, job_state *s);
+static void cuda_done(job_state *s);
+#endif
 
 static int64_t param(const gh_host *host, const gh_params *p, const char *name) {
         int64_t v = 0;
@@ -56,7 +102,7 @@ static int estimate(const gh_host *host, const gh_params *p, gh_plugin_needs *re
 
         ret->steps = (uint32_t) param(host, p, "steps");
         ret->workspace[GH_DEVICE_KIND_CPU] = ws ? ws : 1;
-        ret->workspace[GH_DEVICE_KIND_CUDA] = ws ? ws : 1;
+        ret->workspace[GH_DEVICE_KIND_CUDA] = (ws ? ws : 1) + (uint64_t) param(host, p, "spin_blocks") * 8;
         ret->slice_sms = (uint32_t) param(host, p, "slice_sms");
         if (ret->struct_size >= offsetof(gh_plugin_needs, step_timeout_ms) + sizeof(ret->step_timeout_ms))
                 ret->step_timeout_ms = (uint32_t) param(host, p, "step_timeout_ms");
@@ -78,7 +124,19 @@ static int start(const gh_host *host, gh_job *job, const gh_params *p, void **re
         s->min_threads = UINT32_MAX;
         if (host->param_string(p, "model", &s->model) < 0)
                 s->model = NULL;
+        s->spin_cycles = param(host, p, "spin_cycles");
+        s->spin_blocks = param(host, p, "spin_blocks");
         host->device(job, &dev);
+#ifdef GH_SLEEP_CUDA
+        if (dev.kind == GH_DEVICE_KIND_CUDA && s->spin_cycles > 0) {
+                int r = cuda_setup(host, job, s);
+                if (r < 0) {
+                        cuda_done(s);
+                        free(s);
+                        return r;
+                }
+        }
+#endif
         if (s->workspace && dev.kind == GH_DEVICE_KIND_CPU) {
                 int r = host->workspace_alloc(job, s->workspace, 64, (void **) &s->ws);
                 if (r < 0) {
@@ -91,6 +149,77 @@ static int start(const gh_host *host, gh_job *job, const gh_params *p, void **re
         *ret_state = s;
         return 0;
 }
+
+#ifdef GH_SLEEP_CUDA
+static int cuda_setup(const gh_host *host, gh_job *job, job_state *s) {
+        sleep_cuda *c = &s->cu;
+
+        c->lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+        if (!c->lib)
+                return -ENOENT;
+#define SYM(member, name) (*(void **) &c->member = dlsym(c->lib, name))
+        if (!SYM(LibraryLoadData, "cuLibraryLoadData") || !SYM(LibraryUnload, "cuLibraryUnload") ||
+            !SYM(LibraryGetKernel, "cuLibraryGetKernel") || !SYM(LaunchKernel, "cuLaunchKernel") ||
+            !SYM(MemcpyDtoHAsync, "cuMemcpyDtoHAsync_v2") || !SYM(StreamSynchronize, "cuStreamSynchronize") ||
+            !SYM(MemHostAlloc, "cuMemHostAlloc") || !SYM(MemFreeHost, "cuMemFreeHost"))
+                return -EOPNOTSUPP;
+#undef SYM
+        /* Pinned and portable: usable from whichever context the slice is. */
+        void *pinned = NULL;
+        if (c->MemHostAlloc(&pinned, (size_t) s->spin_blocks * 8, CU_MEMHOSTALLOC_PORTABLE) != CUDA_SUCCESS)
+                return -ENOMEM;
+        c->host = pinned;
+        int r = host->workspace_alloc(job, (size_t) s->spin_blocks * 8, 256, &c->out);
+        if (r < 0)
+                return r;
+        CUresult e = c->LibraryLoadData(&c->library, gh_spin_kernel_ptx, NULL, NULL, 0, NULL, NULL, 0);
+        if (e == CUDA_SUCCESS)
+                e = c->LibraryGetKernel(&c->kernel, c->library, "gh_spin");
+        if (e != CUDA_SUCCESS) {
+                host->log(job, GH_LOG_ERR, "CUDA setup failed: error %d", (int) e);
+                return -EIO;
+        }
+        return 0;
+}
+
+static void cuda_done(job_state *s) {
+        if (s->cu.library)
+                s->cu.LibraryUnload(s->cu.library);
+        if (s->cu.host)
+                s->cu.MemFreeHost(s->cu.host);
+        if (s->cu.lib)
+                dlclose(s->cu.lib);
+}
+
+/* One grid on the job's stream (its current slice), waited for. */
+static int cuda_spin(const gh_host *host, gh_job *job, job_state *s, const gh_job_device *dev, uint32_t k) {
+        sleep_cuda *c = &s->cu;
+        unsigned long long cycles = (unsigned long long) s->spin_cycles;
+        unsigned tag = (k + 1) << 20;
+        CUdeviceptr out = (CUdeviceptr) (uintptr_t) c->out;
+        void *args[] = {&cycles, &tag, &out};
+        CUstream stream = dev->cuda_stream;
+        CUresult e = c->LaunchKernel((CUfunction) c->kernel, (unsigned) s->spin_blocks, 1, 1, 1024, 1, 1, 0, stream,
+                                     args, NULL);
+
+        if (e == CUDA_SUCCESS)
+                e = c->MemcpyDtoHAsync(c->host, out, (size_t) s->spin_blocks * 8, stream);
+        if (e == CUDA_SUCCESS)
+                e = c->StreamSynchronize(stream);
+        if (e != CUDA_SUCCESS) {
+                host->log(job, GH_LOG_ERR, "spin kernel failed: error %d", (int) e);
+                return -EIO;
+        }
+        for (int64_t b = 0; b < s->spin_blocks; b++) {
+                if (c->host[2 * b] != tag + (unsigned) b)
+                        return -EIO; /* the kernel did not run as asked */
+                unsigned sm = c->host[2 * b + 1];
+                if (sm < 64 * SM_WORDS)
+                        c->sms[sm / 64] |= UINT64_C(1) << (sm % 64);
+        }
+        return 0;
+}
+#endif
 
 typedef struct burn {
         uint64_t per;
@@ -134,6 +263,13 @@ static int step(const gh_host *host, gh_job *job, void *state, uint32_t k) {
                 if (r < 0)
                         return r;
         }
+#ifdef GH_SLEEP_CUDA
+        if (s->spin_cycles > 0 && dev.kind == GH_DEVICE_KIND_CUDA) {
+                int r = cuda_spin(host, job, s, &dev, k);
+                if (r < 0)
+                        return r;
+        }
+#endif
         if (s->model && k == 0) {
                 gh_tensor t;
                 static const char *const names[] = {"a", "b", "w", "weight", NULL};
@@ -147,10 +283,20 @@ static int step(const gh_host *host, gh_job *job, void *state, uint32_t k) {
 
 static int finish(const gh_host *host, gh_job *job, void *state) {
         job_state *s = state;
-        char text[256];
+        char text[512];
         void *out;
-        int n = snprintf(text, sizeof(text), "threads=%u min_threads=%u sum=%" PRIu64 "\n", s->max_threads,
+        int n = snprintf(text, sizeof(text), "threads=%u min_threads=%u sum=%" PRIu64, s->max_threads,
                          s->min_threads == UINT32_MAX ? 0 : s->min_threads, s->sum);
+#ifdef GH_SLEEP_CUDA
+        unsigned sms = 0;
+        for (int i = 0; i < SM_WORDS; i++)
+                sms += (unsigned) __builtin_popcountll(s->cu.sms[i]);
+        n += snprintf(text + n, sizeof(text) - (size_t) n, " sms=%u smmask=", sms);
+        for (int i = SM_WORDS - 1; i >= 0; i--)
+                n += snprintf(text + n, sizeof(text) - (size_t) n, "%016" PRIx64, s->cu.sms[i]);
+        cuda_done(s);
+#endif
+        n += snprintf(text + n, sizeof(text) - (size_t) n, "\n");
         int r = host->output_bytes(job, "report", (size_t) n, &out);
 
         if (r >= 0)
@@ -164,6 +310,14 @@ static int finish(const gh_host *host, gh_job *job, void *state) {
 static void abort_job(const gh_host *host, gh_job *job, void *state) {
         job_state *s = state;
 
+#ifdef GH_SLEEP_CUDA
+        if (s->cu.lib && s->cu.out) {
+                gh_job_device dev = {.struct_size = sizeof(dev)};
+                host->device(job, &dev);
+                s->cu.StreamSynchronize(dev.cuda_stream); /* nothing may still write the workspace */
+        }
+        cuda_done(s);
+#endif
         if (s->ws)
                 host->workspace_free(job, s->ws);
         free(s);
