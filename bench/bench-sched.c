@@ -2,6 +2,7 @@
  *
  *   gpuhost-bench sched [--jobs N] [--clients N[,N...]] [--gpuhostd PATH]
  *                       [--worker PATH] [--plugins DIR] [--log-level LEVEL]
+ *                       [--cpu-threads N] [--jobs-per-device N]
  *
  * Starts a real gpuhostd serving the CPU device, with its own temporary
  * socket, configuration and plugin directory (a copy of plugin-sleep.so),
@@ -22,13 +23,20 @@
  * round trip as the client sees it, also split into its pieces (the call's
  * way in and the reply's way out are measured against the same clock).
  * Prints p50/p90/p99/max/mean, the ratios to the Ping round trip, the
- * throughput, and whether both overheads' p99 are under the 200 us target.
+ * throughput, the CPU time each job cost the daemon, its worker and the
+ * clients (from /proc; and how busy other processes kept the CPUs, which
+ * is what makes runs on a shared machine disagree), and whether both
+ * overheads' p99 are under the 200 us target.
  * Each run starts with 200 warm-up jobs and pings that are not counted.
  * Paths default to $GH_GPUHOSTD, $GH_GPUHOST_WORKER and
  * $GH_TEST_PLUGIN_DIR, else to the build tree this program sits in.
+ * --cpu-threads and --jobs-per-device set [workers] cpu_threads (the CPU
+ * device's units) and [scheduler] jobs_per_device; the daemon's defaults
+ * otherwise.
  * Exits 0 whatever the numbers, 1 on errors (or when interrupted), 2 on bad
  * usage; the daemon is stopped and the temporary directory removed in
  * every case. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -40,6 +48,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -66,6 +75,7 @@ typedef struct sched_opts {
         size_t jobs;
         unsigned clients[MAX_RUNS], n_runs;
         const char *log_level;
+        unsigned cpu_threads, jobs_per_device; /* 0: the daemon's default */
         char gpuhostd[PATH_MAX], worker[PATH_MAX], plugins[PATH_MAX];
 } sched_opts;
 
@@ -76,12 +86,19 @@ typedef struct daemon_env {
         unsigned units;
 } daemon_env;
 
+/* Wall and CPU time (user + system) at one moment, microseconds. */
+typedef struct cpu_sample {
+        double wall, daemon, workers, self, machine; /* machine: all CPUs' busy time */
+} cpu_sample;
+
 /* What the client threads of one run share. */
 typedef struct shared {
         const char *sock;
+        pid_t daemon;
         pthread_mutex_t gate; /* held by main until every thread exists */
         pthread_barrier_t phase;
         bool abort;
+        cpu_sample jobs_begin, jobs_end; /* around the job phase */
 } shared;
 
 /* What each job (and each ping) yields, in microseconds. The client's
@@ -103,7 +120,6 @@ typedef struct client {
         shared *sh;
         size_t warmup, n;
         double *v[M_N];
-        double jobs_begin, jobs_end; /* the job phase, microseconds */
         int r;
         char error[512];
 } client;
@@ -237,14 +253,90 @@ static int prepare_dir(const sched_opts *o, daemon_env *d, char *ret_conf, size_
         int r = copy_file(from, to, 0644); /* the worker refuses group/other-writable plugins */
         if (r < 0)
                 return log_error(r, from);
-        snprintf(text, sizeof(text),
-                 "[daemon]\nlog_level = %s\n[socket]\npath = %s\n"
-                 "[devices]\ncpu_memory = 256M\nslab_size = 2M\n[models]\ndirectory = %s\n"
-                 "[workers]\nexecutable = %s\nplugin_directory = %s\n"
-                 "[jobs]\nkeep_finished_sec = 0\nmax_finished = 0\n",
-                 o->log_level, d->sock, models, o->worker, plugins);
+        int n = snprintf(text, sizeof(text),
+                         "[daemon]\nlog_level = %s\n[socket]\npath = %s\n"
+                         "[devices]\ncpu_memory = 256M\nslab_size = 2M\n[models]\ndirectory = %s\n"
+                         "[workers]\nexecutable = %s\nplugin_directory = %s\n"
+                         "[jobs]\nkeep_finished_sec = 0\nmax_finished = 0\n",
+                         o->log_level, d->sock, models, o->worker, plugins);
+        if (o->cpu_threads)
+                n += snprintf(text + n, sizeof(text) - (size_t) n, "[workers]\ncpu_threads = %u\n", o->cpu_threads);
+        if (o->jobs_per_device)
+                snprintf(text + n, sizeof(text) - (size_t) n, "[scheduler]\njobs_per_device = %u\n",
+                         o->jobs_per_device);
         r = write_text(ret_conf, text);
         return r < 0 ? log_error(r, "writing the configuration") : 0;
+}
+
+/* ---- CPU time ---- */
+
+static int proc_cpu_usec(pid_t pid, double *ret_usec) {
+        char path[64], buf[1024];
+        unsigned long long user, sys;
+
+        snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        ssize_t n = read(fd, buf, sizeof(buf) - 1);
+        if (n <= 0)
+                return -EIO;
+        buf[n] = '\0';
+        const char *p = strrchr(buf, ')'); /* past the name: state, 10 fields, utime, stime */
+        if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &user, &sys) != 2)
+                return -EBADMSG;
+        *ret_usec = (double) (user + sys) * 1e6 / (double) sysconf(_SC_CLK_TCK);
+        return 0;
+}
+
+/* The CPU time of |pid|'s children (the workers), as listed by each of
+ * its threads. */
+static double children_cpu_usec(pid_t pid) {
+        char path[64];
+        struct dirent *de;
+        double sum = 0, t;
+        int child;
+
+        snprintf(path, sizeof(path), "/proc/%d/task", (int) pid);
+        DIR *dir = opendir(path);
+        while (dir && (de = readdir(dir))) {
+                char list[128];
+                if (de->d_name[0] == '.')
+                        continue;
+                snprintf(list, sizeof(list), "%s/%.32s/children", path, de->d_name);
+                _cleanup_fclose_ FILE *f = fopen(list, "re");
+                while (f && fscanf(f, "%d", &child) == 1)
+                        if (proc_cpu_usec(child, &t) >= 0)
+                                sum += t;
+        }
+        if (dir)
+                closedir(dir);
+        return sum;
+}
+
+/* The busy time of all CPUs together (not idle, not waiting for I/O). */
+static double machine_busy_usec(void) {
+        unsigned long long v[8] = {0}, sum = 0;
+        _cleanup_fclose_ FILE *f = fopen("/proc/stat", "re");
+
+        if (!f || fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
+                         &v[6], &v[7]) != 8)
+                return 0;
+        for (int i = 0; i < 8; i++)
+                sum += i == 3 || i == 4 ? 0 : v[i]; /* idle, iowait */
+        return (double) sum * 1e6 / (double) sysconf(_SC_CLK_TCK);
+}
+
+static void cpu_sample_take(pid_t daemon, cpu_sample *ret) {
+        struct rusage ru;
+
+        *ret = (cpu_sample) {.wall = now_usec(), .machine = machine_busy_usec()};
+        if (proc_cpu_usec(daemon, &ret->daemon) < 0)
+                ret->daemon = 0;
+        ret->workers = children_cpu_usec(daemon);
+        if (getrusage(RUSAGE_SELF, &ru) == 0)
+                ret->self = (double) (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
+                            (double) (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
 }
 
 /* ---- the daemon ---- */
@@ -437,7 +529,8 @@ static int warm_up(gh_client *gc, client *cl) {
 }
 
 /* Warm-up, then the pings, then the jobs, each phase begun by all the
- * clients together. A client that failed still meets the others at the
+ * clients together; one of them takes the CPU times when the job phase
+ * begins and ends. A client that failed still meets the others at the
  * barriers. */
 static void *client_main(void *userdata) {
         client *cl = userdata;
@@ -459,11 +552,12 @@ static void *client_main(void *userdata) {
         pthread_barrier_wait(&sh->phase);
         for (size_t i = 0; r >= 0 && i < cl->n; i++)
                 r = run_ping(gc, cl, i);
-        pthread_barrier_wait(&sh->phase);
-        cl->jobs_begin = now_usec();
+        if (pthread_barrier_wait(&sh->phase) == PTHREAD_BARRIER_SERIAL_THREAD)
+                cpu_sample_take(sh->daemon, &sh->jobs_begin);
         for (size_t i = 0; r >= 0 && i < cl->n; i++)
                 r = run_job(gc, cl, i);
-        cl->jobs_end = now_usec();
+        if (pthread_barrier_wait(&sh->phase) == PTHREAD_BARRIER_SERIAL_THREAD)
+                cpu_sample_take(sh->daemon, &sh->jobs_end);
         cl->r = r;
         gh_client_free(gc);
         return NULL;
@@ -474,7 +568,7 @@ static void *client_main(void *userdata) {
 typedef struct samples {
         size_t n;
         double *v[M_N];
-        double jobs_usec; /* the job phase's wall time, all clients */
+        cpu_sample jobs_begin, jobs_end;
 } samples;
 
 static void samples_free(samples *s) {
@@ -535,7 +629,7 @@ static int clients_run(client *cls, unsigned n, shared *sh) {
 
 static int collect(const daemon_env *d, unsigned n_clients, samples *s) {
         client cls[MAX_CLIENTS];
-        shared sh = {.sock = d->sock};
+        shared sh = {.sock = d->sock, .daemon = d->pid};
         int r;
 
         clients_init(cls, n_clients, &sh, s);
@@ -547,12 +641,8 @@ static int collect(const daemon_env *d, unsigned n_clients, samples *s) {
                 return log_error(r, "barrier");
         }
         r = clients_run(cls, n_clients, &sh);
-        double begin = cls[0].jobs_begin, end = cls[0].jobs_end;
-        for (unsigned i = 1; i < n_clients; i++) {
-                begin = cls[i].jobs_begin < begin ? cls[i].jobs_begin : begin;
-                end = cls[i].jobs_end > end ? cls[i].jobs_end : end;
-        }
-        s->jobs_usec = end - begin;
+        s->jobs_begin = sh.jobs_begin;
+        s->jobs_end = sh.jobs_end;
         pthread_barrier_destroy(&sh.phase);
         pthread_mutex_destroy(&sh.gate);
         return r;
@@ -593,6 +683,22 @@ static void print_ratio(const char *what, const stats *s, const stats *ping) {
         printf("  %-30s %9.2f %9.2f\n", what, s->p50 / ping->p50, s->p99 / ping->p99);
 }
 
+/* Jobs per second, and the CPU time each job cost in each process. */
+static void print_throughput(const samples *s) {
+        const cpu_sample *b = &s->jobs_begin, *e = &s->jobs_end;
+        double n = (double) s->n, wall = e->wall - b->wall;
+        double daemon = e->daemon - b->daemon, workers = e->workers - b->workers, self = e->self - b->self;
+        double ours = daemon + workers + self, others = e->machine - b->machine - ours;
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        double capacity = wall * (double) (cpus > 0 ? cpus : 1);
+
+        printf("  throughput: %.0f jobs/s (%.0f us of wall time per job)\n", n * 1e6 / wall, wall / n);
+        printf("  CPU time per job: gpuhostd %.0f us, worker %.0f us, clients %.0f us\n", daemon / n, workers / n,
+               self / n);
+        printf("  CPU use: these %.0f%% of %ld CPU(s), other processes %.0f%%\n", 100 * ours / capacity, cpus,
+               others > 0 ? 100 * others / capacity : 0.0);
+}
+
 static void report(const samples *s, unsigned n_clients) {
         stats st[M_N];
 
@@ -615,9 +721,9 @@ static void report(const samples *s, unsigned n_clients) {
         print_row("  first -> last step (no-op)", &st[M_STEP]);
         print_row("  last step -> reply", &st[M_REPLY]);
         print_row("  reply -> client has it", &st[M_BACK]);
-        printf("  throughput: %.0f jobs/s (%.0f us of wall time per job)\n", (double) s->n * 1e6 / s->jobs_usec,
-               s->jobs_usec / (double) s->n);
-        printf("target p99 < %.0f us (both overheads): %s (receipt -> first step %.1f us, last step -> reply %.1f us)\n",
+        print_throughput(s);
+        printf("target p99 < %.0f us (both overheads): %s "
+               "(receipt -> first step %.1f us, last step -> reply %.1f us)\n",
                TARGET_USEC, met ? "met" : "not met", st[M_FIRST].p99, st[M_REPLY].p99);
         fflush(stdout);
 }
@@ -639,7 +745,18 @@ static int run_one(const daemon_env *d, size_t jobs, unsigned n_clients) {
 
 static void usage(void) {
         fprintf(stderr, "Usage: gpuhost-bench sched [--jobs N] [--clients N[,N...]] [--gpuhostd PATH]\n"
-                        "                           [--worker PATH] [--plugins DIR] [--log-level LEVEL]\n");
+                        "                           [--worker PATH] [--plugins DIR] [--log-level LEVEL]\n"
+                        "                           [--cpu-threads N] [--jobs-per-device N]\n");
+}
+
+static int parse_unsigned(const char *arg, unsigned min, unsigned max, unsigned *ret) {
+        char *end;
+        unsigned long v = strtoul(arg, &end, 10);
+
+        if (end == arg || *end || v < min || v > max)
+                return -EINVAL;
+        *ret = (unsigned) v;
+        return 0;
 }
 
 static int parse_clients(const char *arg, sched_opts *o) {
@@ -678,6 +795,10 @@ static int parse_option(int c, const char *arg, sched_opts *o) {
         case 'l':
                 o->log_level = arg;
                 return 0;
+        case 't':
+                return parse_unsigned(arg, 1, 64, &o->cpu_threads); /* a unit mask has 64 bits */
+        case 'J':
+                return parse_unsigned(arg, 1, 64, &o->jobs_per_device);
         default:
                 return -EINVAL;
         }
@@ -688,6 +809,7 @@ static int parse_options(int argc, char **argv, sched_opts *o) {
                 {"jobs", required_argument, NULL, 'j'},     {"clients", required_argument, NULL, 'c'},
                 {"gpuhostd", required_argument, NULL, 'g'}, {"worker", required_argument, NULL, 'w'},
                 {"plugins", required_argument, NULL, 'p'},  {"log-level", required_argument, NULL, 'l'},
+                {"cpu-threads", required_argument, NULL, 't'}, {"jobs-per-device", required_argument, NULL, 'J'},
                 {},
         };
         int c;
@@ -714,7 +836,8 @@ static int run_all(const sched_opts *o, daemon_env *d) {
                 r = daemon_start(o, d, conf);
         if (r < 0)
                 return r;
-        printf("gpuhost-bench sched: gpuhostd (log_level %s) serving the CPU device with %u slice unit(s), %ld CPU(s) online;\n"
+        printf("gpuhost-bench sched: gpuhostd (log_level %s) serving the CPU device with %u slice unit(s), "
+               "%ld CPU(s) online;\n"
                "each run: %d warm-up jobs and pings first (not counted), then %zu pings, then %zu no-op jobs\n",
                o->log_level, d->units, sysconf(_SC_NPROCESSORS_ONLN), WARMUP, o->jobs, o->jobs);
         fflush(stdout);

@@ -4,6 +4,7 @@
  *   gpuhost-bench load [--size-mib N] [--dir DIR] [--device I]
  *   gpuhost-bench sched [--jobs N] [--clients N[,N...]] [--gpuhostd PATH]
  *                       [--worker PATH] [--plugins DIR] [--log-level LEVEL]
+ *                       [--cpu-threads N] [--jobs-per-device N]
  *
  * sched (bench-sched.c) measures the daemon's overhead per job around the
  * worker's steps, against the Ping round trip; see that file. This file
@@ -309,7 +310,8 @@ int main(int argc, char **argv) {
         if (argc < 2 || strcmp(argv[1], "load") != 0) {
                 fprintf(stderr, "Usage: gpuhost-bench load [--size-mib N] [--dir DIR] [--device I]\n"
                                 "       gpuhost-bench sched [--jobs N] [--clients N[,N...]] [--gpuhostd PATH]\n"
-                                "                           [--worker PATH] [--plugins DIR] [--log-level LEVEL]\n");
+                                "                           [--worker PATH] [--plugins DIR] [--log-level LEVEL]\n"
+                                "                           [--cpu-threads N] [--jobs-per-device N]\n");
                 return 2;
         }
         snprintf(b.dir, sizeof(b.dir), "/tmp");

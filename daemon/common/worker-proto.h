@@ -27,7 +27,8 @@
  *   pong      {seq, rss}
  *   estimated {job, needs} or {job, error, message}
  *   progress  {job, step, steps, preview?: output}  + the preview's fd;
- *             at least one after each step (the daemon's step watchdog)
+ *             at least one after each step but the last (the daemon's
+ *             step watchdog); "done" tells the last
  *   sliced    {job, units}            the job now runs in this slice
  *   done      {job, outputs: [output], metadata,
  *              timing: {first_step_usec, last_step_usec}}  (CLOCK_MONOTONIC)

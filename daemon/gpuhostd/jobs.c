@@ -604,6 +604,7 @@ int gh_job_submit(gh_workers *ws, gh_request *req, json_object *params) {
         json_object *norm = NULL;
         const int *fds;
         size_t n_fds = gh_request_fds(req, &fds);
+        uint64_t received = gh_now_usec(CLOCK_MONOTONIC);
         bool inline_out;
         int r;
 
@@ -620,6 +621,7 @@ int gh_job_submit(gh_workers *ws, gh_request *req, json_object *params) {
                 return -ENOMEM;
         }
         t->ws = ws;
+        t->received_mono = received;
         t->uid = cred ? cred->uid : (uid_t) -1;
         if ((r = parse_options(req, params, t, &inline_out)) < 0 || (r = check_limits(ws, req, t->uid)) < 0) {
                 task_free(t);

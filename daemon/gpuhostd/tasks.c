@@ -166,6 +166,79 @@ static gh_worker *pick_estimator(gh_workers *ws, const gh_task *t) {
         return NULL;
 }
 
+/* ---- the estimate cache ----
+ *
+ * estimate() is pure (the plugin ABI says so), so its answer for a
+ * pipeline and the same normalized parameters is kept: a repeated request
+ * skips the round trip to a worker. Dropped whenever a worker says hello
+ * (its plugins may have changed). */
+
+#define ESTIMATES_MAX 128
+#define ESTIMATE_KEY_MAX 4096
+
+typedef struct gh_estimate {
+        char *key;
+        json_object *needs;
+        uint64_t used;
+} gh_estimate;
+
+static char *estimate_key(const gh_task *t) {
+        const char *p = json_object_to_json_string_ext(t->params, JSON_C_TO_STRING_PLAIN);
+        char *key = NULL;
+
+        if (strlen(p) + strlen(t->pipeline) > ESTIMATE_KEY_MAX || asprintf(&key, "%s\n%s", t->pipeline, p) < 0)
+                return NULL;
+        return key;
+}
+
+static json_object *estimate_lookup(gh_workers *ws, const gh_task *t) {
+        _cleanup_free_ char *key = estimate_key(t);
+
+        for (size_t i = 0; key && i < ws->n_estimates; i++)
+                if (strcmp(ws->estimates[i].key, key) == 0) {
+                        ws->estimates[i].used = ++ws->estimate_clock;
+                        return ws->estimates[i].needs;
+                }
+        return NULL;
+}
+
+static void estimate_store(gh_workers *ws, const gh_task *t, json_object *needs) {
+        char *key = estimate_key(t);
+        size_t i = ws->n_estimates;
+
+        if (!key)
+                return;
+        if (i == ESTIMATES_MAX) { /* the least recently used goes */
+                i = 0;
+                for (size_t k = 1; k < ws->n_estimates; k++)
+                        if (ws->estimates[k].used < ws->estimates[i].used)
+                                i = k;
+                free(ws->estimates[i].key);
+                json_object_put(ws->estimates[i].needs);
+        } else {
+                gh_estimate *v = realloc(ws->estimates, (i + 1) * sizeof(*v));
+                if (!v) {
+                        free(key);
+                        return;
+                }
+                ws->estimates = v;
+                ws->n_estimates++;
+        }
+        ws->estimates[i] = (gh_estimate) {.key = key, .needs = json_object_get(needs), .used = ++ws->estimate_clock};
+}
+
+void gh_tasks_forget_estimates(gh_workers *ws) {
+        for (size_t i = 0; i < ws->n_estimates; i++) {
+                free(ws->estimates[i].key);
+                json_object_put(ws->estimates[i].needs);
+        }
+        free(ws->estimates);
+        ws->estimates = NULL;
+        ws->n_estimates = 0;
+}
+
+static void estimated(gh_task *t, json_object *needs);
+
 static bool send_estimate(gh_task *t) {
         gh_worker *w = pick_estimator(t->ws, t);
 
@@ -183,7 +256,13 @@ static bool send_estimate(gh_task *t) {
 }
 
 int gh_task_submit(gh_task *t) {
-        t->received_mono = gh_now_usec(CLOCK_MONOTONIC);
+        json_object *needs = estimate_lookup(t->ws, t);
+
+        if (needs) {
+                t->phase = GH_TASK_OFF;
+                estimated(t, json_object_get(needs));
+                return 1;
+        }
         if (send_estimate(t))
                 return 1;
         t->phase = GH_TASK_NEW;
@@ -221,9 +300,7 @@ static int read_needs(gh_task *t, json_object *needs, const char **ret_missing) 
 
 /* The estimate came back: place the task and queue it. */
 static void on_estimated(gh_task *t, json_object *m) {
-        json_object *needs = json_object_object_get(m, "needs"), *params = NULL;
-        const char *missing = NULL, *error = NULL;
-        gh_worker *w;
+        json_object *needs = json_object_object_get(m, "needs");
 
         list_remove(&t->est_w->estimating, t);
         t->est_w = NULL;
@@ -238,11 +315,24 @@ static void on_estimated(gh_task *t, json_object *m) {
                 gh_job_unbound(t);
                 return;
         }
-        if (read_needs(t, needs, &missing) < 0) {
+        estimate_store(t->ws, t, needs);
+        estimated(t, json_object_get(needs));
+}
+
+/* The estimate is known (takes |needs|): place the task and queue it. */
+static void estimated(gh_task *t, json_object *needs) {
+        json_object *params = NULL;
+        const char *missing = NULL, *error = NULL;
+        gh_worker *w;
+        int r = read_needs(t, needs, &missing);
+
+        if (r < 0) {
                 gh_job_finish_error(t, GH_JOB_FAILED, GH_ERROR_MODEL_NOT_FOUND, obj1("model", json_object_new_string(missing)));
+                json_object_put(needs);
                 gh_job_unbound(t);
                 return;
         }
+        json_object_put(needs);
         if (gh_sched_place(t->ws, t, &w, &error, &params) < 0) {
                 gh_job_finish_error(t, GH_JOB_FAILED, error, params);
                 gh_job_unbound(t);
@@ -661,6 +751,10 @@ static int on_done(gh_task *t, json_object *m, int *fds, size_t n_fds) {
         t->w->backoff = 0;
         t->first_step_mono = (uint64_t) json_object_get_int64(json_object_object_get(timing, "first_step_usec"));
         t->last_step_mono = (uint64_t) json_object_get_int64(json_object_object_get(timing, "last_step_usec"));
+        if (t->last_step_mono > t->step_mono && t->step < t->steps) { /* the last step: "done" tells it */
+                gh_sched_step_done(t, t->last_step_mono - t->step_mono);
+                gh_sched_metric_step(t, t->last_step_mono - t->step_mono);
+        }
         gh_log_debug("Job %s (%s) done: %zu output(s)", t->id, t->pipeline, n);
         int *copy = n_fds ? malloc(n_fds * sizeof(int)) : NULL;
         if (n_fds && !copy) {
@@ -743,6 +837,7 @@ void gh_tasks_worker_ready(gh_worker *w) {
 
         w->units_free = w->units >= 64 ? UINT64_MAX : (UINT64_C(1) << w->units) - 1;
         w->busy_mark = gh_now_usec(CLOCK_MONOTONIC);
+        gh_tasks_forget_estimates(ws);
         ws->unestimated = NULL;
         while (pending) { /* oldest first: the list is newest first */
                 gh_task *t = pending, *prev = NULL;

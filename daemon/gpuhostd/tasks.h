@@ -136,6 +136,8 @@ int gh_tasks_worker_message(gh_worker *w, const char *type, json_object *msg, in
 void gh_tasks_worker_died(gh_worker *w, int signal, int exit_status, const char *reason);
 /* Drops every task of the worker (daemon exit). */
 void gh_tasks_worker_free(gh_worker *w);
+/* Empties the cache of plugins' estimates. */
+void gh_tasks_forget_estimates(gh_workers *ws);
 
 /* ---- sched.c: devices, placement, shares ---- */
 

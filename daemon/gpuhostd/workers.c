@@ -718,6 +718,7 @@ gh_workers *gh_workers_free(gh_workers *ws) {
         gh_sched_metrics_done(ws);
         gh_jobs_free(ws);
         free(ws->entities);
+        gh_tasks_forget_estimates(ws);
         for (size_t i = 0; i < ws->n_pipelines; i++) {
                 free(ws->pipelines[i].name);
                 json_object_put(ws->pipelines[i].desc);

@@ -105,6 +105,9 @@ struct gh_workers {
         uint64_t served_clock;   /* round robin between clients (sched.c) */
         struct gh_entity *entities; /* per client uid: when it was last served */
         size_t n_entities;
+        struct gh_estimate *estimates; /* plugins' estimates by pipeline and parameters */
+        size_t n_estimates;
+        uint64_t estimate_clock;
         bool stopping;
 };
 

@@ -831,7 +831,8 @@ static int job_advance(gh_job *job) {
                         return 0;
                 }
                 job->step++;
-                job_report_step(job);
+                if (r == GH_STEP_CONTINUE)
+                        job_report_step(job); /* after the last one, "done" says it */
                 if (r == GH_STEP_CONTINUE && job->steps && job->step >= job->steps) {
                         job_refuse(job, "step() wants more than the %u steps estimate() declared", job->steps);
                         job_fail(job, -EPROTO, "step() failed");
