@@ -60,6 +60,7 @@
 #include "bench.h"
 #include "common/util.h"
 #include "daemon-run.h"
+#include "files.h"
 #include "gpuhost/client.h"
 
 #define WARMUP 200
@@ -189,23 +190,6 @@ static int default_path(const char *env, const char *rel, char *buf, size_t size
         return r;
 }
 
-static int copy_file(const char *from, const char *to, mode_t mode) {
-        char buf[65536];
-        ssize_t n;
-
-        _cleanup_close_ int in = open(from, O_RDONLY | O_CLOEXEC);
-        if (in < 0)
-                return -errno;
-        _cleanup_close_ int out = open(to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
-        if (out < 0)
-                return -errno;
-        while ((n = read(in, buf, sizeof(buf))) > 0)
-                if (write(out, buf, (size_t) n) != n)
-                        return -EIO;
-        if (n < 0 || fchmod(out, mode) < 0) /* whatever the umask left */
-                return gh_negerrno();
-        return 0;
-}
 
 static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
         return remove(path) < 0 ? -1 : 0;
@@ -216,15 +200,6 @@ static void remove_tree(const char *dir) {
                 nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-static int write_text(const char *path, const char *text) {
-        _cleanup_fclose_ FILE *f = fopen(path, "we");
-
-        if (!f)
-                return -errno;
-        if (fputs(text, f) < 0 || fflush(f) != 0)
-                return -EIO;
-        return 0;
-}
 
 /* The temporary directory: socket, log, configuration, an empty models
  * directory and the plugin directory with plugin-sleep.so. */
@@ -250,7 +225,7 @@ static int prepare_dir(const sched_opts *o, daemon_env *d, char *ret_conf, size_
                 return log_error(-errno, "temporary directory");
         snprintf(from, sizeof(from), "%s/plugin-sleep.so", o->plugins);
         snprintf(to, sizeof(to), "%s/plugin-sleep.so", plugins);
-        int r = copy_file(from, to, 0644); /* the worker refuses group/other-writable plugins */
+        int r = gh_test_copy_file(from, to, 0644); /* the worker refuses group/other-writable plugins */
         if (r < 0)
                 return log_error(r, from);
         int n = snprintf(text, sizeof(text),
@@ -264,7 +239,7 @@ static int prepare_dir(const sched_opts *o, daemon_env *d, char *ret_conf, size_
         if (o->jobs_per_device)
                 snprintf(text + n, sizeof(text) - (size_t) n, "[scheduler]\njobs_per_device = %u\n",
                          o->jobs_per_device);
-        r = write_text(ret_conf, text);
+        r = gh_test_write_text(ret_conf, text);
         return r < 0 ? log_error(r, "writing the configuration") : 0;
 }
 

@@ -31,6 +31,7 @@
 
 #include "common/util.h"
 #include "daemon-run.h"
+#include "files.h"
 
 #define CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
 #define HTTP_CONNECTIONS 16
@@ -46,24 +47,14 @@ static env E;
 /* ---- helpers ---- */
 
 static void write_text(const char *path, const char *text) {
-        FILE *f = fopen(path, "we");
-
-        assert_non_null(f);
-        fputs(text, f);
-        assert_int_equal(fclose(f), 0);
+        assert_int_equal(gh_test_write_text(path, text), 0);
 }
 
 static char *read_text(const char *path) {
-        FILE *f = fopen(path, "re");
-        char *buf = calloc(1, 1 << 20);
+        char *text = gh_test_read_text(path);
 
-        assert_non_null(buf);
-        if (f) {
-                size_t n = fread(buf, 1, (1 << 20) - 1, f);
-                buf[n] = 0;
-                fclose(f);
-        }
-        return buf;
+        assert_non_null(text);
+        return text;
 }
 
 /* A port nothing listens on now: bind to port 0 and let it go. */

@@ -22,6 +22,7 @@
 #include "gpuhostd/dtype-convert.h"
 #include "gpuhostd/pool.h"
 #include "daemon-run.h"
+#include "files.h"
 #include "st-writer.h"
 
 #define MiB (UINT64_C(1) << 20)
@@ -37,10 +38,7 @@ static env E;
 /* ---- the daemon ---- */
 
 static void write_text(const char *path, const char *text) {
-        FILE *f = fopen(path, "we");
-        assert_non_null(f);
-        fputs(text, f);
-        fclose(f);
+        assert_int_equal(gh_test_write_text(path, text), 0);
 }
 
 static gh_client *connect_daemon(void) {

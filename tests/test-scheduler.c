@@ -27,7 +27,9 @@
 #include <json-c/json.h>
 
 #include "gpuhost/client.h"
+#include "gpuhostctl/ctl.h"
 #include "lib/daemon-run.h"
+#include "lib/files.h"
 #include "lib/st-writer.h"
 
 #define MODELS 3
@@ -41,41 +43,21 @@ static struct {
 } E;
 
 static void write_text(const char *path, const char *text) {
-        FILE *f = fopen(path, "we");
-        assert_non_null(f);
-        fputs(text, f);
-        fclose(f);
+        assert_int_equal(gh_test_write_text(path, text), 0);
 }
 
 static char *read_text(const char *path) {
-        FILE *f = fopen(path, "re");
-        char *buf = NULL;
-        size_t len = 0;
-
-        if (!f)
-                return strdup("");
-        FILE *m = open_memstream(&buf, &len);
-        char chunk[4096];
-        size_t n;
-        while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
-                fwrite(chunk, 1, n, m);
-        fclose(m);
-        fclose(f);
-        return buf;
+        char *text = gh_test_read_text(path);
+        assert_non_null(text);
+        return text;
 }
 
 static void copy_plugin(const char *name) {
-        char from[512], to[512], buf[65536];
-        ssize_t n;
+        char from[512], to[512];
 
         snprintf(from, sizeof(from), "%s/%s", getenv("GH_TEST_PLUGIN_DIR"), name);
         snprintf(to, sizeof(to), "%s/%s", E.plugins, name);
-        int in = open(from, O_RDONLY | O_CLOEXEC), out = open(to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-        assert_true(in >= 0 && out >= 0);
-        while ((n = read(in, buf, sizeof(buf))) > 0)
-                assert_int_equal(write(out, buf, (size_t) n), n);
-        close(in);
-        close(out);
+        assert_int_equal(gh_test_copy_file(from, to, 0644), 0);
 }
 
 static json_object *call(const char *method, const char *params, char **ret_error) {
@@ -257,31 +239,11 @@ static char *report(const char *id) {
         if (err)
                 fail_msg("job %s: %s %s", id, err, json_object_to_json_string(o));
         json_object *out = json_object_array_get_idx(json_object_object_get(o, "outputs"), 0);
-        const char *b64 = str(out, "data");
-        /* tiny base64 decoder: the report is short ASCII */
-        static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        size_t n = strlen(b64);
-        char *text = calloc(n, 1);
-        size_t o_ = 0;
-        for (size_t i = 0; i + 3 < n + 1 && i < n; i += 4) {
-                uint32_t v = 0;
-                int pad = 0;
-                for (int k = 0; k < 4; k++) {
-                        char c = b64[i + k];
-                        v <<= 6;
-                        if (c == '=')
-                                pad++;
-                        else
-                                v |= (uint32_t) (strchr(tab, c) - tab);
-                }
-                text[o_++] = (char) (v >> 16);
-                if (pad < 2)
-                        text[o_++] = (char) (v >> 8);
-                if (pad < 1)
-                        text[o_++] = (char) v;
-        }
+        uint8_t *text = NULL;
+        size_t n;
+        assert_int_equal(ctl_base64_decode(str(out, "data"), &text, &n), 0); /* NUL-terminated */
         json_object_put(o);
-        return text;
+        return (char *) text;
 }
 
 /* ---- tests ---- */

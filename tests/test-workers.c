@@ -29,6 +29,8 @@
 #include "common/util.h"
 #include "gpuhost/client.h"
 #include "daemon-run.h"
+#include "files.h"
+#include "gpuhostctl/ctl.h"
 #include "st-writer.h"
 
 #define W_ROWS 768
@@ -48,27 +50,14 @@ static env E;
 /* ---- files ---- */
 
 static void write_text(const char *path, const char *text) {
-        FILE *f = fopen(path, "we");
-        assert_non_null(f);
-        fputs(text, f);
-        fclose(f);
+        assert_int_equal(gh_test_write_text(path, text), 0);
 }
 
 static char *read_text(const char *path) {
-        FILE *f = fopen(path, "re");
-        char *buf = NULL;
-        size_t len = 0;
-
-        assert_non_null(f);
-        FILE *m = open_memstream(&buf, &len);
-        assert_non_null(m);
-        char chunk[4096];
-        size_t n;
-        while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
-                fwrite(chunk, 1, n, m);
-        fclose(m);
-        fclose(f);
-        return buf;
+        assert_int_equal(access(path, R_OK), 0);
+        char *text = gh_test_read_text(path);
+        assert_non_null(text);
+        return text;
 }
 
 /* Copies the built plugins, mode 0644 (the worker refuses files others
@@ -83,20 +72,12 @@ static void copy_plugins(void) {
         assert_non_null(d = opendir(src));
         while ((de = readdir(d))) {
                 size_t len = strlen(de->d_name);
-                char from[512], to[512], buf[65536];
+                char from[512], to[512];
                 if (len < 4 || strcmp(de->d_name + len - 3, ".so") != 0)
                         continue;
                 snprintf(from, sizeof(from), "%s/%s", src, de->d_name);
                 snprintf(to, sizeof(to), "%s/%s", E.plugins, de->d_name);
-                int in = open(from, O_RDONLY | O_CLOEXEC), out = open(to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-                assert_true(in >= 0 && out >= 0);
-                ssize_t n;
-                while ((n = read(in, buf, sizeof(buf))) > 0)
-                        assert_int_equal(write(out, buf, (size_t) n), n);
-                assert_int_equal(n, 0);
-                assert_int_equal(fchmod(out, 0644), 0);
-                close(in);
-                close(out);
+                assert_int_equal(gh_test_copy_file(from, to, 0644), 0);
                 copied++;
         }
         closedir(d);
@@ -852,24 +833,6 @@ static void test_cancel(void **state) {
         assert_int_equal(worker_get("jobs_done"), done + 1);
 }
 
-/* Decodes standard base64 (no line breaks); returns the length. */
-static size_t unbase64(const char *in, uint8_t *out) {
-        static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        uint32_t acc = 0;
-        int bits = 0;
-        size_t n = 0;
-
-        for (; *in && *in != '='; in++) {
-                const char *c = strchr(tab, *in);
-                assert_non_null(c);
-                acc = acc << 6 | (uint32_t) (c - tab);
-                if ((bits += 6) >= 8) {
-                        bits -= 8;
-                        out[n++] = (uint8_t) (acc >> bits);
-                }
-        }
-        return n;
-}
 
 static char *job_params(const char *id) {
         static char buf[128];
@@ -930,9 +893,12 @@ static void test_job_api(void **state) {
         p = call_ok("io.gpuhost.WaitJob", params);
         json_object *out = json_object_array_get_idx(json_object_object_get(p, "outputs"), 0);
         assert_int_equal(num(out, "fd"), -1);
-        uint8_t bytes[64];
-        assert_int_equal(unbase64(str(out, "data"), bytes), sizeof(got));
+        uint8_t *bytes = NULL;
+        size_t n_bytes;
+        assert_int_equal(ctl_base64_decode(str(out, "data"), &bytes, &n_bytes), 0);
+        assert_int_equal(n_bytes, sizeof(got));
         assert_memory_equal(bytes, want, sizeof(got));
+        free(bytes);
         json_object_put(p);
 
         /* WaitJob checks its own options too. */

@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "files.h"
 #include "fuzz.h"
 #include "common/log.h"
 #include "common/worker-proto.h"
@@ -27,17 +28,11 @@ static int peer = -1;
 
 /* test-sum alone, copied into |dir|. */
 static void copy_sum_plugin(const char *from, const char *dir) {
-        char src[4096], dst[4096], buf[65536];
-        ssize_t n;
+        char src[4096], dst[4096];
 
         snprintf(src, sizeof(src), "%s/plugin-sum.so", from);
         snprintf(dst, sizeof(dst), "%s/plugin-sum.so", dir);
-        int in = open(src, O_RDONLY | O_CLOEXEC), out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-        CHECK(in >= 0 && out >= 0);
-        while ((n = read(in, buf, sizeof(buf))) > 0)
-                CHECK(write(out, buf, (size_t) n) == n);
-        close(in);
-        close(out);
+        CHECK(gh_test_copy_file(src, dst, 0644) == 0);
 }
 
 static void setup(void) {

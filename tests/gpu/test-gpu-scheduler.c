@@ -23,6 +23,7 @@
 
 #include "common/util.h"
 #include "gpuhost/client.h"
+#include "gpuhostctl/ctl.h"
 #include "gpuhostd/cuda.h"
 #include "daemon-run.h"
 
@@ -61,26 +62,6 @@ typedef struct job {
         uint64_t first_step, last_step; /* CLOCK_MONOTONIC, from the reply's timing */
 } job;
 
-static size_t unbase64(const char *in, char *out, size_t size) {
-        static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        size_t n = 0;
-        uint32_t v = 0;
-        int bits = 0;
-
-        for (; *in && *in != '=' && n + 1 < size; in++) {
-                const char *p = strchr(tab, *in);
-                if (!p)
-                        break;
-                v = v << 6 | (uint32_t) (p - tab);
-                bits += 6;
-                if (bits >= 8) {
-                        bits -= 8;
-                        out[n++] = (char) (v >> bits);
-                }
-        }
-        out[n] = 0;
-        return n;
-}
 
 static int on_reply(gh_client *c, gh_reply *r, void *userdata) {
         job *j = userdata;
@@ -96,9 +77,12 @@ static int on_reply(gh_client *c, gh_reply *r, void *userdata) {
                 j->last_step = (uint64_t) json_object_get_int64(json_object_object_get(timing, "last_step_usec"));
         }
         json_object *outs = json_object_object_get(o, "outputs");
-        if (outs)
-                unbase64(json_object_get_string(json_object_object_get(json_object_array_get_idx(outs, 0), "data")),
-                         j->report, sizeof(j->report));
+        uint8_t *text = NULL;
+        size_t n;
+        if (outs && ctl_base64_decode(json_object_get_string(json_object_object_get(json_object_array_get_idx(outs, 0),
+                                                                                    "data")), &text, &n) == 0)
+                snprintf(j->report, sizeof(j->report), "%s", (const char *) text);
+        free(text);
         json_object_put(o);
         return 0;
 }
