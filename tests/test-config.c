@@ -172,6 +172,7 @@ static void assert_config_is_default(const gh_config *c) {
         assert_int_equal(c->cpu_enabled, d->cpu_enabled);
         assert_int_equal(c->cpu_memory, d->cpu_memory);
         assert_str_or_null_equal(c->models_directory, d->models_directory);
+        assert_str_or_null_equal(c->models_tokenizer, d->models_tokenizer);
         assert_str_or_null_equal(c->worker_executable, d->worker_executable);
         assert_str_or_null_equal(c->plugin_directory, d->plugin_directory);
         assert_int_equal(c->heartbeat_timeout_usec, d->heartbeat_timeout_usec);
@@ -1078,8 +1079,8 @@ static void test_devices_and_models(void **state) {
                                 "slab_size = 64M\ncpu = no\ncpu_memory = 8G\n"
                                 "[models]\ndirectory = /srv/models\n"
                                 "[model sd15]\npath = /srv/a.safetensors\ndtype = fp16\npinned = yes\n"
-                                "[model demo-2.x]\npath = /srv/demo\ndevices = 0\n"
-                                "[model sd15]\ndtype = keep\n");
+                                "[model demo-2.x]\npath = /srv/demo\ndevices = 0\ntokenizer = /srv/tok2\n"
+                                "[model sd15]\ndtype = keep\n[models]\ntokenizer = /srv/tok\n");
         gh_config_error err;
 
         assert_string_equal(c->devices_include, "0, GPU-12345678-1234-1234-1234-123456789abc");
@@ -1089,6 +1090,7 @@ static void test_devices_and_models(void **state) {
         assert_false(c->cpu_enabled);
         assert_int_equal(c->cpu_memory, 8192 * MiB);
         assert_string_equal(c->models_directory, "/srv/models");
+        assert_string_equal(c->models_tokenizer, "/srv/tok");
         assert_int_equal(c->n_models, 2);
         assert_string_equal(c->models[0].name, "sd15");
         assert_string_equal(c->models[0].path, "/srv/a.safetensors");
@@ -1098,8 +1100,17 @@ static void test_devices_and_models(void **state) {
         assert_string_equal(c->models[1].name, "demo-2.x");
         assert_string_equal(c->models[1].devices, "0");
         assert_false(c->models[1].pinned);
+        assert_null(c->models[0].tokenizer);
+        assert_string_equal(c->models[1].tokenizer, "/srv/tok2");
         assert_int_equal(gh_config_verify(c, &err), 0);
+        /* An empty tokenizer is none; a later file's value replaces it. */
+        const char *more = "[models]\ntokenizer =\n[model demo-2.x]\ntokenizer = /srv/tok3\n";
+        assert_int_equal(gh_config_parse_string(c, more, strlen(more), "more.conf", &err), 0);
+        assert_null(c->models_tokenizer);
+        assert_string_equal(c->models[1].tokenizer, "/srv/tok3");
         gh_config_free(c);
+        expect_error("[models]\ntokenizer = tok\n", 2, "[models] tokenizer", "absolute");
+        expect_error("[model a]\npath = /x\ntokenizer = tok\n", 3, "[model a] tokenizer", "absolute");
 
         expect_error("[model a]\npath = relative\n", 2, "[model a] path", "absolute");
         expect_error("[model a]\nsize = 1\n", 2, "[model a] size", "unknown key");
@@ -1229,8 +1240,8 @@ static void test_shipped_config(void **state) {
                 p = end;
         }
         /* One line per key of the table: 3 daemon, 2 socket, 8 limits,
-         * 7 devices, 1 models, 7 workers, 6 jobs, 1 metrics. */
-        assert_int_equal(uncommented, 42);
+         * 7 devices, 2 models, 7 workers, 6 jobs, 1 metrics. */
+        assert_int_equal(uncommented, 43);
 
         assert_int_equal(gh_config_new(&c), 0);
         r = gh_config_parse_string(c, out, o, path, &err);

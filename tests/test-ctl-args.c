@@ -26,7 +26,8 @@
  * "job show ID"; the progress line (ctl_progress_format) and durations;
  * PNG text chunks (written by ctl_png_write and ctl_output_write, read
  * back with libpng's png_get_text), the chunks of a job
- * (ctl_png_texts_for_job, ctl_json_ascii); base64 of inline outputs; the
+ * (ctl_png_texts_for_job, ctl_json_ascii), AUTOMATIC1111's "parameters"
+ * among them, read back from a PNG file; base64 of inline outputs; the
  * jobs table and "job show" lines. "top --iterations N" and "metrics". */
 #include <errno.h>
 #include <fcntl.h>
@@ -2053,9 +2054,25 @@ static void test_png_texts_for_job(void **state) {
         expect_text_entry(&t, 0, "parameters", "{\"pipeline\":\"p\",\"parameters\":{}}");
         ctl_png_texts_free(&t);
         json_object *other = json_tokener_parse("{\"model\": 3}");
-        assert_int_equal(ctl_png_texts_for_job(&t, "p", other, NULL, params /* not metadata, but an object */), 0);
+        assert_int_equal(ctl_png_texts_for_job(&t, "p", other, NULL, meta), 0);
         expect_text_entry(&t, 0, "parameters", "{\"pipeline\":\"p\",\"parameters\":{\"model\":3}}");
-        expect_text_entry(&t, 1, "prompt", "a caf\xc3\xa9 \xf0\x9f\x98\x80");
+        ctl_png_texts_free(&t);
+        /* Metadata with a prompt: "parameters" is AUTOMATIC1111's text, the
+         * request goes to "gpuhost-parameters". */
+        assert_int_equal(ctl_png_texts_for_job(&t, "p", other, NULL, params /* not metadata, but an object */), 0);
+        assert_int_equal(t.n, 6);
+        expect_text_entry(&t, 0, "parameters", "a caf\xc3\xa9 \xf0\x9f\x98\x80\nSteps: 20, Model: sd15-f16");
+        expect_text_entry(&t, 1, "gpuhost-parameters", "{\"pipeline\":\"p\",\"parameters\":{\"model\":3}}");
+        expect_text_entry(&t, 2, "prompt", "a caf\xc3\xa9 \xf0\x9f\x98\x80");
+        expect_text_entry(&t, 3, "steps", "20");
+        expect_text_entry(&t, 4, "model", "sd15-f16");
+        expect_text_entry(&t, 5, "cfg", "7.5");
+        ctl_png_texts_free(&t);
+        /* Without a pipeline, AUTOMATIC1111's text alone. */
+        assert_int_equal(ctl_png_texts_for_job(&t, NULL, NULL, "j-2", params), 0);
+        assert_int_equal(t.n, 6);
+        expect_text_entry(&t, 0, "parameters", "a caf\xc3\xa9 \xf0\x9f\x98\x80\nSteps: 20, Model: sd15-f16");
+        expect_text_entry(&t, 1, "gpuhost-job", "j-2");
         ctl_png_texts_free(&t);
         json_object_put(other);
         /* Metadata that is not an object is ignored. */
@@ -2104,6 +2121,66 @@ static void test_output_write_text(void **state) {
         ctl_png_texts_free(&t);
         json_object_put(out);
         json_object_put(meta);
+        close(fd);
+        free(pixels);
+}
+
+/* A job's PNG with AUTOMATIC1111's "parameters", written and read back
+ * with libpng: the texts byte for byte, tEXt for ASCII, iTXt for UTF-8. */
+static void test_output_write_a1111(void **state) {
+        convert_fixture *f = *state;
+        const uint32_t w = 4, h = 3;
+        uint8_t *pixels = make_pixels(w, h, 3, w * 3);
+        const char *error = NULL;
+        char path[128], json[256];
+        ctl_png_texts t = {0};
+        static const char *const metas[] = {
+                "{\"prompt\": \"a red fox, snow\", \"negative_prompt\": \"blurry\", \"steps\": \"20\","
+                " \"sampler\": \"euler_a\", \"cfg_scale\": \"7.5\", \"seed\": \"1234\", \"width\": \"4\","
+                " \"height\": \"3\", \"model_hash\": \"0123456789abcdef\", \"model\": \"sd15\", \"clip_skip\": \"2\","
+                " \"strength\": \"0.5\"}",
+                "{\"prompt\": \"caf\\u00e9\", \"steps\": \"4\"}",
+        };
+        static const char *const want[] = {
+                "a red fox, snow\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 1234, "
+                "Size: 4x3, Model hash: 0123456789, Model: sd15, Clip skip: 2, Denoising strength: 0.5",
+                "caf\xc3\xa9\nSteps: 4",
+        };
+
+        int fd = memfd_with(pixels, w * 3 * h);
+        snprintf(json, sizeof(json),
+                 "{\"name\": \"image\", \"kind\": \"image\", \"fd\": 0, \"size\": %u, \"width\": %u,"
+                 " \"height\": %u, \"format\": \"rgb8\", \"stride\": %u}",
+                 w * 3 * h, w, h, w * 3);
+        json_object *out = json_tokener_parse(json);
+        assert_non_null(out);
+        for (size_t i = 0; i < 2; i++) {
+                json_object *meta = json_tokener_parse(metas[i]);
+                assert_non_null(meta);
+                assert_int_equal(ctl_png_texts_for_job(&t, "sd15", f->params, "j-9", meta), 0);
+                snprintf(path, sizeof(path), "%s/a1111-%zu.png", f->dir, i);
+                assert_int_equal(ctl_output_write(path, fd, out, t.v, t.n, &error), 0);
+                json_object *list = png_texts_of(path);
+                assert_int_equal(json_object_array_length(list), 3 + (size_t) json_object_object_length(meta));
+                expect_png_text(list, 0, "parameters", want[i],
+                                i == 0 ? PNG_TEXT_COMPRESSION_NONE : PNG_ITXT_COMPRESSION_NONE);
+                expect_png_text(list, 1, "gpuhost-parameters", "{\"pipeline\":\"sd15\",\"parameters\":{}}",
+                                PNG_TEXT_COMPRESSION_NONE);
+                expect_png_text(list, 2, "gpuhost-job", "j-9", PNG_TEXT_COMPRESSION_NONE);
+                /* The per-key chunks are still there. */
+                size_t k = 3;
+                json_object_object_foreach(meta, key, v) {
+                        bool ascii = true;
+                        for (const char *c = json_object_get_string(v); *c; c++)
+                                ascii &= (unsigned char) *c < 0x80;
+                        expect_png_text(list, k++, key, json_object_get_string(v),
+                                        ascii ? PNG_TEXT_COMPRESSION_NONE : PNG_ITXT_COMPRESSION_NONE);
+                }
+                json_object_put(list);
+                ctl_png_texts_free(&t);
+                json_object_put(meta);
+        }
+        json_object_put(out);
         close(fd);
         free(pixels);
 }
@@ -2280,6 +2357,7 @@ int main(void) {
                 cmocka_unit_test(test_json_ascii),
                 cmocka_unit_test(test_png_texts_for_job),
                 cmocka_unit_test_setup_teardown(test_output_write_text, setup_convert, teardown_convert),
+                cmocka_unit_test_setup_teardown(test_output_write_a1111, setup_convert, teardown_convert),
                 cmocka_unit_test(test_base64),
                 cmocka_unit_test(test_jobs_print),
                 cmocka_unit_test(test_job_print),

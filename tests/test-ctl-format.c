@@ -3,7 +3,8 @@
  * a Device read from a GetStatus reply in the current form ("memory",
  * counts, models) and in the older one (memory_total, pool), the table
  * byte for byte (names with control characters, long names and model
- * lists cut), and a whole frame of "top". */
+ * lists cut), a whole frame of "top", and the AUTOMATIC1111 "parameters"
+ * text of a job's metadata (ctl_a1111_parameters). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,6 +14,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <json-c/json.h>
 
 #include "gpuhostctl/ctl.h"
 
@@ -214,12 +216,94 @@ static void test_top_frame(void **state) {
         json_object_put(jobs);
 }
 
+/* ---- AUTOMATIC1111's "parameters" ---- */
+
+/* The text for |metadata| (JSON text); |want| NULL: none. */
+static void expect_a1111(const char *metadata, const char *want) {
+        json_object *m = json_tokener_parse(metadata);
+        char *got = (char *) 1;
+
+        assert_non_null(m);
+        assert_int_equal(ctl_a1111_parameters(m, &got), 0);
+        if (!want) {
+                if (got)
+                        fail_msg("%s: wanted no text, got '%s'", metadata, got);
+        } else if (!got || strcmp(got, want) != 0) {
+                print_error("%s:\ngot    '%s'\nwanted '%s'\n", metadata, got ? got : "(none)", want);
+                fail();
+        }
+        free(got);
+        json_object_put(m);
+}
+
+static void test_a1111_parameters(void **state) {
+        /* Everything, as a plugin reports it: strings. */
+        expect_a1111("{\"prompt\": \"a cat\", \"negative_prompt\": \"blurry\", \"steps\": \"20\", "
+                     "\"sampler\": \"euler_a\", \"cfg_scale\": \"7.5\", \"seed\": \"1234\", \"width\": \"512\", "
+                     "\"height\": \"512\", \"model_hash\": \"0123456789abcdef0123456789abcdef\", \"model\": \"sd15\", "
+                     "\"clip_skip\": \"2\", \"strength\": \"0.5\"}",
+                     "a cat\n"
+                     "Negative prompt: blurry\n"
+                     "Steps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 1234, Size: 512x512, Model hash: 0123456789, "
+                     "Model: sd15, Clip skip: 2, Denoising strength: 0.5");
+        /* In the web UI's order whatever the metadata's; other keys ignored. */
+        expect_a1111("{\"strength\": \"0.75\", \"model\": \"sdxl\", \"seed\": \"42\", \"prompt\": \"p\", "
+                     "\"device\": \"cuda\", \"steps\": \"30\"}",
+                     "p\nSteps: 30, Seed: 42, Model: sdxl, Denoising strength: 0.75");
+        /* JSON numbers as Python prints them. */
+        expect_a1111("{\"prompt\": \"p\", \"steps\": 20, \"cfg_scale\": 7.0, \"seed\": 18446744073709551615, "
+                     "\"width\": 768, \"height\": 512, \"strength\": 0.1, \"clip_skip\": 2}",
+                     "p\nSteps: 20, CFG scale: 7.0, Seed: 18446744073709551615, Size: 768x512, Clip skip: 2, "
+                     "Denoising strength: 0.1");
+        expect_a1111("{\"prompt\": \"p\", \"cfg_scale\": 7.25, \"strength\": 1e-07}",
+                     "p\nCFG scale: 7.25, Denoising strength: 1e-07");
+        /* The samplers by name; one we do not know as it is. */
+        expect_a1111("{\"prompt\": \"p\", \"sampler\": \"euler\"}", "p\nSampler: Euler");
+        expect_a1111("{\"prompt\": \"p\", \"sampler\": \"ddim\"}", "p\nSampler: DDIM");
+        expect_a1111("{\"prompt\": \"p\", \"sampler\": \"dpmpp_2m\"}", "p\nSampler: DPM++ 2M");
+        expect_a1111("{\"prompt\": \"p\", \"sampler\": \"dpmpp_2m_karras\"}", "p\nSampler: DPM++ 2M Karras");
+        expect_a1111("{\"prompt\": \"p\", \"sampler\": \"lms\"}", "p\nSampler: lms");
+        /* Only the prompt: one line. An empty negative prompt: no line. */
+        expect_a1111("{\"prompt\": \"p\"}", "p");
+        expect_a1111("{\"prompt\": \"p\", \"negative_prompt\": \"\", \"steps\": \"4\"}", "p\nSteps: 4");
+        expect_a1111("{\"prompt\": \"\", \"negative_prompt\": \"n\"}", "\nNegative prompt: n");
+        /* Prompts as they are, on as many lines as they have, UTF-8. */
+        expect_a1111("{\"prompt\": \"a, b: c\\nd \\u00e9\", \"negative_prompt\": \"x,\\ny\", \"steps\": \"1\"}",
+                     "a, b: c\nd \xc3\xa9\nNegative prompt: x,\ny\nSteps: 1");
+        /* Values with ',', ':' or a newline quoted as JSON strings. */
+        expect_a1111("{\"prompt\": \"p\", \"sampler\": \"a,b\", \"model\": \"x:y\", \"seed\": \"1\\n2\", "
+                     "\"strength\": \"caf\\u00e9 \\\"q\\\", r\"}",
+                     "p\nSampler: \"a,b\", Seed: \"1\\n2\", Model: \"x:y\", Denoising strength: \"caf\xc3\xa9 \\\"q\\\", r\"");
+        /* Size needs both; clip skip only past 1; model hash: its leading
+         * hex digits, at most 10. */
+        expect_a1111("{\"prompt\": \"p\", \"width\": \"512\", \"clip_skip\": \"1\"}", "p");
+        expect_a1111("{\"prompt\": \"p\", \"height\": 512, \"clip_skip\": 1}", "p");
+        expect_a1111("{\"prompt\": \"p\", \"clip_skip\": \"x\", \"model_hash\": \"xyz\"}", "p");
+        expect_a1111("{\"prompt\": \"p\", \"clip_skip\": \"12\", \"model_hash\": \"ABCdef\"}",
+                     "p\nModel hash: ABCdef, Clip skip: 12");
+        expect_a1111("{\"prompt\": \"p\", \"model_hash\": \"0a1b2c3d4e5f6\"}", "p\nModel hash: 0a1b2c3d4e");
+        expect_a1111("{\"prompt\": \"p\", \"model_hash\": \"12345678-9abc\"}", "p\nModel hash: 12345678");
+        /* Absent or null: left out. */
+        expect_a1111("{\"prompt\": \"p\", \"steps\": null, \"sampler\": null, \"seed\": null}", "p");
+        /* Other JSON values as JSON text. */
+        expect_a1111("{\"prompt\": \"p\", \"seed\": true, \"model\": [1]}", "p\nSeed: true, Model: [1]");
+        /* No prompt string: no text. */
+        expect_a1111("{\"steps\": \"20\"}", NULL);
+        expect_a1111("{\"prompt\": null, \"steps\": \"20\"}", NULL);
+        expect_a1111("{\"prompt\": 5, \"steps\": \"20\"}", NULL);
+        expect_a1111("[\"prompt\"]", NULL);
+        char *got = (char *) 1;
+        assert_int_equal(ctl_a1111_parameters(NULL, &got), 0);
+        assert_null(got);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_vram_bar),
                 cmocka_unit_test(test_device_row),
                 cmocka_unit_test(test_devices_table),
                 cmocka_unit_test(test_top_frame),
+                cmocka_unit_test(test_a1111_parameters),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,14 +4,18 @@
  * read-only) and reading every tensor back bit-exactly, unload refused while
  * attached, memory back after unload and eviction (pool accounting and the
  * daemon's RSS), LRU eviction and pinning, dtype conversion, malformed
- * files, and 1,000 load/unload/evict cycles across five models without a
- * leak. */
+ * files, the tokenizer's files loaded as U8 tensors (a folder's tokenizer/,
+ * a single file's tokenizer key), the SHA-256 of the files (kept across a
+ * reload of unchanged files, a known vector, a folder's files
+ * concatenated), and 1,000 load/unload/evict cycles across five models
+ * without a leak. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
 #include <fcntl.h>
 #include <json-c/json.h>
+#include <openssl/evp.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -163,6 +167,48 @@ static void write_model(const char *path, const gh_test_tensor *t, size_t n) {
         assert_int_equal(gh_test_write_safetensors(path, t, n, NULL, 8), 0);
 }
 
+/* The tokenizer files: a folder model's own, and those of the tokenizer
+ * key of [model tokfile]. */
+#define TOKF_VOCAB "{\"<|startoftext|>\": 49406, \"a</w>\": 320}"
+#define TOKF_MERGES "#version: 0.2\na b\n"
+#define TOK_VOCAB "{\"x</w>\": 7}"
+#define TOK_MERGES "#version: 0.2\nx y\nxy z\n"
+/* A file of known bytes and its SHA-256 (as sha256sum prints it). */
+#define FIXED_HEADER "{\"x\":{\"dtype\":\"U8\",\"shape\":[3],\"data_offsets\":[0,3]}}"
+#define FIXED_SHA256 "54b4129bfca4e486b6e26e058829b96f7cc6649ecc32178096ec5e0cb923d83f"
+
+static void make_tokenizer_models(void) {
+        char path[256], fixed[8 + sizeof(FIXED_HEADER) - 1 + 3];
+
+        gh_test_tensor conv[] = {{"conv", GH_DTYPE_F32, 1, {4}, NULL}};
+        const char *dirs[] = {"tokf", "tokf/unet", "tokf/tokenizer"};
+        for (size_t i = 0; i < ELEMENTSOF(dirs); i++) {
+                snprintf(path, sizeof(path), "%s/%s", E.models, dirs[i]);
+                assert_int_equal(mkdir(path, 0755), 0);
+        }
+        snprintf(path, sizeof(path), "%s/tokf/unet/diffusion_pytorch_model.safetensors", E.models);
+        write_model(path, conv, 1);
+        snprintf(path, sizeof(path), "%s/tokf/tokenizer/vocab.json", E.models);
+        write_text(path, TOKF_VOCAB);
+        snprintf(path, sizeof(path), "%s/tokf/tokenizer/merges.txt", E.models);
+        write_text(path, TOKF_MERGES);
+        snprintf(path, sizeof(path), "%s/tok", E.dir);
+        assert_int_equal(mkdir(path, 0755), 0);
+        snprintf(path, sizeof(path), "%s/tok/vocab.json", E.dir);
+        write_text(path, TOK_VOCAB);
+        snprintf(path, sizeof(path), "%s/tok/merges.txt", E.dir);
+        write_text(path, TOK_MERGES);
+        snprintf(path, sizeof(path), "%s/tokfile.safetensors", E.dir);
+        write_model(path, conv, 1);
+        /* 8-byte little-endian header length, the header, the data */
+        memset(fixed, 0, 8);
+        fixed[0] = (char) (sizeof(FIXED_HEADER) - 1);
+        memcpy(fixed + 8, FIXED_HEADER, sizeof(FIXED_HEADER) - 1);
+        memcpy(fixed + 8 + sizeof(FIXED_HEADER) - 1, "abc", 3);
+        snprintf(path, sizeof(path), "%s/fixed.safetensors", E.models);
+        assert_int_equal(gh_test_write_file(path, fixed, sizeof(fixed)), 0);
+}
+
 static void make_models(void) {
         char path[256];
         static const float conv_data[5] = {1.0f, -2.0f, 65504.0f, 1e-8f, 0.1f};
@@ -210,6 +256,7 @@ static void make_models(void) {
         gh_test_tensor conv[] = {{"v", GH_DTYPE_F32, 1, {5}, conv_data}, {"ids", GH_DTYPE_I32, 1, {4}, NULL}};
         snprintf(path, sizeof(path), "%s/conv-source.bin", E.dir);
         write_model(path, conv, 2);
+        make_tokenizer_models();
 }
 
 static int setup(void **state) {
@@ -227,8 +274,9 @@ static int setup(void **state) {
         snprintf(text, sizeof(text),
                  "[socket]\npath = %s\n[devices]\ncpu_memory = 64M\nslab_size = 2M\n"
                  "[models]\ndirectory = %s\n[model conv]\npath = %s/conv-source.bin\ndtype = fp16\n"
-                 "[model restricted]\npath = %s/conv-source.bin\ndevices = 5\n",
-                 E.sock, E.models, E.dir, E.dir);
+                 "[model restricted]\npath = %s/conv-source.bin\ndevices = 5\n"
+                 "[model tokfile]\npath = %s/tokfile.safetensors\ntokenizer = %s/tok\n",
+                 E.sock, E.models, E.dir, E.dir, E.dir, E.dir);
         write_text(conf, text);
         snprintf(log, sizeof(log), "%s/daemon.log", E.dir);
         int r = gh_test_daemon_start(conf, log, E.sock, NULL, &E.pid);
@@ -494,6 +542,144 @@ static void test_conversion(void **state) {
         assert_int_equal(pool_get("used"), 0);
 }
 
+/* ---- auxiliary files, SHA-256 ---- */
+
+static bool resident(const char *name);
+
+/* Hex SHA-256 of the files in |paths| (NULL-terminated), concatenated. */
+static void sha256_files(const char *const *paths, char out[65]) {
+        EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+        unsigned char md[EVP_MAX_MD_SIZE], buf[65536];
+        unsigned len = 0;
+
+        assert_non_null(ctx);
+        assert_int_equal(EVP_DigestInit_ex(ctx, EVP_sha256(), NULL), 1);
+        for (size_t i = 0; paths[i]; i++) {
+                FILE *f = fopen(paths[i], "re");
+                size_t n;
+                assert_non_null(f);
+                while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
+                        assert_int_equal(EVP_DigestUpdate(ctx, buf, n), 1);
+                fclose(f);
+        }
+        assert_int_equal(EVP_DigestFinal_ex(ctx, md, &len), 1);
+        assert_int_equal(len, 32);
+        for (unsigned i = 0; i < len; i++)
+                snprintf(out + 2 * i, 3, "%02x", md[i]);
+        EVP_MD_CTX_free(ctx);
+}
+
+/* ListModels' "sha256" of |model|, or NULL (free it). */
+static char *model_sha256(const char *model) {
+        json_object *p = call_ok("io.gpuhost.ListModels", NULL);
+        json_object *m = find_model(json_object_object_get(p, "models"), model);
+        const char *v = m ? json_object_get_string(json_object_object_get(m, "sha256")) : NULL;
+        char *copy = v ? strdup(v) : NULL;
+        json_object_put(p);
+        return copy;
+}
+
+static void expect_sha256(const char *model, const char *want) {
+        char *got = model_sha256(model);
+        if (!got || strcmp(got, want) != 0)
+                fail_msg("%s: sha256 %s, expected %s", model, got ? got : "(none)", want);
+        free(got);
+}
+
+/* Checks that |a| holds |name| as a 1-D U8 tensor of exactly |text|. */
+static void expect_aux(attachment *a, const char *name, const char *text) {
+        gh_pool_view *v = NULL;
+        json_object *tensors = json_object_object_get(a->head, "tensors"), *t = NULL;
+        size_t len = strlen(text);
+
+        for (size_t i = 0; i < json_object_array_length(tensors); i++)
+                if (strcmp(json_object_get_string(json_object_object_get(json_object_array_get_idx(tensors, i), "name")), name) == 0)
+                        t = json_object_array_get_idx(tensors, i);
+        if (!t)
+                fail_msg("no tensor %s: %s", name, json_object_to_json_string(tensors));
+        assert_string_equal(json_object_get_string(json_object_object_get(t, "dtype")), "U8");
+        json_object *shape = json_object_object_get(t, "shape");
+        assert_int_equal(json_object_array_length(shape), 1);
+        assert_int_equal(json_object_get_int64(json_object_array_get_idx(shape, 0)), len);
+        assert_int_equal(json_object_get_int64(json_object_object_get(t, "bytes")), len);
+        assert_int_equal(gh_pool_view_new(&gh_pool_backend_cpu, SLAB, 64 * MiB, &v), 0);
+        for (size_t i = 0; i < a->n_fds; i++)
+                assert_int_equal(gh_pool_view_map(v, (unsigned) a->slab_index[i], a->fds[i], false), 0);
+        const void *data = (const void *) (uintptr_t) (gh_pool_view_base(v) +
+                           (uint64_t) json_object_get_int64(json_object_object_get(t, "offset")));
+        assert_memory_equal(data, text, len);
+        gh_pool_view_free(v);
+}
+
+static void test_tokenizer_files(void **state) {
+        attachment a;
+
+        load("tokf"); /* a folder with tokenizer/ */
+        attach("tokf", &a);
+        expect_aux(&a, "tokenizer/vocab.json", TOKF_VOCAB);
+        expect_aux(&a, "tokenizer/merges.txt", TOKF_MERGES);
+        assert_int_equal(json_object_array_length(json_object_object_get(a.head, "tensors")), 3);
+        detach(&a);
+        load("tokfile"); /* a single file with tokenizer = DIR */
+        attach("tokfile", &a);
+        expect_aux(&a, "tokenizer/vocab.json", TOK_VOCAB);
+        expect_aux(&a, "tokenizer/merges.txt", TOK_MERGES);
+        detach(&a);
+        load("m1"); /* none: no error, no extra tensors */
+        attach("m1", &a);
+        assert_int_equal(json_object_array_length(json_object_object_get(a.head, "tensors")), 6);
+        detach(&a);
+        unload_released("tokf");
+        unload_released("tokfile");
+        unload_released("m1");
+        assert_int_equal(pool_get("used"), 0);
+}
+
+static void test_sha256(void **state) {
+        char path[256], unet[256], vae[256], want[65];
+
+        assert_null(model_sha256("fixed")); /* not loaded yet: not known */
+        load("fixed");
+        expect_sha256("fixed", FIXED_SHA256);
+        /* One file: the file's hash (what sha256sum says). */
+        load("m1");
+        snprintf(path, sizeof(path), "%s/m1.safetensors", E.models);
+        sha256_files((const char *const[]) {path, NULL}, want);
+        expect_sha256("m1", want);
+        /* A folder: its weight files in load order (by path), concatenated;
+         * the tokenizer's files are not part of it. */
+        load("m2");
+        snprintf(unet, sizeof(unet), "%s/m2/unet/diffusion_pytorch_model.safetensors", E.models);
+        snprintf(vae, sizeof(vae), "%s/m2/vae/diffusion_pytorch_model.safetensors", E.models);
+        sha256_files((const char *const[]) {unet, vae, NULL}, want);
+        expect_sha256("m2", want);
+        load("tokf");
+        snprintf(path, sizeof(path), "%s/tokf/unet/diffusion_pytorch_model.safetensors", E.models);
+        sha256_files((const char *const[]) {path, NULL}, want);
+        expect_sha256("tokf", want);
+        /* Converted models hash their files, not the converted data. */
+        load("conv");
+        snprintf(path, sizeof(path), "%s/conv-source.bin", E.dir);
+        sha256_files((const char *const[]) {path, NULL}, want);
+        expect_sha256("conv", want);
+        /* A reload of unchanged files keeps the hash and the residency. */
+        json_object_put(call_ok("io.gpuhost.ReloadConfig", NULL));
+        expect_sha256("fixed", FIXED_SHA256);
+        assert_true(resident("fixed"));
+        json_object *p = call_ok("io.gpuhost.ListModels", NULL);
+        size_t n_fixed = 0;
+        for (size_t i = 0; i < json_object_array_length(json_object_object_get(p, "models")); i++)
+                n_fixed += strcmp(json_object_get_string(json_object_object_get(
+                                          json_object_array_get_idx(json_object_object_get(p, "models"), i), "name")),
+                                  "fixed") == 0;
+        json_object_put(p);
+        assert_int_equal(n_fixed, 1); /* listed once: the same model */
+        const char *names[] = {"fixed", "m1", "m2", "tokf", "conv"};
+        for (size_t i = 0; i < ELEMENTSOF(names); i++)
+                unload(names[i]);
+        assert_int_equal(pool_get("used"), 0);
+}
+
 static bool resident(const char *name) {
         json_object *p = call_ok("io.gpuhost.ListModels", NULL);
         json_object *m = find_model(json_object_object_get(p, "models"), name);
@@ -575,6 +761,8 @@ int main(void) {
                 cmocka_unit_test(test_errors),
                 cmocka_unit_test(test_load_attach_unload),
                 cmocka_unit_test(test_conversion),
+                cmocka_unit_test(test_tokenizer_files),
+                cmocka_unit_test(test_sha256),
                 cmocka_unit_test(test_eviction_and_pinning),
                 cmocka_unit_test(test_no_leak_over_1000_cycles),
                 cmocka_unit_test(test_stop_ends_attachments), /* last: it stops the daemon */

@@ -9,13 +9,21 @@
 #include <setjmp.h>
 #include <cmocka.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <json-c/json.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
+#include "common/base64.h"
 #include "common/params.h"
+#include "common/util.h"
+#include "fdcount.h"
 
 static const char table_text[] =
         "["
@@ -58,10 +66,20 @@ static void assert_reason(const char *substr) {
                 fail_msg("reason \"%s\" does not mention \"%s\"", reason, substr);
 }
 
-static int validate_with(json_object *t, json_object *req, size_t n_fds, json_object **ret) {
+/* The fds and memfds of the last validation (closed by the next one). */
+static gh_params_images images;
+
+static int validate_fds(json_object *t, json_object *req, const int *fds, size_t n_fds, json_object **ret) {
+        gh_params_images_close(&images);
+        images = (gh_params_images) {.fds = fds, .n_fds = n_fds};
         strcpy(param, "(unset)");
         strcpy(reason, "(unset)");
-        return gh_params_validate(t, req, n_fds, ret, param, sizeof(param), reason, sizeof(reason));
+        return gh_params_validate(t, req, &images, ret, param, sizeof(param), reason, sizeof(reason));
+}
+
+/* |n_fds| fds of which only the number is known. */
+static int validate_with(json_object *t, json_object *req, size_t n_fds, json_object **ret) {
+        return validate_fds(t, req, NULL, n_fds, ret);
 }
 
 static int validate(json_object *req, size_t n_fds, json_object **ret) {
@@ -115,6 +133,7 @@ static int setup(void **state) {
 }
 
 static int teardown(void **state) {
+        gh_params_images_close(&images);
         json_object_put(table);
         return 0;
 }
@@ -358,7 +377,7 @@ static void test_bad_image(void **state) {
         image_text(v, sizeof(v), "0", "64", "16385", "\"rgb8\"");
         expect_bad("mask", v, "\"height\"");
         image_text(v, sizeof(v), "0", "64", "64", "\"bgr8\"");
-        expect_bad("mask", v, "\"format\" must be \"rgb8\" or \"rgba8\"");
+        expect_bad("mask", v, "\"format\" must be \"rgb8\", \"rgba8\" or \"png\"");
         image_text(v, sizeof(v), "0", "64", "64", "\"rgb8\\u0000\"");
         expect_bad("mask", v, "\"format\"");
         image_text(v, sizeof(v), "0", "64", "64", "3");
@@ -377,6 +396,339 @@ static void test_bad_image(void **state) {
         expect_bad("mask", "0", "expected an image");
         expect_bad("mask", "null", "expected an image");
         expect_bad("init", "[0,64,64,\"rgb8\"]", "expected an image");
+}
+
+/* ---- images sent inline, PNG files ---- */
+
+/* |n| bytes as a JSON string of base64 (a new object). */
+static json_object *base64_of(const void *bytes, size_t n) {
+        char *text = malloc(gh_base64_encoded_len(n) + 1);
+
+        assert_non_null(text);
+        gh_base64_encode(bytes, n, text);
+        json_object *o = json_object_new_string(text);
+        free(text);
+        return o;
+}
+
+static uint32_t crc32_of(const uint8_t *p, size_t n) {
+        uint32_t c = 0xffffffffu;
+
+        for (size_t i = 0; i < n; i++) {
+                c ^= p[i];
+                for (int k = 0; k < 8; k++)
+                        c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
+        }
+        return c ^ 0xffffffffu;
+}
+
+static void put_be32(uint8_t *p, uint32_t v) {
+        p[0] = (uint8_t) (v >> 24);
+        p[1] = (uint8_t) (v >> 16);
+        p[2] = (uint8_t) (v >> 8);
+        p[3] = (uint8_t) v;
+}
+
+/* The first bytes of a PNG file: signature and IHDR (with its CRC), then
+ * |extra| bytes of an IDAT chunk the daemon does not read. Returns the
+ * length written to |buf| (64 bytes). */
+static size_t png_head(uint8_t *buf, uint32_t width, uint32_t height, uint8_t depth, uint8_t color_type,
+                       uint8_t interlace, size_t extra) {
+        static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+
+        memcpy(buf, sig, 8);
+        put_be32(buf + 8, 13);
+        memcpy(buf + 12, "IHDR", 4);
+        put_be32(buf + 16, width);
+        put_be32(buf + 20, height);
+        buf[24] = depth;
+        buf[25] = color_type;
+        buf[26] = buf[27] = 0;
+        buf[28] = interlace;
+        put_be32(buf + 29, crc32_of(buf + 12, 17));
+        memcpy(buf + 33, "\0\0\0\0IDAT", 8);
+        memset(buf + 41, 0x5a, extra > 23 ? 23 : extra);
+        return 33 + (extra > 31 ? 31 : extra);
+}
+
+static json_object *image_obj(const char *key, json_object *source, int64_t width, int64_t height,
+                              const char *format) {
+        json_object *o = json_object_new_object();
+
+        json_object_object_add(o, key, source);
+        if (width)
+                json_object_object_add(o, "width", json_object_new_int64(width));
+        if (height)
+                json_object_object_add(o, "height", json_object_new_int64(height));
+        if (format)
+                json_object_object_add(o, "format", json_object_new_string(format));
+        return o;
+}
+
+/* The inline PNG whose head png_head() writes, as the "mask" of the base
+ * request; expects a -EINVAL naming "mask" with |substr|, and no memfd
+ * left. */
+static void expect_bad_png(const uint8_t *png, size_t n, int64_t width, int64_t height, const char *substr) {
+        gh_params_images_close(&images);
+        int before = gh_test_count_open_fds();
+
+        expect_bad_obj("mask", image_obj("data", base64_of(png, n), width, height, "png"), 1, substr);
+        assert_int_equal(images.n_made, 0);
+        assert_int_equal(gh_test_count_open_fds(), before);
+}
+
+/* |fd| is a sealed memfd, close-on-exec, holding exactly |bytes|. */
+static void assert_memfd_holds(int fd, const void *bytes, size_t n) {
+        uint8_t got[128];
+        struct stat st;
+
+        assert_true(n <= sizeof(got));
+        assert_int_equal(fstat(fd, &st), 0);
+        assert_int_equal(st.st_size, n);
+        assert_int_equal(fcntl(fd, F_GET_SEALS), F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
+        assert_true(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+        assert_int_equal(pread(fd, got, sizeof(got), 0), (ssize_t) n);
+        assert_memory_equal(got, bytes, n);
+}
+
+static void test_inline_raw(void **state) {
+        uint8_t px[16];
+        json_object *n, *v;
+
+        for (size_t i = 0; i < sizeof(px); i++)
+                px[i] = (uint8_t) (i * 37 + 1);
+        /* The memfds come after the request's fds: here one was sent. */
+        n = expect_good_obj("mask", image_obj("data", base64_of(px, 12), 2, 2, "rgb8"), 1, &v);
+        assert_string_equal(json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN),
+                            "{\"fd\":1,\"width\":2,\"height\":2,\"format\":\"rgb8\"}");
+        assert_int_equal(images.n_made, 1);
+        assert_memfd_holds(images.made[0], px, 12);
+        json_object_put(n);
+        /* Two of them, rgba8, none sent with the request. */
+        json_object *req = request_with("mask", image_obj("data", base64_of(px, 16), 1, 4, "rgba8"));
+        json_object_object_add(req, "init", image_obj("data", base64_of(px, 3), 1, 1, "rgb8"));
+        assert_int_equal(validate(req, 0, &n), 0);
+        assert_int_equal(images.n_made, 2);
+        assert_int_equal(json_object_get_int(json_object_object_get(json_object_object_get(n, "init"), "fd")), 0);
+        assert_int_equal(json_object_get_int(json_object_object_get(json_object_object_get(n, "mask"), "fd")), 1);
+        assert_memfd_holds(images.made[0], px, 3);
+        assert_memfd_holds(images.made[1], px, 16);
+        json_object_put(req);
+        json_object_put(n);
+        /* Without a place for them, they are checked and dropped. */
+        int before = gh_test_count_open_fds();
+        req = request_with("mask", image_obj("data", base64_of(px, 3), 1, 1, "rgb8"));
+        assert_int_equal(gh_params_validate(table, req, NULL, &n, NULL, 0, NULL, 0), 0);
+        assert_int_equal(json_object_get_int(json_object_object_get(json_object_object_get(n, "mask"), "fd")), 0);
+        assert_int_equal(gh_test_count_open_fds(), before);
+        json_object_put(req);
+        json_object_put(n);
+}
+
+static void test_inline_png(void **state) {
+        static const struct {
+                uint8_t depth, color_type, interlace;
+                const char *format;
+        } kinds[] = {
+                {8, 2, 0, "rgb8"},  {16, 2, 1, "rgb8"},  {8, 6, 0, "rgba8"}, {16, 6, 0, "rgba8"}, {1, 0, 0, "rgb8"},
+                {16, 0, 1, "rgb8"}, {8, 4, 0, "rgba8"}, {4, 3, 1, "rgb8"},  {8, 3, 0, "rgb8"},
+        };
+        uint8_t png[64];
+        char want[256];
+        json_object *n, *v;
+
+        for (size_t i = 0; i < ELEMENTSOF(kinds); i++) {
+                size_t len = png_head(png, 3, 5, kinds[i].depth, kinds[i].color_type, kinds[i].interlace, 20);
+                n = expect_good_obj("mask", image_obj("data", base64_of(png, len), 0, 0, "png"), 1, &v);
+                snprintf(want, sizeof(want),
+                         "{\"fd\":1,\"width\":3,\"height\":5,\"format\":\"%s\",\"encoding\":\"png\",\"bytes\":%zu}",
+                         kinds[i].format, len);
+                assert_string_equal(json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN), want);
+                assert_int_equal(images.n_made, 1);
+                assert_memfd_holds(images.made[0], png, len);
+                json_object_put(n);
+        }
+        /* A width and a height that match. */
+        size_t len = png_head(png, 16384, 1, 8, 6, 0, 0);
+        n = expect_good_obj("mask", image_obj("data", base64_of(png, len), 16384, 1, "png"), 1, &v);
+        assert_int_equal(json_object_get_int(json_object_object_get(v, "width")), 16384);
+        json_object_put(n);
+        n = expect_good_obj("mask", image_obj("data", base64_of(png, len), 0, 1, "png"), 1, &v);
+        json_object_put(n);
+}
+
+/* Whether the start of |fd| can be read without waiting (as the daemon
+ * reads a PNG's head from a file that is not a memfd). */
+static bool readable_now(int fd) {
+        char c;
+
+        return preadv2(fd, &(struct iovec) {&c, 1}, 1, 0, RWF_NOWAIT) == 1;
+}
+
+static void test_png_fd(void **state) {
+        uint8_t png[64];
+        size_t len = png_head(png, 640, 480, 8, 2, 0, 31);
+        char path[] = "/tmp/test-params-XXXXXX";
+        int fds[4], pipe_fds[2];
+        json_object *n, *v;
+
+        fds[0] = memfd_create("png", MFD_CLOEXEC);
+        assert_int_equal(write(fds[0], png, len), (ssize_t) len);
+        fds[1] = mkostemp(path, O_CLOEXEC); /* just written: in the page cache */
+        assert_true(fds[1] >= 0);
+        unlink(path);
+        assert_int_equal(write(fds[1], png, len), (ssize_t) len);
+        assert_int_equal(pipe2(pipe_fds, O_CLOEXEC), 0);
+        fds[2] = pipe_fds[0];
+        fds[3] = memfd_create("short", MFD_CLOEXEC);
+        assert_int_equal(write(fds[3], png, 20), 20);
+
+        for (int i = 0; i < 2; i++) {
+                json_object *req = request_with("mask", image_obj("fd", json_object_new_int(i), 0, 0, "png"));
+                int r = validate_fds(table, req, fds, 4, &n);
+                if (r < 0 && i == 1 && !readable_now(fds[1])) { /* a file system without RWF_NOWAIT */
+                        assert_reason("not in memory, and gpuhostd does not wait on a disk");
+                        json_object_put(req);
+                        continue;
+                }
+                if (r != 0)
+                        fail_msg("fd %d: %s: %s", i, param, reason);
+                v = json_object_object_get(n, "mask");
+                char want[128];
+                snprintf(want, sizeof(want),
+                         "{\"fd\":%d,\"width\":640,\"height\":480,\"format\":\"rgb8\",\"encoding\":\"png\",\"bytes\":%zu}",
+                         i, len);
+                assert_string_equal(json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN), want);
+                assert_int_equal(images.n_made, 0);
+                json_object_put(req);
+                json_object_put(n);
+        }
+        static const struct {
+                int fd;
+                int64_t width, height;
+                const char *reason;
+        } bad[] = {
+                {2, 0, 0, "not a regular file or a memfd"},
+                {3, 0, 0, "20 bytes, too short to be a PNG file"},
+                {0, 640, 481, "the PNG is 640x480, not the 640x481 given"},
+                {1, 641, 0, "the PNG is 640x480, not the 641x480 given"},
+                {4, 0, 0, "\"fd\" must be the index of an fd sent with the request (4 sent)"},
+        };
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                json_object *req = request_with("mask", image_obj("fd", json_object_new_int(bad[i].fd), bad[i].width,
+                                                                  bad[i].height, "png"));
+                n = NULL;
+                assert_int_equal(validate_fds(table, req, fds, 4, &n), -EINVAL);
+                assert_null(n);
+                assert_string_equal(param, "mask");
+                assert_reason(bad[i].reason);
+                json_object_put(req);
+        }
+        /* Only the number of fds is known: a PNG in one cannot be read. */
+        expect_bad_obj("mask", image_obj("fd", json_object_new_int(0), 0, 0, "png"), 1, "cannot be read here");
+        gh_close_many(fds, 4);
+        close(pipe_fds[1]);
+}
+
+static void test_bad_inline(void **state) {
+        uint8_t png[64], px[12] = {0};
+        size_t len;
+
+        /* Malformed base64: a bad character, a bad length, padding in the
+         * middle, bits left over, not a string, empty. */
+        expect_bad_obj("mask", image_obj("data", json_object_new_string("AAA*AAAA"), 2, 1, "rgb8"), 1,
+                       "not base64 (at character 3)");
+        expect_bad_obj("mask", image_obj("data", json_object_new_string("AAAAA"), 0, 0, "png"), 1,
+                       "not base64 (its length or padding is wrong)");
+        expect_bad_obj("mask", image_obj("data", json_object_new_string("AA==AAAA"), 2, 1, "rgb8"), 1, "not base64");
+        expect_bad_obj("mask", image_obj("data", json_object_new_string("AAAAAA=A"), 0, 0, "png"), 1, "not base64 (at character 6)");
+        expect_bad_obj("mask", image_obj("data", json_object_new_string("AAAAAB=="), 0, 0, "png"), 1, "not base64");
+        expect_bad_obj("mask", image_obj("data", json_object_new_string("AAAAAAB="), 0, 0, "png"), 1, "not base64");
+        expect_bad_obj("mask", image_obj("data", json_object_new_string("AAAA AAA"), 2, 1, "rgb8"), 1, "not base64");
+        expect_bad_obj("mask", image_obj("data", json_object_new_int(5), 2, 1, "rgb8"), 1,
+                       "\"data\" must be a string of base64, not an integer");
+        expect_bad_obj("mask", image_obj("data", json_object_new_string(""), 0, 0, "png"), 1, "\"data\" is empty");
+        /* The wrong size for raw pixels. */
+        expect_bad_obj("mask", image_obj("data", base64_of(px, 11), 2, 2, "rgb8"), 1,
+                       "\"data\" holds 11 bytes; a 2x2 rgb8 image is 12");
+        expect_bad_obj("mask", image_obj("data", base64_of(px, 12), 2, 2, "rgba8"), 1, "a 2x2 rgba8 image is 16");
+        expect_bad_obj("mask", image_obj("data", base64_of(px, 12), 0, 2, "rgb8"), 1, "no \"width\"");
+        expect_bad_obj("mask", image_obj("data", base64_of(px, 12), 2, 0, "rgb8"), 1, "no \"height\"");
+        /* Wrong keys: both sources, neither, others. */
+        json_object *o = image_obj("data", base64_of(px, 12), 2, 2, "rgb8");
+        json_object_object_add(o, "fd", json_object_new_int(0));
+        expect_bad_obj("mask", o, 1, "both \"fd\" and \"data\"");
+        expect_bad("mask", "{\"format\":\"png\"}", "no \"fd\" (an fd sent with the request) or \"data\"");
+        expect_bad("mask", "{\"pixels\":\"AAAA\",\"format\":\"png\"}", "unknown image key \"pixels\"");
+        expect_bad("mask", "{\"data\":\"AAAA\",\"format\":\"png\",\"encoding\":\"png\"}", "unknown image key \"encoding\"");
+        expect_bad("mask", "{\"data\":\"AAAA\",\"format\":\"jpeg\"}", "\"format\" must be");
+        expect_bad("mask", "{\"data\":\"AAAA\",\"format\":\"png\",\"width\":0}", "\"width\" must be an integer 1..16384");
+        expect_bad("mask", "{\"data\":\"AAAA\",\"format\":\"png\",\"height\":\"1\"}", "\"height\" must be an integer");
+
+        /* Not a PNG, a PNG without IHDR first, a bad IHDR. */
+        len = png_head(png, 4, 4, 8, 2, 0, 10);
+        expect_bad_png(png, 20, 0, 0, "too short to be a PNG file (20 bytes)");
+        expect_bad_png((const uint8_t *) "GIF89a....................................", 40, 0, 0, "no PNG signature");
+        memcpy(png + 12, "IDAT", 4);
+        expect_bad_png(png, len, 0, 0, "does not begin with an IHDR chunk");
+        len = png_head(png, 4, 4, 8, 2, 0, 10);
+        put_be32(png + 8, 14);
+        expect_bad_png(png, len, 0, 0, "IHDR chunk is 14 bytes long, not 13");
+        len = png_head(png, 4, 4, 8, 2, 0, 10);
+        png[20] ^= 1; /* height 4 + 2^24: the CRC no longer fits */
+        expect_bad_png(png, len, 0, 0, "bad CRC");
+        /* Dimensions: 0, over the limit, over 2^31. */
+        len = png_head(png, 16385, 4, 8, 2, 0, 0);
+        expect_bad_png(png, len, 0, 0, "the PNG is 16385x4 pixels; width and height must be 1..16384");
+        len = png_head(png, 4, 0x7fffffff, 8, 6, 0, 0);
+        expect_bad_png(png, len, 0, 0, "the PNG is 4x2147483647 pixels");
+        len = png_head(png, 0xffffffffu, 0xffffffffu, 8, 6, 0, 0);
+        expect_bad_png(png, len, 0, 0, "4294967295x4294967295");
+        len = png_head(png, 0, 4, 8, 6, 0, 0);
+        expect_bad_png(png, len, 0, 0, "the PNG is 0x4 pixels");
+        /* Bit depths and colour types PNG does not have. */
+        len = png_head(png, 4, 4, 4, 2, 0, 0);
+        expect_bad_png(png, len, 0, 0, "colour type 2 with bit depth 4");
+        len = png_head(png, 4, 4, 16, 3, 0, 0);
+        expect_bad_png(png, len, 0, 0, "colour type 3 with bit depth 16");
+        len = png_head(png, 4, 4, 8, 5, 0, 0);
+        expect_bad_png(png, len, 0, 0, "colour type 5");
+        len = png_head(png, 4, 4, 0, 0, 0, 0);
+        expect_bad_png(png, len, 0, 0, "bit depth 0");
+        len = png_head(png, 4, 4, 200, 0, 0, 0);
+        expect_bad_png(png, len, 0, 0, "bit depth 200");
+        len = png_head(png, 4, 4, 8, 2, 2, 0);
+        expect_bad_png(png, len, 0, 0, "unknown compression, filter or interlace method");
+        /* A width or height given that the PNG does not have. */
+        len = png_head(png, 3, 2, 8, 6, 0, 4);
+        expect_bad_png(png, len, 4, 2, "the PNG is 3x2, not the 4x2 given");
+        expect_bad_png(png, len, 0, 3, "the PNG is 3x2, not the 3x3 given");
+}
+
+/* An inline image made into a memfd is closed when a later parameter
+ * fails; past the size limit nothing is decoded at all. */
+static void test_inline_limits(void **state) {
+        uint8_t px[3] = {1, 2, 3};
+        json_object *req = request_with("init", image_obj("data", base64_of(px, 3), 1, 1, "rgb8")), *n = NULL;
+
+        gh_params_images_close(&images);
+        int before = gh_test_count_open_fds();
+        json_object_object_add(req, "mask", json_object_new_string("nope"));
+        assert_int_equal(validate(req, 1, &n), -EINVAL);
+        assert_string_equal(param, "mask");
+        assert_int_equal(images.n_made, 0);
+        assert_int_equal(gh_test_count_open_fds(), before);
+        json_object_put(req);
+
+        /* Base64 of GH_PARAMS_IMAGE_DATA_MAX + 3 bytes ('A' is 0 bits). */
+        size_t len = (GH_PARAMS_IMAGE_DATA_MAX / 3 + 1) * 4;
+        char *text = malloc(len + 1);
+        assert_non_null(text);
+        memset(text, 'A', len);
+        text[len] = 0;
+        json_object *big = json_object_new_string_len(text, (int) len);
+        free(text);
+        expect_bad_obj("mask", image_obj("data", big, 0, 0, "png"), 1, "decodes to 67108866 bytes, more than the 67108864 allowed");
 }
 
 /* ---- names and limits ---- */
@@ -511,14 +863,15 @@ static void test_too_many_members(void **state) {
 static void test_optional_buffers(void **state) {
         json_object *req = request_with("steps", json_object_new_int(0)), *n = NULL;
         char p[4], r[8];
+        gh_params_images one = {.n_fds = 1};
 
-        assert_int_equal(gh_params_validate(table, req, 1, &n, NULL, 0, NULL, 0), -EINVAL);
-        assert_int_equal(gh_params_validate(table, req, 1, &n, p, 0, r, 0), -EINVAL);
-        assert_int_equal(gh_params_validate(table, req, 1, &n, p, sizeof(p), r, sizeof(r)), -EINVAL);
+        assert_int_equal(gh_params_validate(table, req, &one, &n, NULL, 0, NULL, 0), -EINVAL);
+        assert_int_equal(gh_params_validate(table, req, &one, &n, p, 0, r, 0), -EINVAL);
+        assert_int_equal(gh_params_validate(table, req, &one, &n, p, sizeof(p), r, sizeof(r)), -EINVAL);
         assert_string_equal(p, "ste");
         assert_int_equal(strlen(r), sizeof(r) - 1);
         assert_null(n);
-        assert_int_equal(gh_params_validate(NULL, req, 1, &n, NULL, 0, NULL, 0), -EPROTO);
+        assert_int_equal(gh_params_validate(NULL, req, &one, &n, NULL, 0, NULL, 0), -EPROTO);
         assert_null(n);
         json_object_put(req);
 }
@@ -674,6 +1027,11 @@ int main(void) {
                 cmocka_unit_test(test_bad_model),
                 cmocka_unit_test(test_model_name_rule),
                 cmocka_unit_test(test_bad_image),
+                cmocka_unit_test(test_inline_raw),
+                cmocka_unit_test(test_inline_png),
+                cmocka_unit_test(test_png_fd),
+                cmocka_unit_test(test_bad_inline),
+                cmocka_unit_test(test_inline_limits),
                 cmocka_unit_test(test_unknown_parameter),
                 cmocka_unit_test(test_unknown_list_cut),
                 cmocka_unit_test(test_missing_required),

@@ -10,7 +10,11 @@
  * quarantine after three crashes and EnablePlugin; the refused plugin files
  * (ListPipelines, the log, gpuhostctl); parameter validation before any
  * plugin sees a job; cancellation when the caller disconnects;
- * RestartWorker; and the fds a worker holds. */
+ * RestartWorker; the fds a worker holds; and image parameters (test-sleep
+ * sums and hashes the pixels it gets): raw pixels and PNG files sent
+ * inline as base64 or as fds (a memfd, a file), PNGs of every colour type,
+ * 16-bit and interlaced decoded by the worker, gpuhostctl's @FILE.png,
+ * and bad images refused before a job exists or failing the job. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -18,14 +22,18 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <json-c/json.h>
+#include <png.h>
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 
+#include "common/base64.h"
 #include "common/util.h"
 #include "gpuhost/client.h"
 #include "daemon-run.h"
@@ -81,7 +89,7 @@ static void copy_plugins(void) {
                 copied++;
         }
         closedir(d);
-        assert_int_equal(copied, 9);
+        assert_int_equal(copied, 10);
 }
 
 /* Multiples of 1/8 up to 125: exact in float, and every partial sum is
@@ -196,12 +204,12 @@ static int on_job_reply(gh_client *c, gh_reply *r, void *userdata) {
         return 0;
 }
 
-static void job_run(const char *params, job *j) {
+static void job_run_fds(const char *params, const int *fds, size_t n_fds, job *j) {
         gh_client *c = connect_daemon();
         uint64_t t0 = gh_now_usec(CLOCK_MONOTONIC);
 
         *j = (job) {.replies = json_object_new_array(), .stop_after = j->stop_after};
-        int r = gh_client_call_full(c, "io.gpuhost.Generate", params, GH_CALL_MORE, NULL, 0, on_job_reply, j);
+        int r = gh_client_call_full(c, "io.gpuhost.Generate", params, GH_CALL_MORE, fds, n_fds, on_job_reply, j);
         j->usec = gh_now_usec(CLOCK_MONOTONIC) - t0;
         if (j->stop_after)
                 assert_int_equal(r, -ECANCELED);
@@ -210,6 +218,10 @@ static void job_run(const char *params, job *j) {
                 assert_non_null(j->last);
         }
         gh_client_free(c); /* with stop_after: the hang-up */
+}
+
+static void job_run(const char *params, job *j) {
+        job_run_fds(params, NULL, 0, j);
 }
 
 static void job_done(job *j) {
@@ -416,7 +428,7 @@ static void test_refused_plugins(void **state) {
                 {"plugin-no-entry.so", "gh_plugin_entry"},
         };
         static const char *const good[] = {"test-sum", "test-crash", "test-flaky", "test-hang", "test-overalloc",
-                                           "test-sleep"};
+                                           "test-sleep", "test-model"};
         json_object *p = call_ok("io.gpuhost.ListPipelines", NULL);
         json_object *pl = json_object_object_get(p, "pipelines"), *rf = json_object_object_get(p, "refused");
         char path[256], line[512], cmd[512];
@@ -593,6 +605,7 @@ static void test_sum_job(void **state) {
 static void test_worker_fds(void **state) {
         static const char *const loaded[] = {"plugin-crash.so", "plugin-flaky.so", "plugin-hang.so",
                                              "plugin-overalloc.so", "plugin-sum.so", "plugin-sleep.so",
+                                             "plugin-model.so",
                                              "anon_inode:[eventfd]" /* the job threads' wake-up */};
         char dir[64], target[64][512], names[64][16];
         size_t n = 0;
@@ -1021,12 +1034,330 @@ static void test_quarantine(void **state) {
         free(params);
 }
 
+/* ---- images ---- */
+
+#define IMG_W 5
+#define IMG_H 3
+
+/* A PNG file in memory, as libpng writes it. */
+typedef struct png_buf {
+        uint8_t *data;
+        size_t size;
+} png_buf;
+
+static void png_buf_write(png_structp png, png_bytep data, size_t n) {
+        png_buf *b = png_get_io_ptr(png);
+
+        b->data = realloc(b->data, b->size + n);
+        assert_non_null(b->data);
+        memcpy(b->data + b->size, data, n);
+        b->size += n;
+}
+
+static void png_buf_flush(png_structp png) {
+}
+
+/* A PNG of IMG_W x IMG_H pixels of |color_type| at |depth|, interlaced
+ * (Adam7) or not, rows of |samples| (as PNG stores them: 16-bit samples
+ * big-endian); a palette of |n_plte| entries, each with a tRNS alpha. */
+static png_buf png_make(int color_type, int depth, bool interlace, const uint8_t *samples, size_t row,
+                        const png_color *plte, int n_plte) {
+        png_buf b = {0};
+        png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+        png_infop info = png_create_info_struct(png);
+        png_byte trns[16];
+
+        assert_non_null(info);
+        if (setjmp(png_jmpbuf(png)))
+                fail_msg("libpng cannot write the test image");
+        png_set_write_fn(png, &b, png_buf_write, png_buf_flush);
+        png_set_IHDR(png, info, IMG_W, IMG_H, depth, color_type,
+                     interlace ? PNG_INTERLACE_ADAM7 : PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
+                     PNG_FILTER_TYPE_DEFAULT);
+        if (n_plte) {
+                png_set_PLTE(png, info, plte, n_plte);
+                for (int i = 0; i < n_plte; i++)
+                        trns[i] = (png_byte) (i * 60);
+                png_set_tRNS(png, info, trns, n_plte, NULL);
+        }
+        png_write_info(png, info);
+        png_bytep rows[IMG_H];
+        for (int y = 0; y < IMG_H; y++)
+                rows[y] = (png_bytep) samples + (size_t) y * row;
+        png_write_image(png, rows);
+        png_write_end(png, info);
+        png_destroy_write_struct(&png, &info);
+        return b;
+}
+
+/* What test-sleep reports of |pixels| (rows packed). */
+static void image_expect(const uint8_t *pixels, unsigned channels, char *buf, size_t size) {
+        uint64_t sum = 0, hash = 0xcbf29ce484222325u;
+
+        for (size_t i = 0; i < (size_t) IMG_W * IMG_H * channels; i++) {
+                sum += pixels[i];
+                hash = (hash ^ pixels[i]) * 0x100000001b3u;
+        }
+        snprintf(buf, size, "image=%ux%u:%s:%" PRIu64 ":%016" PRIx64 "\n", IMG_W, IMG_H,
+                 channels == 4 ? "rgba8" : "rgb8", sum, hash);
+}
+
+/* A test-sleep job with |image| (JSON text) and |fds|; its report. */
+static char *image_job_report(const char *image, const int *fds, size_t n_fds) {
+        char *params = NULL, text[512] = {0};
+        job j = {0};
+
+        assert_true(asprintf(&params, "{\"pipeline\":\"test-sleep\",\"device\":%d,\"parameters\":{\"image\":%s}}",
+                             E.device, image) > 0);
+        job_run_fds(params, fds, n_fds, &j);
+        if (j.error)
+                fail_msg("test-sleep with %.200s: %s %s", image, j.error, json_object_to_json_string(j.last));
+        assert_int_equal(j.n_fds, 1);
+        assert_true(pread(j.fds[0], text, sizeof(text) - 1, 0) > 0);
+        job_done(&j);
+        free(params);
+        return strdup(text);
+}
+
+/* The job's error, for a bad image. */
+static json_object *image_job_error(const char *image, const int *fds, size_t n_fds, const char *error) {
+        char *params = NULL;
+        job j = {0};
+
+        assert_true(asprintf(&params, "{\"pipeline\":\"test-sleep\",\"device\":%d,\"parameters\":{\"image\":%s}}",
+                             E.device, image) > 0);
+        job_run_fds(params, fds, n_fds, &j);
+        if (!j.error || strcmp(j.error, error) != 0)
+                fail_msg("%.200s: expected %s, got %s %s", image, error, j.error ? j.error : "success",
+                         json_object_to_json_string(j.last));
+        json_object *e = json_object_get(j.last);
+        job_done(&j);
+        free(params);
+        return e;
+}
+
+static char *base64_text(const void *bytes, size_t n) {
+        char *text = malloc(gh_base64_encoded_len(n) + 1);
+
+        assert_non_null(text);
+        gh_base64_encode(bytes, n, text);
+        return text;
+}
+
+/* {"data": BASE64 of |bytes|, ...|rest|} */
+static char *inline_image(const void *bytes, size_t n, const char *rest) {
+        char *b64 = base64_text(bytes, n), *v = NULL;
+
+        assert_true(asprintf(&v, "{\"data\":\"%s\",%s}", b64, rest) > 0);
+        free(b64);
+        return v;
+}
+
+static void assert_report_has(const char *what, const char *report, const char *want) {
+        if (!strstr(report, want))
+                fail_msg("%s: report '%s' lacks '%s'", what, report, want);
+}
+
+static int memfd_of(const void *bytes, size_t n) {
+        int fd = memfd_create("test-image", MFD_CLOEXEC);
+
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, bytes, n), (ssize_t) n);
+        return fd;
+}
+
+/* One PNG of a kind: what it decodes to must reach the plugin, sent
+ * inline, in a memfd and as a file. */
+typedef struct png_kind {
+        const char *name;
+        int color_type, depth;
+        bool interlace;
+} png_kind;
+
+/* The samples of |k| and the pixels they decode to (rgb8, or rgba8 for
+ * a colour type with alpha). */
+static unsigned png_kind_pixels(const png_kind *k, uint8_t *samples, size_t *ret_row, uint8_t *pixels,
+                                png_color *plte) {
+        unsigned in = k->color_type == 0 || k->color_type == 3 ? 1 : k->color_type == 4 ? 2 : k->color_type == 2 ? 3 : 4;
+        unsigned out = k->color_type & 4 ? 4 : 3, bps = (unsigned) k->depth / 8;
+
+        for (int i = 0; i < 4; i++)
+                plte[i] = (png_color) {(png_byte) (10 + i * 60), (png_byte) (200 - i * 50), (png_byte) (i * 33)};
+        *ret_row = ((size_t) IMG_W * in * (unsigned) k->depth + 7) / 8;
+        memset(samples, 0, *ret_row * IMG_H);
+        for (unsigned y = 0; y < IMG_H; y++)
+                for (unsigned x = 0; x < IMG_W; x++)
+                        for (unsigned c = 0; c < in; c++) {
+                                uint8_t v = (uint8_t) (x * 50 + y * 21 + c * 77 + 3), *s = samples + y * *ret_row;
+                                if (k->color_type == 3 || k->depth < 8)
+                                        v = (uint8_t) ((x + y) % 4);
+                                if (k->depth < 8) { /* 2-bit grey, packed from the high bits */
+                                        s[x / 4] |= (uint8_t) (v << (6 - 2 * (x % 4)));
+                                        if (k->color_type == 0)
+                                                v = (uint8_t) (v * 85);
+                                } else {
+                                        s += (x * in + c) * bps;
+                                        s[0] = v;
+                                        if (bps == 2)
+                                                s[1] = v; /* v * 257: 8 bits of it are v exactly */
+                                }
+                                uint8_t *p = pixels + (y * IMG_W + x) * out;
+                                if (k->color_type == 3)
+                                        memcpy(p, &plte[v], 3);
+                                else if (in <= 2 && c == 0)
+                                        p[0] = p[1] = p[2] = v;
+                                else
+                                        p[c == 1 && in == 2 ? 3 : c] = v;
+                        }
+        return out;
+}
+
+static void test_image_params(void **state) {
+        static const png_kind kinds[] = {
+                {"rgb8", PNG_COLOR_TYPE_RGB, 8, false},
+                {"rgba8 interlaced", PNG_COLOR_TYPE_RGB_ALPHA, 8, true},
+                {"rgb 16-bit", PNG_COLOR_TYPE_RGB, 16, false},
+                {"grey 16-bit interlaced", PNG_COLOR_TYPE_GRAY, 16, true},
+                {"grey + alpha", PNG_COLOR_TYPE_GRAY_ALPHA, 8, false},
+                {"palette with tRNS", PNG_COLOR_TYPE_PALETTE, 8, false},
+                {"palette 2-bit interlaced", PNG_COLOR_TYPE_PALETTE, 2, true},
+                {"grey 2-bit", PNG_COLOR_TYPE_GRAY, 2, false},
+        };
+        uint8_t samples[IMG_W * IMG_H * 8], pixels[IMG_W * IMG_H * 4];
+        char want[128], path[256], *v, *report;
+        png_color plte[4];
+        size_t row;
+        int64_t crashes = worker_get("crashes");
+
+        for (size_t i = 0; i < ELEMENTSOF(kinds); i++) {
+                unsigned channels = png_kind_pixels(&kinds[i], samples, &row, pixels, plte);
+                png_buf png = png_make(kinds[i].color_type, kinds[i].depth, kinds[i].interlace, samples, row, plte,
+                                       kinds[i].color_type == 3 ? 4 : 0);
+                image_expect(pixels, channels, want, sizeof(want));
+                /* Inline. */
+                report = image_job_report(v = inline_image(png.data, png.size, "\"format\":\"png\""), NULL, 0);
+                assert_report_has(kinds[i].name, report, want);
+                free(report);
+                free(v);
+                /* In a memfd (the request's second fd), size given. */
+                int fds[2] = {memfd_of("x", 1), memfd_of(png.data, png.size)};
+                report = image_job_report("{\"fd\":1,\"format\":\"png\",\"width\":5,\"height\":3}", fds, 2);
+                assert_report_has(kinds[i].name, report, want);
+                free(report);
+                gh_close_many(fds, 2);
+                /* In a file, just written (so in the page cache, unless
+                 * its file system cannot say: then it is refused). */
+                snprintf(path, sizeof(path), "%s/in.png", E.dir);
+                int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+                assert_true(fd >= 0);
+                assert_int_equal(write(fd, png.data, png.size), (ssize_t) png.size);
+                char c;
+                if (preadv2(fd, &(struct iovec) {&c, 1}, 1, 0, RWF_NOWAIT) == 1) {
+                        report = image_job_report("{\"fd\":0,\"format\":\"png\"}", &fd, 1);
+                        assert_report_has(kinds[i].name, report, want);
+                        free(report);
+                } else {
+                        json_object *e = image_job_error("{\"fd\":0,\"format\":\"png\"}", &fd, 1,
+                                                         "io.gpuhost.InvalidParameter");
+                        assert_contains(str(e, "reason"), "not in memory");
+                        json_object_put(e);
+                }
+                close(fd);
+                free(png.data);
+        }
+
+        /* Raw pixels, inline and in an fd. */
+        for (size_t i = 0; i < sizeof(pixels); i++)
+                pixels[i] = (uint8_t) (i * 13 + 7);
+        image_expect(pixels, 3, want, sizeof(want));
+        report = image_job_report(v = inline_image(pixels, IMG_W * IMG_H * 3,
+                                                   "\"width\":5,\"height\":3,\"format\":\"rgb8\""), NULL, 0);
+        assert_report_has("raw inline", report, want);
+        free(report);
+        free(v);
+        int fd = memfd_of(pixels, IMG_W * IMG_H * 4);
+        image_expect(pixels, 4, want, sizeof(want));
+        report = image_job_report("{\"fd\":0,\"width\":5,\"height\":3,\"format\":\"rgba8\"}", &fd, 1);
+        assert_report_has("raw fd", report, want);
+        free(report);
+        close(fd);
+
+        /* gpuhostctl decodes a PNG file itself and sends rgb8 pixels. */
+        const png_kind *k = &kinds[0];
+        unsigned channels = png_kind_pixels(k, samples, &row, pixels, plte);
+        png_buf png = png_make(k->color_type, k->depth, k->interlace, samples, row, plte, 0);
+        snprintf(path, sizeof(path), "%s/ctl.png", E.dir);
+        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        assert_int_equal(write(fd, png.data, png.size), (ssize_t) png.size);
+        close(fd);
+        char cmd[1024], out[256];
+        snprintf(cmd, sizeof(cmd), "GPUHOST_SOCKET='%s' '%s' generate test-sleep -q -d %d --param image=@%s -o %s/report",
+                 E.sock, getenv("GH_GPUHOSTCTL"), E.device, path, E.dir);
+        assert_int_equal(system(cmd), 0);
+        snprintf(out, sizeof(out), "%s/report", E.dir);
+        report = read_text(out);
+        image_expect(pixels, channels, want, sizeof(want));
+        assert_report_has("gpuhostctl", report, want);
+        free(report);
+
+        /* Refused before a job exists: InvalidParameter names "image". */
+        static const struct {
+                const char *image, *reason;
+        } bad[] = {
+                {"{\"data\":\"iVBORw0KGgo*\",\"format\":\"png\"}", "not base64"},
+                {"{\"data\":\"AAAA\",\"width\":5,\"height\":3,\"format\":\"rgb8\"}", "holds 3 bytes; a 5x3 rgb8 image is 45"},
+                {"{\"data\":\"AAAA\",\"format\":\"png\"}", "too short to be a PNG file"},
+                {"{\"data\":\"AAAA\",\"fd\":0,\"format\":\"png\"}", "both \"fd\" and \"data\""},
+                {"{\"url\":\"x\",\"format\":\"png\"}", "unknown image key \"url\""},
+        };
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                json_object *e = image_job_error(bad[i].image, NULL, 0, "io.gpuhost.InvalidParameter");
+                assert_string_equal(str(e, "parameter"), "image");
+                assert_contains(str(e, "reason"), bad[i].reason);
+                json_object_put(e);
+        }
+        v = inline_image(png.data, png.size, "\"format\":\"png\",\"width\":6");
+        json_object *e = image_job_error(v, NULL, 0, "io.gpuhost.InvalidParameter");
+        assert_contains(str(e, "reason"), "the PNG is 5x3, not the 6x3 given");
+        json_object_put(e);
+        free(v);
+        uint8_t head[33];
+        memcpy(head, png.data, 33);
+        head[16] = 0x7f; /* a width of 0x7f000005, and an IHDR CRC that no longer fits */
+        v = inline_image(head, 33, "\"format\":\"png\"");
+        e = image_job_error(v, NULL, 0, "io.gpuhost.InvalidParameter");
+        assert_contains(str(e, "reason"), "bad CRC");
+        json_object_put(e);
+        free(v);
+
+        /* A good head, broken pixel data: the worker fails the job. */
+        png.data[png.size - 20] ^= 0xff; /* in the IDAT chunk */
+        v = inline_image(png.data, png.size, "\"format\":\"png\"");
+        e = image_job_error(v, NULL, 0, "io.gpuhost.JobFailed");
+        assert_string_equal(str(e, "pipeline"), "test-sleep");
+        assert_contains(str(e, "message"), "start() failed");
+        assert_contains(str(e, "message"), "image parameter image: not a valid PNG: ");
+        json_object_put(e);
+        free(v);
+        /* The truncated file, too. */
+        png.data[png.size - 20] ^= 0xff;
+        v = inline_image(png.data, png.size - 30, "\"format\":\"png\"");
+        e = image_job_error(v, NULL, 0, "io.gpuhost.JobFailed");
+        assert_contains(str(e, "message"), "not a valid PNG");
+        json_object_put(e);
+        free(v);
+        free(png.data);
+        /* The worker survived all of it. */
+        assert_int_equal(worker_get("crashes"), crashes);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_refused_plugins),
                 cmocka_unit_test(test_validation),
                 cmocka_unit_test(test_sum_job),
                 cmocka_unit_test(test_worker_fds),
+                cmocka_unit_test(test_image_params),
                 cmocka_unit_test(test_overalloc),
                 cmocka_unit_test(test_crash),
                 cmocka_unit_test(test_hang),

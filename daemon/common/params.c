@@ -18,9 +18,15 @@
  *  - enum: a string equal to one of the choices;
  *  - bool: true or false;
  *  - model: a model name as in the configuration (gh_model_name_valid());
- *  - image: exactly {"fd", "width", "height", "format"}, fd an index into
- *    the request's fds, sizes 1..GH_PARAMS_IMAGE_SIZE_MAX, format "rgb8" or
- *    "rgba8".
+ *  - image: an object of the members "fd", "data", "width", "height" and
+ *    "format", no others: exactly one of "fd" (an index into the request's
+ *    fds) and "data" (base64, decoding to 1..GH_PARAMS_IMAGE_DATA_MAX
+ *    bytes, which go into a sealed memfd), and "format" "rgb8" or "rgba8"
+ *    (raw pixels, rows packed: "width" and "height" required; inline data
+ *    must be exactly width * height * 3 or 4 bytes) or "png" (a PNG file:
+ *    its IHDR says its size, and a "width" or "height" given must match).
+ *    Sizes are 1..GH_PARAMS_IMAGE_SIZE_MAX. A PNG's fd is read for its
+ *    first 33 bytes only, never waiting on a disk (image-input.c).
  * null is a wrong type, not "use the default". The normalized object is
  * built from new values, never from the request's objects, so it shares
  * nothing with the request. Messages quote text from the request escaped
@@ -31,6 +37,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base64.h"
+#include "image-input.h"
 #include "params.h"
 #include "util.h"
 
@@ -44,8 +52,8 @@ static const char *const type_names[] = {
         [GH_PARAM_BOOL] = "bool", [GH_PARAM_IMAGE] = "image", [GH_PARAM_MODEL] = "model",
 };
 
-static const char *const image_keys[] = {"fd", "width", "height", "format"};
-static const char *const image_formats[] = {"rgb8", "rgba8"};
+static const char *const image_keys[] = {"fd", "data", "width", "height", "format"};
+static const char *const image_formats[] = {"rgb8", "rgba8", "png"};
 
 /* One row of the table, checked. Pointers borrow from the table. */
 typedef struct spec {
@@ -371,6 +379,21 @@ static int check_model(json_object *v, json_object **ret, char *why, size_t why_
         return new_value(json_object_new_string_len(s, (int) len), ret);
 }
 
+/* An image as the request gives it, its members checked one by one. */
+typedef struct image_in {
+        const char *format;     /* "rgb8", "rgba8" or "png" */
+        json_object *fd, *data; /* exactly one of them */
+        int64_t fd_index, width, height; /* width, height: 0 when not given */
+} image_in;
+
+/* An image as the worker gets it (the normalized value). */
+typedef struct image_out {
+        int64_t fd, width, height;
+        const char *format;     /* "rgb8" or "rgba8" */
+        bool png;
+        uint64_t bytes;         /* the PNG file's size */
+} image_out;
+
 /* The integer member |key| of an image, in min..max. */
 static int image_int(json_object *v, const char *key, int64_t min, int64_t max, int64_t *ret, char *why,
                      size_t why_size) {
@@ -397,43 +420,160 @@ static const char *image_format(json_object *v, char *why, size_t why_size) {
                     (size_t) json_object_get_string_len(m) == strlen(image_formats[i]) &&
                     strcmp(json_object_get_string(m), image_formats[i]) == 0)
                         return image_formats[i];
-        gh_set_error(why, why_size, "the image's \"format\" must be \"rgb8\" or \"rgba8\"");
+        gh_set_error(why, why_size, "the image's \"format\" must be \"rgb8\", \"rgba8\" or \"png\"");
         return NULL;
 }
 
-static int check_image(json_object *v, size_t n_fds, json_object **ret, char *why, size_t why_size) {
-        int64_t max_fd = n_fds > (size_t) INT64_MAX ? INT64_MAX : (int64_t) n_fds - 1, fd, width, height;
-        const char *format;
-        int r;
-
-        if (!json_object_is_type(v, json_type_object))
-                return WHY("expected an image {\"fd\", \"width\", \"height\", \"format\"}, got %s", json_kind(v));
+static int image_keys_check(json_object *v, char *why, size_t why_size) {
         json_object_object_foreach(v, key, val) {
                 bool known = false;
                 for (size_t i = 0; i < ELEMENTSOF(image_keys); i++)
                         known |= strcmp(key, image_keys[i]) == 0;
                 if (!known)
-                        return WHY("unknown image key \"%s\" (an image has fd, width, height, format)",
+                        return WHY("unknown image key \"%s\" (an image has fd or data, width, height, format)",
                                    SHOW(key, strlen(key)));
         }
-        if ((r = image_int(v, "fd", 0, max_fd, &fd, why, why_size)) < 0 ||
-            (r = image_int(v, "width", 1, GH_PARAMS_IMAGE_SIZE_MAX, &width, why, why_size)) < 0 ||
-            (r = image_int(v, "height", 1, GH_PARAMS_IMAGE_SIZE_MAX, &height, why, why_size)) < 0)
-                return r;
-        if (!(format = image_format(v, why, why_size)))
-                return -EINVAL;
-
-        _cleanup_json_ json_object *o = json_object_new_object();
-        if (!o || add(o, "fd", json_object_new_int64(fd)) < 0 || add(o, "width", json_object_new_int64(width)) < 0 ||
-            add(o, "height", json_object_new_int64(height)) < 0 || add(o, "format", json_object_new_string(format)) < 0)
-                return -ENOMEM;
-        *ret = TAKE_PTR(o);
         return 0;
+}
+
+/* The members of |v|, each well-formed; no I/O yet. */
+static int image_parse(json_object *v, size_t n_fds, image_in *in, char *why, size_t why_size) {
+        int64_t max_fd = n_fds > (size_t) INT64_MAX ? INT64_MAX : (int64_t) n_fds - 1;
+        bool png;
+        int r;
+
+        *in = (image_in) {.fd = member(v, "fd"), .data = member(v, "data")};
+        if ((r = image_keys_check(v, why, why_size)) < 0)
+                return r;
+        if (in->fd && in->data)
+                return WHY("the image has both \"fd\" and \"data\"; give one");
+        if (!in->fd && !in->data)
+                return WHY("the image has no \"fd\" (an fd sent with the request) or \"data\" (base64)");
+        if (in->data && !json_object_is_type(in->data, json_type_string))
+                return WHY("the image's \"data\" must be a string of base64, not %s", json_kind(in->data));
+        if (in->fd && (r = image_int(v, "fd", 0, max_fd, &in->fd_index, why, why_size)) < 0)
+                return r;
+        if (!(in->format = image_format(v, why, why_size)))
+                return -EINVAL;
+        png = strcmp(in->format, "png") == 0;
+        if ((!png || member(v, "width")) &&
+            (r = image_int(v, "width", 1, GH_PARAMS_IMAGE_SIZE_MAX, &in->width, why, why_size)) < 0)
+                return r;
+        if ((!png || member(v, "height")) &&
+            (r = image_int(v, "height", 1, GH_PARAMS_IMAGE_SIZE_MAX, &in->height, why, why_size)) < 0)
+                return r;
+        return 0;
+}
+
+/* Decodes the image's "data" into a memfd of |images|; its first bytes
+ * go into |head|. |expect| > 0: the size it must decode to. */
+static int image_data(const image_in *in, gh_params_images *images, int64_t expect, uint8_t *head,
+                      size_t head_size, image_out *res, char *why, size_t why_size) {
+        const char *text = json_object_get_string(in->data);
+        size_t len = (size_t) json_object_get_string_len(in->data);
+        int64_t size = gh_base64_decoded_size(text, len);
+        int fd = -1, r;
+
+        if (size > (int64_t) GH_PARAMS_IMAGE_DATA_MAX)
+                return WHY("the image's \"data\" decodes to %" PRId64 " bytes, more than the %u allowed", size,
+                           GH_PARAMS_IMAGE_DATA_MAX);
+        if (expect > 0 && size >= 0 && size != expect)
+                return WHY("the image's \"data\" holds %" PRId64 " bytes; a %" PRId64 "x%" PRId64
+                           " %s image is %" PRId64, size, in->width, in->height, in->format, expect);
+        if (images->n_made == ELEMENTSOF(images->made))
+                return WHY("too many images sent inline");
+        r = gh_image_memfd_from_base64(text, len, head, head_size, &fd, &res->bytes, why, why_size);
+        if (r < 0)
+                return r;
+        res->fd = (int64_t) (images->n_fds + images->n_made);
+        images->made[images->n_made++] = fd;
+        return 0;
+}
+
+/* A PNG's size and format from its head, which must agree with a width
+ * and height the request gave. */
+static int image_png_head(const image_in *in, const uint8_t *head, size_t size, image_out *res, char *why,
+                          size_t why_size) {
+        char sub[WHY_MAX];
+        gh_png_head h;
+
+        if (gh_png_head_parse(head, size, GH_PARAMS_IMAGE_SIZE_MAX, &h, sub, sizeof(sub)) < 0)
+                return WHY("the image's %s: %s", in->data ? "\"data\"" : "fd", sub);
+        if ((in->width && in->width != h.width) || (in->height && in->height != h.height))
+                return WHY("the PNG is %" PRIu32 "x%" PRIu32 ", not the %" PRId64 "x%" PRId64 " given", h.width,
+                           h.height, in->width ? in->width : (int64_t) h.width,
+                           in->height ? in->height : (int64_t) h.height);
+        res->width = h.width;
+        res->height = h.height;
+        res->format = h.alpha ? "rgba8" : "rgb8";
+        res->png = true;
+        return 0;
+}
+
+static int image_png(const image_in *in, gh_params_images *images, image_out *res, char *why, size_t why_size) {
+        uint8_t head[GH_PNG_HEAD_SIZE] = {0};
+        char sub[WHY_MAX];
+        int r;
+
+        if (in->data) {
+                r = image_data(in, images, 0, head, sizeof(head), res, why, why_size);
+                if (r < 0)
+                        return r;
+                return image_png_head(in, head, res->bytes < sizeof(head) ? (size_t) res->bytes : sizeof(head), res,
+                                      why, why_size);
+        }
+        if (!images->fds)
+                return WHY("the image's fd cannot be read here");
+        r = gh_image_fd_head(images->fds[in->fd_index], head, sizeof(head), GH_PARAMS_IMAGE_FILE_MAX, &res->bytes,
+                             sub, sizeof(sub));
+        if (r < 0)
+                return WHY("the image's PNG: %s", sub);
+        res->fd = in->fd_index;
+        return image_png_head(in, head, sizeof(head), res, why, why_size);
+}
+
+static int image_json(const image_out *o, json_object **ret) {
+        _cleanup_json_ json_object *j = json_object_new_object();
+
+        if (!j || add(j, "fd", json_object_new_int64(o->fd)) < 0 ||
+            add(j, "width", json_object_new_int64(o->width)) < 0 ||
+            add(j, "height", json_object_new_int64(o->height)) < 0 ||
+            add(j, "format", json_object_new_string(o->format)) < 0)
+                return -ENOMEM;
+        if (o->png && (add(j, "encoding", json_object_new_string("png")) < 0 ||
+                       add(j, "bytes", json_object_new_int64((int64_t) o->bytes)) < 0))
+                return -ENOMEM;
+        *ret = TAKE_PTR(j);
+        return 0;
+}
+
+static int check_image(json_object *v, gh_params_images *images, json_object **ret, char *why, size_t why_size) {
+        image_in in;
+        image_out res = {0};
+        int r;
+
+        if (!json_object_is_type(v, json_type_object))
+                return WHY("expected an image {\"fd\" or \"data\", \"width\", \"height\", \"format\"}, got %s",
+                           json_kind(v));
+        if (!images)
+                return WHY("an image cannot be given here");
+        if ((r = image_parse(v, images->n_fds, &in, why, why_size)) < 0)
+                return r;
+        if (strcmp(in.format, "png") == 0)
+                r = image_png(&in, images, &res, why, why_size);
+        else {
+                res = (image_out) {.fd = in.fd_index, .width = in.width, .height = in.height, .format = in.format};
+                if (in.data)
+                        r = image_data(&in, images, in.width * in.height * (strcmp(in.format, "rgba8") == 0 ? 4 : 3),
+                                       NULL, 0, &res, why, why_size);
+        }
+        return r < 0 ? r : image_json(&res, ret);
 }
 
 /* Checks |v| for parameter |p|: 0 and a new normalized value in *ret,
  * -EINVAL with a reason in |why|, or -ENOMEM. */
-static int check_value(const spec *p, json_object *v, size_t n_fds, json_object **ret, char *why, size_t why_size) {
+static int check_value(const spec *p, json_object *v, gh_params_images *images, json_object **ret, char *why,
+                       size_t why_size) {
         switch (p->type) {
         case GH_PARAM_INT:
                 return check_int(p, v, ret, why, why_size);
@@ -446,7 +586,7 @@ static int check_value(const spec *p, json_object *v, size_t n_fds, json_object 
         case GH_PARAM_BOOL:
                 return check_bool(v, ret, why, why_size);
         case GH_PARAM_IMAGE:
-                return check_image(v, n_fds, ret, why, why_size);
+                return check_image(v, images, ret, why, why_size);
         case GH_PARAM_MODEL:
                 return check_model(v, ret, why, why_size);
         }
@@ -509,7 +649,7 @@ static int parse_default(json_object *e, spec *p, char *why, size_t why_size) {
         p->def = member(e, "default");
         if (!p->def)
                 return BAD("an optional parameter needs a \"default\"");
-        int r = check_value(p, p->def, 0, &v, sub, sizeof(sub));
+        int r = check_value(p, p->def, NULL, &v, sub, sizeof(sub));
         json_object_put(v);
         if (r == -EINVAL)
                 return BAD("bad \"default\": %s", sub);
@@ -600,7 +740,7 @@ static int check_names(const spec *specs, size_t n, json_object *request, const 
         return 0;
 }
 
-static int normalize(const spec *specs, size_t n, json_object *request, size_t n_fds, json_object **ret,
+static int normalize(const spec *specs, size_t n, json_object *request, gh_params_images *images, json_object **ret,
                      const out *o) {
         _cleanup_json_ json_object *norm = json_object_new_object();
         char why[WHY_MAX];
@@ -616,7 +756,7 @@ static int normalize(const spec *specs, size_t n, json_object *request, size_t n
                         return fail(o, -EINVAL, p->name, "required parameter missing (%s)", type_names[p->type]);
                 if (found || p->def) {
                         /* (defaults passed in parse_default()) */
-                        int r = check_value(p, found ? given : p->def, n_fds, &v, why, sizeof(why));
+                        int r = check_value(p, found ? given : p->def, images, &v, why, sizeof(why));
                         if (r == -EINVAL)
                                 return fail(o, r, p->name, "%s", why);
                         if (r < 0)
@@ -631,11 +771,18 @@ static int normalize(const spec *specs, size_t n, json_object *request, size_t n
         return 0;
 }
 
-int gh_params_validate(json_object *table, json_object *request, size_t n_fds, json_object **ret_normalized,
-                       char *ret_param, size_t param_size, char *ret_reason, size_t reason_size) {
+void gh_params_images_close(gh_params_images *images) {
+        gh_close_many(images->made, images->n_made);
+        images->n_made = 0;
+}
+
+int gh_params_validate(json_object *table, json_object *request, gh_params_images *images,
+                       json_object **ret_normalized, char *ret_param, size_t param_size, char *ret_reason,
+                       size_t reason_size) {
         const out o = {ret_param, param_size, ret_reason, reason_size};
+        gh_params_images none = {0}, *im = images ? images : &none;
         spec specs[GH_PLUGIN_PARAMS_MAX];
-        size_t n = 0;
+        size_t n = 0, made_before = im->n_made;
         int r;
 
         if (!ret_normalized)
@@ -644,9 +791,15 @@ int gh_params_validate(json_object *table, json_object *request, size_t n_fds, j
         if (r >= 0)
                 r = check_names(specs, n, request, &o);
         if (r >= 0)
-                r = normalize(specs, n, request, n_fds, ret_normalized, &o);
+                r = normalize(specs, n, request, im, ret_normalized, &o);
+        if (r < 0 || !images) { /* the memfds made by this call */
+                gh_close_many(im->made + made_before, im->n_made - made_before);
+                im->n_made = made_before;
+        }
         if (r == -ENOMEM)
                 return fail(&o, r, NULL, "out of memory");
+        if (r < 0 && r != -EINVAL && r != -EPROTO)
+                return fail(&o, r, NULL, "cannot hold an image sent inline: %s", strerror(-r));
         return r;
 }
 

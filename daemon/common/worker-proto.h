@@ -12,9 +12,17 @@
  *   ping      {seq}                           the worker answers "pong"
  *   map       {slabs: [{index, serial}]}      + one fd a slab: map read-only
  *   unmap     {slabs: [index]}                drop mappings (slab released)
- *   estimate  {job, pipeline, params}         answered by "estimated"
- *   run       {job, pipeline, params, models: [{name, tensors: [...]}],
+ *   estimate  {job, pipeline, params, models: [{name, tensors?}]}
+ *             answered by "estimated"; |models|: those of the model
+ *             parameters (defaults included) that the catalogue knows,
+ *             each with the tensor table planned from its headers as
+ *             [[name, dtype, dim...], ...] (dtypes after conversion),
+ *             none if they cannot be read (plugin ABI 1.2 model_tensor)
+ *   run       {job, pipeline, params, models: [{name, tensors: [{name,
+ *              dtype, shape, offset, bytes}], sha256, bytes}],
  *              workspace, steps, max_output_bytes, units}
+ *             |sha256|: hex of the resident copy's files, "" if not
+ *             known; |bytes|: its pool bytes (ABI 1.2 model_info)
  *             + the fds of image parameters, in the order of their "fd";
  *             |units| is the job's slice, a mask of the units of the hello
  *   slice     {job, units}                    take this slice at the next
@@ -40,7 +48,7 @@
  * format?, stride?, frames?}; the fds of a message are in output order. */
 #pragma once
 
-#define GH_WORKER_PROTOCOL 2
+#define GH_WORKER_PROTOCOL 3
 #define GH_WORKER_FD 3
 
 /* Largest message either side accepts (tensor tables of big models). */

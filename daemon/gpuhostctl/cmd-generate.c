@@ -340,29 +340,44 @@ char *ctl_json_ascii(const char *json) {
         return out;
 }
 
+/* {"pipeline", "model", "parameters"} as ASCII JSON text, as |key|. */
+static int add_request_text(ctl_png_texts *t, const char *key, const char *pipeline, json_object *parameters) {
+        json_object *o = json_object_new_object(), *model = NULL;
+
+        json_object_object_add(o, "pipeline", json_object_new_string(pipeline));
+        if (parameters && json_object_object_get_ex(parameters, "model", &model) &&
+            json_object_is_type(model, json_type_string))
+                json_object_object_add(o, "model", json_object_get(model));
+        json_object_object_add(o, "parameters", parameters ? json_object_get(parameters) : json_object_new_object());
+        char *text = ctl_json_ascii(
+                json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+        int r = text ? ctl_png_texts_add(t, key, text) : -ENOMEM;
+        free(text);
+        json_object_put(o);
+        return r;
+}
+
+static bool text_key_ours(const char *key) {
+        return strcmp(key, "parameters") == 0 || strcmp(key, "gpuhost-parameters") == 0 ||
+               strcmp(key, "gpuhost-job") == 0;
+}
+
 int ctl_png_texts_for_job(ctl_png_texts *t, const char *pipeline, json_object *parameters, const char *job,
                           json_object *metadata) {
-        int r = 0;
+        char *a1111 = NULL;
+        int r = ctl_a1111_parameters(metadata, &a1111);
+        bool taken = a1111; /* the "parameters" keyword */
 
-        if (pipeline) {
-                json_object *o = json_object_new_object(), *model = NULL;
-                json_object_object_add(o, "pipeline", json_object_new_string(pipeline));
-                if (parameters && json_object_object_get_ex(parameters, "model", &model) &&
-                    json_object_is_type(model, json_type_string))
-                        json_object_object_add(o, "model", json_object_get(model));
-                json_object_object_add(o, "parameters",
-                                       parameters ? json_object_get(parameters) : json_object_new_object());
-                char *text = ctl_json_ascii(
-                        json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
-                r = text ? ctl_png_texts_add(t, "parameters", text) : -ENOMEM;
-                free(text);
-                json_object_put(o);
-        }
+        if (r == 0 && a1111)
+                r = ctl_png_texts_add(t, "parameters", a1111);
+        free(a1111);
+        if (r == 0 && pipeline)
+                r = add_request_text(t, taken ? "gpuhost-parameters" : "parameters", pipeline, parameters);
         if (r == 0 && job)
                 r = ctl_png_texts_add(t, "gpuhost-job", job);
         if (r == 0 && metadata && json_object_is_type(metadata, json_type_object)) {
                 json_object_object_foreach(metadata, key, v) {
-                        if (strcmp(key, "parameters") == 0 || strcmp(key, "gpuhost-job") == 0)
+                        if (text_key_ours(key))
                                 continue;
                         r = ctl_png_texts_add(t, key,
                                               v && json_object_is_type(v, json_type_string)

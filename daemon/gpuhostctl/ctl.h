@@ -172,15 +172,35 @@ typedef struct ctl_png_texts {
 void ctl_png_texts_free(ctl_png_texts *t);
 /* Adds a copy of |key| and |text|; returns 0 or -ENOMEM. */
 int ctl_png_texts_add(ctl_png_texts *t, const char *key, const char *text);
-/* The text chunks of a job's image: "parameters", the JSON text (ASCII
- * only: other characters as \uXXXX escapes) of {"pipeline": |pipeline|,
- * "model": the "model" of |parameters| when it has one, "parameters":
- * |parameters| as sent}, when |pipeline| is not NULL; "gpuhost-job",
- * |job|, when not NULL; then each member of |metadata| (strings as they
- * are, other values as JSON text), but for those named "parameters" or
+/* The text chunks of a job's image: when |metadata| has a "prompt"
+ * string, "parameters" in AUTOMATIC1111's form (ctl_a1111_parameters());
+ * the JSON text (ASCII only: other characters as \uXXXX escapes) of
+ * {"pipeline": |pipeline|, "model": the "model" of |parameters| when it
+ * has one, "parameters": |parameters| as sent}, when |pipeline| is not
+ * NULL, as "parameters", or as "gpuhost-parameters" when that keyword is
+ * taken by the former; "gpuhost-job", |job|, when not NULL; then each
+ * member of |metadata| (strings as they are, other values as JSON text),
+ * but for those named "parameters", "gpuhost-parameters" or
  * "gpuhost-job". Returns 0 or -ENOMEM. */
 int ctl_png_texts_for_job(ctl_png_texts *t, const char *pipeline, json_object *parameters, const char *job,
                           json_object *metadata);
+/* The "parameters" text of AUTOMATIC1111's web UI for a job's |metadata|
+ * (the members a plugin reported with output_meta), into *ret (to free):
+ *   PROMPT
+ *   Negative prompt: NEGATIVE_PROMPT
+ *   Steps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 1234, Size: 512x512, Model hash: 0123456789, Model: sd15, Clip skip: 2, Denoising strength: 0.5
+ * from the members prompt, negative_prompt (its line only when it is not
+ * empty), steps, sampler (euler, euler_a, ddim, dpmpp_2m and
+ * dpmpp_2m_karras as the web UI names them: "Euler", "Euler a", "DDIM",
+ * "DPM++ 2M", "DPM++ 2M Karras"; other names as they are), cfg_scale,
+ * seed, width and height (both), model_hash (its first 10 hex digits),
+ * model, clip_skip (only when above 1) and strength. Members that are
+ * absent or null are left out (the last line too, when none is there);
+ * strings are used as they are, numbers as Python prints them (7, 7.5,
+ * 7.0); a value with ',', ':' or a newline is quoted as a JSON string, as
+ * the web UI does. *ret is NULL when |metadata| has no "prompt" string.
+ * Returns 0 or -ENOMEM. */
+int ctl_a1111_parameters(json_object *metadata, char **ret);
 /* |json| (UTF-8 JSON text) with every character beyond ASCII written as
  * a \uXXXX escape (a surrogate pair beyond U+FFFF; U+FFFD for a malformed
  * sequence): the same JSON value, in ASCII. Returns a string to free, or

@@ -42,6 +42,7 @@ static int parse_group(const key_def *k, const char *v, void *field, const char 
 static int parse_bool(const key_def *k, const char *v, void *field, const char **ret_reason);
 static int parse_string(const key_def *k, const char *v, void *field, const char **ret_reason);
 static int parse_path(const key_def *k, const char *v, void *field, const char **ret_reason);
+static int parse_optional_path(const key_def *k, const char *v, void *field, const char **ret_reason);
 static int parse_dtype(const key_def *k, const char *v, void *field, const char **ret_reason);
 static int parse_worker_path(const key_def *k, const char *v, void *field, const char **ret_reason);
 static int parse_plugin_dir(const key_def *k, const char *v, void *field, const char **ret_reason);
@@ -76,6 +77,7 @@ static const key_def key_table[] = {
         KEY("devices", "cpu_memory", parse_size, cpu_memory, 0, UINT64_C(1) << 42),
         KEY("devices", "cpu_devices", parse_uint, cpu_devices, 1, 16),
         KEY("models", "directory", parse_path, models_directory, 0, 0),
+        KEY("models", "tokenizer", parse_optional_path, models_tokenizer, 0, 0),
         KEY("workers", "executable", parse_worker_path, worker_executable, 0, 0),
         KEY("workers", "plugin_directory", parse_plugin_dir, plugin_directory, 0, 0),
         KEY("workers", "heartbeat_timeout_sec", parse_seconds, heartbeat_timeout_usec, 1, 3600),
@@ -105,6 +107,7 @@ static const key_def model_key_table[] = {
         MODEL_KEY("dtype", parse_dtype, dtype),
         MODEL_KEY("devices", parse_selectors, devices),
         MODEL_KEY("pinned", parse_bool, pinned),
+        MODEL_KEY("tokenizer", parse_optional_path, tokenizer),
 };
 
 #define MODEL_SECTION "model "
@@ -293,6 +296,11 @@ static int parse_path(const key_def *k, const char *v, void *field, const char *
         return set_string(field, v);
 }
 
+/* An absolute path, or empty for none (NULL). */
+static int parse_optional_path(const key_def *k, const char *v, void *field, const char **ret_reason) {
+        return *v ? parse_path(k, v, field, ret_reason) : set_string(field, v);
+}
+
 /* Paths whose default depends on where gpuhost is installed: empty means
  * that default. */
 static int parse_worker_path(const key_def *k, const char *v, void *field, const char **ret_reason) {
@@ -414,6 +422,7 @@ gh_config *gh_config_free(gh_config *c) {
         free(c->devices_reserve);
         free(c->devices_reserve_per_device);
         free(c->models_directory);
+        free(c->models_tokenizer);
         free(c->worker_executable);
         free(c->plugin_directory);
         free(c->metrics_listen);
@@ -423,6 +432,7 @@ gh_config *gh_config_free(gh_config *c) {
                 free(m->path);
                 free(m->dtype);
                 free(m->devices);
+                free(m->tokenizer);
                 free(m->file);
         }
         free(c->models);

@@ -23,6 +23,7 @@ typedef struct gh_model_config {
         char *dtype;    /* "keep" (NULL), "fp32", "fp16" or "bf16": converted while loading */
         char *devices;  /* device selectors (index or UUID), space or comma separated; NULL: any */
         bool pinned;    /* never evicted */
+        char *tokenizer; /* single-file model: a folder holding vocab.json and merges.txt; NULL: [models] tokenizer */
         char *file;     /* where the section was declared, for errors */
         unsigned line;
 } gh_model_config;
@@ -57,6 +58,7 @@ typedef struct gh_config {
         unsigned cpu_devices;   /* CPU devices to serve (when cpu_enabled) */
         /* [models] */
         char *models_directory;
+        char *models_tokenizer; /* the tokenizer folder of single-file models without their own; NULL: none */
         /* [workers] */
         char *worker_executable;
         char *plugin_directory;

@@ -235,7 +235,10 @@ static int on_reload_done(sd_event_source *es, int fd, uint32_t revents, void *u
                 gh_log_error("Reload failed, keeping the running configuration: %s", msg);
         } else {
                 reload_apply(d, TAKE_PTR(d->reload_result));
-                gh_store_apply_catalog(d->engine.store, TAKE_PTR(d->reload_catalog));
+                /* Estimates may read models' tensor tables: those cached
+                 * go when a model's entry changed. */
+                if (gh_store_apply_catalog(d->engine.store, TAKE_PTR(d->reload_catalog)) && d->workers)
+                        gh_tasks_forget_estimates(d->workers);
         }
         if (d->state == GH_STATE_RELOADING)
                 d->state = GH_STATE_RUNNING;

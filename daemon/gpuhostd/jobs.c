@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 
+#include "../common/base64.h"
 #include "../common/log.h"
 #include "../common/params.h"
 #include "../common/util.h"
@@ -142,27 +143,6 @@ static json_object *state_reply(gh_task *t, const char *state) {
         return o;
 }
 
-static void base64(const uint8_t *in, size_t n, char *out) {
-        static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        size_t o = 0, i = 0;
-
-        for (; i + 2 < n; i += 3) {
-                uint32_t v = (uint32_t) in[i] << 16 | (uint32_t) in[i + 1] << 8 | in[i + 2];
-                out[o++] = tab[v >> 18];
-                out[o++] = tab[(v >> 12) & 63];
-                out[o++] = tab[(v >> 6) & 63];
-                out[o++] = tab[v & 63];
-        }
-        if (i < n) {
-                uint32_t v = (uint32_t) in[i] << 16 | (i + 1 < n ? (uint32_t) in[i + 1] << 8 : 0);
-                out[o++] = tab[v >> 18];
-                out[o++] = tab[(v >> 12) & 63];
-                out[o++] = i + 1 < n ? tab[(v >> 6) & 63] : '=';
-                out[o++] = '=';
-        }
-        out[o] = 0;
-}
-
 /* The outputs as base64 in "data" (fd -1), or -EFBIG past the limit. The
  * memfds are in memory: mapping them does no blocking I/O. */
 static int outputs_inline(gh_task *t, json_object *outs) {
@@ -179,13 +159,13 @@ static int outputs_inline(gh_task *t, json_object *outs) {
         for (size_t i = 0; i < t->n_out_fds; i++) {
                 json_object *o = json_object_array_get_idx(outs, i);
                 size_t size = (size_t) json_object_get_int64(json_object_object_get(o, "size"));
-                char *text = malloc(4 * ((size + 2) / 3) + 1);
+                char *text = malloc(gh_base64_encoded_len(size) + 1);
                 void *map = size ? mmap(NULL, size, PROT_READ, MAP_SHARED, t->out_fds[i], 0) : NULL;
                 if (!text || map == MAP_FAILED) {
                         free(text);
                         return -ENOMEM;
                 }
-                base64(map, size, text);
+                gh_base64_encode(map, size, text);
                 if (map)
                         munmap(map, size);
                 json_object_object_add(o, "data", json_object_new_string(text));
@@ -581,17 +561,22 @@ static int check_limits(gh_workers *ws, gh_request *req, uid_t uid) {
         return -EBUSY;
 }
 
-static int copy_fds(gh_request *req, gh_task *t) {
-        const int *fds;
-        size_t n = gh_request_fds(req, &fds);
+/* The job's image fds: copies of the request's, then the memfds made of
+ * its inline images (taken from |images|), as the normalized parameters
+ * number them. */
+static int take_fds(gh_params_images *images, gh_task *t) {
+        size_t n = images->n_fds + images->n_made;
 
         if (n == 0)
                 return 0;
         if (!(t->fds = calloc(n, sizeof(int))))
                 return -ENOMEM;
-        for (; t->n_fds < n; t->n_fds++)
-                if ((t->fds[t->n_fds] = fcntl(fds[t->n_fds], F_DUPFD_CLOEXEC, 3)) < 0)
+        for (; t->n_fds < images->n_fds; t->n_fds++)
+                if ((t->fds[t->n_fds] = fcntl(images->fds[t->n_fds], F_DUPFD_CLOEXEC, 3)) < 0)
                         return gh_negerrno();
+        memcpy(t->fds + t->n_fds, images->made, images->n_made * sizeof(int));
+        t->n_fds += images->n_made;
+        images->n_made = 0;
         return 0;
 }
 
@@ -602,8 +587,7 @@ int gh_job_submit(gh_workers *ws, gh_request *req, json_object *params) {
         const struct ucred *cred = gh_request_peer(req);
         char pname[GH_PLUGIN_NAME_MAX + 8], reason[512];
         json_object *norm = NULL;
-        const int *fds;
-        size_t n_fds = gh_request_fds(req, &fds);
+        _cleanup_(gh_params_images_close) gh_params_images images = {0};
         uint64_t received = gh_now_usec(CLOCK_MONOTONIC);
         bool inline_out;
         int r;
@@ -627,7 +611,8 @@ int gh_job_submit(gh_workers *ws, gh_request *req, json_object *params) {
                 task_free(t);
                 return r == -ENOMEM ? r : 0;
         }
-        r = gh_params_validate(p->table, json_object_object_get(params, "parameters"), n_fds, &norm, pname,
+        images.n_fds = gh_request_fds(req, &images.fds);
+        r = gh_params_validate(p->table, json_object_object_get(params, "parameters"), &images, &norm, pname,
                                sizeof(pname), reason, sizeof(reason));
         if (r < 0) {
                 task_free(t);
@@ -646,7 +631,7 @@ int gh_job_submit(gh_workers *ws, gh_request *req, json_object *params) {
                 }
                 t->want_device = (int) w->device;
         }
-        if ((r = copy_fds(req, t)) < 0) {
+        if ((r = take_fds(&images, t)) < 0) {
                 task_free(t);
                 return r;
         }

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -21,14 +22,31 @@
 #define COPY_CHUNK (8u << 20)
 #define CATALOG_MAX 4096
 #define MODEL_FILES_MAX 256
+#define AUX_PREFIX "tokenizer/"
+#define AUX_MAX_BYTES (UINT64_C(64) << 20)
+#define SHA256_HEX 65
+
+/* The tokenizer's files a model may hold besides its weights. */
+static const char *const aux_names[] = {"vocab.json", "merges.txt"};
+
+static void tensors_free(gh_tensor_entry *t, size_t n) {
+        for (size_t i = 0; t && i < n; i++)
+                free(t[i].name);
+        free(t);
+}
 
 /* ---- catalogue ---- */
 
 typedef struct catalog_entry {
         char *name, *path, *devices;
+        char *tokenizer; /* a single file's tokenizer folder, or NULL */
         int convert; /* a gh_dtype, or -1 to keep */
         bool pinned, from_config;
         uint64_t bytes; /* pool bytes once loaded (0: unknown, the files are unreadable) */
+        bool planned;   /* the headers were read: */
+        gh_tensor_entry *tensors; /* the planned table (offsets from the allocation's start) */
+        size_t n_tensors;
+        uint64_t fingerprint; /* of the weight files when planned */
 } catalog_entry;
 
 struct gh_catalog {
@@ -43,6 +61,8 @@ gh_catalog *gh_catalog_free(gh_catalog *cat) {
                 free(cat->entries[i].name);
                 free(cat->entries[i].path);
                 free(cat->entries[i].devices);
+                free(cat->entries[i].tokenizer);
+                tensors_free(cat->entries[i].tensors, cat->entries[i].n_tensors);
         }
         free(cat->entries);
         free(cat);
@@ -65,7 +85,7 @@ static catalog_entry *catalog_find(gh_catalog *cat, const char *name) {
         return NULL;
 }
 
-static int catalog_add(gh_catalog *cat, const char *name, size_t name_len, const char *path) {
+static int catalog_add(gh_catalog *cat, const char *name, size_t name_len, const char *path, const char *tokenizer) {
         if (cat->n >= CATALOG_MAX)
                 return -E2BIG;
         catalog_entry *e = realloc(cat->entries, (cat->n + 1) * sizeof(*e));
@@ -73,10 +93,12 @@ static int catalog_add(gh_catalog *cat, const char *name, size_t name_len, const
                 return -ENOMEM;
         cat->entries = e;
         e = &cat->entries[cat->n];
-        *e = (catalog_entry) {.name = strndup(name, name_len), .path = strdup(path), .convert = -1};
-        if (!e->name || !e->path) {
+        *e = (catalog_entry) {.name = strndup(name, name_len), .path = strdup(path), .convert = -1,
+                              .tokenizer = tokenizer ? strdup(tokenizer) : NULL};
+        if (!e->name || !e->path || (tokenizer && !e->tokenizer)) {
                 free(e->name);
                 free(e->path);
+                free(e->tokenizer);
                 return -ENOMEM;
         }
         cat->n++;
@@ -89,8 +111,9 @@ static bool has_suffix(const char *s, const char *suffix) {
 }
 
 /* Models directory: "NAME.safetensors" files and "NAME/" folders, in name
- * order, so that which of two same-named entries wins is stable. */
-static int catalog_scan(gh_catalog *cat, const char *dir) {
+ * order, so that which of two same-named entries wins is stable. Files get
+ * the default tokenizer folder. */
+static int catalog_scan(gh_catalog *cat, const char *dir, const char *tokenizer) {
         char **paths = NULL;
         size_t n = 0;
         int r = gh_dir_list(dir, NULL, CATALOG_MAX, &paths, &n);
@@ -112,13 +135,13 @@ static int catalog_scan(gh_catalog *cat, const char *dir) {
                 char name[65];
                 snprintf(name, sizeof(name), "%.*s", (int) len, base);
                 if (!catalog_find(cat, name))
-                        r = catalog_add(cat, base, len, paths[i]);
+                        r = catalog_add(cat, base, len, paths[i], S_ISREG(st.st_mode) ? tokenizer : NULL);
         }
         gh_strv_free(paths, n);
         return r;
 }
 
-static int plan_bytes(const char *path, int convert, uint64_t *ret);
+static void plan_entry(catalog_entry *e);
 
 int gh_catalog_build(const gh_config *c, gh_catalog **ret, char *err, size_t err_size) {
         gh_catalog *cat = calloc(1, sizeof(*cat));
@@ -126,7 +149,7 @@ int gh_catalog_build(const gh_config *c, gh_catalog **ret, char *err, size_t err
 
         for (size_t i = 0; r >= 0 && i < c->n_models; i++) {
                 const gh_model_config *m = &c->models[i];
-                r = catalog_add(cat, m->name, strlen(m->name), m->path);
+                r = catalog_add(cat, m->name, strlen(m->name), m->path, m->tokenizer ?: c->models_tokenizer);
                 if (r < 0)
                         break;
                 catalog_entry *e = &cat->entries[cat->n - 1];
@@ -137,7 +160,7 @@ int gh_catalog_build(const gh_config *c, gh_catalog **ret, char *err, size_t err
                         r = -ENOMEM;
         }
         if (r >= 0 && c->models_directory) {
-                r = catalog_scan(cat, c->models_directory);
+                r = catalog_scan(cat, c->models_directory, c->models_tokenizer);
                 if (r < 0)
                         snprintf(err, err_size, "%s: %s", c->models_directory, strerror(-r));
         }
@@ -146,9 +169,10 @@ int gh_catalog_build(const gh_config *c, gh_catalog **ret, char *err, size_t err
                 return r;
         }
         /* What each model will take in a pool, from its headers: the
-         * scheduler admits jobs by it before anything is loaded. */
+         * scheduler admits jobs by it, and plugins' estimates see its
+         * tensors, before anything is loaded. */
         for (size_t i = 0; i < cat->n; i++)
-                (void) plan_bytes(cat->entries[i].path, cat->entries[i].convert, &cat->entries[i].bytes);
+                plan_entry(&cat->entries[i]);
         *ret = cat;
         return 0;
 }
@@ -176,16 +200,22 @@ typedef struct load_job {
         gh_resident *res;
         job_phase phase;
         char *path;
+        char *tokenizer;        /* a single file's tokenizer folder, or NULL */
         int convert;
-        char **files;           /* plan: the model's files, with tensor name prefixes */
+        char **files;           /* plan: the model's files, with tensor name prefixes: */
         char **prefixes;
         size_t n_files;
+        size_t n_weight_files;  /* the .safetensors ones first, then the auxiliary ones */
+        uint64_t fingerprint;   /* plan: of the weight files */
         job_tensor *tensors;    /* plan: sorted by file, then source offset */
         size_t n_tensors;
         uint64_t total;
         gh_store_device dev;    /* copy: where to */
         uint64_t base;          /* copy: the pool offset of the allocation */
         uint64_t copy_start_usec;
+        bool want_hash;         /* copy: compute the SHA-256 (else sha256 is the model's) */
+        char sha256[SHA256_HEX];
+        uint64_t hash_fingerprint; /* of the weight files as hashed */
         _Atomic uint64_t done_bytes;
         int r;
         char reason[512];
@@ -202,16 +232,25 @@ struct gh_resident {
         size_t n_tensors;
         unsigned refs;
         uint64_t last_use;
+        char sha256[SHA256_HEX];
         load_job *job;
         load_waiter *waiters;
 };
 
 struct gh_model {
-        char *name, *path, *devices;
+        char *name, *path, *devices, *tokenizer;
         int convert;
         bool pinned, from_config, gone;
         uint64_t loads; /* loads started, on any device */
         uint64_t bytes; /* pool bytes of a resident copy (0: unknown) */
+        bool listed;    /* in the catalogue being applied */
+        bool planned;   /* the catalogue's plan: */
+        gh_tensor_entry *tensors;
+        size_t n_tensors;
+        uint64_t fingerprint;      /* of the weight files */
+        json_object *tensors_json; /* made on first use */
+        char sha256[SHA256_HEX];   /* "": not known */
+        uint64_t sha_fingerprint;  /* of the files it is the hash of */
         gh_resident *resident[GH_STORE_MAX_DEVICES];
 };
 
@@ -248,6 +287,7 @@ static void job_free(load_job *j) {
                 free(j->tensors[i].e.name);
         free(j->tensors);
         free(j->path);
+        free(j->tokenizer);
         free(j);
 }
 
@@ -368,6 +408,94 @@ static int check_unique(load_job *j) {
         return r;
 }
 
+/* An auxiliary file, planned as one 1-D U8 tensor "PREFIX + NAME". */
+static int plan_aux(load_job *j, unsigned fi, const char *name, uint64_t size) {
+        job_tensor *t = realloc(j->tensors, (j->n_tensors + 1) * sizeof(*t));
+
+        if (!t)
+                return -ENOMEM;
+        j->tensors = t;
+        t = &j->tensors[j->n_tensors];
+        *t = (job_tensor) {
+                .e = {.dtype = GH_DTYPE_U8, .n_dims = 1, .shape = {size}, .bytes = size},
+                .file = fi, .src_dtype = GH_DTYPE_U8, .src_offset = 0, .src_bytes = size,
+        };
+        if (asprintf(&t->e.name, "%s%s", j->prefixes[fi], name) < 0)
+                return -ENOMEM;
+        j->n_tensors++;
+        return 0;
+}
+
+/* One of them, if it is there: -ENOENT if not. */
+static int add_aux_file(load_job *j, const char *dir, const char *name) {
+        _cleanup_free_ char *path = NULL;
+        struct stat st;
+        int r;
+
+        if (asprintf(&path, "%s/%s", dir, name) < 0)
+                return -ENOMEM;
+        if (stat(path, &st) < 0) {
+                if (errno == ENOENT || errno == ENOTDIR)
+                        return -ENOENT;
+                r = gh_negerrno();
+                snprintf(j->reason, sizeof(j->reason), "%s: %s", path, strerror(-r));
+                return r;
+        }
+        if (!S_ISREG(st.st_mode))
+                return -ENOENT;
+        if ((uint64_t) st.st_size > AUX_MAX_BYTES) {
+                snprintf(j->reason, sizeof(j->reason), "%s: larger than %" PRIu64 " MiB", path, AUX_MAX_BYTES >> 20);
+                return -EFBIG;
+        }
+        r = job_add_file(j, path, AUX_PREFIX);
+        return r < 0 ? r : plan_aux(j, (unsigned) (j->n_files - 1), name, (uint64_t) st.st_size);
+}
+
+/* The tokenizer's files: a folder model's tokenizer/ subfolder, or a
+ * single file's tokenizer folder. Missing ones are no error. */
+static int job_add_aux(load_job *j, bool folder) {
+        _cleanup_free_ char *dir = NULL;
+
+        if (folder ? asprintf(&dir, "%s/tokenizer", j->path) < 0 : j->tokenizer && !(dir = strdup(j->tokenizer)))
+                return -ENOMEM;
+        for (size_t i = 0; dir && i < ELEMENTSOF(aux_names); i++) {
+                int r = add_aux_file(j, dir, aux_names[i]);
+                if (r < 0 && r != -ENOENT)
+                        return r;
+        }
+        return 0;
+}
+
+/* What says that a file is still the one hashed: FNV-1a over its path,
+ * device, inode, size and mtime. */
+static uint64_t fingerprint_add(uint64_t h, const char *path, const struct stat *st) {
+        const uint64_t v[] = {(uint64_t) st->st_dev, (uint64_t) st->st_ino, (uint64_t) st->st_size,
+                              (uint64_t) st->st_mtim.tv_sec, (uint64_t) st->st_mtim.tv_nsec};
+        const unsigned char *p = (const unsigned char *) path;
+
+        if (!h)
+                h = UINT64_C(0xcbf29ce484222325);
+        for (size_t i = 0, n = strlen(path) + 1; i < n; i++)
+                h = (h ^ p[i]) * UINT64_C(0x100000001b3);
+        p = (const unsigned char *) v;
+        for (size_t i = 0; i < sizeof(v); i++)
+                h = (h ^ p[i]) * UINT64_C(0x100000001b3);
+        return h;
+}
+
+static int job_fingerprint(load_job *j) {
+        uint64_t h = 0;
+
+        for (size_t i = 0; i < j->n_weight_files; i++) {
+                struct stat st;
+                if (stat(j->files[i], &st) < 0)
+                        return gh_negerrno();
+                h = fingerprint_add(h, j->files[i], &st);
+        }
+        j->fingerprint = h;
+        return 0;
+}
+
 static int job_plan(load_job *j) {
         struct stat st;
         int r;
@@ -382,10 +510,15 @@ static int job_plan(load_job *j) {
                 snprintf(j->reason, sizeof(j->reason), "%s: no .safetensors files", j->path);
                 return -ENOENT;
         }
-        for (size_t i = 0; r >= 0 && i < j->n_files; i++)
+        j->n_weight_files = j->n_files;
+        for (size_t i = 0; r >= 0 && i < j->n_weight_files; i++)
                 r = plan_file(j, (unsigned) i);
         if (r >= 0)
+                r = job_add_aux(j, S_ISDIR(st.st_mode));
+        if (r >= 0)
                 r = check_unique(j);
+        if (r >= 0)
+                r = job_fingerprint(j);
         if (r < 0)
                 return r;
         uint64_t cursor = 0;
@@ -397,18 +530,34 @@ static int job_plan(load_job *j) {
         return 0;
 }
 
-static int plan_bytes(const char *path, int convert, uint64_t *ret) {
-        load_job *j = calloc(1, sizeof(*j));
-        int r = j && (j->path = strdup(path)) ? 0 : -ENOMEM;
+/* The planned tensor table, in pool order (the names are taken from |j|). */
+static gh_tensor_entry *job_take_table(load_job *j) {
+        gh_tensor_entry *t = calloc(j->n_tensors ? j->n_tensors : 1, sizeof(*t));
 
-        if (r >= 0) {
-                j->convert = convert;
-                r = job_plan(j);
+        for (size_t i = 0; t && i < j->n_tensors; i++) {
+                t[i] = j->tensors[i].e;
+                t[i].name = TAKE_PTR(j->tensors[i].e.name);
         }
-        if (r >= 0)
-                *ret = j->total;
+        return t;
+}
+
+/* A catalogue entry's plan: its bytes, tensor table and fingerprint; left
+ * unplanned if its files cannot be read. */
+static void plan_entry(catalog_entry *e) {
+        load_job *j = calloc(1, sizeof(*j));
+
+        if (!j || !(j->path = strdup(e->path)) || (e->tokenizer && !(j->tokenizer = strdup(e->tokenizer)))) {
+                job_free(j);
+                return;
+        }
+        j->convert = e->convert;
+        if (job_plan(j) >= 0 && (e->tensors = job_take_table(j))) {
+                e->bytes = j->total;
+                e->n_tensors = j->n_tensors;
+                e->fingerprint = j->fingerprint;
+                e->planned = true;
+        }
         job_free(j);
-        return r;
 }
 
 /* ---- loader thread: copy ---- */
@@ -429,9 +578,46 @@ static int read_full(int fd, void *buf, size_t n, uint64_t offset) {
         return 0;
 }
 
+/* The SHA-256 of the weight files, fed with the bytes as they are read:
+ * the tensors' source bytes as they come, the rest of each file (its
+ * header) read for it alone. */
+typedef struct hasher {
+        EVP_MD_CTX *ctx;
+        uint64_t pos;        /* bytes of the current file hashed */
+        uint64_t fingerprint; /* of the files hashed */
+} hasher;
+
+/* Hashes what of [offset, offset + n) of the current file is past pos; the
+ * bytes before |offset| must have been hashed (hash_upto). */
+static int hash_bytes(hasher *h, const void *buf, uint64_t offset, size_t n) {
+        if (!h || offset + n <= h->pos)
+                return 0;
+        if (offset > h->pos)
+                return -EINVAL;
+        size_t skip = (size_t) (h->pos - offset);
+        if (EVP_DigestUpdate(h->ctx, (const unsigned char *) buf + skip, n - skip) != 1)
+                return -EIO;
+        h->pos = offset + n;
+        return 0;
+}
+
+/* Reads and hashes the current file from pos up to |offset|, through |buf|
+ * (COPY_CHUNK bytes). */
+static int hash_upto(hasher *h, int fd, uint64_t offset, void *buf) {
+        while (h && h->pos < offset) {
+                size_t n = offset - h->pos < COPY_CHUNK ? (size_t) (offset - h->pos) : COPY_CHUNK;
+                int r = read_full(fd, buf, n, h->pos);
+                if (r >= 0)
+                        r = hash_bytes(h, buf, h->pos, n);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
 /* Host pool: read straight into it, or through the staging buffer when
  * the dtype changes. */
-static int copy_tensor_host(load_job *j, int fd, const job_tensor *t, void *stage) {
+static int copy_tensor_host(load_job *j, int fd, const job_tensor *t, void *stage, hasher *h) {
         size_t src_el = gh_dtype_size(t->src_dtype), dst_el = gh_dtype_size(t->e.dtype);
         uint64_t done = 0, dst = j->base + t->e.offset;
         bool convert = t->src_dtype != t->e.dtype;
@@ -440,7 +626,11 @@ static int copy_tensor_host(load_job *j, int fd, const job_tensor *t, void *stag
                 size_t n = t->src_bytes - done < COPY_CHUNK ? (size_t) (t->src_bytes - done) : COPY_CHUNK;
                 n -= n % src_el;
                 void *out = gh_pool_ptr(j->dev.pool, dst + done / src_el * dst_el);
-                int r = read_full(fd, convert ? stage : out, n, t->src_offset + done);
+                int r = hash_upto(h, fd, t->src_offset + done, stage);
+                if (r >= 0)
+                        r = read_full(fd, convert ? stage : out, n, t->src_offset + done);
+                if (r >= 0)
+                        r = hash_bytes(h, convert ? stage : out, t->src_offset + done, n);
                 if (r < 0)
                         return r;
                 if (convert)
@@ -453,7 +643,7 @@ static int copy_tensor_host(load_job *j, int fd, const job_tensor *t, void *stag
 
 /* Device pool: fill a staging buffer (read straight into it, or convert
  * into it) and submit it; the uploader overlaps copies with reading. */
-static int copy_tensor_upload(load_job *j, int fd, const job_tensor *t, void *stage) {
+static int copy_tensor_upload(load_job *j, int fd, const job_tensor *t, void *stage, hasher *h) {
         const gh_store_uploader *up = j->dev.uploader;
         size_t src_el = gh_dtype_size(t->src_dtype), dst_el = gh_dtype_size(t->e.dtype);
         uint64_t done = 0, dst = j->base + t->e.offset;
@@ -470,7 +660,11 @@ static int copy_tensor_upload(load_job *j, int fd, const job_tensor *t, void *st
                         max_src = COPY_CHUNK;
                 size_t n = t->src_bytes - done < max_src ? (size_t) (t->src_bytes - done) : max_src;
                 n -= n % src_el;
-                r = read_full(fd, convert ? stage : buf, n, t->src_offset + done);
+                r = hash_upto(h, fd, t->src_offset + done, stage);
+                if (r >= 0)
+                        r = read_full(fd, convert ? stage : buf, n, t->src_offset + done);
+                if (r >= 0)
+                        r = hash_bytes(h, convert ? stage : buf, t->src_offset + done, n);
                 if (r < 0)
                         return r;
                 if (convert)
@@ -484,35 +678,77 @@ static int copy_tensor_upload(load_job *j, int fd, const job_tensor *t, void *st
         return 0;
 }
 
+/* Copies the tensors of file |fi| (those from *cursor on) and, for a
+ * weight file while hashing, hashes the whole file. */
+static int copy_file(load_job *j, unsigned fi, size_t *cursor, void *stage, hasher *h) {
+        hasher *fh = h->ctx && fi < j->n_weight_files ? h : NULL;
+        _cleanup_close_ int fd = -1;
+        struct stat st;
+        int r = 0;
+
+        if (!fh && (*cursor >= j->n_tensors || j->tensors[*cursor].file != fi))
+                return 0; /* nothing to read */
+        fd = open(j->files[fi], O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || fstat(fd, &st) < 0) {
+                r = gh_negerrno();
+                snprintf(j->reason, sizeof(j->reason), "%s: %s", j->files[fi], strerror(-r));
+                return r;
+        }
+        posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+        if (fh) {
+                fh->pos = 0;
+                fh->fingerprint = fingerprint_add(fh->fingerprint, j->files[fi], &st);
+        }
+        for (; *cursor < j->n_tensors && j->tensors[*cursor].file == fi; (*cursor)++) {
+                const job_tensor *t = &j->tensors[*cursor];
+                r = j->dev.uploader ? copy_tensor_upload(j, fd, t, stage, fh) : copy_tensor_host(j, fd, t, stage, fh);
+                if (r < 0) {
+                        snprintf(j->reason, sizeof(j->reason), "%s: tensor \"%s\": %s", j->files[fi], t->e.name,
+                                 strerror(-r));
+                        return r;
+                }
+        }
+        r = hash_upto(fh, fd, (uint64_t) st.st_size, stage); /* the rest of the file */
+        if (r < 0)
+                snprintf(j->reason, sizeof(j->reason), "%s: %s", j->files[fi], strerror(-r));
+        return r;
+}
+
+static void hash_hex(hasher *h, char out[SHA256_HEX]) {
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned len = 0;
+
+        out[0] = 0;
+        if (EVP_DigestFinal_ex(h->ctx, md, &len) != 1 || len * 2 >= SHA256_HEX)
+                return;
+        for (unsigned i = 0; i < len; i++)
+                snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
 static int job_copy(load_job *j) {
         void *stage = malloc(COPY_CHUNK);
-        int fd = -1, r = stage ? 0 : -ENOMEM;
-        unsigned open_file = UINT_MAX;
+        hasher h = {0};
+        size_t cursor = 0;
+        int r = stage ? 0 : -ENOMEM;
 
-        for (size_t i = 0; r >= 0 && i < j->n_tensors; i++) {
-                const job_tensor *t = &j->tensors[i];
-                if (t->file != open_file) {
-                        gh_close(fd);
-                        fd = open(j->files[t->file], O_RDONLY | O_CLOEXEC);
-                        if (fd < 0) {
-                                r = gh_negerrno();
-                                break;
-                        }
-                        posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-                        open_file = t->file;
-                }
-                r = j->dev.uploader ? copy_tensor_upload(j, fd, t, stage) : copy_tensor_host(j, fd, t, stage);
-                if (r < 0)
-                        snprintf(j->reason, sizeof(j->reason), "%s: tensor \"%s\": %s", j->files[t->file],
-                                 t->e.name, strerror(-r));
+        /* Without a hash context the load goes on: the hash stays unknown. */
+        if (j->want_hash && (h.ctx = EVP_MD_CTX_new()) && EVP_DigestInit_ex(h.ctx, EVP_sha256(), NULL) != 1) {
+                EVP_MD_CTX_free(h.ctx);
+                h.ctx = NULL;
         }
+        for (unsigned fi = 0; r >= 0 && fi < j->n_files; fi++)
+                r = copy_file(j, fi, &cursor, stage, &h);
         if (j->dev.uploader) {
                 int k = j->dev.uploader->flush(j->dev.uploader->ctx); /* also after a failure */
                 r = r < 0 ? r : k;
         }
         if (r < 0 && !j->reason[0])
                 snprintf(j->reason, sizeof(j->reason), "%s: %s", j->path, strerror(-r));
-        gh_close(fd);
+        if (r >= 0 && h.ctx) {
+                hash_hex(&h, j->sha256);
+                j->hash_fingerprint = h.fingerprint;
+        }
+        EVP_MD_CTX_free(h.ctx);
         free(stage);
         return r;
 }
@@ -644,6 +880,10 @@ static void on_planned(gh_store *s, load_job *j) {
                 return fail_load(res, j, r);
         res->bytes = j->total;
         res->model->bytes = j->total;
+        /* The files are those last hashed: their hash holds. */
+        j->want_hash = !res->model->sha256[0] || res->model->sha_fingerprint != j->fingerprint;
+        if (!j->want_hash)
+                memcpy(j->sha256, res->model->sha256, sizeof(j->sha256));
         j->copy_start_usec = gh_now_usec(CLOCK_MONOTONIC);
         j->base = res->offset;
         j->dev = s->devices[res->device];
@@ -671,6 +911,11 @@ static void on_copied(gh_store *s, load_job *j) {
                 res->tensors[i].name = TAKE_PTR(j->tensors[i].e.name);
         }
         res->n_tensors = j->n_tensors;
+        memcpy(res->sha256, j->sha256, sizeof(res->sha256));
+        if (j->want_hash && j->sha256[0]) {
+                memcpy(res->model->sha256, j->sha256, sizeof(j->sha256));
+                res->model->sha_fingerprint = j->hash_fingerprint;
+        }
         res->ready = true;
         observe(s, GH_STORE_LOADED, res->model, res->device, res->bytes, gh_now_usec(CLOCK_MONOTONIC) - j->copy_start_usec);
         res->last_use = ++s->clock;
@@ -726,6 +971,9 @@ static void model_free(gh_model *m) {
         free(m->name);
         free(m->path);
         free(m->devices);
+        free(m->tokenizer);
+        tensors_free(m->tensors, m->n_tensors);
+        json_object_put(m->tensors_json);
         free(m);
 }
 
@@ -785,56 +1033,122 @@ static bool model_resident_anywhere(const gh_model *m) {
         return false;
 }
 
-static int model_update(gh_model *m, const catalog_entry *e) {
-        char *path = strdup(e->path), *devices = e->devices ? strdup(e->devices) : NULL;
+static bool tables_equal(const gh_tensor_entry *a, size_t na, const gh_tensor_entry *b, size_t nb) {
+        if (na != nb)
+                return false;
+        for (size_t i = 0; i < na; i++)
+                if (strcmp(a[i].name, b[i].name) != 0 || a[i].dtype != b[i].dtype || a[i].n_dims != b[i].n_dims ||
+                    memcmp(a[i].shape, b[i].shape, sizeof(a[i].shape)) != 0)
+                        return false;
+        return true;
+}
 
-        if (!path || (e->devices && !devices)) {
+/* Whether |e| describes other data than |m| holds: other files, other
+ * dtypes, another tensor table. */
+static bool model_differs(const gh_model *m, const catalog_entry *e) {
+        return !gh_streq(m->path, e->path) || m->convert != e->convert ||
+               !gh_streq(m->tokenizer ?: "", e->tokenizer ?: "") || m->planned != e->planned ||
+               m->fingerprint != e->fingerprint || !tables_equal(m->tensors, m->n_tensors, e->tensors, e->n_tensors);
+}
+
+/* Takes |e|'s settings and plan. */
+static int model_update(gh_model *m, catalog_entry *e) {
+        char *path = strdup(e->path), *devices = e->devices ? strdup(e->devices) : NULL;
+        char *tokenizer = e->tokenizer ? strdup(e->tokenizer) : NULL;
+
+        if (!path || (e->devices && !devices) || (e->tokenizer && !tokenizer)) {
                 free(path);
                 free(devices);
+                free(tokenizer);
                 return -ENOMEM;
         }
         free(m->path);
         free(m->devices);
+        free(m->tokenizer);
         m->path = path;
         m->devices = devices;
+        m->tokenizer = tokenizer;
         m->convert = e->convert;
         m->pinned = e->pinned;
         if (e->bytes)
                 m->bytes = e->bytes;
+        tensors_free(m->tensors, m->n_tensors);
+        m->tensors = TAKE_PTR(e->tensors);
+        m->n_tensors = e->n_tensors;
+        m->planned = e->planned;
+        m->fingerprint = e->fingerprint;
+        json_object_put(m->tensors_json); /* made again from the new table */
+        m->tensors_json = NULL;
+        /* Files changed (or unreadable) since they were hashed: unknown. */
+        if (!e->planned || e->fingerprint != m->sha_fingerprint)
+                m->sha256[0] = 0;
         m->from_config = e->from_config;
         m->gone = false;
         return 0;
 }
 
-void gh_store_apply_catalog(gh_store *s, gh_catalog *cat) {
-        for (size_t i = 0; i < s->n_models; i++)
-                s->models[i]->gone = true;
-        for (size_t i = 0; i < cat->n; i++) {
-                gh_model *m = gh_store_find(s, cat->entries[i].name);
-                if (!m) {
-                        gh_model **v = realloc(s->models, (s->n_models + 1) * sizeof(*v));
-                        m = calloc(1, sizeof(*m));
-                        if (v)
-                                s->models = v;
-                        if (!v || !m || !(m->name = strdup(cat->entries[i].name))) {
-                                free(m);
-                                continue;
-                        }
-                        s->models[s->n_models++] = m;
-                }
-                if (model_update(m, &cat->entries[i]) < 0)
-                        m->gone = false; /* keep the old settings */
+static gh_model *model_new(gh_store *s, const char *name) {
+        gh_model **v = realloc(s->models, (s->n_models + 1) * sizeof(*v));
+        gh_model *m = calloc(1, sizeof(*m));
+
+        if (v)
+                s->models = v;
+        if (!v || !m || !(m->name = strdup(name))) {
+                free(m);
+                return NULL;
         }
+        m->convert = -1;
+        s->models[s->n_models++] = m;
+        return m;
+}
+
+/* One entry: updates its model, or when the entry describes other data
+ * than a resident model holds, retires that one (it stays, undeclared,
+ * while resident) for a new one. Returns true if estimates may differ. */
+static bool apply_entry(gh_store *s, catalog_entry *e) {
+        gh_model *m = gh_store_find(s, e->name), *fresh = NULL;
+        bool changed = !m || model_differs(m, e);
+
+        if (changed && (!m || model_resident_anywhere(m)))
+                fresh = model_new(s, e->name);
+        if (fresh && model_update(fresh, e) >= 0) {
+                if (m)
+                        m->gone = true; /* retired */
+                fresh->listed = true;
+                return changed;
+        }
+        if (fresh)
+                fresh->gone = true; /* out of memory: dropped below */
+        if (m) {
+                (void) model_update(m, e); /* on failure, keeps the old settings */
+                m->listed = true;
+        }
+        return changed;
+}
+
+bool gh_store_apply_catalog(gh_store *s, gh_catalog *cat) {
+        bool changed = false;
+
+        for (size_t i = 0; i < s->n_models; i++)
+                s->models[i]->listed = false;
+        for (size_t i = 0; i < cat->n; i++)
+                changed |= apply_entry(s, &cat->entries[i]);
         /* Models no longer declared go once nothing of them is resident. */
         size_t k = 0;
         for (size_t i = 0; i < s->n_models; i++) {
-                if (s->models[i]->gone && !model_resident_anywhere(s->models[i]))
-                        model_free(s->models[i]);
+                gh_model *m = s->models[i];
+                if (!m->listed && !m->gone) {
+                        m->gone = true;
+                        changed = true;
+                }
+                if (m->gone && !model_resident_anywhere(m))
+                        model_free(m);
                 else
-                        s->models[k++] = s->models[i];
+                        s->models[k++] = m;
         }
         s->n_models = k;
         gh_catalog_free(cat);
+        return changed;
 }
 
 gh_model *gh_store_find(gh_store *s, const char *name) {
@@ -850,6 +1164,32 @@ const char *gh_model_name(const gh_model *m) {
 
 uint64_t gh_model_bytes(const gh_model *m) {
         return m->bytes;
+}
+
+const gh_tensor_entry *gh_model_tensors(const gh_model *m, size_t *ret_n) {
+        *ret_n = m->planned ? m->n_tensors : 0;
+        return m->planned ? m->tensors : NULL;
+}
+
+json_object *gh_model_tensors_json(gh_model *m) {
+        if (!m->planned || m->tensors_json)
+                return m->tensors_json;
+        json_object *a = json_object_new_array_ext((int) m->n_tensors);
+        for (size_t i = 0; a && i < m->n_tensors; i++) {
+                const gh_tensor_entry *t = &m->tensors[i];
+                json_object *row = json_object_new_array_ext((int) t->n_dims + 2);
+                json_object_array_add(row, json_object_new_string(t->name));
+                json_object_array_add(row, json_object_new_string(gh_dtype_to_string(t->dtype)));
+                for (unsigned k = 0; k < t->n_dims; k++)
+                        json_object_array_add(row, json_object_new_int64((int64_t) t->shape[k]));
+                json_object_array_add(a, row);
+        }
+        m->tensors_json = a;
+        return a;
+}
+
+const char *gh_model_sha256(const gh_model *m) {
+        return m->sha256[0] ? m->sha256 : NULL;
 }
 
 uint64_t gh_store_evictable(gh_store *s, unsigned device, const gh_model *const *keep, size_t n_keep) {
@@ -903,7 +1243,8 @@ int gh_store_load(gh_store *s, gh_model *m, unsigned device, gh_load_done_fn don
                 return done ? add_waiter(res, done, userdata) : 0;
         res = calloc(1, sizeof(*res));
         load_job *j = calloc(1, sizeof(*j));
-        if (!res || !j || !(j->path = strdup(m->path)) || (done && add_waiter(res, done, userdata) < 0)) {
+        if (!res || !j || !(j->path = strdup(m->path)) || (m->tokenizer && !(j->tokenizer = strdup(m->tokenizer))) ||
+            (done && add_waiter(res, done, userdata) < 0)) {
                 free(res);
                 job_free(j);
                 return -ENOMEM;
@@ -966,6 +1307,10 @@ const gh_tensor_entry *gh_resident_tensors(const gh_resident *r, size_t *ret_n) 
         return r->tensors;
 }
 
+const char *gh_resident_sha256(const gh_resident *r) {
+        return r->sha256;
+}
+
 void gh_resident_progress(const gh_resident *r, uint64_t *ret_done, uint64_t *ret_total) {
         if (r->ready) {
                 *ret_done = *ret_total = r->bytes;
@@ -1004,6 +1349,8 @@ json_object *gh_store_models_json(gh_store *s) {
                 json_object_object_add(o, "pinned", json_object_new_boolean(m->pinned));
                 json_object_object_add(o, "declared", json_object_new_boolean(!m->gone));
                 json_object_object_add(o, "loads", json_object_new_int64((int64_t) m->loads));
+                if (m->sha256[0])
+                        json_object_object_add(o, "sha256", json_object_new_string(m->sha256));
                 for (unsigned d = 0; d < GH_STORE_MAX_DEVICES; d++)
                         if (m->resident[d])
                                 json_object_array_add(res, resident_json(m->resident[d]));

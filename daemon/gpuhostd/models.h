@@ -8,6 +8,20 @@
  * that device's pool holding every tensor (256-byte aligned), described by
  * a tensor table (name, dtype, shape, pool offset, bytes).
  *
+ * Besides the weights, a model holds the CLIP tokenizer's files when there
+ * are any, as 1-D U8 tensors "tokenizer/vocab.json" and
+ * "tokenizer/merges.txt" (at most 64 MiB each) in the same allocation: a
+ * folder model's tokenizer/ subfolder, or for a single file the folder of
+ * its [model] tokenizer key (default: [models] tokenizer). None is no
+ * error; the plugins that need them say so.
+ *
+ * When the catalogue is built, each model's headers are read and its tensor
+ * table planned as the pool will hold it (dtypes converted): the scheduler
+ * admits jobs by its bytes and plugins' estimates see its tensors before
+ * anything is loaded. While loading, the loader thread also computes the
+ * SHA-256 of the weight files (in load order, concatenated), kept with the
+ * model while the files' size and mtime stay the same.
+ *
  * Loading never blocks the event loop: a loader thread parses the headers
  * and plans the layout, the loop allocates pool space (evicting unused,
  * unpinned models, least recently used first), then the loader thread copies
@@ -76,7 +90,10 @@ int gh_store_add_device(gh_store *s, const gh_store_device *dev);
 typedef struct gh_catalog gh_catalog;
 int gh_catalog_build(const gh_config *c, gh_catalog **ret, char *err, size_t err_size);
 gh_catalog *gh_catalog_free(gh_catalog *cat);
-void gh_store_apply_catalog(gh_store *s, gh_catalog *cat); /* takes it */
+/* Takes |cat|. Returns true if a model's entry changed in a way a plugin's
+ * estimate may depend on (its files, dtype conversion or tensor table), or
+ * a model went away. */
+bool gh_store_apply_catalog(gh_store *s, gh_catalog *cat);
 
 gh_model *gh_store_find(gh_store *s, const char *name);
 const char *gh_model_name(const gh_model *m);
@@ -87,6 +104,16 @@ gh_resident *gh_model_resident(const gh_model *m, unsigned device);
  * catalogue was built, then from the last load; 0 if unknown (the files
  * could not be read). */
 uint64_t gh_model_bytes(const gh_model *m);
+/* The tensor table planned from the headers when the catalogue was built
+ * (offsets from the start of the allocation); NULL if the files could not
+ * be read. */
+const gh_tensor_entry *gh_model_tensors(const gh_model *m, size_t *ret_n);
+/* The same as the worker protocol's estimate message carries it:
+ * [[name, dtype, dim...], ...]. Borrowed; NULL if not known. */
+json_object *gh_model_tensors_json(gh_model *m);
+/* Hex SHA-256 of the model's weight files as last loaded, while they are
+ * unchanged (size, mtime); NULL if not known. */
+const char *gh_model_sha256(const gh_model *m);
 /* Bytes of models on |device| that a load could evict now (ready, no
  * references, not pinned), leaving out those in |keep|. */
 uint64_t gh_store_evictable(gh_store *s, unsigned device, const gh_model *const *keep, size_t n_keep);
@@ -113,6 +140,8 @@ unsigned gh_resident_refs(const gh_resident *r);
 uint64_t gh_resident_offset(const gh_resident *r);
 uint64_t gh_resident_bytes(const gh_resident *r);
 const gh_tensor_entry *gh_resident_tensors(const gh_resident *r, size_t *ret_n);
+/* Hex SHA-256 of the files this copy was read from; "" if not known. */
+const char *gh_resident_sha256(const gh_resident *r);
 /* Load progress of a model being loaded: bytes copied of the total. */
 void gh_resident_progress(const gh_resident *r, uint64_t *ret_done, uint64_t *ret_total);
 gh_pool *gh_store_pool(gh_store *s, unsigned device);

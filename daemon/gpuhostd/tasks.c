@@ -171,7 +171,8 @@ static gh_worker *pick_estimator(gh_workers *ws, const gh_task *t) {
  * estimate() is pure (the plugin ABI says so), so its answer for a
  * pipeline and the same normalized parameters is kept: a repeated request
  * skips the round trip to a worker. Dropped whenever a worker says hello
- * (its plugins may have changed). */
+ * (its plugins may have changed), and when a reload changes a model's
+ * catalogue entry (estimates may read its tensor table). */
 
 #define ESTIMATES_MAX 128
 #define ESTIMATE_KEY_MAX 4096
@@ -239,6 +240,37 @@ void gh_tasks_forget_estimates(gh_workers *ws) {
 
 static void estimated(gh_task *t, json_object *needs);
 
+/* The models of the task's model parameters (defaults included), each
+ * with the tensor table the catalogue planned for it (none if its headers
+ * could not be read; an unknown model is left out): what the plugin's
+ * estimate() reads through model_tensor. */
+static json_object *estimate_models(const gh_task *t) {
+        gh_pipeline *p = gh_workers_pipeline(t->ws, t->pipeline);
+        json_object *a = json_object_new_array(), *seen = json_object_new_object();
+        size_t n = p && json_object_is_type(p->table, json_type_array) ? json_object_array_length(p->table) : 0;
+
+        for (size_t i = 0; i < n; i++) {
+                json_object *q = json_object_array_get_idx(p->table, i);
+                if (!gh_streq(json_object_get_string(json_object_object_get(q, "type")), "model"))
+                        continue;
+                const char *param = json_object_get_string(json_object_object_get(q, "name"));
+                json_object *v = json_object_object_get(t->params, param ?: "");
+                const char *name = json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
+                if (!name || json_object_object_get_ex(seen, name, NULL))
+                        continue;
+                gh_model *m = gh_store_find(t->ws->engine->store, name);
+                if (!m)
+                        continue;
+                json_object_object_add(seen, name, NULL);
+                json_object *o = obj1("name", json_object_new_string(name)), *tensors = gh_model_tensors_json(m);
+                if (tensors)
+                        json_object_object_add(o, "tensors", json_object_get(tensors));
+                json_object_array_add(a, o);
+        }
+        json_object_put(seen);
+        return a;
+}
+
 static bool send_estimate(gh_task *t) {
         gh_worker *w = pick_estimator(t->ws, t);
 
@@ -248,6 +280,7 @@ static bool send_estimate(gh_task *t) {
         json_object_object_add(m, "job", json_object_new_string(t->id));
         json_object_object_add(m, "pipeline", json_object_new_string(t->pipeline));
         json_object_object_add(m, "params", json_object_get(t->params));
+        json_object_object_add(m, "models", estimate_models(t));
         t->est_w = w;
         t->phase = GH_TASK_ESTIMATING;
         list_push(&w->estimating, t);
@@ -532,6 +565,8 @@ static void task_run(gh_task *t) {
                 }
                 json_object *o = obj1("name", json_object_new_string(gh_model_name(t->models[i])));
                 json_object_object_add(o, "tensors", tensor_table(t->res[i]));
+                json_object_object_add(o, "sha256", json_object_new_string(gh_resident_sha256(t->res[i])));
+                json_object_object_add(o, "bytes", json_object_new_int64((int64_t) gh_resident_bytes(t->res[i])));
                 json_object_array_add(models, o);
         }
         if (t->n_fds && (fds = calloc(t->n_fds, sizeof(int))))

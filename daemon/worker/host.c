@@ -12,8 +12,10 @@
 #include <sys/stat.h>
 
 #include "../common/log.h"
+#include "../common/safetensors.h"
 #include "../common/util.h"
 #include "../common/worker-proto.h"
+#include "image.h"
 #include "worker.h"
 
 #define JOB_META_MAX_BYTES (64u << 10)
@@ -24,6 +26,7 @@ struct gh_params {
         const gh_plugin *plugin;
         json_object *values;  /* normalized by the daemon: every parameter */
         gh_job *job;          /* NULL in estimate() */
+        json_object *models;  /* estimate(): [{name, tensors?: [[name, dtype, dim...]]}] */
 };
 
 typedef struct job_alloc {
@@ -99,6 +102,10 @@ static const char *errname(int r) {
 
 /* ---- logging ---- */
 
+/* The first error the plugin logged during estimate() (which runs on the
+ * main thread only). */
+static char estimate_error[512];
+
 _printf_(3, 4) static void host_log(gh_job *job, int level, const char *fmt, ...) {
         char buf[1024];
         va_list ap;
@@ -112,6 +119,15 @@ _printf_(3, 4) static void host_log(gh_job *job, int level, const char *fmt, ...
         if (level < LOG_EMERG || level > LOG_DEBUG)
                 level = LOG_INFO;
         gh_log_internal(level, 0, "%s%s%s: %s", p ? p->name : "plugin", job ? " job " : "", job ? job->id : "", buf);
+        /* The plugin's first error line explains the failure to the client. */
+        if (level <= LOG_ERR) {
+                char *why = job ? job->error : estimate_error;
+                size_t n = job ? sizeof(job->error) : sizeof(estimate_error);
+                if (!why[0]) {
+                        strncpy(why, buf, n - 1);
+                        why[n - 1] = 0;
+                }
+        }
 }
 
 /* Records why the host refused the plugin something; the job's failure
@@ -199,10 +215,20 @@ static const char *format_name(gh_image_format f) {
         return f == GH_IMAGE_RGBA8 ? "rgba8" : f == GH_IMAGE_RGB_F32 ? "rgb_f32" : "rgb8";
 }
 
-/* In estimate() an image has its size and format but no pixels. */
+/* In estimate() an image has its size and format but no pixels. A PNG
+ * file (its value has "encoding": "png") has the size and format its
+ * pixels decode to, as the daemon read them from its IHDR. In a job, its
+ * entry in job->images holds the file's bytes until the first call here
+ * decodes them (image.c; once, under a lock), then the pixels, which its
+ * .image records. Before the entry exists, map_images() asks how much of
+ * the fd to map: for a PNG, the whole file, as one row of "bytes" bytes. */
 static int host_param_image(const gh_params *p, const char *name, gh_image *ret) {
+        static pthread_mutex_t decode_lock = PTHREAD_MUTEX_INITIALIZER;
         json_object *v;
         const gh_plugin_param *q = param_find(p, name, &v);
+        job_image *e = NULL;
+        char err[256];
+        int r = 0;
 
         if (!q || q->type != GH_PARAM_IMAGE)
                 return -EINVAL;
@@ -217,8 +243,34 @@ static int host_param_image(const gh_params *p, const char *name, gh_image *ret)
         ret->stride = ret->width * format_bpp(f);
         for (size_t i = 0; p->job && i < p->job->n_images; i++)
                 if (strcmp(p->job->images[i].name, name) == 0)
-                        ret->pixels = p->job->images[i].map;
-        return 0;
+                        e = &p->job->images[i];
+        if (!gh_streq(json_object_get_string(json_object_object_get(v, "encoding")), "png")) {
+                ret->pixels = e ? e->map : NULL;
+                return 0;
+        }
+        if (p->job && !e) { /* map_images(): the file's bytes */
+                ret->stride = (uint32_t) json_object_get_int64(json_object_object_get(v, "bytes"));
+                ret->height = 1;
+                return 0;
+        }
+        if (!e)
+                return 0; /* estimate() */
+        pthread_mutex_lock(&decode_lock);
+        if (!e->image.pixels) {
+                void *pixels;
+                size_t size;
+                r = gh_wk_png_decode(e->map, e->size, ret, &pixels, &size, err, sizeof(err));
+                if (r >= 0) {
+                        munmap(e->map, e->size);
+                        *e = (job_image) {.name = e->name, .map = pixels, .size = size, .image = *ret};
+                        e->image.pixels = pixels;
+                }
+        }
+        ret->pixels = e->image.pixels;
+        pthread_mutex_unlock(&decode_lock);
+        if (r < 0)
+                job_refuse(p->job, "image parameter %s: not a valid PNG: %s", name, err);
+        return r;
 }
 
 /* ---- tensors ---- */
@@ -248,41 +300,144 @@ static bool range_mapped(gh_wk *w, uint64_t offset, uint64_t bytes) {
         return true;
 }
 
-static int host_tensor(gh_job *job, const char *model, const char *name, gh_tensor *ret) {
-        size_t n = json_object_array_length(job->models);
+/* Elements of |a|, 0 if it is not an array (json-c asserts on those). */
+static size_t array_len(json_object *a) {
+        return json_object_is_type(a, json_type_array) ? json_object_array_length(a) : 0;
+}
 
-        for (size_t i = 0; model && name && i < n; i++) {
+/* One of the job's models as the "run" message has it: {name, tensors,
+ * sha256, bytes}; NULL if the job has no such model. */
+static json_object *job_model(gh_job *job, const char *model) {
+        for (size_t i = 0, n = array_len(job->models); model && i < n; i++) {
                 json_object *m = json_object_array_get_idx(job->models, i);
+                if (gh_streq(json_object_get_string(json_object_object_get(m, "name")), model))
+                        return m;
+        }
+        return NULL;
+}
+
+/* Tensor |name| of such a model: {name, dtype, shape, offset, bytes}. */
+static json_object *job_model_tensor(json_object *m, const char *name) {
+        json_object *ts = json_object_object_get(m, "tensors");
+
+        for (size_t k = 0, nt = array_len(ts); name && k < nt; k++) {
+                json_object *t = json_object_array_get_idx(ts, k);
+                if (gh_streq(json_object_get_string(json_object_object_get(t, "name")), name))
+                        return t;
+        }
+        return NULL;
+}
+
+/* The dtype, shape and bytes of such a tensor (no data). */
+static int tensor_shape(json_object *t, gh_tensor *ret) {
+        json_object *shape = json_object_object_get(t, "shape");
+
+        *ret = (gh_tensor) {
+                .dtype_name = json_object_get_string(json_object_object_get(t, "dtype")),
+                .bytes = (uint64_t) json_object_get_int64(json_object_object_get(t, "bytes")),
+        };
+        ret->dtype = dtype_id(ret->dtype_name);
+        ret->n_dims = (uint32_t) array_len(shape);
+        if (ret->n_dims > GH_TENSOR_MAX_DIMS || !ret->dtype_name)
+                return -EBADMSG;
+        for (uint32_t d = 0; d < ret->n_dims; d++)
+                ret->shape[d] = (uint64_t) json_object_get_int64(json_object_array_get_idx(shape, d));
+        return 0;
+}
+
+static int host_tensor(gh_job *job, const char *model, const char *name, gh_tensor *ret) {
+        json_object *t = job_model_tensor(job_model(job, model), name);
+
+        if (!t)
+                return -ENOENT;
+        uint64_t off = (uint64_t) json_object_get_int64(json_object_object_get(t, "offset"));
+        gh_tensor v;
+        int r = tensor_shape(t, &v);
+        if (r < 0)
+                return r;
+        if (!range_mapped(job->w, off, v.bytes)) {
+                job_refuse(job, "tensor %s of model %s is not mapped", name, model);
+                return -ENXIO;
+        }
+        v.data = (const void *) (uintptr_t) (gh_pool_view_base(job->w->view) + off);
+        *ret = v;
+        return 0;
+}
+
+/* A row [name, dtype, dim...] of an estimate's table: its dtype, shape and
+ * bytes. The daemon's message is checked, not trusted. */
+static int estimate_row(json_object *row, gh_tensor *ret) {
+        size_t n = array_len(row);
+        uint64_t elements = 1;
+
+        if (n < 2 || n - 2 > GH_TENSOR_MAX_DIMS)
+                return -EBADMSG;
+        gh_dtype dt = gh_dtype_from_string(json_object_get_string(json_object_array_get_idx(row, 1)));
+        if ((int) dt < 0)
+                return -EBADMSG;
+        *ret = (gh_tensor) {.dtype_name = gh_dtype_to_string(dt), .n_dims = (uint32_t) (n - 2)};
+        ret->dtype = dtype_id(ret->dtype_name);
+        for (uint32_t d = 0; d < ret->n_dims; d++) {
+                int64_t v = json_object_get_int64(json_object_array_get_idx(row, d + 2));
+                if (v < 0 || __builtin_mul_overflow(elements, (uint64_t) v, &elements))
+                        return -EBADMSG;
+                ret->shape[d] = (uint64_t) v;
+        }
+        if (__builtin_mul_overflow(elements, (uint64_t) gh_dtype_size(dt), &ret->bytes))
+                return -EBADMSG;
+        return 0;
+}
+
+static int estimate_tensor(const gh_params *p, const char *model, const char *name, gh_tensor *ret) {
+        for (size_t i = 0, n = array_len(p->models); i < n; i++) {
+                json_object *m = json_object_array_get_idx(p->models, i);
                 if (!gh_streq(json_object_get_string(json_object_object_get(m, "name")), model))
                         continue;
                 json_object *ts = json_object_object_get(m, "tensors");
-                for (size_t k = 0, nt = json_object_array_length(ts); k < nt; k++) {
-                        json_object *t = json_object_array_get_idx(ts, k);
-                        if (!gh_streq(json_object_get_string(json_object_object_get(t, "name")), name))
-                                continue;
-                        uint64_t off = (uint64_t) json_object_get_int64(json_object_object_get(t, "offset"));
-                        uint64_t bytes = (uint64_t) json_object_get_int64(json_object_object_get(t, "bytes"));
-                        json_object *shape = json_object_object_get(t, "shape");
-                        if (!range_mapped(job->w, off, bytes)) {
-                                job_refuse(job, "tensor %s of model %s is not mapped", name, model);
-                                return -ENXIO;
-                        }
-                        *ret = (gh_tensor) {
-                                .data = (const void *) (uintptr_t) (gh_pool_view_base(job->w->view) + off),
-                                .dtype_name = json_object_get_string(json_object_object_get(t, "dtype")),
-                                .bytes = bytes,
-                        };
-                        ret->dtype = dtype_id(ret->dtype_name);
-                        ret->n_dims = (uint32_t) json_object_array_length(shape);
-                        if (ret->n_dims > GH_TENSOR_MAX_DIMS)
-                                return -E2BIG;
-                        for (uint32_t d = 0; d < ret->n_dims; d++)
-                                ret->shape[d] = (uint64_t) json_object_get_int64(json_object_array_get_idx(shape, d));
-                        return 0;
+                for (size_t k = 0, nt = array_len(ts); k < nt; k++) {
+                        json_object *row = json_object_array_get_idx(ts, k);
+                        json_object *row_name = array_len(row) > 0 ? json_object_array_get_idx(row, 0) : NULL;
+                        if (gh_streq(json_object_get_string(row_name), name))
+                                return estimate_row(row, ret);
                 }
                 return -ENOENT;
         }
         return -ENOENT;
+}
+
+/* ABI 1.2: in estimate() from the catalogue's plan the daemon sent with
+ * the request; in a job from the resident copy's table. */
+static int host_model_tensor(const gh_params *p, const char *model, const char *name, gh_tensor *ret) {
+        if (!p || !model || !name || !ret)
+                return -EINVAL;
+        if (!p->job)
+                return estimate_tensor(p, model, name, ret);
+        json_object *t = job_model_tensor(job_model(p->job, model), name);
+        return t ? tensor_shape(t, ret) : -ENOENT;
+}
+
+static bool is_sha256_hex(const char *s) {
+        size_t n = s ? strlen(s) : 0;
+
+        return n == 64 && strspn(s, "0123456789abcdef") == n;
+}
+
+/* ABI 1.2: writes no more of |ret| than the plugin's struct_size covers. */
+static int host_model_info(gh_job *job, const char *model, gh_model_info *ret) {
+        if (!job || !ret || ret->struct_size == 0)
+                return -EINVAL;
+        json_object *m = job_model(job, model);
+        if (!m)
+                return -ENOENT;
+        const char *sha = json_object_get_string(json_object_object_get(m, "sha256"));
+        gh_model_info info = {
+                .struct_size = ret->struct_size,
+                .name = json_object_get_string(json_object_object_get(m, "name")),
+                .sha256 = is_sha256_hex(sha) ? sha : "",
+                .bytes = (uint64_t) json_object_get_int64(json_object_object_get(m, "bytes")),
+        };
+        memcpy(ret, &info, ret->struct_size < sizeof(info) ? ret->struct_size : sizeof(info));
+        return 0;
 }
 
 /* ---- workspace ---- */
@@ -552,20 +707,24 @@ const gh_host gh_wk_host = {
         .output_bytes = host_output_bytes,
         .output_meta = host_output_meta,
         .parallel_for = host_parallel_for,
+        .model_tensor = host_model_tensor,
+        .model_info = host_model_info,
 };
 
 /* ---- estimate ---- */
 
-int gh_job_estimate(gh_wk *w, const gh_loaded_plugin *lp, json_object *params, json_object **ret_needs, char *err,
-                    size_t err_size) {
-        gh_params p = {.plugin = lp->plugin, .values = params};
+int gh_job_estimate(gh_wk *w, const gh_loaded_plugin *lp, json_object *params, json_object *tables,
+                    json_object **ret_needs, char *err, size_t err_size) {
+        gh_params p = {.plugin = lp->plugin, .values = params, .models = tables};
         gh_plugin_needs needs = {.struct_size = sizeof(needs)};
 
         current_plugin = lp->plugin;
+        estimate_error[0] = 0;
         int r = lp->plugin->estimate(&gh_wk_host, &p, &needs);
         current_plugin = NULL;
         if (r < 0) {
-                gh_set_error(err, err_size, "estimate() failed: %s", strerror(-r));
+                gh_set_error(err, err_size, "estimate() failed: %s%s%s", strerror(-r), estimate_error[0] ? "; " : "",
+                             estimate_error);
                 return r;
         }
         if (needs.n_models > GH_PLUGIN_MODELS_MAX || needs.steps == 0) {

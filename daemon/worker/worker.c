@@ -223,7 +223,9 @@ static int on_estimate(gh_wk *w, json_object *m) {
         json_object *reply = msg_new("estimated"), *needs = NULL;
         const gh_loaded_plugin *lp = gh_wk_find_plugin(w, str(m, "pipeline"));
         char err[256] = "";
-        int r = lp ? gh_job_estimate(w, lp, json_object_object_get(m, "params"), &needs, err, sizeof(err)) : -ENOENT;
+        int r = lp ? gh_job_estimate(w, lp, json_object_object_get(m, "params"), json_object_object_get(m, "models"),
+                                     &needs, err, sizeof(err))
+                   : -ENOENT;
 
         json_object_object_add(reply, "job", json_object_get(json_object_object_get(m, "job")));
         if (r >= 0)

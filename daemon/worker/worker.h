@@ -92,9 +92,10 @@ typedef struct gh_job gh_job;
 
 extern const gh_host gh_wk_host;
 
-/* Runs the plugin's estimate for |params| (normalized, with |table|). */
-int gh_job_estimate(gh_wk *w, const gh_loaded_plugin *lp, json_object *params, json_object **ret_needs,
-                    char *err, size_t err_size);
+/* Runs the plugin's estimate for |params| (normalized), with |tables|
+ * (the estimate message's "models", may be NULL) for model_tensor. */
+int gh_job_estimate(gh_wk *w, const gh_loaded_plugin *lp, json_object *params, json_object *tables,
+                    json_object **ret_needs, char *err, size_t err_size);
 /* Creates the job from a "run" message (takes |fds|). */
 int gh_job_new(gh_wk *w, json_object *msg, int *fds, size_t n_fds, gh_job **ret, char *err, size_t err_size);
 /* Starts the job's thread, which runs it to its end and sends its final

@@ -44,7 +44,7 @@ extern "C" {
 #endif
 
 #define GH_PLUGIN_ABI_MAJOR 1
-#define GH_PLUGIN_ABI_MINOR 1
+#define GH_PLUGIN_ABI_MINOR 2
 #define GH_PLUGIN_ABI_VERSION ((uint32_t) ((GH_PLUGIN_ABI_MAJOR << 16) | GH_PLUGIN_ABI_MINOR))
 #define GH_PLUGIN_ABI_MAJOR_OF(v) ((v) >> 16)
 
@@ -134,7 +134,14 @@ typedef enum gh_dtype_id {
 
 /* A tensor of a model, in the device pool mapped into the worker (read
  * only). |data| is a host pointer on the CPU device, a device pointer
- * (CUdeviceptr) on a GPU. Valid for the job. */
+ * (CUdeviceptr) on a GPU. Valid for the job.
+ *
+ * Besides the weights, a model may hold auxiliary files as 1-D tensors of
+ * bytes (dtype GH_TENSOR_OTHER, dtype_name "U8", shape [file size]): the
+ * CLIP tokenizer's "tokenizer/vocab.json" and "tokenizer/merges.txt" when
+ * the store found them (a folder model's tokenizer/ subfolder, or the
+ * tokenizer = DIR key of a single-file model). A plugin that needs them
+ * and finds none refuses the job with a message. */
 typedef struct gh_tensor {
         const void *data;
         gh_dtype_id dtype;
@@ -180,6 +187,24 @@ enum {
         GH_LOG_INFO = 6,
         GH_LOG_DEBUG = 7,
 };
+
+/* ABI 1.2: facts about one of a job's models (model_info). The plugin sets
+ * struct_size to sizeof(gh_model_info) before the call; the host fills the
+ * members that covers. Strings are the host's and stay valid for the job. */
+typedef struct gh_model_info {
+        uint32_t struct_size;
+        const char *name;
+        /* hex of the SHA-256 of the model's files (a single .safetensors:
+         * the file, as A1111's "Model hash" shows the first 10 digits; a
+         * folder: its files in load order, concatenated) or "" if not
+         * known. Load order: the folder's .safetensors files by path in
+         * byte order, a subfolder's at its place; auxiliary files (the
+         * tokenizer's) are not part of it. */
+        const char *sha256;
+        /* What the model takes in the device pool (after its dtype
+         * conversion, auxiliary files included). */
+        uint64_t bytes;
+} gh_model_info;
 
 /* Services of the host, passed to every entry point. Members after the
  * first minor version are present only if struct_size covers them. Jobs
@@ -248,6 +273,25 @@ typedef struct gh_host {
          * once all calls have returned. fn must not call host services.
          * Returns 0, or -EINVAL for n == 0 or fn == NULL. */
         int (*parallel_for)(gh_job *job, uint32_t n, void (*fn)(void *ctx, uint32_t i, uint32_t thread), void *ctx);
+
+        /* ABI 1.2: the dtype and shape of a tensor of model |model| (the
+         * value of one of the job's model parameters), from the model's
+         * headers: usable in estimate() as well as later; data is NULL.
+         * -ENOENT: no such tensor or model. The tensor table is as the pool
+         * will hold it (after the model's dtype conversion).
+         * In estimate() the table is the one the daemon planned from the
+         * headers when it last read its catalogue (start, reload), for the
+         * model of every model parameter, defaults included; a model whose
+         * headers cannot be read has none (-ENOENT: the plugin reports it).
+         * From start() on it is the resident copy's table, for the models
+         * estimate() named. Auxiliary files are in it too (see gh_tensor). */
+        int (*model_tensor)(const gh_params *p, const char *model, const char *name, gh_tensor *ret);
+        /* ABI 1.2: facts about one of the job's models: one estimate()
+         * named; -ENOENT for another, -EINVAL if ret->struct_size is 0. The
+         * SHA-256 is that of the files the copy in the pool was read from:
+         * computed while loading it, or kept from an earlier load while the
+         * files' sizes and mtimes are unchanged. */
+        int (*model_info)(gh_job *job, const char *model, gh_model_info *ret);
 } gh_host;
 
 /* ---- the plugin's side ---- */

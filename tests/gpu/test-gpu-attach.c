@@ -4,11 +4,14 @@
  * SCM_RIGHTS), imports and maps them read-only, reads every tensor back from
  * the GPU and compares it bit for bit with the file, then unloads it and
  * checks with cuMemGetInfo that the device memory came back, within one
- * slab. Exits 77 (skip) without a driver or GPU. */
+ * slab. The SHA-256 the loader computes while uploading (the first load;
+ * the second, of unchanged files, skips it) must be the file's. Exits 77
+ * (skip) without a driver or GPU. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <json-c/json.h>
+#include <openssl/evp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,7 +29,7 @@
 
 #define SLAB (UINT64_C(64) << 20)
 
-static char sock[256];
+static char sock[256], model_path[512];
 
 #define CHECK(cond, ...)                                      \
         do {                                                  \
@@ -84,6 +87,43 @@ static int start_daemon(const char *dir, pid_t *ret) {
         return gh_test_daemon_start(conf, NULL, sock, NULL, ret);
 }
 
+/* Hex SHA-256 of the file at |path|. */
+static int file_sha256(const char *path, char out[65]) {
+        EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+        unsigned char md[EVP_MAX_MD_SIZE], buf[1 << 16];
+        unsigned len = 0;
+        size_t n;
+        FILE *f = fopen(path, "re");
+        int ok = f && ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1;
+
+        while (ok && (n = fread(buf, 1, sizeof(buf), f)) > 0)
+                ok = EVP_DigestUpdate(ctx, buf, n) == 1;
+        ok = ok && EVP_DigestFinal_ex(ctx, md, &len) == 1 && len == 32;
+        for (unsigned i = 0; ok && i < len; i++)
+                snprintf(out + 2 * i, 3, "%02x", md[i]);
+        if (f)
+                fclose(f);
+        EVP_MD_CTX_free(ctx);
+        return ok ? 0 : -EIO;
+}
+
+/* ListModels' "sha256" of model m must be the file's. */
+static int check_sha256(void) {
+        char want[65], *e;
+        const char *got = NULL;
+
+        CHECK(file_sha256(model_path, want) == 0, "hashing %s", model_path);
+        json_object *p = call("io.gpuhost.ListModels", NULL, &e), *ms = json_object_object_get(p, "models");
+        CHECK(!e, "ListModels: %s", e);
+        for (size_t i = 0; i < json_object_array_length(ms); i++)
+                if (strcmp(json_object_get_string(json_object_object_get(json_object_array_get_idx(ms, i), "name")), "m") == 0)
+                        got = json_object_get_string(json_object_object_get(json_object_array_get_idx(ms, i), "sha256"));
+        CHECK(got && strcmp(got, want) == 0, "sha256 %s, the file's is %s", got ? got : "(none)", want);
+        printf("sha256 %s: the file's\n", got);
+        json_object_put(p);
+        return 0;
+}
+
 /* Load, attach from here, read every tensor back, detach, unload. */
 static int cycle(gh_cuda *cu, gh_pool_cuda *pc, const gh_test_tensor *t, size_t n_t) {
         char *e;
@@ -95,6 +135,7 @@ static int cycle(gh_cuda *cu, gh_pool_cuda *pc, const gh_test_tensor *t, size_t 
                json_object_get_int64(json_object_object_get(p, "bytes_total")),
                json_object_get_double(json_object_object_get(p, "seconds")));
         json_object_put(p);
+        CHECK(check_sha256() == 0, "the model's SHA-256");
 
         attachment a = {0};
         gh_client *c = NULL;
@@ -165,8 +206,8 @@ int main(void) {
                 {"ids", GH_DTYPE_I64, 1, {77}, NULL},
                 {"big.weight", GH_DTYPE_F32, 2, {4096, 8192}, NULL}, /* 128 MiB: spans slabs */
         };
-        snprintf(path, sizeof(path), "%s/models/m.safetensors", dir);
-        CHECK(gh_test_write_safetensors(path, t, ELEMENTSOF(t), NULL, 8) >= 0, "writing the model");
+        snprintf(model_path, sizeof(model_path), "%s/models/m.safetensors", dir);
+        CHECK(gh_test_write_safetensors(model_path, t, ELEMENTSOF(t), NULL, 8) >= 0, "writing the model");
         CHECK(start_daemon(dir, &pid) >= 0, "gpuhostd did not start");
         cu->MemGetInfo(&free0, &total);
 

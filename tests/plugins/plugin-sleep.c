@@ -6,7 +6,11 @@
  * admission mistake would show as memory really used), reads the first
  * bytes of every tensor of |model| if one is given, and outputs "report",
  * text with what it saw: "threads=N min_threads=M sum=S". With steps=1,
- * step_ms=0, work=0 and workspace=0 it is a no-op job.
+ * step_ms=0, work=0 and workspace=0 it is a no-op job. Given an |image|,
+ * estimate() checks that it has a size but no pixels, start() reads its
+ * pixels, and the report adds " image=WxH:FORMAT:SUM:HASH" (the sum of
+ * its pixel bytes, and their FNV-1a hash), so a test can tell that the
+ * host decoded what it sent.
  *
  * On a GPU (built with nvcc), |spin_cycles| > 0 makes each step launch a
  * grid of |spin_blocks| blocks of 1024 threads on the job's stream, each
@@ -70,6 +74,7 @@ static const gh_plugin_param params[] = {
          .int_min = 0, .int_max = INT64_C(1) << 40, .int_default = 0},
         {GH_PARAM_HEADER, .name = "spin_blocks", .type = GH_PARAM_INT, .help = "GPU: blocks of 1024 threads a step",
          .int_min = 1, .int_max = 1 << 20, .int_default = 1024},
+        {GH_PARAM_HEADER, .name = "image", .type = GH_PARAM_IMAGE, .help = "an image to sum"},
 };
 
 typedef struct job_state {
@@ -80,6 +85,7 @@ typedef struct job_state {
         uint64_t sum;
         unsigned max_threads, min_threads;
         int64_t spin_cycles, spin_blocks;
+        char image[96];  /* "WxH:FORMAT:SUM:HASH" of the image, "" if none */
 #ifdef GH_SLEEP_CUDA
         sleep_cuda cu;
 #endif
@@ -96,9 +102,40 @@ static int64_t param(const gh_host *host, const gh_params *p, const char *name) 
         return v;
 }
 
+/* The image's size and format, pixels summed and hashed, into |buf|. */
+static int image_report(const gh_host *host, const gh_params *p, char *buf, size_t size) {
+        gh_image img;
+        uint64_t sum = 0, hash = 0xcbf29ce484222325u;
+        int r = host->param_image(p, "image", &img);
+
+        if (r == -ENOENT)
+                return 0;
+        if (r < 0)
+                return r;
+        if (!img.pixels || img.format == GH_IMAGE_RGB_F32)
+                return -EPROTO;
+        uint32_t row = img.width * (img.format == GH_IMAGE_RGBA8 ? 4 : 3);
+        for (uint32_t y = 0; y < img.height; y++)
+                for (uint32_t x = 0; x < row; x++) {
+                        uint8_t b = ((const uint8_t *) img.pixels)[(size_t) y * img.stride + x];
+                        sum += b;
+                        hash = (hash ^ b) * 0x100000001b3u;
+                }
+        snprintf(buf, size, "%ux%u:%s:%" PRIu64 ":%016" PRIx64, img.width, img.height,
+                 img.format == GH_IMAGE_RGBA8 ? "rgba8" : "rgb8", sum, hash);
+        return 0;
+}
+
 static int estimate(const gh_host *host, const gh_params *p, gh_plugin_needs *ret) {
         const char *model = NULL;
         uint64_t ws = (uint64_t) param(host, p, "workspace");
+        gh_image img;
+        int r = host->param_image(p, "image", &img);
+
+        if (r >= 0 && (img.pixels || img.width == 0 || img.height == 0 || img.stride < img.width * 3))
+                return -EPROTO; /* a size, no pixels yet */
+        if (r < 0 && r != -ENOENT)
+                return r;
 
         ret->steps = (uint32_t) param(host, p, "steps");
         ret->workspace[GH_DEVICE_KIND_CPU] = ws ? ws : 1;
@@ -126,10 +163,15 @@ static int start(const gh_host *host, gh_job *job, const gh_params *p, void **re
                 s->model = NULL;
         s->spin_cycles = param(host, p, "spin_cycles");
         s->spin_blocks = param(host, p, "spin_blocks");
+        int r = image_report(host, p, s->image, sizeof(s->image));
+        if (r < 0) {
+                free(s);
+                return r;
+        }
         host->device(job, &dev);
 #ifdef GH_SLEEP_CUDA
         if (dev.kind == GH_DEVICE_KIND_CUDA && s->spin_cycles > 0) {
-                int r = cuda_setup(host, job, s);
+                r = cuda_setup(host, job, s);
                 if (r < 0) {
                         cuda_done(s);
                         free(s);
@@ -138,7 +180,7 @@ static int start(const gh_host *host, gh_job *job, const gh_params *p, void **re
         }
 #endif
         if (s->workspace && dev.kind == GH_DEVICE_KIND_CPU) {
-                int r = host->workspace_alloc(job, s->workspace, 64, (void **) &s->ws);
+                r = host->workspace_alloc(job, s->workspace, 64, (void **) &s->ws);
                 if (r < 0) {
                         free(s);
                         return r;
@@ -296,6 +338,8 @@ static int finish(const gh_host *host, gh_job *job, void *state) {
                 n += snprintf(text + n, sizeof(text) - (size_t) n, "%016" PRIx64, s->cu.sms[i]);
         cuda_done(s);
 #endif
+        if (s->image[0])
+                n += snprintf(text + n, sizeof(text) - (size_t) n, " image=%s", s->image);
         n += snprintf(text + n, sizeof(text) - (size_t) n, "\n");
         int r = host->output_bytes(job, "report", (size_t) n, &out);
 

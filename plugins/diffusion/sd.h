@@ -1,0 +1,117 @@
+/* Stable Diffusion 1.x model parts: the CLIP text encoder, the UNet and the
+ * VAE, loaded from a checkpoint part (views onto its tensors, every shape
+ * checked at load) and evaluated with the runtime's ops. Sizes come from
+ * the tensor shapes; see docs/diffusion.md for the fixed rules. */
+#pragma once
+
+#include "runtime.h"
+
+#define GH_SD_MAX_LEVELS 6
+#define GH_SD_MAX_RES 4
+#define GH_SD_MAX_DEPTH 4
+#define GH_SD_LATENT_SCALE 0.18215f
+
+/* ---- CLIP text encoder ---- */
+
+typedef struct gh_clip_layer {
+        gh_dnorm ln1, ln2;
+        gh_dlin q, k, v, o, fc1, fc2;
+} gh_clip_layer;
+
+typedef struct gh_clip {
+        int64_t width, layers, heads, vocab, positions, mlp;
+        gh_dt tokens, pos;
+        gh_clip_layer *l;
+        gh_dnorm final;
+} gh_clip;
+
+int gh_clip_load(gh_dpart *p, gh_clip *ret);
+void gh_clip_unload(gh_clip *m);
+/* ids: n sequences of m->positions tokens; out [n, positions, width].
+ * clip_skip 1 = the last layer. */
+int gh_clip_encode(gh_dctx *c, const gh_clip *m, const int32_t *ids, int64_t n, int clip_skip, gh_dt *out);
+
+/* ---- UNet ---- */
+
+typedef struct gh_resblock {
+        int64_t in, out;
+        gh_dnorm n1, n2;
+        gh_dlin c1, c2, temb, skip;
+} gh_resblock;
+
+typedef struct gh_tblock {
+        gh_dnorm ln1, ln2, ln3;
+        gh_dlin q1, k1, v1, o1, q2, k2, v2, o2, ff1, ff2;
+} gh_tblock;
+
+typedef struct gh_transformer {
+        int64_t ch, heads, depth;
+        bool linear_proj;
+        gh_dnorm norm;
+        gh_dlin proj_in, proj_out;
+        gh_tblock b[GH_SD_MAX_DEPTH];
+} gh_transformer;
+
+typedef struct gh_unet_cfg {
+        int64_t in_ch, out_ch, mc, temb, levels, res, ctx, mult[GH_SD_MAX_LEVELS];
+        bool attn[GH_SD_MAX_LEVELS], linear_proj;
+        int64_t heads_fixed, head_dim; /* one of them: 8 heads (SD1) or 64 per head */
+        int64_t depth;
+} gh_unet_cfg;
+
+typedef struct gh_unet {
+        gh_unet_cfg cfg;
+        gh_dlin conv_in, t1, t2, conv_out;
+        gh_dnorm norm_out;
+        gh_resblock down[GH_SD_MAX_LEVELS][GH_SD_MAX_RES];
+        gh_transformer down_attn[GH_SD_MAX_LEVELS][GH_SD_MAX_RES];
+        gh_dlin downsample[GH_SD_MAX_LEVELS];
+        gh_resblock mid0, mid1;
+        gh_transformer mid_attn;
+        gh_resblock up[GH_SD_MAX_LEVELS][GH_SD_MAX_RES + 1];
+        gh_transformer up_attn[GH_SD_MAX_LEVELS][GH_SD_MAX_RES + 1];
+        gh_dlin upsample[GH_SD_MAX_LEVELS];
+} gh_unet;
+
+int gh_unet_load(gh_dpart *p, gh_unet *ret);
+/* The factor height and width of the latent must be multiples of. */
+int64_t gh_unet_multiple(const gh_unet *m);
+/* out[B,out_ch,H,W] = unet(x[B,in_ch,H,W], t (B floats, host), ctx[B,T,ctx]). */
+int gh_unet_eval(gh_dctx *c, const gh_unet *m, const gh_dt *x, const float *t, const gh_dt *ctx, gh_dt *out);
+
+/* ---- VAE ---- */
+
+typedef struct gh_vae_attn {
+        gh_dnorm norm;
+        gh_dlin q, k, v, o;
+} gh_vae_attn;
+
+typedef struct gh_vae_half {
+        gh_dlin conv_in, conv_out;
+        gh_dnorm norm_out;
+        gh_resblock res[GH_SD_MAX_LEVELS][GH_SD_MAX_RES + 1];
+        gh_dlin resample[GH_SD_MAX_LEVELS];
+        gh_resblock mid0, mid1;
+        gh_vae_attn attn;
+} gh_vae_half;
+
+typedef struct gh_vae {
+        int64_t ch, levels, res, z, mult[GH_SD_MAX_LEVELS];
+        bool has_encoder;
+        gh_vae_half enc, dec;
+        gh_dlin quant, post_quant;
+} gh_vae;
+
+int gh_vae_load(gh_dpart *p, gh_vae *ret);
+/* The image-to-latent size factor (8 for SD). */
+int64_t gh_vae_factor(const gh_vae *m);
+/* latent[B,z,h,w] (scaled by 0.18215) -> image[B,3,H,W], the raw decoder
+ * output (about -1..1). */
+int gh_vae_decode(gh_dctx *c, const gh_vae *m, const gh_dt *latent, gh_dt *image);
+/* image[B,3,H,W] in -1..1 (2 * rgb - 1) -> latent[B,z,h,w]: the posterior mean times 0.18215. */
+int gh_vae_encode(gh_dctx *c, const gh_vae *m, const gh_dt *image, gh_dt *latent);
+
+/* Shared by the UNet and the VAE (eps 1e-5 or 1e-6; temb NULL in the VAE). */
+int gh_resblock_load(gh_dpart *p, gh_resblock *rb, int64_t in, int64_t out, int64_t temb, const char *name);
+int gh_resblock_eval(gh_dctx *c, const gh_resblock *rb, float eps, const gh_dt *x, const gh_dt *temb_act,
+                     gh_dt *ret);

@@ -1,0 +1,505 @@
+/* gpuhost-sd: runs one part of the diffusion runtime on a checkpoint read
+ * from files (a .safetensors file or a diffusers-style folder), on inputs
+ * read from safetensors files (FILE:TENSOR), and writes the result as .npy
+ * (float32, C order). For tests, debugging and measuring:
+ *
+ *   gpuhost-sd --model PATH [--tokenizer DIR] [--threads N] COMMAND ...
+ *     tokenize PROMPT
+ *     encode-text (--ids F:T | --prompt TEXT) [--clip-skip N] -o OUT.npy
+ *     unet --x F:T --t F:T --context F:T -o OUT.npy
+ *     vae-decode --latent F:T -o OUT.npy
+ *     vae-encode --image F:T -o OUT.npy            (image in 0..1)
+ *     sample [--prompt P] [--negative N] [--sampler S] [--steps N] [--cfg C]
+ *            [--seed N] [--width W] [--height H] [--v-pred]
+ *            [--init F:T --strength S] [-o LATENT.npy] [--image OUT.ppm]
+ *     plan [--width W] [--height H] [--batch B] [--steps N] [--sampler S]
+ *
+ * "sample" runs the whole pipeline (prompts, sampler, decode), printing the
+ * time per phase; --init takes an encoded latent for img2img. */
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "dfiles.h"
+#include "pipeline.h"
+#include "prompt.h"
+
+/* ---- a thread pool for the CPU backend ---- */
+
+typedef struct pool {
+        pthread_t th[64];
+        uint32_t n;
+        pthread_mutex_t lock;
+        pthread_cond_t go, done;
+        uint64_t gen;
+        uint32_t busy;
+        bool quit;
+        void (*fn)(void *, uint32_t, uint32_t);
+        void *ctx;
+        uint32_t items;
+        atomic_uint next;
+} pool;
+
+static void pool_drain(pool *p, uint32_t thread) {
+        uint32_t i;
+
+        while ((i = atomic_fetch_add(&p->next, 1)) < p->items)
+                p->fn(p->ctx, i, thread);
+}
+
+static void *pool_main(void *arg) {
+        pool *p = ((void **) arg)[0];
+        uint32_t me = (uint32_t) (uintptr_t) ((void **) arg)[1];
+        uint64_t seen = 0;
+
+        free(arg);
+        pthread_mutex_lock(&p->lock);
+        for (;;) {
+                while (p->gen == seen && !p->quit)
+                        pthread_cond_wait(&p->go, &p->lock);
+                if (p->quit)
+                        break;
+                seen = p->gen;
+                pthread_mutex_unlock(&p->lock);
+                pool_drain(p, me);
+                pthread_mutex_lock(&p->lock);
+                if (--p->busy == 0)
+                        pthread_cond_signal(&p->done);
+        }
+        pthread_mutex_unlock(&p->lock);
+        return NULL;
+}
+
+static int pool_for(void *pctx, uint32_t n, void (*fn)(void *, uint32_t, uint32_t), void *ctx) {
+        pool *p = pctx;
+
+        if (!n || !fn)
+                return -EINVAL;
+        pthread_mutex_lock(&p->lock);
+        p->fn = fn;
+        p->ctx = ctx;
+        p->items = n;
+        atomic_store(&p->next, 0);
+        p->busy = p->n - 1;
+        p->gen++;
+        pthread_cond_broadcast(&p->go);
+        pthread_mutex_unlock(&p->lock);
+        pool_drain(p, 0);
+        pthread_mutex_lock(&p->lock);
+        while (p->busy)
+                pthread_cond_wait(&p->done, &p->lock);
+        pthread_mutex_unlock(&p->lock);
+        return 0;
+}
+
+static void pool_start(pool *p, uint32_t n) {
+        *p = (pool){.n = n ? n : 1};
+        pthread_mutex_init(&p->lock, NULL);
+        pthread_cond_init(&p->go, NULL);
+        pthread_cond_init(&p->done, NULL);
+        for (uint32_t i = 1; i < p->n; i++) {
+                void **arg = malloc(2 * sizeof(void *));
+                arg[0] = p;
+                arg[1] = (void *) (uintptr_t) i;
+                pthread_create(&p->th[i], NULL, pool_main, arg);
+        }
+}
+
+static void pool_stop(pool *p) {
+        pthread_mutex_lock(&p->lock);
+        p->quit = true;
+        pthread_cond_broadcast(&p->go);
+        pthread_mutex_unlock(&p->lock);
+        for (uint32_t i = 1; i < p->n; i++)
+                pthread_join(p->th[i], NULL);
+}
+
+/* ---- files ---- */
+
+/* FILE:TENSOR as floats. */
+static float *input(const char *spec, size_t *ret_n, gh_tensor *ret_t) {
+        char path[4096], err[1024];
+        const char *colon = strrchr(spec, ':');
+        gh_dfiles *f;
+        gh_tensor t;
+        float *v;
+
+        if (!colon || (size_t) (colon - spec) >= sizeof(path)) {
+                fprintf(stderr, "gpuhost-sd: %s: expected FILE:TENSOR\n", spec);
+                exit(2);
+        }
+        memcpy(path, spec, (size_t) (colon - spec));
+        path[colon - spec] = 0;
+        if (gh_dfiles_open(path, NULL, &f, err, sizeof(err)) < 0 ||
+            gh_dfiles_source(f)->lookup(gh_dfiles_source(f)->ctx, colon + 1, &t) < 0) {
+                fprintf(stderr, "gpuhost-sd: %s: %s\n", spec, err[0] ? err : "no such tensor");
+                exit(1);
+        }
+        size_t n = 1;
+        for (uint32_t i = 0; i < t.n_dims; i++)
+                n *= t.shape[i];
+        v = malloc(n * sizeof(float) + 1);
+        for (size_t i = 0; i < n; i++)
+                switch (t.dtype) {
+                case GH_TENSOR_F32: v[i] = ((const float *) t.data)[i]; break;
+                case GH_TENSOR_I32: v[i] = (float) ((const int32_t *) t.data)[i]; break;
+                case GH_TENSOR_I64: v[i] = (float) ((const int64_t *) t.data)[i]; break;
+                default: fprintf(stderr, "gpuhost-sd: %s: F32, I32 or I64 expected\n", spec); exit(1);
+                }
+        if (ret_t) {
+                *ret_t = t;
+                ret_t->data = NULL; /* the mapping goes below */
+        }
+        *ret_n = n;
+        gh_dfiles_close(f);
+        return v;
+}
+
+static int write_npy(const char *path, const float *v, const gh_dt *shape) {
+        char head[256], dims[128] = "";
+        size_t k = 0, n = 1;
+        FILE *f;
+
+        for (uint32_t i = 0; i < shape->n_dims; i++) {
+                k += (size_t) snprintf(dims + k, sizeof(dims) - k, "%lld,%s", (long long) shape->shape[i],
+                                       i + 1 < shape->n_dims ? " " : "");
+                n *= (size_t) shape->shape[i];
+        }
+        int len = snprintf(head, sizeof(head), "{'descr': '<f4', 'fortran_order': False, 'shape': (%s), }", dims);
+        int pad = 64 - (10 + len + 1) % 64;
+        if (!(f = fopen(path, "wbe")))
+                return -errno;
+        fwrite("\x93NUMPY\x01\x00", 1, 8, f);
+        uint16_t hl = (uint16_t) (len + pad + 1);
+        fwrite(&hl, 2, 1, f);
+        fprintf(f, "%s%*s\n", head, pad, "");
+        fwrite(v, sizeof(float), n, f);
+        return fclose(f) == 0 ? 0 : -EIO;
+}
+
+/* ---- commands ---- */
+
+typedef struct opts {
+        const char *model, *tokenizer, *out, *ids, *prompt, *negative, *x, *t, *context, *latent, *image, *init,
+                *sampler, *ppm;
+        int threads, clip_skip, steps, width, height, batch;
+        double cfg, strength;
+        uint64_t seed;
+        bool v_pred, img2img;
+} opts;
+
+static double now(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double) ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void die_ctx(const gh_dctx *c, int r) {
+        fprintf(stderr, "gpuhost-sd: %s\n", c->err[0] ? c->err : strerror(-r));
+        exit(1);
+}
+
+#define CK(c, expr)                         \
+        do {                                \
+                int _r = (expr);            \
+                if (_r < 0)                 \
+                        die_ctx((c), _r);   \
+        } while (0)
+
+static gh_tokenizer *tokenizer(gh_dfiles *f) {
+        const gh_dsource *s = gh_dfiles_source(f);
+        gh_tensor v, m;
+        gh_tokenizer *t;
+        char err[1024];
+
+        if (s->lookup(s->ctx, "tokenizer/vocab.json", &v) < 0 || s->lookup(s->ctx, "tokenizer/merges.txt", &m) < 0) {
+                fprintf(stderr, "gpuhost-sd: no tokenizer (a folder's tokenizer/, or --tokenizer DIR)\n");
+                exit(1);
+        }
+        if (gh_tokenizer_new(v.data, v.bytes, m.data, m.bytes, &t, err, sizeof(err)) < 0) {
+                fprintf(stderr, "gpuhost-sd: %s\n", err);
+                exit(1);
+        }
+        return t;
+}
+
+static void tokens(gh_tokenizer *t, const char *prompt, gh_prompt_tokens *ret) {
+        char err[1024];
+
+        if (gh_prompt_tokenize(t, prompt, ret, err, sizeof(err)) < 0) {
+                fprintf(stderr, "gpuhost-sd: %s\n", err);
+                exit(1);
+        }
+}
+
+static int cmd_tokenize(gh_dfiles *f, const opts *o) {
+        gh_tokenizer *t = tokenizer(f);
+        gh_prompt_tokens *p = calloc(1, sizeof(*p));
+
+        tokens(t, o->prompt ? o->prompt : "", p);
+        for (uint32_t c = 0; c < p->n_chunks; c++) {
+                printf("chunk %u:", c);
+                for (int i = 0; i < 77; i++)
+                        printf(p->weights[c][i] != 1.0f ? " %d:%g" : " %d", p->ids[c][i], (double) p->weights[c][i]);
+                printf("\n");
+        }
+        free(p);
+        gh_tokenizer_free(t);
+        return 0;
+}
+
+static int cmd_run(gh_dfiles *f, const gh_sd_models *m, const char *cmd, const opts *o, gh_dctx *c) {
+        size_t n1, n2, n3;
+        gh_tensor t1;
+        gh_dt a, b, y;
+        float *out;
+
+        if (strcmp(cmd, "encode-text") == 0) {
+                int32_t *ids;
+                int64_t seqs;
+                if (o->ids) {
+                        float *v = input(o->ids, &n1, &t1);
+                        ids = malloc(n1 * sizeof(int32_t));
+                        for (size_t i = 0; i < n1; i++)
+                                ids[i] = (int32_t) v[i];
+                        free(v);
+                } else {
+                        gh_tokenizer *t = tokenizer(f);
+                        gh_prompt_tokens *p = calloc(1, sizeof(*p));
+                        tokens(t, o->prompt ? o->prompt : "", p);
+                        n1 = p->n_chunks * 77u;
+                        ids = malloc(n1 * sizeof(int32_t));
+                        memcpy(ids, p->ids, n1 * sizeof(int32_t));
+                        free(p);
+                        gh_tokenizer_free(t);
+                }
+                seqs = (int64_t) n1 / 77;
+                CK(c, gh_dt_new(c, &y, seqs, 77, m->clip.width));
+                CK(c, gh_clip_encode(c, &m->clip, ids, seqs, o->clip_skip, &y));
+                free(ids);
+        } else if (strcmp(cmd, "unet") == 0) {
+                float *x = input(o->x, &n1, &t1), *t = input(o->t, &n2, NULL), *ctx = input(o->context, &n3, NULL);
+                CK(c, gh_dt_new(c, &a, (int64_t) t1.shape[0], (int64_t) t1.shape[1], (int64_t) t1.shape[2], (int64_t) t1.shape[3]));
+                CK(c, gh_op_upload(c, x, &a));
+                CK(c, gh_dt_new(c, &b, (int64_t) n2, (int64_t) n3 / (int64_t) n2 / m->unet.cfg.ctx, m->unet.cfg.ctx));
+                CK(c, gh_op_upload(c, ctx, &b));
+                CK(c, gh_dt_new(c, &y, a.shape[0], m->unet.cfg.out_ch, a.shape[2], a.shape[3]));
+                CK(c, gh_unet_eval(c, &m->unet, &a, t, &b, &y));
+                free(x);
+                free(t);
+                free(ctx);
+        } else if (strcmp(cmd, "vae-decode") == 0 || strcmp(cmd, "vae-encode") == 0) {
+                bool dec = cmd[4] == 'd';
+                int64_t fct = gh_vae_factor(&m->vae);
+                float *x = input(dec ? o->latent : o->image, &n1, &t1);
+                CK(c, gh_dt_new(c, &a, (int64_t) t1.shape[0], (int64_t) t1.shape[1], (int64_t) t1.shape[2], (int64_t) t1.shape[3]));
+                if (!dec)
+                        for (size_t i = 0; i < n1; i++)
+                                x[i] = 2 * x[i] - 1;
+                CK(c, gh_op_upload(c, x, &a));
+                if (dec) {
+                        CK(c, gh_dt_new(c, &y, a.shape[0], 3, a.shape[2] * fct, a.shape[3] * fct));
+                        CK(c, gh_vae_decode(c, &m->vae, &a, &y));
+                } else {
+                        CK(c, gh_dt_new(c, &y, a.shape[0], m->vae.z, a.shape[2] / fct, a.shape[3] / fct));
+                        CK(c, gh_vae_encode(c, &m->vae, &a, &y));
+                }
+                free(x);
+        } else {
+                fprintf(stderr, "gpuhost-sd: unknown command %s\n", cmd);
+                return 2;
+        }
+        out = malloc((size_t) gh_dt_numel(&y) * sizeof(float));
+        CK(c, gh_op_download(c, &y, out));
+        if (!o->out || write_npy(o->out, out, &y) < 0) {
+                fprintf(stderr, "gpuhost-sd: cannot write %s\n", o->out ? o->out : "(no -o)");
+                return 1;
+        }
+        free(out);
+        return 0;
+}
+
+static gh_sd_params params_of(const opts *o) {
+        return (gh_sd_params){.width = (uint32_t) o->width, .height = (uint32_t) o->height, .batch = (uint32_t) o->batch,
+                              .steps = (uint32_t) o->steps, .clip_skip = (uint32_t) o->clip_skip, .cfg = (float) o->cfg,
+                              .sampler = gh_sampler_from_name(o->sampler), .v_pred = o->v_pred, .seed = o->seed,
+                              .img2img = o->img2img, .strength = o->strength};
+}
+
+static int write_ppm(const char *path, const uint8_t *rgb, int w, int h) {
+        FILE *f = fopen(path, "wbe");
+
+        if (!f)
+                return -errno;
+        fprintf(f, "P6\n%d %d\n255\n", w, h);
+        fwrite(rgb, 3, (size_t) w * h, f);
+        return fclose(f) == 0 ? 0 : -EIO;
+}
+
+static int cmd_sample(gh_dfiles *f, const gh_sd_models *m, const opts *o, gh_dctx *c) {
+        gh_sd_params p = params_of(o);
+        gh_tokenizer *t = tokenizer(f);
+        gh_prompt_tokens *cond = calloc(1, sizeof(*cond)), *uncond = calloc(1, sizeof(*uncond));
+        float *init = NULL, *lat;
+        size_t n, plan;
+        gh_tensor ti;
+        uint8_t *rgb;
+        gh_sd_run r;
+        char err[1200];
+        double t0, t1, t2, t3;
+
+        tokens(t, o->prompt ? o->prompt : "", cond);
+        tokens(t, o->negative ? o->negative : "", uncond);
+        uint32_t chunks = cond->n_chunks > uncond->n_chunks ? cond->n_chunks : uncond->n_chunks;
+        if (gh_sd_params_check(m, &p, err, sizeof(err)) < 0 || gh_sd_plan(m, &p, chunks, &plan, err, sizeof(err)) < 0) {
+                fprintf(stderr, "gpuhost-sd: %s\n", err);
+                return 1;
+        }
+        if (o->init)
+                init = input(o->init, &n, &ti);
+        t0 = now();
+        CK(c, gh_sd_run_init(&r, m, &p, c, chunks, cond, uncond, NULL));
+        r.init_latent_host = init;
+        CK(c, gh_sd_run_prepare(&r));
+        t1 = now();
+        for (uint32_t i = 0; i < gh_sd_steps_run(&p); i++)
+                CK(c, gh_sd_run_step(&r, i));
+        t2 = now();
+        rgb = malloc((size_t) p.width * p.height * 3);
+        CK(c, gh_sd_run_decode(&r, 0, rgb, NULL));
+        t3 = now();
+        printf("prepare %.3f s, %u steps %.3f s (%.3f s/step), decode %.3f s, total %.3f s; workspace %zu bytes planned, %zu peak\n",
+               t1 - t0, gh_sd_steps_run(&p), t2 - t1, gh_sd_steps_run(&p) ? (t2 - t1) / gh_sd_steps_run(&p) : 0.0,
+               t3 - t2, t3 - t0, plan, gh_arena_peak(c->arena));
+        lat = malloc((size_t) gh_dt_numel(&r.x) * sizeof(float));
+        CK(c, gh_op_download(c, &r.x, lat));
+        if (o->out && write_npy(o->out, lat, &r.x) < 0)
+                return fprintf(stderr, "gpuhost-sd: cannot write %s\n", o->out), 1;
+        if (o->ppm && write_ppm(o->ppm, rgb, o->width, o->height) < 0)
+                return fprintf(stderr, "gpuhost-sd: cannot write %s\n", o->ppm), 1;
+        gh_sd_run_free(&r);
+        gh_tokenizer_free(t);
+        free(lat);
+        free(rgb);
+        free(init);
+        free(cond);
+        free(uncond);
+        return 0;
+}
+
+static int cmd_plan(const gh_sd_models *m, const opts *o) {
+        gh_sd_params p = params_of(o);
+        char err[1200];
+        size_t bytes;
+
+        if (gh_sd_params_check(m, &p, err, sizeof(err)) < 0 || gh_sd_plan(m, &p, 1, &bytes, err, sizeof(err)) < 0) {
+                fprintf(stderr, "gpuhost-sd: %s\n", err);
+                return 1;
+        }
+        printf("%zu\n", bytes);
+        return 0;
+}
+
+static void usage(void) {
+        fprintf(stderr, "usage: gpuhost-sd --model PATH [--tokenizer DIR] [--threads N] "
+                        "tokenize|encode-text|unet|vae-decode|vae-encode|sample|plan [OPTIONS]\n");
+        exit(2);
+}
+
+int main(int argc, char **argv) {
+        static const struct option longs[] = {
+                {"model", 1, NULL, 'm'},     {"tokenizer", 1, NULL, 'T'}, {"threads", 1, NULL, 'j'},
+                {"ids", 1, NULL, 'i'},       {"prompt", 1, NULL, 'p'},    {"negative", 1, NULL, 'n'},
+                {"clip-skip", 1, NULL, 'k'}, {"x", 1, NULL, 'x'},         {"t", 1, NULL, 't'},
+                {"context", 1, NULL, 'c'},   {"latent", 1, NULL, 'l'},    {"image", 1, NULL, 'I'},
+                {"sampler", 1, NULL, 's'},   {"steps", 1, NULL, 'S'},     {"cfg", 1, NULL, 'g'},
+                {"seed", 1, NULL, 'e'},      {"width", 1, NULL, 'W'},     {"height", 1, NULL, 'H'},
+                {"batch", 1, NULL, 'b'},     {"v-pred", 0, NULL, 'v'},    {"init", 1, NULL, 'a'},
+                {"strength", 1, NULL, 'r'},  {"ppm", 1, NULL, 'P'},       {"img2img", 0, NULL, 'M'},
+                {NULL, 0, NULL, 0},
+        };
+        opts o = {.threads = 1, .clip_skip = 1, .steps = 20, .width = 64, .height = 64, .batch = 1, .cfg = 7.5,
+                  .sampler = "euler_a", .strength = 0.75};
+        char err[1024];
+        gh_sd_models m;
+        gh_dfiles *f;
+        gh_dctx c = {.be = &gh_dbackend_cpu};
+        gh_dcpu cpu;
+        pool pl;
+        void *mem;
+        int opt, r;
+
+        while ((opt = getopt_long(argc, argv, "o:", longs, NULL)) != -1)
+                switch (opt) {
+                case 'm': o.model = optarg; break;
+                case 'T': o.tokenizer = optarg; break;
+                case 'j': o.threads = atoi(optarg); break;
+                case 'o': o.out = optarg; break;
+                case 'i': o.ids = optarg; break;
+                case 'p': o.prompt = optarg; break;
+                case 'n': o.negative = optarg; break;
+                case 'k': o.clip_skip = atoi(optarg); break;
+                case 'x': o.x = optarg; break;
+                case 't': o.t = optarg; break;
+                case 'c': o.context = optarg; break;
+                case 'l': o.latent = optarg; break;
+                case 'I': o.image = optarg; break;
+                case 's': o.sampler = optarg; break;
+                case 'S': o.steps = atoi(optarg); break;
+                case 'g': o.cfg = atof(optarg); break;
+                case 'e': o.seed = strtoull(optarg, NULL, 0); break;
+                case 'W': o.width = atoi(optarg); break;
+                case 'H': o.height = atoi(optarg); break;
+                case 'b': o.batch = atoi(optarg); break;
+                case 'v': o.v_pred = true; break;
+                case 'a': o.init = optarg; o.img2img = true; break;
+                case 'r': o.strength = atof(optarg); break;
+                case 'P': o.ppm = optarg; break;
+                case 'M': o.img2img = true; break;
+                default: usage();
+                }
+        if (!o.model || optind >= argc || o.threads < 1 || o.threads > 64 || gh_sampler_from_name(o.sampler) < 0)
+                usage();
+        if (optind + 1 < argc && !o.prompt)
+                o.prompt = argv[optind + 1];
+        if (gh_dfiles_open(o.model, o.tokenizer, &f, err, sizeof(err)) < 0) {
+                fprintf(stderr, "gpuhost-sd: %s\n", err);
+                return 1;
+        }
+        if (strcmp(argv[optind], "tokenize") == 0)
+                return cmd_tokenize(f, &o), gh_dfiles_close(f), 0;
+        if (gh_sd_models_load(&m, gh_dfiles_source(f)) < 0) {
+                fprintf(stderr, "gpuhost-sd: %s\n", m.err);
+                return 1;
+        }
+        if (strcmp(argv[optind], "plan") == 0)
+                return cmd_plan(&m, &o);
+        pool_start(&pl, (uint32_t) o.threads);
+        cpu = (gh_dcpu){.parallel_for = pool_for, .pctx = &pl, .threads = pl.n};
+        c.be_state = &cpu;
+        /* Component runs take what they need; sample plans exactly. */
+        size_t bytes = (size_t) 2 << 30;
+        if (strcmp(argv[optind], "sample") == 0) {
+                gh_sd_params p = params_of(&o);
+                if (gh_sd_params_check(&m, &p, err, sizeof(err)) < 0 ||
+                    gh_sd_plan(&m, &p, 8, &bytes, err, sizeof(err)) < 0) {
+                        fprintf(stderr, "gpuhost-sd: %s\n", err);
+                        return 1;
+                }
+        }
+        if (!(mem = aligned_alloc(GH_ARENA_ALIGN, bytes)) || gh_arena_new(mem, bytes, &c.arena) < 0)
+                return fprintf(stderr, "gpuhost-sd: out of memory\n"), 1;
+        r = strcmp(argv[optind], "sample") == 0 ? cmd_sample(f, &m, &o, &c) : cmd_run(f, &m, argv[optind], &o, &c);
+        gh_arena_free(c.arena);
+        free(mem);
+        pool_stop(&pl);
+        gh_sd_models_unload(&m);
+        gh_dfiles_close(f);
+        return r;
+}

@@ -1,0 +1,432 @@
+/* The txt2img and img2img pipelines (one source, built twice; IMG2IMG
+ * selects img2img) on an SD 1.x checkpoint of the model store, through the
+ * diffusion runtime on the CPU device.
+ *
+ * estimate() loads the checkpoint's shapes (host->model_tensor), checks
+ * the parameters against them and plans the workspace by running the whole
+ * job dry, with as many prompt chunks as the prompts could need at most.
+ * start() loads the views onto the pool, tokenizes, plans again with the
+ * real chunk count and takes exactly that arena. Step 0 also encodes the
+ * prompts (and the input image); the last step decodes into the outputs. */
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include <gpuhost/plugin.h>
+
+#include "pipeline.h"
+#include "prompt.h"
+
+#define HOST_HAS(h, member) ((h)->struct_size >= offsetof(gh_host, member) + sizeof((h)->member))
+
+static const char *const predictions[] = {"epsilon", "v_prediction", NULL};
+
+#define COMMON_PARAMS                                                                                              \
+        {GH_PARAM_HEADER, .name = "model", .type = GH_PARAM_MODEL, .required = true,                                 \
+         .help = "an SD 1.x checkpoint of the model store"},                                                      \
+        {GH_PARAM_HEADER, .name = "prompt", .type = GH_PARAM_STRING, .string_max = 8192, .string_default = "",     \
+         .help = "what to draw; A1111 syntax: (word:1.3), (word), [word], BREAK"},                               \
+        {GH_PARAM_HEADER, .name = "negative_prompt", .type = GH_PARAM_STRING, .string_max = 8192,                  \
+         .string_default = "", .help = "what to steer away from"},                                                 \
+        {GH_PARAM_HEADER, .name = "steps", .type = GH_PARAM_INT, .int_min = 1, .int_max = 150, .int_default = 20, \
+         .help = "sampler steps"},                                                                                 \
+        {GH_PARAM_HEADER, .name = "cfg_scale", .type = GH_PARAM_FLOAT, .float_min = 1, .float_max = 30,           \
+         .float_default = 7.5, .help = "classifier-free guidance scale (1: no negative pass)"},                   \
+        {GH_PARAM_HEADER, .name = "sampler", .type = GH_PARAM_ENUM, .choices = gh_sampler_names,                   \
+         .enum_default = "euler_a", .help = "euler, euler_a, ddim, dpmpp_2m or dpmpp_2m_karras"},                  \
+        {GH_PARAM_HEADER, .name = "seed", .type = GH_PARAM_INT, .int_min = -1, .int_max = 4294967295LL,           \
+         .int_default = -1, .help = "noise seed; -1: random (reported in the metadata)"},                         \
+        {GH_PARAM_HEADER, .name = "batch_size", .type = GH_PARAM_INT, .int_min = 1, .int_max = GH_SD_MAX_BATCH,    \
+         .int_default = 1, .help = "images per job (seeds seed, seed+1, ...)"},                                   \
+        {GH_PARAM_HEADER, .name = "clip_skip", .type = GH_PARAM_INT, .int_min = 1, .int_max = 12,                 \
+         .int_default = 1, .help = "text encoder layers to skip from the end, plus one (A1111)"},                 \
+        {GH_PARAM_HEADER, .name = "prediction", .type = GH_PARAM_ENUM, .choices = predictions,                     \
+         .enum_default = "epsilon", .help = "what the UNet predicts: epsilon (SD 1.x) or v_prediction"}
+
+#ifdef IMG2IMG
+static const gh_plugin_param params[] = {
+        COMMON_PARAMS,
+        {GH_PARAM_HEADER, .name = "image", .type = GH_PARAM_IMAGE, .required = true,
+         .help = "the input image (its size is the output's; multiples of 8)"},
+        {GH_PARAM_HEADER, .name = "strength", .type = GH_PARAM_FLOAT, .float_min = 0, .float_max = 1,
+         .float_default = 0.75, .help = "how much to change: the share of the steps run (0: the VAE round trip)"},
+};
+#else
+static const gh_plugin_param params[] = {
+        COMMON_PARAMS,
+        {GH_PARAM_HEADER, .name = "width", .type = GH_PARAM_INT, .int_min = GH_SD_MIN_SIZE, .int_max = GH_SD_MAX_SIZE,
+         .int_default = 512, .help = "pixels, a multiple of 8"},
+        {GH_PARAM_HEADER, .name = "height", .type = GH_PARAM_INT, .int_min = GH_SD_MIN_SIZE, .int_max = GH_SD_MAX_SIZE,
+         .int_default = 512, .help = "pixels, a multiple of 8"},
+};
+#endif
+
+/* ---- parameters and the checkpoint ---- */
+
+typedef struct setup {
+        const char *model, *prompt, *negative, *sampler, *prediction;
+        int64_t seed;
+        gh_sd_params p;
+        gh_image image;
+} setup;
+
+static int read_params(const gh_host *h, const gh_params *ps, setup *s, char *err, size_t n) {
+        int64_t steps, batch, skip, v;
+        double cfg;
+        int r;
+
+        if ((r = h->param_string(ps, "model", &s->model)) < 0 || (r = h->param_string(ps, "prompt", &s->prompt)) < 0 ||
+            (r = h->param_string(ps, "negative_prompt", &s->negative)) < 0 ||
+            (r = h->param_string(ps, "sampler", &s->sampler)) < 0 ||
+            (r = h->param_string(ps, "prediction", &s->prediction)) < 0 || (r = h->param_int(ps, "steps", &steps)) < 0 ||
+            (r = h->param_int(ps, "seed", &s->seed)) < 0 || (r = h->param_int(ps, "batch_size", &batch)) < 0 ||
+            (r = h->param_int(ps, "clip_skip", &skip)) < 0 || (r = h->param_float(ps, "cfg_scale", &cfg)) < 0)
+                return snprintf(err, n, "parameters: %s", strerror(-r)), r;
+        s->p = (gh_sd_params){.batch = (uint32_t) batch, .steps = (uint32_t) steps, .clip_skip = (uint32_t) skip,
+                              .cfg = (float) cfg, .sampler = gh_sampler_from_name(s->sampler),
+                              .v_pred = strcmp(s->prediction, "v_prediction") == 0};
+#ifdef IMG2IMG
+        if ((r = h->param_image(ps, "image", &s->image)) < 0 || (r = h->param_float(ps, "strength", &s->p.strength)) < 0)
+                return snprintf(err, n, "parameters: %s", strerror(-r)), r;
+        s->p.img2img = true;
+        s->p.width = s->image.width;
+        s->p.height = s->image.height;
+        (void) v;
+#else
+        if ((r = h->param_int(ps, "width", &v)) < 0)
+                return r;
+        s->p.width = (uint32_t) v;
+        if ((r = h->param_int(ps, "height", &v)) < 0)
+                return r;
+        s->p.height = (uint32_t) v;
+#endif
+        return 0;
+}
+
+/* Tensors from the host: shapes only in estimate(), pool views in a job. */
+typedef struct source {
+        gh_dsource src;
+        const gh_host *host;
+        const gh_params *params;
+        gh_job *job;
+        const char *model;
+} source;
+
+static int lookup(void *ctx, const char *name, gh_tensor *ret) {
+        source *s = ctx;
+
+        if (s->job)
+                return s->host->tensor(s->job, s->model, name, ret);
+        return s->host->model_tensor(s->params, s->model, name, ret);
+}
+
+static int load_models(source *s, gh_sd_models *m, const setup *st, char *err, size_t n) {
+        int r;
+
+        s->src = (gh_dsource){lookup, s};
+        s->model = st->model;
+        if (!s->job && !HOST_HAS(s->host, model_tensor))
+                return snprintf(err, n, "the host is too old (plugin ABI 1.2 needed)"), -ENOTSUP;
+        if ((r = gh_sd_models_load(m, &s->src)) < 0) {
+                snprintf(err, n, "model %s: %s", st->model, m->err);
+                gh_sd_models_unload(m);
+                return r;
+        }
+        if ((r = gh_sd_params_check(m, &st->p, err, n)) < 0)
+                gh_sd_models_unload(m);
+        return r;
+}
+
+/* ---- estimate ---- */
+
+static int estimate(const gh_host *h, const gh_params *ps, gh_plugin_needs *ret) {
+        source src = {.host = h, .params = ps};
+        char err[1200];
+        gh_sd_models m;
+        setup st = {0};
+        uint32_t chunks;
+        size_t bytes;
+        int r;
+
+        if ((r = read_params(h, ps, &st, err, sizeof(err))) < 0 || (r = load_models(&src, &m, &st, err, sizeof(err))) < 0) {
+                h->log(NULL, GH_LOG_ERR, "%s", err);
+                return r;
+        }
+        chunks = gh_sd_chunks_bound(st.prompt);
+        if (gh_sd_chunks_bound(st.negative) > chunks)
+                chunks = gh_sd_chunks_bound(st.negative);
+        r = gh_sd_plan(&m, &st.p, chunks, &bytes, err, sizeof(err));
+        gh_sd_models_unload(&m);
+        if (r < 0) {
+                h->log(NULL, GH_LOG_ERR, "%s", err);
+                return r;
+        }
+        ret->workspace[GH_DEVICE_KIND_CPU] = bytes;
+        ret->steps = gh_sd_steps_run(&st.p) + 1;
+        ret->models[0] = st.model;
+        ret->n_models = 1;
+        return 0;
+}
+
+/* ---- a job ---- */
+
+typedef struct job {
+        const gh_host *host;
+        gh_job *job;
+        source src;
+        setup st;
+        gh_sd_models m;
+        gh_tokenizer *tok;
+        gh_prompt_tokens cond, uncond;
+        gh_dcpu cpu;
+        gh_dctx c;
+        void *ws;
+        size_t planned;
+        gh_sd_run run;
+        bool run_ready;
+        float *init;
+        uint8_t *preview;
+        gh_image out[GH_SD_MAX_BATCH];
+} job;
+
+static void job_free(job *j) {
+        if (!j)
+                return;
+        if (j->run_ready)
+                gh_sd_run_free(&j->run);
+        gh_arena_free(j->c.arena);
+        if (j->ws)
+                j->host->workspace_free(j->job, j->ws);
+        gh_sd_models_unload(&j->m);
+        gh_tokenizer_free(j->tok);
+        free(j->init);
+        free(j->preview);
+        free(j);
+}
+
+static int job_parallel(void *pctx, uint32_t n, void (*fn)(void *, uint32_t, uint32_t), void *ctx) {
+        job *j = pctx;
+
+        return j->host->parallel_for(j->job, n, fn, ctx);
+}
+
+static bool job_cancelled(void *userdata) {
+        job *j = userdata;
+
+        return j->host->cancelled(j->job);
+}
+
+static int tokenizer_load(job *j, char *err, size_t n) {
+        gh_tensor v, m;
+        int r;
+
+        if (j->host->tensor(j->job, j->st.model, "tokenizer/vocab.json", &v) < 0 ||
+            j->host->tensor(j->job, j->st.model, "tokenizer/merges.txt", &m) < 0)
+                return snprintf(err, n,
+                                "model %s has no tokenizer (tokenizer/vocab.json and merges.txt; see [model] tokenizer=)",
+                                j->st.model),
+                       -ENOENT;
+        r = gh_tokenizer_new(v.data, (size_t) v.bytes, m.data, (size_t) m.bytes, &j->tok, err, n);
+        if (r >= 0 && (r = gh_prompt_tokenize(j->tok, j->st.prompt, &j->cond, err, n)) >= 0)
+                r = gh_prompt_tokenize(j->tok, j->st.negative, &j->uncond, err, n);
+        return r;
+}
+
+static int image_input(job *j) {
+#ifdef IMG2IMG
+        const gh_image *im = &j->st.image;
+        size_t n = (size_t) im->width * im->height, bpp = im->format == GH_IMAGE_RGBA8 ? 4 : 3;
+
+        if (im->format != GH_IMAGE_RGB8 && im->format != GH_IMAGE_RGBA8)
+                return -EINVAL;
+        if (!(j->init = malloc(3 * n * sizeof(float))))
+                return -ENOMEM;
+        for (uint32_t y = 0; y < im->height; y++)
+                for (uint32_t x = 0; x < im->width; x++) {
+                        const uint8_t *px = (const uint8_t *) im->pixels + (size_t) y * im->stride + x * bpp;
+                        for (int c = 0; c < 3; c++)
+                                j->init[c * n + (size_t) y * im->width + x] = px[c] / 127.5f - 1.0f;
+                }
+#else
+        (void) j;
+#endif
+        return 0;
+}
+
+static int job_setup(job *j, char *err, size_t n) {
+        uint32_t chunks;
+        int r;
+
+        if ((r = load_models(&j->src, &j->m, &j->st, err, n)) < 0 || (r = tokenizer_load(j, err, n)) < 0 ||
+            (r = image_input(j)) < 0)
+                return r;
+        chunks = j->cond.n_chunks > j->uncond.n_chunks ? j->cond.n_chunks : j->uncond.n_chunks;
+        if ((r = gh_sd_plan(&j->m, &j->st.p, chunks, &j->planned, err, n)) < 0)
+                return r;
+        if ((r = j->host->workspace_alloc(j->job, j->planned, GH_ARENA_ALIGN, &j->ws)) < 0)
+                return snprintf(err, n, "workspace of %zu bytes: %s", j->planned, strerror(-r)), r;
+        if ((r = gh_arena_new(j->ws, j->planned, &j->c.arena)) < 0)
+                return r;
+        j->cpu = (gh_dcpu){.parallel_for = job_parallel, .pctx = j, .threads = 1};
+        j->c = (gh_dctx){.be = &gh_dbackend_cpu, .be_state = &j->cpu, .arena = j->c.arena, .cancelled = job_cancelled,
+                         .userdata = j};
+        if ((r = gh_sd_run_init(&j->run, &j->m, &j->st.p, &j->c, chunks, &j->cond, &j->uncond, j->init)) < 0)
+                return snprintf(err, n, "%s", j->c.err), r;
+        j->run_ready = true;
+        return 0;
+}
+
+static int start(const gh_host *h, gh_job *gj, const gh_params *ps, void **ret_state) {
+        job *j = calloc(1, sizeof(*j));
+        char err[1200] = "";
+        int r;
+
+        if (!j)
+                return -ENOMEM;
+        j->host = h;
+        j->job = gj;
+        j->src = (source){.host = h, .params = ps, .job = gj};
+        if ((r = read_params(h, ps, &j->st, err, sizeof(err))) >= 0 && j->st.seed < 0) {
+                uint32_t s;
+                if (getrandom(&s, sizeof(s), 0) != sizeof(s))
+                        s = 0;
+                j->st.seed = s;
+        }
+        j->st.p.seed = (uint64_t) j->st.seed;
+        if (r >= 0)
+                r = job_setup(j, err, sizeof(err));
+        if (r < 0) {
+                h->log(gj, GH_LOG_ERR, "%s", err[0] ? err : strerror(-r));
+                job_free(j);
+                return r;
+        }
+        *ret_state = j;
+        return 0;
+}
+
+static int fail(job *j, int r) {
+        if (r != -ECANCELED)
+                j->host->log(j->job, GH_LOG_ERR, "%s", j->c.err[0] ? j->c.err : strerror(-r));
+        return r;
+}
+
+static int decode(job *j) {
+        const gh_sd_params *p = &j->st.p;
+        int r;
+
+        for (uint32_t b = 0; b < p->batch; b++) {
+                char name[32];
+                snprintf(name, sizeof(name), b ? "image-%u" : "image", b);
+                if ((r = j->host->output_image(j->job, name, p->width, p->height, GH_IMAGE_RGB8, &j->out[b])) < 0)
+                        return r;
+                if (j->out[b].stride != p->width * 3)
+                        return -EINVAL;
+                if ((r = gh_sd_run_decode(&j->run, b, j->out[b].pixels, NULL)) < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static void progress(job *j, uint32_t step, uint32_t steps) {
+        int64_t f = gh_vae_factor(&j->m.vae);
+        gh_image im = {.width = j->st.p.width / (uint32_t) f, .height = j->st.p.height / (uint32_t) f,
+                       .format = GH_IMAGE_RGB8};
+
+        im.stride = im.width * 3;
+        if (!j->preview)
+                j->preview = malloc((size_t) im.stride * im.height);
+        if (j->preview && gh_sd_run_preview(&j->run, j->preview) >= 0) {
+                im.pixels = j->preview;
+                j->host->progress(j->job, step, steps, &im);
+        }
+}
+
+static int step(const gh_host *h, gh_job *gj, void *state, uint32_t i) {
+        job *j = state;
+        uint32_t run = gh_sd_steps_run(&j->st.p);
+        gh_job_device dev = {.struct_size = sizeof(dev)};
+        int r;
+
+        if ((r = h->device(gj, &dev)) < 0)
+                return r;
+        j->cpu.threads = dev.cpu_threads ? dev.cpu_threads : 1;
+        if (i == 0 && (r = gh_sd_run_prepare(&j->run)) < 0)
+                return fail(j, r);
+        if (i < run) {
+                if ((r = gh_sd_run_step(&j->run, i)) < 0)
+                        return fail(j, r);
+                progress(j, i + 1, run + 1);
+                return GH_STEP_CONTINUE;
+        }
+        if ((r = decode(j)) < 0)
+                return fail(j, r);
+        return GH_STEP_DONE;
+}
+
+static void meta_int(job *j, const char *key, int64_t v) {
+        char b[32];
+
+        snprintf(b, sizeof(b), "%" PRId64, v);
+        j->host->output_meta(j->job, key, b);
+}
+
+static int finish(const gh_host *h, gh_job *gj, void *state) {
+        job *j = state;
+        const gh_sd_params *p = &j->st.p;
+        gh_model_info info = {.struct_size = sizeof(info)};
+        char b[64];
+
+        h->output_meta(gj, "prompt", j->st.prompt);
+        h->output_meta(gj, "negative_prompt", j->st.negative);
+        meta_int(j, "steps", p->steps);
+        h->output_meta(gj, "sampler", j->st.sampler);
+        snprintf(b, sizeof(b), "%g", p->cfg);
+        h->output_meta(gj, "cfg_scale", b);
+        meta_int(j, "seed", (int64_t) p->seed);
+        meta_int(j, "width", p->width);
+        meta_int(j, "height", p->height);
+        meta_int(j, "batch_size", p->batch);
+        meta_int(j, "clip_skip", p->clip_skip);
+        h->output_meta(gj, "prediction", j->st.prediction);
+        if (p->img2img) {
+                snprintf(b, sizeof(b), "%g", p->strength);
+                h->output_meta(gj, "strength", b);
+        }
+        h->output_meta(gj, "model", j->st.model);
+        if (HOST_HAS(h, model_info) && h->model_info(gj, j->st.model, &info) >= 0 && info.sha256 && info.sha256[0])
+                h->output_meta(gj, "model_hash", info.sha256);
+        meta_int(j, "workspace_planned", (int64_t) j->planned);
+        meta_int(j, "workspace_peak", (int64_t) gh_arena_peak(j->c.arena));
+        job_free(j);
+        return 0;
+}
+
+static void abort_job(const gh_host *h, gh_job *gj, void *state) {
+        job_free(state);
+}
+
+static const gh_plugin plugin = {
+        GH_PLUGIN_HEADER,
+#ifdef IMG2IMG
+        .name = "img2img",
+        .description = "Stable Diffusion 1.x image to image",
+#else
+        .name = "txt2img",
+        .description = "Stable Diffusion 1.x text to image",
+#endif
+        .version = "1.0",
+        .params = params,
+        .n_params = GH_PLUGIN_ELEMENTS(params),
+        .flags = GH_PLUGIN_RETRY_SAFE,
+        .estimate = estimate,
+        .start = start,
+        .step = step,
+        .finish = finish,
+        .abort = abort_job,
+};
+
+GH_PLUGIN_DEFINE(plugin);
