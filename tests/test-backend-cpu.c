@@ -6,10 +6,9 @@
  * F16 and BF16 (the reference gets the rounded values), and aliasing
  * where the contract allows it. Each op runs under every instruction set
  * this CPU has, with a serial parallel_for and with 3 pthreads: the two
- * must agree to the bit. Errors are normwise: max |y - ref| / max |ref|.
- *
- * GH_BENCH=1 adds a benchmark (GFLOP/s of the big SD kernels on 1 and 2
- * threads); GH_TEST_VERBOSE=1 prints every case's error. */
+ * must agree to the bit. Errors are normwise: max |y - ref| / max |ref|;
+ * the activations are also checked element by element. GH_TEST_VERBOSE=1
+ * prints every case's error. Timings: bench/bench-backend-cpu.c. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -22,7 +21,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "backend-cpu-internal.h"
 #include "backend.h"
@@ -102,12 +100,32 @@ static gh_dt dt_make(gh_dtype_id t, void *data, const int64_t *shape, uint32_t n
 #define SHAPE(...) (const int64_t[]){__VA_ARGS__}, (uint32_t)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t))
 #define F32(data, ...) dt_make(GH_TENSOR_F32, (data), SHAPE(__VA_ARGS__))
 
+/* Round to nearest even, by arithmetic rather than bits. */
 static uint16_t to_f16(float f) {
-        _Float16 h = (_Float16)f;
-        uint16_t u;
+        uint16_t sign = signbit(f) ? 0x8000 : 0;
+        double a = fabs((double)f);
+        int e;
 
-        memcpy(&u, &h, sizeof(u));
-        return u;
+        if (isnan(f))
+                return sign | 0x7e00;
+        if (a >= 65520.0)
+                return sign | 0x7c00;
+        if (a < 0x1p-14)
+                return sign | (uint16_t)nearbyint(a * 0x1p24); /* 1024: the smallest normal */
+        frexp(a, &e);
+        double m = nearbyint(ldexp(a, 1 - e) * 1024.0); /* 1024..2048: 2048 carries into the exponent */
+        return sign | (uint16_t)((uint32_t)(e - 1 + 15) * 1024u + (uint32_t)(m - 1024.0));
+}
+
+static double f16_value(uint16_t h) {
+        int e = (h >> 10) & 31, m = h & 1023;
+        double s = h & 0x8000 ? -1.0 : 1.0;
+
+        if (e == 31)
+                return m ? NAN : s * INFINITY;
+        if (e == 0)
+                return s * ldexp(m, -24);
+        return s * ldexp(m + 1024, e - 25);
 }
 
 static uint16_t to_bf16(float f) {
@@ -265,19 +283,77 @@ static void check(op_fn *op, const void *arg, int64_t n, const double *ref, doub
 
 static void test_f16_exhaustive(void **state) {
         for (uint32_t u = 0; u < 65536; u++) {
-                _Float16 h;
-                uint16_t b = (uint16_t)u;
-                memcpy(&h, &b, sizeof(h));
-                float want = (float)h, got = gh_dcpu_h2f(b);
+                float want = (float)f16_value((uint16_t)u), got = gh_dcpu_h2f((uint16_t)u);
                 if (isnan(want)) {
                         assert_true(isnan(got));
                         continue;
                 }
                 if (memcmp(&want, &got, sizeof(float)) != 0)
                         fail_msg("F16 %04x: %.9g, want %.9g", u, got, want);
+                assert_int_equal(to_f16(want), u);
         }
+        assert_int_equal(to_f16(1.0f + 0x1p-11f), 0x3c00);          /* a tie: to even */
+        assert_int_equal(to_f16(1.0f + 3 * 0x1p-11f), 0x3c02);
         assert_true(gh_dcpu_bf2f(0x3f80) == 1.0f);
         assert_true(gh_dcpu_bf2f(0xc040) == -3.0f);
+}
+
+typedef struct ident_arg {
+        gh_dt x, w, y;
+        bool conv;
+} ident_arg;
+
+static void ident_op(gh_dcpu *cpu, const void *arg, float *out) {
+        const ident_arg *a = arg;
+        static const int pad[4] = {0, 0, 0, 0};
+        gh_dt y = a->y;
+
+        y.data = out;
+        if (a->conv)
+                assert_int_equal(be->conv2d(cpu, &a->x, &a->w, NULL, 1, pad, &y), 0);
+        else
+                assert_int_equal(be->linear(cpu, &a->x, &a->w, NULL, &y), 0);
+}
+
+/* Every finite F16 and BF16 value through the kernels' own (vector)
+ * conversion: products with an identity, as B of a linear (w[n][k] = value
+ * 256 n + k) and as A of a 1x1 convolution. */
+static void test_weight_conversion_in_kernels(void **state) {
+        float *id = floats(256 * 256);
+        uint16_t *w = alloc(65536 * sizeof(uint16_t));
+        double *ref = doubles(65536);
+        char what[64];
+
+        for (int i = 0; i < 256; i++)
+                id[i * 256 + i] = 1.0f;
+        for (size_t t = 1; t < 3; t++) {
+                for (uint32_t u = 0; u < 65536; u++) {
+                        uint32_t e = t == 1 ? (u >> 10 & 31) : (u >> 7 & 255);
+                        w[u] = (uint16_t)(e == (t == 1 ? 31u : 255u) ? 0 : u);
+                        ref[u] = gh_dcpu_ld(w, wtypes[t], u);
+                }
+                for (int conv = 0; conv < 2; conv++) {
+                        ident_arg a = {.conv = conv};
+                        double *r = ref;
+                        if (conv) {
+                                a.x = F32(id, 1, 256, 16, 16);
+                                a.w = dt_make(wtypes[t], w, SHAPE(256, 256, 1, 1));
+                                a.y = F32(NULL, 1, 256, 16, 16);
+                        } else {
+                                /* y[m][n] = w[n][m]: the transpose */
+                                a.x = F32(id, 256, 256);
+                                a.w = dt_make(wtypes[t], w, SHAPE(256, 256));
+                                a.y = F32(NULL, 256, 256);
+                                r = doubles(65536);
+                                for (int m = 0; m < 256; m++)
+                                        for (int n = 0; n < 256; n++)
+                                                r[m * 256 + n] = ref[n * 256 + m];
+                        }
+                        snprintf(what, sizeof(what), "%s weights, every value, %s", wnames[t],
+                                 conv ? "conv" : "linear");
+                        check(ident_op, &a, 65536, r, 0.0, what);
+                }
+        }
 }
 
 /* ---- conv2d ---- */
@@ -1076,102 +1152,35 @@ static void test_no_threads(void **state) {
                 assert_true(fabs(y[i] - silu_d(x[i])) <= 1e-6);
 }
 
-/* ---- benchmark (GH_BENCH=1) ---- */
+/* What only the backend can refuse; empty tensors; norms without weights. */
+static void test_edges(void **state) {
+        float *x = rnd(2 * 4096, -1, 1), *y = floats(2 * 4096);
+        double *ref = doubles(2 * 4096);
+        gh_dt q = F32(x, 1, 2, 4096), out = F32(y, 1, 2, 4096);
 
-static double now(void) {
-        struct timespec ts;
+        assert_int_equal(be->attention(&cpu1, &q, &q, &q, 1, false, &out), -EOPNOTSUPP); /* d 4096 */
+        assert_int_equal(be->attention(&cpu1, &q, &q, &q, 3, false, &out), -EINVAL);
+        gh_dt f16 = dt_make(GH_TENSOR_F16, y, SHAPE(8));
+        assert_int_equal(be->upload(&cpu1, x, &f16), -EOPNOTSUPP);
 
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+        gh_dt e = F32(x, 0, 4, 2, 2), ey = F32(y, 0, 4, 2, 2);
+        assert_int_equal(be->group_norm(&cpu3, &e, 2, 1e-5f, NULL, NULL, false, &ey), 0);
+        assert_int_equal(be->layer_norm(&cpu3, &e, NULL, NULL, 1e-5f, &ey), 0);
+        assert_int_equal(be->conv2d(&cpu3, &e, &e, NULL, 1, (const int[4]){0, 0, 0, 0}, &ey), 0);
 
-typedef int bench_fn(gh_dcpu *cpu, void *arg);
-
-static double bench_run(bench_fn *fn, void *arg, gh_dcpu *cpu, double flops) {
-        double best = 1e30;
-
-        assert_int_equal(fn(cpu, arg), 0); /* warm up */
-        for (int i = 0; i < 3; i++) {
-                double t0 = now();
-                assert_int_equal(fn(cpu, arg), 0);
-                double t = now() - t0;
-                if (t < best)
-                        best = t;
-        }
-        return flops / best * 1e-9;
-}
-
-typedef struct bench_arg {
-        gh_dt x, w, k, v, y;
-        int pad[4];
-} bench_arg;
-
-static int bench_linear(gh_dcpu *cpu, void *arg) {
-        bench_arg *a = arg;
-        return be->linear(cpu, &a->x, &a->w, NULL, &a->y);
-}
-
-static int bench_conv(gh_dcpu *cpu, void *arg) {
-        bench_arg *a = arg;
-        return be->conv2d(cpu, &a->x, &a->w, NULL, 1, a->pad, &a->y);
-}
-
-static int bench_attn(gh_dcpu *cpu, void *arg) {
-        bench_arg *a = arg;
-        return be->attention(cpu, &a->x, &a->k, &a->v, 8, false, &a->y);
-}
-
-static void test_bench(void **state) {
-        const char *env = getenv("GH_BENCH");
-        gh_dcpu cpu2 = {.parallel_for = pthread_for, .pctx = (void *)(uintptr_t)2, .threads = 2};
-        double *ex;
-
-        if (!env || strcmp(env, "1") != 0)
-                skip();
-        float *x = rnd(4096 * 320, -1, 1), *w = rnd(320 * 320 * 9, -0.1, 0.1), *y = floats(4096 * 320);
-        float *k = rnd(4096 * 320, -1, 1), *v = rnd(4096 * 320, -1, 1);
-        for (size_t s = 0; s < sizeof(isas) / sizeof(isas[0]); s++) {
-                if (gh_dcpu_isa_force(isas[s]) < 0)
-                        continue;
-                for (size_t t = 0; t < 2; t++) {
-                        bench_arg lin = {.x = F32(x, 4096, 320), .w = weight(wtypes[t], w, &ex, SHAPE(320, 320)),
-                                         .y = F32(y, 4096, 320)};
-                        bench_arg conv = {.x = F32(x, 1, 320, 64, 64),
-                                          .w = weight(wtypes[t], w, &ex, SHAPE(320, 320, 3, 3)),
-                                          .y = F32(y, 1, 320, 64, 64), .pad = {1, 1, 1, 1}};
-                        double f_lin = 2.0 * 4096 * 320 * 320, f_conv = 2.0 * 4096 * 320 * 320 * 9;
-                        print_message("[%s] linear 4096x320x320 %s: %.1f GFLOP/s 1 thread, %.1f 2 threads\n", isas[s],
-                                      wnames[t], bench_run(bench_linear, &lin, &cpu1, f_lin),
-                                      bench_run(bench_linear, &lin, &cpu2, f_lin));
-                        print_message("[%s] conv3x3 320ch 64x64 %s: %.1f GFLOP/s 1 thread, %.1f 2 threads\n", isas[s],
-                                      wnames[t], bench_run(bench_conv, &conv, &cpu1, f_conv),
-                                      bench_run(bench_conv, &conv, &cpu2, f_conv));
-                }
-                bench_arg at = {.x = F32(x, 1, 4096, 320), .k = F32(k, 1, 4096, 320), .v = F32(v, 1, 4096, 320),
-                                .y = F32(y, 1, 4096, 320)};
-                double f_at = 4.0 * 4096 * 4096 * 320;
-                double a1 = bench_run(bench_attn, &at, &cpu1, f_at), a2 = bench_run(bench_attn, &at, &cpu2, f_at);
-                print_message("[%s] attention 4096x4096 d 40 8 heads: %.1f GFLOP/s 1 thread, %.1f 2 threads\n",
-                              isas[s], a1, a2);
-                float *big = rnd(4096 * 1280 * 2, -4, 4);
-                gh_dt tb = F32(big, 2, 4096, 1280), tg = F32(y, 2, 4096, 640);
-                double t0 = now();
-                assert_int_equal(be->geglu(&cpu1, &tb, &tg), 0);
-                print_message("[%s] geglu 2x4096x1280: %.1f ms 1 thread\n", isas[s], (now() - t0) * 1e3);
-                gh_dt gn = F32(big, 2, 320, 64, 128);
-                double *gd;
-                float *gam = rnd(320, 0.5, 1.5);
-                gh_dt gg = weight(GH_TENSOR_F16, gam, &gd, SHAPE(320));
-                t0 = now();
-                assert_int_equal(be->group_norm(&cpu1, &gn, 32, 1e-5f, &gg, &gg, true, &gn), 0);
-                print_message("[%s] group_norm+silu 2x320x64x128: %.1f ms 1 thread\n", isas[s], (now() - t0) * 1e3);
-        }
-        gh_dcpu_isa_force(NULL);
+        double *xd = widen(x, 2 * 4096);
+        norm_ref(xd, 8, 1024, 1e-5, ref);
+        norm_arg g = {.x = F32(x, 2, 16, 16, 16), .y = F32(NULL, 2, 16, 16, 16), .groups = 4, .eps = 1e-5f};
+        check(norm_op, &g, 2 * 4096, ref, TOL, "group_norm without weights");
+        norm_ref(xd, 8, 1024, 1e-5, ref);
+        norm_arg l = {.x = F32(x, 8, 1024), .y = F32(NULL, 8, 1024), .eps = 1e-5f, .layer = true};
+        check(norm_op, &l, 2 * 4096, ref, TOL, "layer_norm without weights");
 }
 
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_teardown(test_f16_exhaustive, teardown),
+                cmocka_unit_test_teardown(test_weight_conversion_in_kernels, teardown),
                 cmocka_unit_test_teardown(test_conv2d, teardown),
                 cmocka_unit_test_teardown(test_linear, teardown),
                 cmocka_unit_test_teardown(test_group_norm, teardown),
@@ -1191,7 +1200,7 @@ int main(void) {
                 cmocka_unit_test_teardown(test_sum, teardown),
                 cmocka_unit_test_teardown(test_upload_download, teardown),
                 cmocka_unit_test_teardown(test_no_threads, teardown),
-                cmocka_unit_test_teardown(test_bench, teardown),
+                cmocka_unit_test_teardown(test_edges, teardown),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -444,12 +444,15 @@ static void test_long_prompt(void **state) {
                       "masterpiece</w> ,</w> best</w> quality</w> ,</w> highly</w>@1.2 detailed</w>@1.2 ,</w> a</w> "
                       "photo</w> of</w> an</w> astronaut</w> riding</w> a</w> horse</w> on</w> mars</w> ,</w> "
                       "blurry</w>@0.909091 ,</w> 8</w> k</w> u hd</w> ,</w> masterpiece</w> ,</w> best</w> quality</w> "
-                      ",</w> highly</w>@1.2 detailed</w>@1.2 ,</w> a</w> photo</w> of</w> an</w> astronaut</w> riding</w> "
+                      ",</w> highly</w>@1.2 detailed</w>@1.2 ,</w> a</w> photo</w> of</w> an</w> astronaut</w> "
+                      "riding</w> "
                       "a</w> horse</w> on</w> mars</w> ,</w> blurry</w>@0.909091 ,</w> 8</w> k</w> u hd</w> ,</w> "
                       "masterpiece</w> ,</w> best</w> quality</w> ,</w> highly</w>@1.2 detailed</w>@1.2 ,</w> a</w> "
                       "photo</w> of</w> an</w> astronaut</w> riding</w> a</w> horse</w> on</w> mars</w> ,</w> "
-                      "blurry</w>@0.909091 ,</w> | 8</w> k</w> u hd</w> ,</w> masterpiece</w> ,</w> best</w> quality</w> "
-                      ",</w> highly</w>@1.2 detailed</w>@1.2 ,</w> a</w> photo</w> of</w> an</w> astronaut</w> riding</w> "
+                      "blurry</w>@0.909091 ,</w> | 8</w> k</w> u hd</w> ,</w> masterpiece</w> ,</w> best</w> "
+                      "quality</w> "
+                      ",</w> highly</w>@1.2 detailed</w>@1.2 ,</w> a</w> photo</w> of</w> an</w> astronaut</w> "
+                      "riding</w> "
                       "a</w> horse</w> on</w> mars</w> ,</w> blurry</w>@0.909091 ,</w> 8</w> k</w> u hd</w> ,</w> "
                       "masterpiece</w> ,</w> best</w> quality</w> ,</w> highly</w>@1.2 detailed</w>@1.2 ,</w> a</w> "
                       "photo</w> of</w> an</w> astronaut</w> riding</w> a</w> horse</w> on</w> mars</w> ,</w> "
@@ -533,7 +536,8 @@ static void test_timing(void **state) {
                          0);
         double load = now_ms() - a;
         for (int i = 0; strlen(prompt) < 1500; i++)
-                strcat(prompt, i % 3 ? "a photo of an astronaut riding a horse, " : "(highly detailed:1.2), [blurry], ");
+                strcat(prompt, i % 3 ? "a photo of an astronaut riding a horse, "
+                                     : "(highly detailed:1.2), [blurry], ");
         a = now_ms();
         assert_int_equal(gh_prompt_tokenize(t, prompt, p, err, sizeof(err)), 0);
         double tokenize = now_ms() - a;
@@ -566,7 +570,7 @@ static void test_bpe_order(void **state) {
         expect_prompt(t, "ok", "o k</w>");
         gh_tokenizer_free(t);
         const char *vocab = "{\"<|startoftext|>\": 0, \"<|endoftext|>\": 1, \"a</w>\": 2}";
-        assert_int_equal(gh_tokenizer_new(vocab, strlen(vocab), "", 0, &t, err, sizeof(err)), 0);
+        assert_int_equal(gh_tokenizer_new(vocab, strlen(vocab), NULL, 0, &t, err, sizeof(err)), 0);
         assert_int_equal(gh_tokenizer_comma(t), -1);
         int32_t ids[8];
         size_t n;
@@ -577,7 +581,8 @@ static void test_bpe_order(void **state) {
 }
 
 static void test_bad_vocab(void **state) {
-        expect_bad_vocab("", -EINVAL, "vocab.json: truncated");
+        expect_bad_vocab("", -EINVAL, "vocab.json: empty");
+        expect_bad(NULL, 0, NULL, 0, -EINVAL, "vocab.json: empty");
         expect_bad_vocab("{\"<|startoftext|>\": 0,", -EINVAL, "truncated");
         expect_bad_vocab("{\"a\" 0}", -EINVAL, "vocab.json: bad JSON at byte");
         expect_bad_vocab("{\"a\": 0 \"b\": 1}", -EINVAL, "bad JSON");
@@ -732,7 +737,8 @@ static void test_syntax_quirks(void **state) {
 static int setup(void **state) {
         const char *dir = getenv("GH_CLIP_VOCAB_DIR");
 
-        if (!dir || !*dir || !read_file(dir, "vocab.json", &clip_vocab) || !read_file(dir, "merges.txt", &clip_merges)) {
+        if (!dir || !*dir || !read_file(dir, "vocab.json", &clip_vocab) ||
+            !read_file(dir, "merges.txt", &clip_merges)) {
                 print_message("GH_CLIP_VOCAB_DIR unset or without vocab.json and merges.txt: skipping its tests\n");
                 return 0;
         }

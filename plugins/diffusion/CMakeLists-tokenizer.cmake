@@ -4,6 +4,6 @@
 pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
 
 add_library(gh-tokenizer STATIC ${CMAKE_CURRENT_LIST_DIR}/tokenizer.c ${CMAKE_CURRENT_LIST_DIR}/prompt.c)
-set_target_properties(gh-tokenizer PROPERTIES POSITION_INDEPENDENT_CODE ON)
+set_target_properties(gh-tokenizer PROPERTIES POSITION_INDEPENDENT_CODE ON C_VISIBILITY_PRESET hidden)
 target_include_directories(gh-tokenizer PUBLIC ${CMAKE_CURRENT_LIST_DIR} PRIVATE ${PROJECT_SOURCE_DIR}/daemon)
 target_link_libraries(gh-tokenizer PRIVATE PkgConfig::JSONC PkgConfig::PCRE2)

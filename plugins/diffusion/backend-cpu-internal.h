@@ -100,7 +100,7 @@ typedef struct gh_dcpu_attn {
 typedef struct gh_dcpu_isa {
         const char *name;
         int mr, nr;      /* GEMM micro tile */
-        int64_t mc_max;  /* rows of A packed at once (a multiple of mr) */
+        int64_t mc_max;  /* rows of A packed at once */
         /* C[m0, m1)[n0, n1) of every batch; m1 - m0 <= mc_max. */
         void (*gemm_tile)(const gh_dcpu_gemm *g, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
         /* Queries [q0, q0 + bq) of batch b, head h. */
@@ -117,7 +117,9 @@ typedef struct gh_dcpu_isa {
                                const float *beta);
 } gh_dcpu_isa;
 
-#define GH_DCPU_KC_MAX 256 /* the GEMMs' K block */
+#define GH_DCPU_MR 6         /* rows of the GEMM micro tile (its columns: 2 vectors) */
+#define GH_DCPU_MC_MAX 144   /* rows of A packed at once, a multiple of GH_DCPU_MR */
+#define GH_DCPU_KC_MAX 256   /* the GEMMs' K block */
 /* Attention's block buffer, in floats: Q^T (bq rounded up to nr, x d),
  * O (bq x d rounded up to nr) and S^T (bk x bq rounded up to nr). */
 #define GH_DCPU_ATTN_BUF 57344

@@ -1,7 +1,7 @@
 /* The CPU backend's kernels (backend-cpu-kern.inc) compiled per instruction
  * set: the x86-64 baseline (SSE2; any other architecture gets the same
- * generic vectors) and, on x86-64, AVX2 with FMA through GCC's target
- * pragma. gh_dcpu_isa_get() picks the best one the CPU runs; tests may
+ * generic vectors) and, on x86-64, AVX2 with FMA through the target
+ * attribute (GCC and clang). gh_dcpu_isa_get() picks the best one the CPU runs; tests may
  * force one. Results differ between instruction sets (FMA rounds once),
  * never between thread counts. */
 #include <errno.h>
@@ -20,12 +20,14 @@ typedef float gh_v8f __attribute__((vector_size(32)));
 typedef int32_t gh_v8i __attribute__((vector_size(32)));
 
 #define FN(name) name##_base
+#define TARGET
 #define VL 4
 #define VF gh_v4f
 #define VI gh_v4i
 #define VH gh_v4h
 #include "backend-cpu-kern.inc"
 #undef FN
+#undef TARGET
 #undef VL
 #undef VF
 #undef VI
@@ -33,9 +35,9 @@ typedef int32_t gh_v8i __attribute__((vector_size(32)));
 
 const gh_dcpu_isa gh_dcpu_isa_base = {
         .name = "base",
-        .mr = 6,
+        .mr = GH_DCPU_MR,
         .nr = 8,
-        .mc_max = 24 * 6,
+        .mc_max = GH_DCPU_MC_MAX,
         .gemm_tile = gemm_tile_base,
         .attn_block = attn_block_base,
         .act = act_base,
@@ -46,9 +48,8 @@ const gh_dcpu_isa gh_dcpu_isa_base = {
 };
 
 #ifdef __x86_64__
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
 #define FN(name) name##_avx2
+#define TARGET __attribute__((target("avx2,fma")))
 #define VL 8
 #define VF gh_v8f
 #define VI gh_v8i
@@ -59,13 +60,13 @@ const gh_dcpu_isa gh_dcpu_isa_base = {
 #undef VF
 #undef VI
 #undef VH
-#pragma GCC pop_options
+#undef TARGET
 
 const gh_dcpu_isa gh_dcpu_isa_avx2 = {
         .name = "avx2",
-        .mr = 6,
+        .mr = GH_DCPU_MR,
         .nr = 16,
-        .mc_max = 24 * 6,
+        .mc_max = GH_DCPU_MC_MAX,
         .gemm_tile = gemm_tile_avx2,
         .attn_block = attn_block_avx2,
         .act = act_avx2,

@@ -3,8 +3,8 @@
  *
  * Work is cut into tasks: GEMM tiles (convolution, linear), blocks of
  * queries (attention), groups (group norm), rows (layer norm, geglu,
- * embedding) or ranges of elements, at least threads x 4 of them where
- * the tensor allows. An element's value never depends on the cut (see
+ * embedding) or ranges of elements, threads x 8 of them where the tensor
+ * allows (fewer for GEMMs on small images, but a multiple of the threads). An element's value never depends on the cut (see
  * backend-cpu-internal.h), so 1 thread and n threads agree to the bit. The
  * kernels themselves are in backend-cpu-kern.inc; here are the ops'
  * shapes, the cutting and the memory-bound ops. */
@@ -100,14 +100,20 @@ static void gemm_task(void *ctx, uint32_t i, uint32_t thread) {
         j->isa->gemm_tile(j->g, m0, min64(j->g->m, m0 + j->mc), n0, min64(j->g->n, n0 + j->nc));
 }
 
-/* Tiles: rows by the packed block, columns cut for enough tasks (at
- * least threads x 8, so that they share out evenly) and for the tile of C
- * (all batches) to stay in cache, then rows cut finer if that was not
- * enough. */
+/* Rows of C per tile for mt tiles: a multiple of mr. */
+static int64_t rows_per_tile(const gh_dcpu_gemm *g, const gh_dcpu_isa *isa, int64_t mt) {
+        return div_up(div_up(g->m, mt), isa->mr) * isa->mr;
+}
+
+/* Tiles: rows by the packed block, columns cut for enough tasks (threads x
+ * 8, so that they share out evenly) while the tile of C (all batches)
+ * stays in cache. If that leaves few tasks (small images: each row cut
+ * packs B once more), rows are cut just enough for the tasks to share out
+ * evenly over the threads. */
 static int gemm_run(gh_dcpu *cpu, const gh_dcpu_gemm *g) {
         const gh_dcpu_isa *isa = gh_dcpu_isa_get();
+        const int64_t threads = threads_of(cpu), want = threads > 1 ? threads * 8 : 1;
         gemm_job j = {.g = g, .isa = isa};
-        int64_t want = threads_of(cpu) > 1 ? (int64_t)threads_of(cpu) * 8 : 1;
 
         if (g->m <= 0 || g->n <= 0 || g->batches <= 0)
                 return 0;
@@ -117,9 +123,16 @@ static int gemm_run(gh_dcpu *cpu, const gh_dcpu_gemm *g) {
         j.nt = min64(j.nt, div_up(g->n, 4 * isa->nr));
         j.nc = div_up(div_up(g->n, j.nt), isa->nr) * isa->nr;
         j.nt = div_up(g->n, j.nc);
-        if (j.mt * j.nt < want)
-                j.mt = max64(j.mt, min64(div_up(want, j.nt), div_up(g->m, 4 * isa->mr)));
-        j.mc = div_up(div_up(g->m, j.mt), isa->mr) * isa->mr;
+        if (j.mt * j.nt < want) {
+                int64_t limit = max64(j.mt, div_up(g->m, 4 * isa->mr));
+                for (int64_t mt = j.mt; mt <= limit; mt++) {
+                        if (div_up(g->m, rows_per_tile(g, isa, mt)) * j.nt % threads == 0) {
+                                j.mt = mt;
+                                break;
+                        }
+                }
+        }
+        j.mc = rows_per_tile(g, isa, j.mt);
         j.mt = div_up(g->m, j.mc);
         if (j.mt * j.nt > UINT32_MAX)
                 return -EOVERFLOW;
@@ -221,19 +234,21 @@ static int cpu_attention(void *be, const gh_dt *q, const gh_dt *k, const gh_dt *
                 .y = y->data,
                 .tq = q->shape[1],
                 .tk = k->shape[1],
-                .d = q->shape[2] / heads,
                 .heads = heads,
                 .causal = causal,
         };
-        int r = gh_dcpu_attn_blocks(isa, &at);
 
+        if (heads < 1 || q->shape[2] % heads)
+                return -EINVAL;
+        at.d = q->shape[2] / heads;
+        if (q->shape[0] <= 0 || at.tq <= 0 || at.d <= 0)
+                return 0;
+        if (at.tk <= 0)
+                return -EINVAL; /* a softmax over nothing */
+        int r = gh_dcpu_attn_blocks(isa, &at);
         if (r < 0)
                 return r;
-        if (at.tq <= 0 || q->shape[0] <= 0)
-                return 0;
         attn_job j = {.at = &at, .isa = isa, .qblocks = div_up(at.tq, at.bq)};
-        if (at.tk <= 0)
-                return -EINVAL;
         if (q->shape[0] * heads * j.qblocks > UINT32_MAX)
                 return -EOVERFLOW;
         return run(be, (uint32_t)(q->shape[0] * heads * j.qblocks), attn_task, &j);
@@ -278,6 +293,8 @@ static int cpu_group_norm(void *be, const gh_dt *x, int groups, float eps, const
 
         if ((gamma && !weight_type(gamma)) || (beta && !weight_type(beta)) || groups < 1 || c % groups)
                 return -EINVAL;
+        if (gh_dt_numel(x) == 0)
+                return 0;
         norm_job j = {
                 .isa = gh_dcpu_isa_get(),
                 .x = x->data,
@@ -285,13 +302,11 @@ static int cpu_group_norm(void *be, const gh_dt *x, int groups, float eps, const
                 .gamma = gamma,
                 .beta = beta,
                 .len = c / groups,
-                .inner = c ? gh_dt_numel(x) / (x->shape[0] * c) : 0,
+                .inner = gh_dt_numel(x) / (x->shape[0] * c),
                 .groups = groups,
                 .eps = eps,
                 .silu = silu,
         };
-        if (c == 0 || j.inner == 0)
-                return 0;
         return run_range(be, x->shape[0] * groups, 1, group_norm_range, &j);
 }
 

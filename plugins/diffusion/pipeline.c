@@ -57,10 +57,13 @@ uint32_t gh_sd_steps_run(const gh_sd_params *p) {
 }
 
 int gh_sd_params_check(const gh_sd_models *m, const gh_sd_params *p, char *err, size_t err_size) {
-        int64_t f = gh_vae_factor(&m->vae);
+        /* The UNet halves the latent per level and doubles it back: the
+         * latent must divide evenly (SD 1.x: images in multiples of 64). */
+        int64_t f = gh_vae_factor(&m->vae) * gh_unet_multiple(&m->unet);
 
         if (p->width % f || p->height % f || p->width < f || p->height < f) {
-                snprintf(err, err_size, "width and height must be multiples of %lld", (long long) f);
+                snprintf(err, err_size, "width and height must be multiples of %lld for this checkpoint (%ux%u)",
+                         (long long) f, p->width, p->height);
                 return -EINVAL;
         }
         if (p->batch < 1 || p->batch > GH_SD_MAX_BATCH || p->steps < 1 || p->steps > GH_SAMPLER_MAX_STEPS) {
@@ -369,10 +372,17 @@ int gh_sd_plan(const gh_sd_models *m, const gh_sd_params *p, uint32_t chunks, si
 }
 
 uint32_t gh_sd_chunks_bound(const char *prompt) {
-        size_t bytes = strlen(prompt), breaks = 0;
+        size_t tokens = 0, breaks = 0, n;
 
+        /* A token is at least one byte of the lower-cased text; lower-casing
+         * turns a non-ASCII byte into at most 1.5 bytes (2 -> 3). */
+        for (const unsigned char *s = (const unsigned char *) prompt; *s; s++)
+                tokens += *s < 0x80 ? 2 : 3;
+        tokens /= 2;
         for (const char *s = prompt; (s = strstr(s, "BREAK")); s += 5)
                 breaks++;
-        bytes = 1 + breaks + bytes / 55;
-        return bytes > GH_TOK_MAX_CHUNKS ? GH_TOK_MAX_CHUNKS : (uint32_t) bytes;
+        /* A full chunk keeps at least 55 tokens (the comma rule moves at most
+         * 20 of 75 on). */
+        n = 1 + breaks + tokens / 55;
+        return n > GH_TOK_MAX_CHUNKS ? GH_TOK_MAX_CHUNKS : (uint32_t) n;
 }

@@ -5,11 +5,12 @@
  * with stacks of the positions where "(" and "[" were open; a closing
  * bracket multiplies the weight of every piece from its opening position
  * to the end, in double precision and in the same order as Python. Text is
- * split at BREAK (Python's re \s*\bBREAK\b\s*, with pcre2 for the Unicode
- * \b) with a piece "BREAK" of weight -1 between the parts. Pieces of equal
- * weight in a row are then joined, and a joined piece that reads "BREAK"
- * with weight exactly -1 ends the chunk: a BREAK inside brackets is
- * multiplied like any text and so becomes the word "break".
+ * split at BREAK (Python's re \s*\bBREAK\b\s*: pcre2 for the word and its
+ * Unicode \b, the spaces by hand) with a piece "BREAK" of weight -1
+ * between the parts. Pieces of equal weight in a row are then joined, and
+ * a joined piece that reads "BREAK" with weight exactly -1 ends the chunk:
+ * a BREAK inside brackets is multiplied like any text and so becomes the
+ * word "break".
  *
  * Differences from A1111: a weight is [+-]?[.0-9]+ (Python's \d also
  * takes other decimal digits); weights that are not finite as a float
@@ -36,9 +37,10 @@
 #define COMMA_BACKTRACK 20 /* A1111's opts.comma_padding_backtrack */
 #define SHOW_MAX 32
 
-/* Python's re \s for str patterns: str.isspace(). */
-#define PY_SPACE "\\t\\n\\x0b\\x0c\\r\\x1c-\\x1f \\x{85}\\x{a0}\\x{1680}\\x{2000}-\\x{200a}\\x{2028}\\x{2029}\\x{202f}\\x{205f}\\x{3000}"
-static const char BREAK_PATTERN[] = "[" PY_SPACE "]*\\bBREAK\\b[" PY_SPACE "]*";
+/* The word of A1111's re_break, \s*\bBREAK\b\s*: the spaces around it are
+ * taken by hand, as a leading \s* would make pcre2 rescan a run of spaces
+ * from each of its bytes. */
+static const char BREAK_PATTERN[] = "\\bBREAK\\b";
 static const char BREAK[] = "BREAK";
 
 typedef struct piece {
@@ -101,41 +103,6 @@ static int add_piece(parser *p, size_t off, size_t len, bool marker) {
         return 0;
 }
 
-/* Text from the prompt: its parts between BREAKs, with markers between. */
-static int add_text(parser *p, size_t off, size_t len) {
-        const char *s = p->s + off;
-        size_t from = 0;
-        int r;
-
-        for (;;) {
-                int rc = pcre2_match(p->brk, (PCRE2_SPTR) s, len, from, PCRE2_NO_UTF_CHECK, p->md, NULL);
-                if (rc == PCRE2_ERROR_NOMATCH)
-                        break;
-                if (rc < 0)
-                        return rc == PCRE2_ERROR_NOMEMORY ? -ENOMEM : -EIO;
-                const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(p->md);
-                r = add_piece(p, off + from, ov[0] - from, false);
-                if (r >= 0)
-                        r = add_piece(p, 0, 0, true);
-                if (r < 0)
-                        return r;
-                from = ov[1];
-        }
-        return add_piece(p, off + from, len - from, false);
-}
-
-static void multiply(parser *p, size_t start, double m) {
-        for (size_t i = start; i < p->n; i++)
-                p->pieces[i].weight *= m;
-}
-
-static int open_bracket(parser *p, size_t *stack, size_t *n) {
-        if (p->n_round + p->n_square >= GH_PROMPT_DEPTH_MAX)
-                return PFAIL(p, -E2BIG, "prompt: more than %d brackets open at once", GH_PROMPT_DEPTH_MAX);
-        stack[(*n)++] = p->n;
-        return 0;
-}
-
 /* The bytes of Python whitespace (str.isspace()) at s[i], or 0. */
 static size_t py_space(const char *s, size_t len, size_t i) {
         const unsigned char *u = (const unsigned char *) s + i;
@@ -159,6 +126,54 @@ static size_t skip_space(const char *s, size_t len, size_t i) {
         for (size_t k; i < len && (k = py_space(s, len, i)) > 0;)
                 i += k;
         return i;
+}
+
+/* The bytes of Python whitespace that ends at s[end] (end > 0), or 0. */
+static size_t py_space_before(const char *s, size_t end) {
+        size_t i = end - 1;
+
+        while (i > 0 && end - i < 3 && ((unsigned char) s[i] & 0xC0) == 0x80)
+                i--;
+        return py_space(s, end, i) == end - i ? end - i : 0;
+}
+
+/* Text from the prompt: its parts between A1111's BREAKs, with markers
+ * between. */
+static int add_text(parser *p, size_t off, size_t len) {
+        const char *s = p->s + off;
+        size_t from = 0, k;
+        int r;
+
+        for (;;) {
+                int rc = pcre2_match(p->brk, (PCRE2_SPTR) s, len, from, PCRE2_NO_UTF_CHECK, p->md, NULL);
+                if (rc == PCRE2_ERROR_NOMATCH)
+                        break;
+                if (rc < 0)
+                        return rc == PCRE2_ERROR_NOMEMORY ? -ENOMEM : -EIO;
+                const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(p->md);
+                size_t start = ov[0];
+                while (start > from && (k = py_space_before(s, start)) > 0)
+                        start -= k;
+                r = add_piece(p, off + from, start - from, false);
+                if (r >= 0)
+                        r = add_piece(p, 0, 0, true);
+                if (r < 0)
+                        return r;
+                from = skip_space(s, len, ov[1]);
+        }
+        return add_piece(p, off + from, len - from, false);
+}
+
+static void multiply(parser *p, size_t start, double m) {
+        for (size_t i = start; i < p->n; i++)
+                p->pieces[i].weight *= m;
+}
+
+static int open_bracket(parser *p, size_t *stack, size_t *n) {
+        if (p->n_round + p->n_square >= GH_PROMPT_DEPTH_MAX)
+                return PFAIL(p, -E2BIG, "prompt: more than %d brackets open at once", GH_PROMPT_DEPTH_MAX);
+        stack[(*n)++] = p->n;
+        return 0;
 }
 
 /* ":\s*([+-]?[.\d]+)\s*\)" at s[i] (s[i] == ':'): its end (0 if no match)

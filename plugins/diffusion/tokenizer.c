@@ -65,7 +65,9 @@ static const char EOS[] = "<|endoftext|>";
 static const char END_OF_WORD[] = "</w>";
 
 /* Python's \s for str patterns of the `regex` module: White_Space. */
-#define WHITE_SPACE "\\t\\n\\x0b\\x0c\\r \\x{85}\\x{a0}\\x{1680}\\x{2000}-\\x{200a}\\x{2028}\\x{2029}\\x{202f}\\x{205f}\\x{3000}"
+#define WHITE_SPACE                                   \
+        "\\t\\n\\x0b\\x0c\\r \\x{85}\\x{a0}\\x{1680}" \
+        "\\x{2000}-\\x{200a}\\x{2028}\\x{2029}\\x{202f}\\x{205f}\\x{3000}"
 /* U+0345 folds to a letter: with re.IGNORECASE, `regex` has it in no
  * class of the pattern, so it is skipped like a space. */
 static const char CLIP_PATTERN[] = "<\\|startoftext\\|>|<\\|endoftext\\|>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|"
@@ -361,6 +363,8 @@ static int load_vocab(gh_tokenizer *t, const char *text, size_t len, char *err, 
 
         if (len > GH_TOK_FILE_MAX)
                 return FAIL(-E2BIG, "vocab.json: %zu bytes, more than %u", len, GH_TOK_FILE_MAX);
+        if (len == 0)
+                return FAIL(-EINVAL, "vocab.json: empty");
         r = parse_json(text, len, &root, err, err_size);
         if (r < 0)
                 return r;
@@ -456,6 +460,8 @@ static int merge_line(gh_tokenizer *t, const char *s, size_t len, size_t line, c
 static size_t count_lines(const char *s, size_t len) {
         size_t n = 1;
 
+        if (len == 0)
+                return n;
         for (const char *p = s, *end = s + len; (p = memchr(p, '\n', (size_t) (end - p))); p++)
                 n++;
         return n;

@@ -1,5 +1,6 @@
-/* CLIP's byte-level BPE tokenizer, as Stable Diffusion 1.x uses it (openai
- * CLIP's simple_tokenizer; HF CLIPTokenizer gives the same ids).
+/* CLIP's byte-level BPE tokenizer, as Stable Diffusion 1.x uses it: openai
+ * CLIP's simple_tokenizer. HF's CLIPTokenizer (A1111, diffusers) gives the
+ * same ids except for HTML entities, which it leaves to ftfy.
  *
  * A tokenizer is made from the two files of a CLIP tokenizer, given as
  * memory buffers (the runtime reads them from the weight pool): vocab.json,
@@ -12,10 +13,10 @@
  * Encoding: HTML entities unescaped twice (&amp; &lt; &gt; &quot; &#39;,
  * &#NNN; &#xHH; and the HTML 4 named entities, as Python's html.unescape()),
  * whitespace collapsed to single spaces and stripped, Unicode lower-casing
- * (Python's str.lower(): simple mappings, U+0130 to "i\u0307", a final
- * sigma by an approximation of its context), CLIP's pre-tokenizer pattern,
- * bytes mapped to GPT-2's byte characters, BPE by merge rank with "</w>" on
- * a word's last symbol. ftfy.fix_text() is not done (see tokenizer.c).
+ * (Python's str.lower(): simple mappings, U+0130 to "i\u0307", final
+ * sigma in its context), CLIP's pre-tokenizer pattern, bytes mapped to
+ * GPT-2's byte characters, BPE by merge rank with "</w>" on a word's last
+ * symbol. ftfy.fix_text() is not done (see tokenizer.c).
  *
  * A tokenizer is immutable once made: any number of threads may encode with
  * one at the same time. It holds no global state. */
@@ -36,8 +37,8 @@
 typedef struct gh_tokenizer gh_tokenizer;
 
 /* Makes a tokenizer from vocab.json (|vocab|, |vocab_len| bytes) and
- * merges.txt (|merges|, |merges_len| bytes); neither needs a NUL and both
- * may be freed afterwards. Returns 0, -EINVAL for malformed input, -E2BIG
+ * merges.txt (|merges|, |merges_len| bytes); neither needs a NUL (NULL is
+ * fine with a length of 0) and both may be freed afterwards. Returns 0, -EINVAL for malformed input, -E2BIG
  * over a limit (both with a one-line reason in |err|, e.g. "merges.txt
  * line 17: expected two tokens, found 1"), or -ENOMEM. */
 int gh_tokenizer_new(const char *vocab, size_t vocab_len, const char *merges, size_t merges_len,

@@ -51,7 +51,7 @@ static const char *const predictions[] = {"epsilon", "v_prediction", NULL};
 static const gh_plugin_param params[] = {
         COMMON_PARAMS,
         {GH_PARAM_HEADER, .name = "image", .type = GH_PARAM_IMAGE, .required = true,
-         .help = "the input image (its size is the output's; multiples of 8)"},
+         .help = "the input image (its size is the output's; multiples of 64 for SD 1.x)"},
         {GH_PARAM_HEADER, .name = "strength", .type = GH_PARAM_FLOAT, .float_min = 0, .float_max = 1,
          .float_default = 0.75, .help = "how much to change: the share of the steps run (0: the VAE round trip)"},
 };
@@ -59,9 +59,9 @@ static const gh_plugin_param params[] = {
 static const gh_plugin_param params[] = {
         COMMON_PARAMS,
         {GH_PARAM_HEADER, .name = "width", .type = GH_PARAM_INT, .int_min = GH_SD_MIN_SIZE, .int_max = GH_SD_MAX_SIZE,
-         .int_default = 512, .help = "pixels, a multiple of 8"},
+         .int_default = 512, .help = "pixels, a multiple of 64 for SD 1.x"},
         {GH_PARAM_HEADER, .name = "height", .type = GH_PARAM_INT, .int_min = GH_SD_MIN_SIZE, .int_max = GH_SD_MAX_SIZE,
-         .int_default = 512, .help = "pixels, a multiple of 8"},
+         .int_default = 512, .help = "pixels, a multiple of 64 for SD 1.x"},
 };
 #endif
 
