@@ -67,7 +67,7 @@ typedef enum gh_param_type {
         GH_PARAM_STRING,
         GH_PARAM_ENUM,   /* one of |choices| */
         GH_PARAM_BOOL,
-        GH_PARAM_IMAGE,  /* an input image, passed as an fd by the client */
+        GH_PARAM_IMAGE,  /* an input image: an fd or inline base64 from the client, raw or PNG; decoded to rgb8/rgba8 before the plugin sees it */
         GH_PARAM_MODEL,  /* the name of a model the job uses */
 } gh_param_type;
 
