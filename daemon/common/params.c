@@ -38,6 +38,7 @@
 #include <string.h>
 
 #include "base64.h"
+#include "quote.h"
 #include "image-input.h"
 #include "params.h"
 #include "util.h"
@@ -98,26 +99,7 @@ _printf_(4, 5) static int fail(const out *o, int r, const char *param, const cha
 
 /* ---- text -------------------------------------------------------------- */
 
-/* |s| (|len| bytes) for a one-line message: '"' and '\' escaped, bytes
- * other than printable ASCII as \xNN, cut after SHOW_MAX bytes. */
-static const char *show(char *buf, size_t size, const char *s, size_t len) {
-        size_t n = 0;
-
-        for (size_t i = 0; i < len && i < SHOW_MAX && n + 5 < size; i++) {
-                unsigned char c = (unsigned char) s[i];
-                if (c == '"' || c == '\\')
-                        n += (size_t) snprintf(buf + n, size - n, "\\%c", c);
-                else if (c < 0x20 || c >= 0x7f)
-                        n += (size_t) snprintf(buf + n, size - n, "\\x%02x", c);
-                else
-                        buf[n++] = (char) c;
-        }
-        if (len > SHOW_MAX && n + 4 <= size)
-                n += (size_t) snprintf(buf + n, size - n, "...");
-        buf[n] = 0;
-        return buf;
-}
-#define SHOW(s, len) show((char[SHOW_BUF]) {0}, SHOW_BUF, (s), (len))
+#define SHOW(s, len) gh_quote_bytes((char[SHOW_BUF]) {0}, SHOW_BUF, (s), (len), SHOW_MAX)
 
 /* "a, b, c", ending in ", ..." where the next name does not fit. */
 typedef struct list {

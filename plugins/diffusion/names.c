@@ -148,15 +148,22 @@ static int vformat(char *buf, size_t size, const char *fmt, va_list ap) {
         return n < 0 || (size_t) n >= size ? -ENAMETOOLONG : 0;
 }
 
+/* The calling function's format and arguments into |buf| (an array). */
+#define FORMAT_ARGS(buf, fmt)                                           \
+        ({                                                              \
+                va_list _ap;                                            \
+                va_start(_ap, fmt);                                     \
+                int _r = vformat((buf), sizeof(buf), (fmt), _ap);       \
+                va_end(_ap);                                            \
+                _r;                                                     \
+        })
+
 bool gh_dpart_has_file(gh_dpart *p, const char *fmt, ...) {
         char name[400];
         gh_tensor t;
-        va_list ap;
         int r;
 
-        va_start(ap, fmt);
-        r = vformat(name, sizeof(name), fmt, ap);
-        va_end(ap);
+        r = FORMAT_ARGS(name, fmt);
         return r == 0 && lookup(p, name, &t) == 0;
 }
 
@@ -169,23 +176,17 @@ static int find(gh_dpart *p, const char *canon, gh_tensor *ret, char *file, size
 bool gh_dpart_has(gh_dpart *p, const char *fmt, ...) {
         char canon[400], file[400];
         gh_tensor t;
-        va_list ap;
         int r;
 
-        va_start(ap, fmt);
-        r = vformat(canon, sizeof(canon), fmt, ap);
-        va_end(ap);
+        r = FORMAT_ARGS(canon, fmt);
         return r == 0 && find(p, canon, &t, file, sizeof(file)) == 0;
 }
 
 int gh_dpart_shape(gh_dpart *p, gh_tensor *ret, const char *fmt, ...) {
         char canon[400], file[400];
-        va_list ap;
         int r;
 
-        va_start(ap, fmt);
-        r = vformat(canon, sizeof(canon), fmt, ap);
-        va_end(ap);
+        r = FORMAT_ARGS(canon, fmt);
         if (r < 0)
                 return r;
         r = find(p, canon, ret, file, sizeof(file));
@@ -221,12 +222,9 @@ int gh_dpart_get(gh_dpart *p, gh_dt *ret, uint32_t n_dims, const int64_t *shape,
         char canon[400], file[400], have[128], want[128];
         uint64_t ushape[GH_DT_MAX_DIMS];
         gh_tensor t;
-        va_list ap;
         int r;
 
-        va_start(ap, fmt);
-        r = vformat(canon, sizeof(canon), fmt, ap);
-        va_end(ap);
+        r = FORMAT_ARGS(canon, fmt);
         if (r < 0)
                 return r;
         if ((r = find(p, canon, &t, file, sizeof(file))) < 0) {
@@ -256,12 +254,9 @@ int gh_dpart_get(gh_dpart *p, gh_dt *ret, uint32_t n_dims, const int64_t *shape,
 
 int gh_dlin_get(gh_dpart *p, gh_dlin *ret, bool bias, int64_t out, int64_t in, const char *fmt, ...) {
         char base[360];
-        va_list ap;
         int r;
 
-        va_start(ap, fmt);
-        r = vformat(base, sizeof(base), fmt, ap);
-        va_end(ap);
+        r = FORMAT_ARGS(base, fmt);
         if (r < 0)
                 return r;
         *ret = (gh_dlin){0};
@@ -273,12 +268,9 @@ int gh_dlin_get(gh_dpart *p, gh_dlin *ret, bool bias, int64_t out, int64_t in, c
 
 int gh_dconv_get(gh_dpart *p, gh_dlin *ret, int64_t out, int64_t in, int64_t k, const char *fmt, ...) {
         char base[360];
-        va_list ap;
         int r;
 
-        va_start(ap, fmt);
-        r = vformat(base, sizeof(base), fmt, ap);
-        va_end(ap);
+        r = FORMAT_ARGS(base, fmt);
         if (r < 0)
                 return r;
         *ret = (gh_dlin){0};
@@ -289,12 +281,9 @@ int gh_dconv_get(gh_dpart *p, gh_dlin *ret, int64_t out, int64_t in, int64_t k, 
 
 int gh_dnorm_get(gh_dpart *p, gh_dnorm *ret, int64_t c, const char *fmt, ...) {
         char base[360];
-        va_list ap;
         int r;
 
-        va_start(ap, fmt);
-        r = vformat(base, sizeof(base), fmt, ap);
-        va_end(ap);
+        r = FORMAT_ARGS(base, fmt);
         if (r < 0)
                 return r;
         GH_TRY(gh_dpart_get(p, &ret->g, 1, (int64_t[]){c}, "%s.weight", base));

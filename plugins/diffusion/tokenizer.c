@@ -52,6 +52,7 @@
 #include <pcre2.h>
 
 #include "common/util.h"
+#include "common/quote.h"
 #include "tokenizer.h"
 
 #define JSON_DEPTH 4        /* vocab.json: one object of numbers */
@@ -103,26 +104,7 @@ struct gh_tokenizer {
 
 #define FAIL(r, ...) (gh_set_error(err, err_size, __VA_ARGS__), (r))
 
-/* |s| (|len| bytes) for a one-line message: '"' and '\' escaped, bytes
- * other than printable ASCII as \xNN, cut after SHOW_MAX bytes. */
-static const char *show(char *buf, size_t size, const char *s, size_t len) {
-        size_t n = 0;
-
-        for (size_t i = 0; i < len && i < SHOW_MAX && n + 5 < size; i++) {
-                unsigned char c = (unsigned char) s[i];
-                if (c == '"' || c == '\\')
-                        n += (size_t) snprintf(buf + n, size - n, "\\%c", c);
-                else if (c < 0x20 || c >= 0x7f)
-                        n += (size_t) snprintf(buf + n, size - n, "\\x%02x", c);
-                else
-                        buf[n++] = (char) c;
-        }
-        if (len > SHOW_MAX && n + 4 <= size)
-                n += (size_t) snprintf(buf + n, size - n, "...");
-        buf[n] = 0;
-        return buf;
-}
-#define SHOW(s, len) show((char[SHOW_BUF]) {0}, SHOW_BUF, (s), (len))
+#define SHOW(s, len) gh_quote_bytes((char[SHOW_BUF]) {0}, SHOW_BUF, (s), (len), SHOW_MAX)
 
 /* ---- UTF-8 ------------------------------------------------------------- */
 
