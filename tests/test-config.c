@@ -8,8 +8,9 @@
  * byte order (ignoring hidden and non-.conf files), a "-c" override, and
  * the whole-file errors (missing, directory, over 1 MiB); the cross-key and
  * group checks of gh_config_verify; the error formatter and the summary;
- * and that the shipped etc/gpuhost.conf, both as shipped and with every
- * "#key = value" line uncommented, gives exactly the built-in defaults.
+ * and that the shipped etc/gpuhost.conf(.in), both as shipped and with every
+ * "#key = value" line uncommented, gives exactly the built-in defaults
+ * plus the demo model at its install path.
  * Runs under ASan/LSan, so every config, string and temp file is freed. */
 #include <errno.h>
 #include <fcntl.h>
@@ -146,7 +147,8 @@ static void assert_str_or_null_equal(const char *a, const char *b) {
 }
 
 /* Every configured field (not the list of files) equals the defaults. */
-static void assert_config_is_default(const gh_config *c) {
+/* Every global key at its default (the models aside). */
+static void assert_globals_are_default(const gh_config *c) {
         gh_config *d = NULL;
 
         assert_int_equal(gh_config_new(&d), 0);
@@ -187,8 +189,12 @@ static void assert_config_is_default(const gh_config *c) {
         assert_int_equal(c->max_finished, d->max_finished);
         assert_int_equal(c->max_inline_output, d->max_inline_output);
         assert_str_or_null_equal(c->metrics_listen, d->metrics_listen);
-        assert_int_equal(c->n_models, 0);
         gh_config_free(d);
+}
+
+static void assert_config_is_default(const gh_config *c) {
+        assert_globals_are_default(c);
+        assert_int_equal(c->n_models, 0);
 }
 
 /* ---- defaults --------------------------------------------------------- */
@@ -1112,6 +1118,25 @@ static void test_devices_and_models(void **state) {
         expect_error("[models]\ntokenizer = tok\n", 2, "[models] tokenizer", "absolute");
         expect_error("[model a]\npath = /x\ntokenizer = tok\n", 3, "[model a] tokenizer", "absolute");
 
+        /* Job parameter defaults: a JSON object of scalars, kept as plain
+         * JSON text; empty is none. */
+        c = parse_ok("[model a]\npath = /x\nparameters = { \"width\" : 64, \"sampler\": \"euler\", "
+                     "\"cfg_scale\": 5.5, \"hires\": true }\n");
+        assert_string_equal(c->models[0].parameters,
+                            "{\"width\":64,\"sampler\":\"euler\",\"cfg_scale\":5.5,\"hires\":true}");
+        const char *none = "[model a]\nparameters =\n";
+        assert_int_equal(gh_config_parse_string(c, none, strlen(none), "none.conf", &err), 0);
+        assert_null(c->models[0].parameters);
+        gh_config_free(c);
+        expect_error("[model a]\nparameters = width=64\n", 2, "[model a] parameters", "JSON object");
+        expect_error("[model a]\nparameters = [64]\n", 2, "[model a] parameters", "JSON object");
+        expect_error("[model a]\nparameters = {\"w\": 1} x\n", 2, "[model a] parameters", "JSON object");
+        expect_error("[model a]\nparameters = {\"w\": {\"x\": 1}}\n", 2, "[model a] parameters",
+                     "string, a number or a boolean");
+        expect_error("[model a]\nparameters = {\"w\": null}\n", 2, "[model a] parameters",
+                     "string, a number or a boolean");
+        expect_error("[model a]\nparameters = {\"model\": \"b\"}\n", 2, "[model a] parameters", "itself");
+
         expect_error("[model a]\npath = relative\n", 2, "[model a] path", "absolute");
         expect_error("[model a]\nsize = 1\n", 2, "[model a] size", "unknown key");
         expect_error("[model a]\ndtype = int8\n", 2, "[model a] dtype", "not a dtype");
@@ -1175,12 +1200,23 @@ static void test_summary(void **state) {
 
 /* ---- the shipped configuration file ---------------------------------------- */
 
+/* The shipped file as the build configured it (etc/gpuhost.conf.in). */
 static char *shipped_conf_path(void) {
-        const char *src = getenv("GH_SOURCE_DIR");
+        const char *path = getenv("GH_SHIPPED_CONF");
 
-        if (!src || !*src)
-                return NULL;
-        return path_join(src, "etc/gpuhost.conf");
+        return path && *path ? strdup(path) : NULL;
+}
+
+/* Its one declared model: the demo model at its install path. */
+static void assert_demo_model(const gh_config *c) {
+        const char *want = getenv("GH_SHIPPED_DEMO");
+
+        assert_non_null(want);
+        assert_int_equal(c->n_models, 1);
+        assert_string_equal(c->models[0].name, "demo");
+        assert_string_equal(c->models[0].path, want);
+        assert_null(c->models[0].tokenizer);
+        assert_string_equal(c->models[0].parameters, "{\"width\":64,\"height\":64}");
 }
 
 static char *read_all(const char *path, size_t *ret_len) {
@@ -1207,14 +1243,16 @@ static void test_shipped_config(void **state) {
         if (!path)
                 skip();
 
-        /* As shipped (all commented out): the built-in defaults. */
+        /* As shipped (all commented out but the demo model): the built-in
+         * defaults. */
         gh_config_error err = {};
         gh_config *c = NULL;
         int r = gh_config_load(path, NULL, NULL, &c, &err);
         if (r < 0)
                 print_error("%s:%u: %s: %s\n", err.file, err.line, err.key, err.message);
         assert_int_equal(r, 0);
-        assert_config_is_default(c);
+        assert_globals_are_default(c);
+        assert_demo_model(c);
         assert_int_equal(c->n_files, 1);
         gh_config_free(c);
 
@@ -1248,7 +1286,8 @@ static void test_shipped_config(void **state) {
         if (r < 0)
                 print_error("%s:%u: %s: %s\n", err.file, err.line, err.key, err.message);
         assert_int_equal(r, 0);
-        assert_config_is_default(c);
+        assert_globals_are_default(c);
+        assert_demo_model(c);
         assert_int_equal(gh_config_verify(c, &err), 0);
         gh_config_free(c);
 

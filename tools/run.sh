@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job, from a fresh Debian machine: install dependencies, build,
 # start gpuhostd on a private socket (CPU device, no root needed beyond the
-# package install) and ask it for its status. The daemon keeps running;
-# the last lines say how to talk to it and how to stop it.
+# package install) with the demo model, and generate circle.png ("a red
+# circle on a blue background") with it. The daemon keeps running; the last
+# lines say how to talk to it and how to stop it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,13 +16,17 @@ mkdir -p "$run"
 chmod 0700 "$run"
 sock="$run/gpuhost.sock"
 cat > "$run/gpuhost.conf" <<CONF
-# Written by tools/run.sh: the defaults of etc/gpuhost.conf, on a private
-# socket, with the worker and the pipeline plugins of this build.
+# Written by tools/run.sh: the defaults of etc/gpuhost.conf.in, on a
+# private socket, with the worker, the pipeline plugins and the demo model of
+# this source tree.
 [socket]
 path = $sock
 [workers]
 executable = $PWD/build/daemon/gpuhost-worker
-plugin_directory = $PWD/build/plugins
+plugin_directory = $PWD/build/plugins/out
+[model demo]
+path = $PWD/models/demo
+parameters = {"width": 64, "height": 64}
 CONF
 
 # A daemon from an earlier run may hold the socket: replace it.
@@ -39,10 +44,11 @@ for _ in $(seq 100); do
         sleep 0.1
 done
 build/daemon/gpuhostctl status
-build/daemon/gpuhostctl workers
+build/daemon/gpuhostctl generate txt2img --model demo --param prompt="a red circle on a blue background" -o circle.png
 cat <<MSG
 
+Wrote $PWD/circle.png.
 gpuhostd is running (pid $(cat "$run/gpuhostd.pid"), log $run/gpuhostd.log).
-Talk to it:  GPUHOST_SOCKET=$sock build/daemon/gpuhostctl status
+Talk to it:  GPUHOST_SOCKET=$sock build/daemon/gpuhostctl generate txt2img --model demo --param prompt="a small yellow star on a purple background, top left" -o star.png
 Stop it:     kill \$(cat $run/gpuhostd.pid)
 MSG

@@ -3,6 +3,7 @@
 #include <grp.h>
 #include <ini.h>
 #include <inttypes.h>
+#include <json-c/json.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <string.h>
@@ -50,6 +51,7 @@ static int parse_selectors(const key_def *k, const char *v, void *field, const c
 static int parse_reserve(const key_def *k, const char *v, void *field, const char **ret_reason);
 static int parse_reserve_overrides(const key_def *k, const char *v, void *field, const char **ret_reason);
 static int parse_metrics_listen(const key_def *k, const char *v, void *field, const char **ret_reason);
+static int parse_job_defaults(const key_def *k, const char *v, void *field, const char **ret_reason);
 
 #define KEY(sec, name, parser, member, lo, hi) \
         {sec, name, parser, offsetof(gh_config, member), lo, hi}
@@ -108,6 +110,7 @@ static const key_def model_key_table[] = {
         MODEL_KEY("devices", parse_selectors, devices),
         MODEL_KEY("pinned", parse_bool, pinned),
         MODEL_KEY("tokenizer", parse_optional_path, tokenizer),
+        MODEL_KEY("parameters", parse_job_defaults, parameters),
 };
 
 #define MODEL_SECTION "model "
@@ -301,6 +304,43 @@ static int parse_optional_path(const key_def *k, const char *v, void *field, con
         return *v ? parse_path(k, v, field, ret_reason) : set_string(field, v);
 }
 
+/* [model] parameters: a JSON object of job parameter defaults, each a
+ * string, number or boolean (the model itself is not one), stored in its
+ * plain JSON text; empty: none. Its length is bounded by the line's. */
+static int parse_job_defaults(const key_def *k, const char *v, void *field, const char **ret_reason) {
+        (void) k;
+        if (!*v)
+                return set_string(field, v);
+        json_tokener *tok = json_tokener_new_ex(4);
+        if (!tok)
+                return -ENOMEM;
+        json_object *o = json_tokener_parse_ex(tok, v, (int) strlen(v));
+        bool whole = json_tokener_get_error(tok) == json_tokener_success && json_tokener_get_parse_end(tok) == strlen(v);
+        json_tokener_free(tok);
+        int r = -EINVAL;
+        if (!whole || !json_object_is_type(o, json_type_object))
+                *ret_reason = "not a JSON object, e.g. {\"width\": 64, \"height\": 64}";
+        else if (json_object_object_get_ex(o, "model", NULL))
+                *ret_reason = "\"model\" is not a default of itself";
+        else {
+                r = 0;
+                json_object_object_foreach(o, key, val) {
+                        (void) key;
+                        json_type t = json_object_get_type(val);
+                        if (t != json_type_string && t != json_type_int && t != json_type_double &&
+                            t != json_type_boolean) {
+                                *ret_reason = "each value must be a string, a number or a boolean";
+                                r = -EINVAL;
+                                break;
+                        }
+                }
+        }
+        if (r == 0)
+                r = set_string(field, json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+        json_object_put(o);
+        return r;
+}
+
 /* Paths whose default depends on where gpuhost is installed: empty means
  * that default. */
 static int parse_worker_path(const key_def *k, const char *v, void *field, const char **ret_reason) {
@@ -433,6 +473,7 @@ gh_config *gh_config_free(gh_config *c) {
                 free(m->dtype);
                 free(m->devices);
                 free(m->tokenizer);
+                free(m->parameters);
                 free(m->file);
         }
         free(c->models);

@@ -24,6 +24,7 @@ typedef struct gh_model_config {
         char *devices;  /* device selectors (index or UUID), space or comma separated; NULL: any */
         bool pinned;    /* never evicted */
         char *tokenizer; /* single-file model: a folder holding vocab.json and merges.txt; NULL: [models] tokenizer */
+        char *parameters; /* job parameter defaults of its jobs, a JSON object's text; NULL: none */
         char *file;     /* where the section was declared, for errors */
         unsigned line;
 } gh_model_config;

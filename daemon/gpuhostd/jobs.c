@@ -564,6 +564,66 @@ static int check_limits(gh_workers *ws, gh_request *req, uid_t uid) {
 /* The job's image fds: copies of the request's, then the memfds made of
  * its inline images (taken from |images|), as the normalized parameters
  * number them. */
+/* Whether parameter |key| of |table| may be a model's default: one the
+ * pipeline has, and not a model or an image. */
+static bool defaultable(json_object *table, const char *key) {
+        for (size_t i = 0, n = json_object_array_length(table); i < n; i++) {
+                json_object *e = json_object_array_get_idx(table, i);
+                if (!gh_streq(json_object_get_string(json_object_object_get(e, "name")), key))
+                        continue;
+                const char *type = json_object_get_string(json_object_object_get(e, "type"));
+                return !gh_streq(type, "model") && !gh_streq(type, "image");
+        }
+        return false;
+}
+
+/* The request's parameters with the [model] parameters of its models (each
+ * model parameter of the pipeline, given or by default) filling in what it
+ * leaves out: the request wins, then the model, then the pipeline. *ret is
+ * a new reference, |given| itself when nothing is added. */
+static int with_model_defaults(gh_workers *ws, json_object *table, json_object *given, json_object **ret) {
+        json_object *out = NULL;
+        size_t n = json_object_is_type(table, json_type_array) ? json_object_array_length(table) : 0;
+
+        if (given && !json_object_is_type(given, json_type_object))
+                n = 0; /* refused by the validation */
+        for (size_t i = 0; i < n; i++) {
+                json_object *e = json_object_array_get_idx(table, i);
+                if (!gh_streq(json_object_get_string(json_object_object_get(e, "type")), "model"))
+                        continue;
+                const char *param = json_object_get_string(json_object_object_get(e, "name"));
+                json_object *v = given && param ? json_object_object_get(given, param) : NULL;
+                if (!v)
+                        v = json_object_object_get(e, "default");
+                gh_model *m = json_object_is_type(v, json_type_string)
+                                      ? gh_store_find(ws->engine->store, json_object_get_string(v))
+                                      : NULL;
+                json_object *defs = m ? gh_model_parameters(m) : NULL;
+                if (!defs)
+                        continue;
+                json_object_object_foreach(defs, key, val) {
+                        if ((out ? json_object_object_get_ex(out, key, NULL)
+                                 : given && json_object_object_get_ex(given, key, NULL)) ||
+                            !defaultable(table, key))
+                                continue;
+                        if (!out) {
+                                if (!(out = json_object_new_object()))
+                                        return -ENOMEM;
+                                if (given) {
+                                        json_object_object_foreach(given, gk, gv)
+                                                json_object_object_add(out, gk, json_object_get(gv));
+                                }
+                        }
+                        if (json_object_object_add(out, key, json_object_get(val)) < 0) {
+                                json_object_put(out);
+                                return -ENOMEM;
+                        }
+                }
+        }
+        *ret = out ? out : json_object_get(given);
+        return 0;
+}
+
 static int take_fds(gh_params_images *images, gh_task *t) {
         size_t n = images->n_fds + images->n_made;
 
@@ -612,8 +672,11 @@ int gh_job_submit(gh_workers *ws, gh_request *req, json_object *params) {
                 return r == -ENOMEM ? r : 0;
         }
         images.n_fds = gh_request_fds(req, &images.fds);
-        r = gh_params_validate(p->table, json_object_object_get(params, "parameters"), &images, &norm, pname,
-                               sizeof(pname), reason, sizeof(reason));
+        json_object *given = NULL;
+        r = with_model_defaults(ws, p->table, json_object_object_get(params, "parameters"), &given);
+        if (r >= 0)
+                r = gh_params_validate(p->table, given, &images, &norm, pname, sizeof(pname), reason, sizeof(reason));
+        json_object_put(given);
         if (r < 0) {
                 task_free(t);
                 return r == -EINVAL ? gh_request_invalid_parameter(req, pname[0] ? pname : "parameters", reason) : r;

@@ -40,6 +40,7 @@ static void tensors_free(gh_tensor_entry *t, size_t n) {
 typedef struct catalog_entry {
         char *name, *path, *devices;
         char *tokenizer; /* a single file's tokenizer folder, or NULL */
+        json_object *parameters; /* [model] parameters: job parameter defaults, or NULL */
         int convert; /* a gh_dtype, or -1 to keep */
         bool pinned, from_config;
         uint64_t bytes; /* pool bytes once loaded (0: unknown, the files are unreadable) */
@@ -62,6 +63,7 @@ gh_catalog *gh_catalog_free(gh_catalog *cat) {
                 free(cat->entries[i].path);
                 free(cat->entries[i].devices);
                 free(cat->entries[i].tokenizer);
+                json_object_put(cat->entries[i].parameters);
                 tensors_free(cat->entries[i].tensors, cat->entries[i].n_tensors);
         }
         free(cat->entries);
@@ -158,6 +160,9 @@ int gh_catalog_build(const gh_config *c, gh_catalog **ret, char *err, size_t err
                 e->convert = m->dtype ? (int) gh_dtype_from_config(m->dtype) : -1;
                 if (m->devices && !(e->devices = strdup(m->devices)))
                         r = -ENOMEM;
+                /* Checked when the configuration was read. */
+                if (r >= 0 && m->parameters && !(e->parameters = json_tokener_parse(m->parameters)))
+                        r = -ENOMEM;
         }
         if (r >= 0 && c->models_directory) {
                 r = catalog_scan(cat, c->models_directory, c->models_tokenizer);
@@ -239,6 +244,7 @@ struct gh_resident {
 
 struct gh_model {
         char *name, *path, *devices, *tokenizer;
+        json_object *parameters; /* job parameter defaults, or NULL */
         int convert;
         bool pinned, from_config, gone;
         uint64_t loads; /* loads started, on any device */
@@ -972,6 +978,7 @@ static void model_free(gh_model *m) {
         free(m->path);
         free(m->devices);
         free(m->tokenizer);
+        json_object_put(m->parameters);
         tensors_free(m->tensors, m->n_tensors);
         json_object_put(m->tensors_json);
         free(m);
@@ -1070,6 +1077,8 @@ static int model_update(gh_model *m, catalog_entry *e) {
         m->tokenizer = tokenizer;
         m->convert = e->convert;
         m->pinned = e->pinned;
+        json_object_put(m->parameters);
+        m->parameters = json_object_get(e->parameters);
         if (e->bytes)
                 m->bytes = e->bytes;
         tensors_free(m->tensors, m->n_tensors);
@@ -1160,6 +1169,10 @@ gh_model *gh_store_find(gh_store *s, const char *name) {
 
 const char *gh_model_name(const gh_model *m) {
         return m->name;
+}
+
+json_object *gh_model_parameters(const gh_model *m) {
+        return m->parameters;
 }
 
 uint64_t gh_model_bytes(const gh_model *m) {

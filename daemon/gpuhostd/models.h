@@ -97,6 +97,9 @@ bool gh_store_apply_catalog(gh_store *s, gh_catalog *cat);
 
 gh_model *gh_store_find(gh_store *s, const char *name);
 const char *gh_model_name(const gh_model *m);
+/* Its [model] parameters: job parameter defaults (a JSON object, borrowed),
+ * or NULL. */
+json_object *gh_model_parameters(const gh_model *m);
 /* The [model] devices selectors, or NULL when any device will do. */
 const char *gh_model_devices(const gh_model *m);
 gh_resident *gh_model_resident(const gh_model *m, unsigned device);

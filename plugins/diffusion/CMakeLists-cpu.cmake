@@ -8,3 +8,7 @@ add_library(gh-dbackend-cpu STATIC
 set_target_properties(gh-dbackend-cpu PROPERTIES POSITION_INDEPENDENT_CODE ON C_VISIBILITY_PRESET hidden)
 target_include_directories(gh-dbackend-cpu PUBLIC ${PROJECT_SOURCE_DIR}/include ${CMAKE_CURRENT_LIST_DIR})
 target_link_libraries(gh-dbackend-cpu PUBLIC m Threads::Threads)
+# The kernels are always optimised, also in Debug and sanitizer builds (which
+# still instrument them): at -O0 a 64x64 picture takes seconds, not a
+# fraction of one, and the end-to-end tests would crawl.
+target_compile_options(gh-dbackend-cpu PRIVATE -O2)

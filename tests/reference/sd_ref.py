@@ -390,7 +390,8 @@ class CLIPTextModel(nn.Module):
         n = ids.shape[1]
         x = tm.embeddings.token_embedding(ids)
         x = x + tm.embeddings.position_embedding.weight[:n]
-        mask = torch.full((n, n), float("-inf"), dtype=x.dtype).triu(1)
+        mask = torch.full((n, n), float("-inf"), dtype=x.dtype,
+                          device=x.device).triu(1)
         upto = len(tm.encoder.layers) - (clip_skip - 1)
         for layer in tm.encoder.layers[:upto]:
             x = layer(x, mask)
@@ -431,7 +432,8 @@ def encode_prompt_pair(clip, tok, prompt, negative, clip_skip=1):
 def timestep_embedding(t, dim):
     """[cos, sin] of t * exp(-ln(10000) * i / half)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=t.dtype)
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=t.dtype,
+                                                         device=t.device)
                       / half)
     args = t[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)

@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""The shipped demo model through a real gpuhostd on the CPU device, judged
+by what its pictures show (stdlib only).
+
+- For each prompt of PROMPTS and each seed of SEEDS, `gpuhostctl generate
+  txt2img --model demo` writes a PNG; tests/demo/semantic.py checks from the
+  pixels that the foreground colour, the background colour and the shape
+  class are the prompt's. At least 90% of the pictures must pass all three
+  (accuracy is printed, per picture and in total).
+- The same seed gives the same pixels.
+- The shipped [model demo] parameters make 64x64 the default size; a
+  job's own width wins.
+- img2img of the red circle with the prompt changed to green recolours the
+  shape: the result's foreground is green, the background is still blue,
+  and the shape is still a circle.
+
+The daemon serves the model from its source folder with the [model demo]
+section of the shipped configuration (as the build configured it), only
+its path changed.
+
+With GH_DEMO_GALLERY=DIR set, the pictures and a contact sheet of them
+(gallery.png, one row per two prompts, at twice the size) are written to
+DIR.
+
+Usage: test-demo-e2e.py GPUHOSTD GPUHOSTCTL WORKER PLUGIN_DIR MODEL_DIR SHIPPED_CONF
+"""
+import configparser
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "demo"))
+sys.path.insert(0, os.path.join(HERE, "reference"))
+sys.dont_write_bytecode = True
+import png  # noqa: E402
+import semantic  # noqa: E402
+
+GPUHOSTD, CTL, WORKER, PLUGINS, MODEL, SHIPPED = (os.path.abspath(a)
+                                                  for a in sys.argv[1:7])
+
+PROMPTS = [
+    "a red circle on a blue background",
+    "a green square on a white background",
+    "a yellow triangle on a purple background",
+    "a white star on a black background",
+    "an orange ring on a blue background",
+    "a blue cross on a yellow background",
+    "a purple circle on a green background",
+    "a black square on an orange background",
+    "a large red triangle on a white background",
+    "a large yellow star on a blue background",
+    "a green ring on a black background",
+    "a white cross on a red background",
+    "a blue circle on a yellow background, top left",
+    "a large orange square on a purple background",
+    "a purple star on a white background",
+    "a red cross on a green background",
+]
+SEEDS = [7, 1234]
+STEPS = 20
+MIN_ACCURACY = 0.90
+
+
+def fail(msg):
+    print("FAIL: " + msg, flush=True)
+    sys.exit(1)
+
+
+def shipped_demo_section():
+    """The shipped [model demo] section with MODEL as its path, as text."""
+    ini = configparser.ConfigParser(interpolation=None)
+    ini.read(SHIPPED)
+    if not ini.has_section("model demo"):
+        fail(SHIPPED + " declares no [model demo]")
+    keys = dict(ini["model demo"], path=MODEL)
+    return "[model demo]\n" + "".join("%s = %s\n" % kv for kv in keys.items())
+
+
+class Daemon:
+    def __init__(self, tmp):
+        plugins = os.path.join(tmp, "plugins")
+        os.mkdir(plugins)
+        for p in ("txt2img.so", "img2img.so"):
+            shutil.copy(os.path.join(PLUGINS, p), plugins)
+            os.chmod(os.path.join(plugins, p), 0o644)
+        self.sock = os.path.join(tmp, "gpuhost.sock")
+        conf = os.path.join(tmp, "gpuhost.conf")
+        with open(conf, "w") as f:
+            f.write("[socket]\npath = %s\n[devices]\ncpu_memory = 256M\n"
+                    "slab_size = 2M\n"
+                    "[workers]\nexecutable = %s\nplugin_directory = %s\n"
+                    "cpu_threads = 2\n%s"
+                    % (self.sock, WORKER, plugins, shipped_demo_section()))
+        self.log_path = os.path.join(tmp, "daemon.log")
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([GPUHOSTD, "-c", conf], stderr=self.log)
+        self.env = dict(os.environ, GPUHOST_SOCKET=self.sock)
+        for _ in range(200):
+            if subprocess.run([CTL, "ping"], env=self.env,
+                              capture_output=True).returncode == 0:
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        fail("gpuhostd did not come up:\n" + open(self.log_path).read())
+
+    def ctl(self, *args):
+        r = subprocess.run([CTL] + list(args), env=self.env,
+                           capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            fail("gpuhostctl %s: exit %d\n%s%s" % (" ".join(args),
+                                                   r.returncode, r.stdout,
+                                                   r.stderr))
+        return r.stdout
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                fail("gpuhostd did not stop on SIGTERM")
+        self.log.close()
+
+
+def txt2img(d, out, prompt, seed):
+    d.ctl("generate", "txt2img", "--model", "demo", "--param",
+          "prompt=" + prompt, "--param", "seed=%d" % seed, "--param",
+          "steps=%d" % STEPS, "-o", out)
+    return png.read(out)
+
+
+def show(prompt, seed, j):
+    p, f = j["predicted"], j["features"]
+    print("%s %-48s seed %-5d fg %-7s bg %-7s shape %-8s fill %.2f "
+          "size %-6s place %s" % (
+              "ok " if j["ok"] else "BAD", prompt, seed, p.get("fg_name"),
+              p.get("bg_name"), p.get("shape"), f.get("fill") or 0.0,
+              p.get("size") or "medium", p.get("place")), flush=True)
+
+
+def contact_sheet(path, images, cols, scale=2):
+    """images: list of (w, h, rgb), all 64x64, shown at |scale| times
+    their size (nearest) on a 2-pixel grey grid."""
+    size, gap = 64 * scale, 2
+    rows = (len(images) + cols - 1) // cols
+    w, h = cols * (size + gap) + gap, rows * (size + gap) + gap
+    sheet = bytearray(b"\x80" * (w * h * 3))
+    for i, (iw, ih, rgb) in enumerate(images):
+        r, c = divmod(i, cols)
+        x0, y0 = gap + c * (size + gap), gap + r * (size + gap)
+        for y in range(ih * scale):
+            src = rgb[(y // scale) * iw * 3:(y // scale + 1) * iw * 3]
+            line = b"".join(src[x * 3:x * 3 + 3] * scale for x in range(iw))
+            off = ((y0 + y) * w + x0) * 3
+            sheet[off:off + len(line)] = line
+    png.write(path, w, h, bytes(sheet))
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="gh-demo-e2e-")
+    gallery = os.environ.get("GH_DEMO_GALLERY")
+    d = Daemon(tmp)
+    try:
+        t0 = time.time()
+        passed, placed, sized, judged, images = 0, 0, 0, [], []
+        for i, prompt in enumerate(PROMPTS):
+            for seed in SEEDS:
+                out = os.path.join(tmp, "p%02d-%d.png" % (i, seed))
+                w, h, rgb, _ = txt2img(d, out, prompt, seed)
+                if (w, h) != (64, 64):
+                    fail("%s: %dx%d, 64x64 expected" % (out, w, h))
+                j = semantic.judge(prompt, w, h, rgb)
+                show(prompt, seed, j)
+                passed += bool(j["ok"])
+                placed += bool(j["ok_place"])
+                sized += bool(j["ok_size"])
+                judged.append({"prompt": prompt, "seed": seed,
+                               "ok": bool(j["ok"])})
+                images.append((w, h, rgb))
+        n = len(PROMPTS) * len(SEEDS)
+        acc = passed / n
+        per = (time.time() - t0) / n
+        print("semantic accuracy: %d/%d = %.1f%% (%d prompts x %d seeds, "
+              "%d steps; %.2f s per picture through the daemon)"
+              % (passed, n, 100 * acc, len(PROMPTS), len(SEEDS), STEPS, per),
+              flush=True)
+        print("informative, not required: place %d/%d, size %d/%d"
+              % (placed, n, sized, n), flush=True)
+        if gallery:
+            os.makedirs(gallery, exist_ok=True)
+            contact_sheet(os.path.join(gallery, "gallery.png"), images,
+                          2 * len(SEEDS))
+            with open(os.path.join(gallery, "gallery.json"), "w") as f:
+                json.dump(judged, f, indent=1)
+        if acc < MIN_ACCURACY:
+            fail("semantic accuracy %.1f%% is under %.0f%%"
+                 % (100 * acc, 100 * MIN_ACCURACY))
+
+        # The same seed, the same pixels.
+        again = txt2img(d, os.path.join(tmp, "again.png"), PROMPTS[0],
+                        SEEDS[0])
+        if again[2] != images[0][2]:
+            fail("the same prompt and seed gave different pixels")
+        print("same seed, same pixels: ok", flush=True)
+
+        # The job's own size wins over the model's default (64x64).
+        out = os.path.join(tmp, "wide.png")
+        d.ctl("generate", "txt2img", "--model", "demo", "--param",
+              "prompt=" + PROMPTS[0], "--param", "width=128", "--param",
+              "seed=1", "--param", "steps=4", "-o", out)
+        w, h, _, _ = png.read(out)
+        if (w, h) != (128, 64):
+            fail("width=128 gave %dx%d, 128x64 expected" % (w, h))
+        print("a job's width over the model's default: ok", flush=True)
+
+        # img2img: the red circle, recoloured green.
+        src = os.path.join(tmp, "p00-%d.png" % SEEDS[0])
+        out = os.path.join(tmp, "green.png")
+        green = "a green circle on a blue background"
+        d.ctl("generate", "img2img", "--model", "demo", "--param",
+              "prompt=" + green, "--param", "image=@" + src, "--param",
+              "strength=0.75", "--param", "seed=%d" % SEEDS[0], "--param",
+              "steps=%d" % STEPS, "-o", out)
+        w, h, rgb, _ = png.read(out)
+        j = semantic.judge(green, w, h, rgb)
+        show(green + " (img2img)", SEEDS[0], j)
+        before = semantic.judge(PROMPTS[0], *images[0])
+        if not before["ok"]:
+            fail("the img2img source is not a red circle on blue")
+        if not j["ok"]:
+            fail("img2img did not make a green circle on blue: %s"
+                 % json.dumps(j, default=str))
+        if gallery:
+            contact_sheet(os.path.join(gallery, "img2img.png"),
+                          [images[0], (w, h, rgb)], 2)
+        print("img2img red -> green: ok", flush=True)
+    finally:
+        d.stop()
+    shutil.rmtree(tmp)
+    print("PASS", flush=True)
+
+
+if __name__ == "__main__":
+    main()
