@@ -1,5 +1,6 @@
 /* Jobs as callers see them: ids, watchers, results kept for later,
- * deadlines, queue limits, and the methods Generate, ListJobs, GetJob,
+ * deadlines, queue limits, the [model] parameters defaults a job's
+ * parameters start from, and the methods Generate, ListJobs, GetJob,
  * WaitJob and CancelJob. See tasks.h. */
 #include <fcntl.h>
 #include <inttypes.h>
@@ -561,9 +562,6 @@ static int check_limits(gh_workers *ws, gh_request *req, uid_t uid) {
         return -EBUSY;
 }
 
-/* The job's image fds: copies of the request's, then the memfds made of
- * its inline images (taken from |images|), as the normalized parameters
- * number them. */
 /* Whether parameter |key| of |table| may be a model's default: one the
  * pipeline has, and not a model or an image. */
 static bool defaultable(json_object *table, const char *key) {
@@ -624,6 +622,9 @@ static int with_model_defaults(gh_workers *ws, json_object *table, json_object *
         return 0;
 }
 
+/* The job's image fds: copies of the request's, then the memfds made of
+ * its inline images (taken from |images|), as the normalized parameters
+ * number them. */
 static int take_fds(gh_params_images *images, gh_task *t) {
         size_t n = images->n_fds + images->n_made;
 
