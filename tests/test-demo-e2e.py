@@ -170,6 +170,15 @@ def main():
     gallery = os.environ.get("GH_DEMO_GALLERY")
     d = Daemon(tmp)
     try:
+        models = json.loads(d.ctl("models", "--json"))
+        demo = [m for m in (models.get("models", models)
+                            if isinstance(models, dict) else models)
+                if m.get("name") == "demo"]
+        if not demo or demo[0].get("parameters") != {"width": 64,
+                                                      "height": 64}:
+            fail("ListModels does not show demo's parameters: %s"
+                 % json.dumps(models))
+        print("ListModels shows demo with its parameters: ok", flush=True)
         t0 = time.time()
         passed, placed, sized, judged, images = 0, 0, 0, [], []
         for i, prompt in enumerate(PROMPTS):

@@ -1362,6 +1362,8 @@ json_object *gh_store_models_json(gh_store *s) {
                 json_object_object_add(o, "pinned", json_object_new_boolean(m->pinned));
                 json_object_object_add(o, "declared", json_object_new_boolean(!m->gone));
                 json_object_object_add(o, "loads", json_object_new_int64((int64_t) m->loads));
+                if (m->parameters)
+                        json_object_object_add(o, "parameters", json_object_get(m->parameters));
                 if (m->sha256[0])
                         json_object_object_add(o, "sha256", json_object_new_string(m->sha256));
                 for (unsigned d = 0; d < GH_STORE_MAX_DEVICES; d++)
