@@ -18,9 +18,10 @@ The daemon serves the model from its source folder with the [model demo]
 section of the shipped configuration (as the build configured it), only
 its path changed.
 
-With GH_DEMO_GALLERY=DIR set, the pictures and a contact sheet of them
-(gallery.png, one row per two prompts, at twice the size) are written to
-DIR.
+GH_DEMO_DEVICES adds lines to the [devices] section (on a GPU machine,
+"cpu = no" sends every job to the GPUs). With GH_DEMO_GALLERY=DIR set, the
+pictures and a contact sheet of them (gallery.png, one row per two prompts,
+at twice the size) are written to DIR.
 
 Usage: test-demo-e2e.py GPUHOSTD GPUHOSTCTL WORKER PLUGIN_DIR MODEL_DIR SHIPPED_CONF
 """
@@ -93,17 +94,20 @@ class Daemon:
         conf = os.path.join(tmp, "gpuhost.conf")
         with open(conf, "w") as f:
             f.write("[socket]\npath = %s\n[devices]\ncpu_memory = 256M\n"
-                    "slab_size = 2M\n"
+                    "slab_size = 2M\n%s\n"
                     "[workers]\nexecutable = %s\nplugin_directory = %s\n"
                     "cpu_threads = 2\n%s"
-                    % (self.sock, WORKER, plugins, shipped_demo_section()))
+                    % (self.sock, os.environ.get("GH_DEMO_DEVICES", ""),
+                       WORKER, plugins, shipped_demo_section()))
         self.log_path = os.path.join(tmp, "daemon.log")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen([GPUHOSTD, "-c", conf], stderr=self.log)
         self.env = dict(os.environ, GPUHOST_SOCKET=self.sock)
-        for _ in range(200):
-            if subprocess.run([CTL, "ping"], env=self.env,
-                              capture_output=True).returncode == 0:
+        # Up once its workers offer txt2img (a GPU worker takes a while).
+        for _ in range(1200):
+            r = subprocess.run([CTL, "pipelines"], env=self.env,
+                               capture_output=True, text=True)
+            if r.returncode == 0 and "txt2img" in r.stdout:
                 return
             if self.proc.poll() is not None:
                 break

@@ -70,6 +70,8 @@
         X(MemcpyHtoD, 3020)                      \
         X(MemcpyHtoDAsync, 3020)                 \
         X(MemcpyDtoH, 3020)                      \
+        X(MemcpyDtoHAsync, 3020)                 \
+        X(MemsetD8Async, 3020)                   \
         X(MemAlloc, 3020)                        \
         X(MemFree, 3020)                         \
         X(CtxSynchronize, 2000)                  \

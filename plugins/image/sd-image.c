@@ -1,13 +1,17 @@
 /* The txt2img and img2img pipelines (one source, built twice; IMG2IMG
  * selects img2img) on an SD 1.x checkpoint of the model store, through the
- * diffusion runtime on the CPU device.
+ * diffusion runtime: on the CPU device, or on a GPU through the CUDA
+ * backend where the plugin was built with one (GH_HAVE_CUDA_BACKEND).
  *
  * estimate() loads the checkpoint's shapes (host->model_tensor), checks
  * the parameters against them and plans the workspace by running the whole
  * job dry, with as many prompt chunks as the prompts could need at most.
  * start() loads the views onto the pool, tokenizes, plans again with the
  * real chunk count and takes exactly that arena. Step 0 also encodes the
- * prompts (and the input image); the last step decodes into the outputs. */
+ * prompts (and the input image); the last step decodes into the outputs.
+ * On a GPU the workspace is device memory, the weights are the pool's
+ * device views, and the work runs on the job's stream (asked again at each
+ * step, since the job's slice may move). */
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -20,6 +24,22 @@
 
 #include "pipeline.h"
 #include "prompt.h"
+
+#ifdef GH_HAVE_CUDA_BACKEND
+#include <pthread.h>
+
+#include "backend-cuda.h"
+
+/* The CUDA driver's entry points in this process, loaded once. */
+static gh_cuda *cuda_driver;
+static char cuda_error[256];
+static pthread_once_t cuda_once = PTHREAD_ONCE_INIT;
+
+static void cuda_load(void) {
+        if (gh_cuda_load(NULL, &cuda_driver, cuda_error, sizeof(cuda_error)) < 0)
+                cuda_driver = NULL;
+}
+#endif
 
 #define HOST_HAS(h, member) ((h)->struct_size >= offsetof(gh_host, member) + sizeof((h)->member))
 
@@ -166,6 +186,9 @@ static int estimate(const gh_host *h, const gh_params *ps, gh_plugin_needs *ret)
                 return r;
         }
         ret->workspace[GH_DEVICE_KIND_CPU] = bytes;
+#ifdef GH_HAVE_CUDA_BACKEND
+        ret->workspace[GH_DEVICE_KIND_CUDA] = bytes;
+#endif
         ret->steps = gh_sd_steps_run(&st.p) + 1;
         ret->models[0] = st.model;
         ret->n_models = 1;
@@ -183,6 +206,10 @@ typedef struct job {
         gh_tokenizer *tok;
         gh_prompt_tokens cond, uncond;
         gh_dcpu cpu;
+#ifdef GH_HAVE_CUDA_BACKEND
+        gh_dcuda cuda;
+        bool on_cuda;
+#endif
         gh_dctx c;
         void *ws;
         size_t planned;
@@ -196,6 +223,12 @@ typedef struct job {
 static void job_free(job *j) {
         if (!j)
                 return;
+#ifdef GH_HAVE_CUDA_BACKEND
+        if (j->on_cuda) { /* the stream's work ends before its memory goes */
+                j->cuda.cu->StreamSynchronize(j->cuda.stream);
+                gh_dcuda_fini(&j->cuda);
+        }
+#endif
         if (j->run_ready)
                 gh_sd_run_free(&j->run);
         gh_arena_free(j->c.arena);
@@ -220,7 +253,32 @@ static bool job_cancelled(void *userdata) {
         return j->host->cancelled(j->job);
 }
 
+/* A tensor's bytes in host memory: the pool's view on the CPU, a copy
+ * (*ret_copy, freed by the caller) of the device's on a GPU. */
+static int host_bytes(job *j, const gh_tensor *t, const void **ret, void **ret_copy) {
+        *ret = t->data;
+        *ret_copy = NULL;
+#ifdef GH_HAVE_CUDA_BACKEND
+        if (j->on_cuda) {
+                void *copy = malloc(t->bytes ? t->bytes : 1);
+                int r = copy ? gh_cuda_errno(j->cuda.cu, j->cuda.cu->MemcpyDtoH(copy, (CUdeviceptr) t->data, t->bytes),
+                                             NULL)
+                             : -ENOMEM;
+                if (r < 0) {
+                        free(copy);
+                        return r;
+                }
+                *ret = *ret_copy = copy;
+        }
+#else
+        (void) j;
+#endif
+        return 0;
+}
+
 static int tokenizer_load(job *j, char *err, size_t n) {
+        const void *vocab, *merges;
+        void *vcopy = NULL, *mcopy = NULL;
         gh_tensor v, m;
         int r;
 
@@ -230,7 +288,12 @@ static int tokenizer_load(job *j, char *err, size_t n) {
                                 "model %s has no tokenizer (tokenizer/vocab.json and merges.txt; see [model] tokenizer=)",
                                 j->st.model),
                        -ENOENT;
-        r = gh_tokenizer_new(v.data, (size_t) v.bytes, m.data, (size_t) m.bytes, &j->tok, err, n);
+        if ((r = host_bytes(j, &v, &vocab, &vcopy)) >= 0 && (r = host_bytes(j, &m, &merges, &mcopy)) >= 0)
+                r = gh_tokenizer_new(vocab, (size_t) v.bytes, merges, (size_t) m.bytes, &j->tok, err, n);
+        else
+                snprintf(err, n, "cannot read the tokenizer from the device: %s", strerror(-r));
+        free(vcopy);
+        free(mcopy);
         if (r >= 0 && (r = gh_prompt_tokenize(j->tok, j->st.prompt, &j->cond, err, n)) >= 0)
                 r = gh_prompt_tokenize(j->tok, j->st.negative, &j->uncond, err, n);
         return r;
@@ -257,10 +320,33 @@ static int image_input(job *j) {
         return 0;
 }
 
+/* The CUDA backend on the job's stream. */
+static int use_cuda(job *j, const gh_job_device *dev, char *err, size_t n) {
+#ifdef GH_HAVE_CUDA_BACKEND
+        int r;
+
+        pthread_once(&cuda_once, cuda_load);
+        if (!cuda_driver)
+                return snprintf(err, n, "CUDA driver: %s", cuda_error), -ENODEV;
+        if ((r = gh_dcuda_init(&j->cuda, cuda_driver, (CUstream) dev->cuda_stream, err, n)) < 0)
+                return r;
+        j->on_cuda = true;
+        return 0;
+#else
+        (void) j;
+        (void) dev;
+        return snprintf(err, n, "this build of the plugin has no CUDA backend"), -EOPNOTSUPP;
+#endif
+}
+
 static int job_setup(job *j, char *err, size_t n) {
+        gh_job_device dev = {.struct_size = sizeof(dev)};
         uint32_t chunks;
         int r;
 
+        if ((r = j->host->device(j->job, &dev)) < 0 ||
+            (dev.kind == GH_DEVICE_KIND_CUDA && (r = use_cuda(j, &dev, err, n)) < 0))
+                return r;
         if ((r = load_models(&j->src, &j->m, &j->st, err, n)) < 0 || (r = tokenizer_load(j, err, n)) < 0 ||
             (r = image_input(j)) < 0)
                 return r;
@@ -274,6 +360,12 @@ static int job_setup(job *j, char *err, size_t n) {
         j->cpu = (gh_dcpu){.parallel_for = job_parallel, .pctx = j, .threads = 1};
         j->c = (gh_dctx){.be = &gh_dbackend_cpu, .be_state = &j->cpu, .arena = j->c.arena, .cancelled = job_cancelled,
                          .userdata = j};
+#ifdef GH_HAVE_CUDA_BACKEND
+        if (j->on_cuda) {
+                j->c.be = &gh_dbackend_cuda;
+                j->c.be_state = &j->cuda;
+        }
+#endif
         if ((r = gh_sd_run_init(&j->run, &j->m, &j->st.p, &j->c, chunks, &j->cond, &j->uncond, j->init)) < 0)
                 return snprintf(err, n, "%s", j->c.err), r;
         j->run_ready = true;
@@ -354,6 +446,10 @@ static int step(const gh_host *h, gh_job *gj, void *state, uint32_t i) {
         if ((r = h->device(gj, &dev)) < 0)
                 return r;
         j->cpu.threads = dev.cpu_threads ? dev.cpu_threads : 1;
+#ifdef GH_HAVE_CUDA_BACKEND
+        if (j->on_cuda)
+                j->cuda.stream = (CUstream) dev.cuda_stream;
+#endif
         if (i == 0 && (r = gh_sd_run_prepare(&j->run)) < 0)
                 return fail(j, r);
         if (i < run) {

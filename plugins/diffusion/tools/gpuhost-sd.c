@@ -3,7 +3,7 @@
  * read from safetensors files (FILE:TENSOR), and writes the result as .npy
  * (float32, C order). For tests, debugging and measuring:
  *
- *   gpuhost-sd --model PATH [--tokenizer DIR] [--threads N] COMMAND ...
+ *   gpuhost-sd --model PATH [--tokenizer DIR] [--threads N | --cuda] COMMAND ...
  *     tokenize PROMPT
  *     encode-text (--ids F:T | --prompt TEXT) [--clip-skip N] -o OUT.npy
  *     unet --x F:T --t F:T --context F:T -o OUT.npy
@@ -15,7 +15,12 @@
  *     plan [--width W] [--height H] [--batch B] [--steps N] [--sampler S]
  *
  * "sample" runs the whole pipeline (prompts, sampler, decode), printing the
- * time per phase; --init takes an encoded latent for img2img. */
+ * time per phase; --init takes an encoded latent for img2img.
+ *
+ * --cuda runs on GPU 0 through the CUDA backend (where it was built): the
+ * weights are copied to device memory once, the workspace is device memory,
+ * and the work runs on one stream (the phase times then count queued work
+ * where it finishes; the total is exact). */
 #include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
@@ -28,6 +33,9 @@
 #include "dfiles.h"
 #include "pipeline.h"
 #include "prompt.h"
+#ifdef GH_HAVE_CUDA_BACKEND
+#include "backend-cuda.h"
+#endif
 
 /* ---- a thread pool for the CPU backend ---- */
 
@@ -119,6 +127,83 @@ static void pool_stop(pool *p) {
                 pthread_join(p->th[i], NULL);
 }
 
+/* ---- the GPU (--cuda) ---- */
+
+#ifdef GH_HAVE_CUDA_BACKEND
+typedef struct dev_tensor {
+        char *name;
+        CUdeviceptr p;
+} dev_tensor;
+
+typedef struct gpu {
+        gh_cuda *cu;
+        CUcontext ctx;
+        CUstream stream;
+        gh_dcuda be;
+        const gh_dsource *files;
+        gh_dsource source; /* the files' tensors, as device copies */
+        dev_tensor *t;
+        size_t n;
+        CUdeviceptr arena;
+} gpu;
+
+/* Weights from the files, copied to the device on first use. */
+static int gpu_lookup(void *ctx, const char *name, gh_tensor *ret) {
+        gpu *g = ctx;
+        int r = g->files->lookup(g->files->ctx, name, ret);
+        dev_tensor *v;
+        CUdeviceptr p;
+
+        if (r < 0 || ret->dtype == GH_TENSOR_OTHER)
+                return r;
+        for (size_t i = 0; i < g->n; i++)
+                if (strcmp(g->t[i].name, name) == 0)
+                        return ret->data = (void *) g->t[i].p, 0;
+        if (!(v = realloc(g->t, (g->n + 1) * sizeof(*v))))
+                return -ENOMEM;
+        g->t = v;
+        if ((r = gh_cuda_errno(g->cu, g->cu->MemAlloc(&p, ret->bytes ? ret->bytes : 1), NULL)) < 0 ||
+            (r = gh_cuda_errno(g->cu, g->cu->MemcpyHtoD(p, ret->data, ret->bytes), NULL)) < 0)
+                return r;
+        g->t[g->n++] = (dev_tensor){.name = strdup(name), .p = p};
+        ret->data = (void *) p;
+        return 0;
+}
+
+static int gpu_open(gpu *g, const gh_dsource *files, char *err, size_t n) {
+        CUdevice dev;
+        int r;
+
+        *g = (gpu){.files = files, .source = {.lookup = gpu_lookup, .ctx = g}};
+        if ((r = gh_cuda_load(NULL, &g->cu, err, n)) < 0)
+                return r;
+        if ((r = gh_cuda_errno(g->cu, g->cu->DeviceGet(&dev, 0), NULL)) < 0 ||
+            (r = gh_cuda_errno(g->cu, g->cu->DevicePrimaryCtxRetain(&g->ctx, dev), NULL)) < 0 ||
+            (r = gh_cuda_errno(g->cu, g->cu->CtxSetCurrent(g->ctx), NULL)) < 0 ||
+            (r = gh_cuda_errno(g->cu, g->cu->StreamCreate(&g->stream, 0), NULL)) < 0)
+                return snprintf(err, n, "GPU 0: %s", strerror(-r)), r;
+        return gh_dcuda_init(&g->be, g->cu, g->stream, err, n);
+}
+
+static void *gpu_arena(gpu *g, size_t bytes) {
+        return gh_cuda_errno(g->cu, g->cu->MemAlloc(&g->arena, bytes), NULL) < 0 ? NULL : (void *) g->arena;
+}
+
+static void gpu_close(gpu *g) {
+        g->cu->StreamSynchronize(g->stream);
+        gh_dcuda_fini(&g->be);
+        for (size_t i = 0; i < g->n; i++) {
+                g->cu->MemFree(g->t[i].p);
+                free(g->t[i].name);
+        }
+        free(g->t);
+        if (g->arena)
+                g->cu->MemFree(g->arena);
+        g->cu->StreamDestroy(g->stream);
+        gh_cuda_free(g->cu);
+}
+#endif
+
 /* ---- files ---- */
 
 /* FILE:TENSOR as floats. */
@@ -190,7 +275,7 @@ typedef struct opts {
         int threads, clip_skip, steps, width, height, batch;
         double cfg, strength;
         uint64_t seed;
-        bool v_pred, img2img;
+        bool v_pred, img2img, cuda;
 } opts;
 
 static double now(void) {
@@ -407,7 +492,7 @@ static int cmd_plan(const gh_sd_models *m, const opts *o) {
 }
 
 static void usage(void) {
-        fprintf(stderr, "usage: gpuhost-sd --model PATH [--tokenizer DIR] [--threads N] "
+        fprintf(stderr, "usage: gpuhost-sd --model PATH [--tokenizer DIR] [--threads N | --cuda] "
                         "tokenize|encode-text|unet|vae-decode|vae-encode|sample|plan [OPTIONS]\n");
         exit(2);
 }
@@ -422,7 +507,7 @@ int main(int argc, char **argv) {
                 {"seed", 1, NULL, 'e'},      {"width", 1, NULL, 'W'},     {"height", 1, NULL, 'H'},
                 {"batch", 1, NULL, 'b'},     {"v-pred", 0, NULL, 'v'},    {"init", 1, NULL, 'a'},
                 {"strength", 1, NULL, 'r'},  {"ppm", 1, NULL, 'P'},       {"img2img", 0, NULL, 'M'},
-                {NULL, 0, NULL, 0},
+                {"cuda", 0, NULL, 'C'},      {NULL, 0, NULL, 0},
         };
         opts o = {.threads = 1, .clip_skip = 1, .steps = 20, .width = 64, .height = 64, .batch = 1, .cfg = 7.5,
                   .sampler = "euler_a", .strength = 0.75};
@@ -462,6 +547,7 @@ int main(int argc, char **argv) {
                 case 'r': o.strength = atof(optarg); break;
                 case 'P': o.ppm = optarg; break;
                 case 'M': o.img2img = true; break;
+                case 'C': o.cuda = true; break;
                 default: usage();
                 }
         if (!o.model || optind >= argc || o.threads < 1 || o.threads > 64 || gh_sampler_from_name(o.sampler) < 0)
@@ -474,7 +560,19 @@ int main(int argc, char **argv) {
         }
         if (strcmp(argv[optind], "tokenize") == 0)
                 return cmd_tokenize(f, &o), gh_dfiles_close(f), 0;
-        if (gh_sd_models_load(&m, gh_dfiles_source(f)) < 0) {
+        const gh_dsource *src = gh_dfiles_source(f);
+#ifdef GH_HAVE_CUDA_BACKEND
+        gpu g = {0};
+        if (o.cuda) {
+                if (gpu_open(&g, src, err, sizeof(err)) < 0)
+                        return fprintf(stderr, "gpuhost-sd: %s\n", err), 1;
+                src = &g.source;
+        }
+#else
+        if (o.cuda)
+                return fprintf(stderr, "gpuhost-sd: built without the CUDA backend\n"), 1;
+#endif
+        if (gh_sd_models_load(&m, src) < 0) {
                 fprintf(stderr, "gpuhost-sd: %s\n", m.err);
                 return 1;
         }
@@ -493,11 +591,24 @@ int main(int argc, char **argv) {
                         return 1;
                 }
         }
-        if (!(mem = aligned_alloc(GH_ARENA_ALIGN, bytes)) || gh_arena_new(mem, bytes, &c.arena) < 0)
+#ifdef GH_HAVE_CUDA_BACKEND
+        if (o.cuda) {
+                c.be = &gh_dbackend_cuda;
+                c.be_state = &g.be;
+                mem = gpu_arena(&g, bytes);
+        } else
+#endif
+                mem = aligned_alloc(GH_ARENA_ALIGN, bytes);
+        if (!mem || gh_arena_new(mem, bytes, &c.arena) < 0)
                 return fprintf(stderr, "gpuhost-sd: out of memory\n"), 1;
         r = strcmp(argv[optind], "sample") == 0 ? cmd_sample(f, &m, &o, &c) : cmd_run(f, &m, argv[optind], &o, &c);
         gh_arena_free(c.arena);
-        free(mem);
+#ifdef GH_HAVE_CUDA_BACKEND
+        if (o.cuda)
+                gpu_close(&g);
+        else
+#endif
+                free(mem);
         pool_stop(&pl);
         gh_sd_models_unload(&m);
         gh_dfiles_close(f);

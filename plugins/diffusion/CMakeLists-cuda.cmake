@@ -1,0 +1,33 @@
+# The diffusion runtime's CUDA backend (backend-cuda.c): its kernels
+# (cuda/kernels.cu) compiled by nvcc into a fatbin for sm_80, sm_89 and
+# sm_90 (plus compute_90 PTX for newer GPUs) and embedded, and the driver
+# loader (gpuhostd/cuda.c). A static library with hidden symbols, like
+# gh-dbackend-cpu; only built where nvcc is found, and then it defines
+# GH_HAVE_CUDA_BACKEND for whoever links it. Exact math: no --use_fast_math.
+get_filename_component(GH_DCUDA_ROOT "${GH_CUDA_INCLUDE_DIR}" DIRECTORY)
+find_program(GH_NVCC nvcc HINTS ${GH_DCUDA_ROOT}/bin)
+if(GH_NVCC)
+  set(GH_DCUDA_FATBIN ${CMAKE_CURRENT_BINARY_DIR}/diffusion-kernels.fatbin)
+  set(GH_DCUDA_FATBIN_C ${CMAKE_CURRENT_BINARY_DIR}/diffusion-kernels-fatbin.c)
+  add_custom_command(OUTPUT ${GH_DCUDA_FATBIN}
+    COMMAND ${GH_NVCC} -fatbin -O3
+            -gencode arch=compute_80,code=sm_80 -gencode arch=compute_89,code=sm_89
+            -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+            ${CMAKE_CURRENT_LIST_DIR}/cuda/kernels.cu -o ${GH_DCUDA_FATBIN}
+    DEPENDS ${CMAKE_CURRENT_LIST_DIR}/cuda/kernels.cu VERBATIM)
+  add_custom_command(OUTPUT ${GH_DCUDA_FATBIN_C}
+    COMMAND ${CMAKE_COMMAND} -DIN=${GH_DCUDA_FATBIN} -DOUT=${GH_DCUDA_FATBIN_C} -DSYMBOL=gh_dcuda_fatbin
+            -P ${PROJECT_SOURCE_DIR}/cmake/embed.cmake
+    DEPENDS ${GH_DCUDA_FATBIN} ${PROJECT_SOURCE_DIR}/cmake/embed.cmake VERBATIM)
+
+  add_library(gh-dbackend-cuda STATIC
+    ${CMAKE_CURRENT_LIST_DIR}/backend-cuda.c
+    ${PROJECT_SOURCE_DIR}/daemon/gpuhostd/cuda.c
+    ${GH_DCUDA_FATBIN_C})
+  set_target_properties(gh-dbackend-cuda PROPERTIES POSITION_INDEPENDENT_CODE ON C_VISIBILITY_PRESET hidden)
+  target_include_directories(gh-dbackend-cuda PUBLIC ${PROJECT_SOURCE_DIR}/include ${PROJECT_SOURCE_DIR}/daemon
+                             ${CMAKE_CURRENT_LIST_DIR})
+  target_include_directories(gh-dbackend-cuda SYSTEM PUBLIC ${GH_CUDA_INCLUDE_DIR})
+  target_compile_definitions(gh-dbackend-cuda PUBLIC GH_HAVE_CUDA_BACKEND=1)
+  target_link_libraries(gh-dbackend-cuda PUBLIC m ${CMAKE_DL_LIBS})
+endif()

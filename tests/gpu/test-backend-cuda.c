@@ -1,0 +1,511 @@
+/* GPU test (ctest label "gpu"): the diffusion runtime's CUDA backend
+ * (plugins/diffusion/backend-cuda.c) against the CPU backend, op by op,
+ * with CMocka, on GPU 0.
+ *
+ * Every op gets the same random inputs (fixed seed) on both backends, the
+ * CPU one serial; the CUDA result comes back through the backend's own
+ * download and is compared by relative L2 error, ||gpu - cpu|| / ||cpu||,
+ * with a bound per op: tight for element-wise ops and data movement,
+ * looser where summation orders differ (GEMMs, norms, attention). Weights
+ * are F32, F16 and BF16 for conv2d, linear, the norms and embedding. Shapes
+ * are the SD UNet's kinds (3x3 pad 1 stride 1 and 2, 1x1, the VAE's
+ * downsample pad {0,1,0,1}, cross-, self- and causal attention, 32-group
+ * norm with and without SiLU). Every error is printed.
+ *
+ * Exits 77 (skip) without a driver or a GPU. */
+#include <errno.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "backend-cuda.h"
+#include "backend.h"
+#include "common/util.h"
+
+#define EXIT_SKIP 77
+#define MAX_ALLOCS 1024
+#define EXACT 1e-6  /* element-wise: the same float operations */
+#define SUMS 1e-5   /* reductions in another order */
+
+typedef struct fixture {
+        gh_cuda *cu;
+        CUdevice device;
+        CUcontext primary;
+        CUstream stream;
+        gh_dcuda gpu;
+} fixture;
+
+static fixture fx;
+static gh_dcpu cpu1 = {.threads = 1};
+
+static const gh_dtype_id wtypes[] = {GH_TENSOR_F32, GH_TENSOR_F16, GH_TENSOR_BF16};
+static const char *const wnames[] = {"F32", "F16", "BF16"};
+
+/* ---- allocations, freed after each test ---- */
+
+static void *host_allocs[MAX_ALLOCS];
+static CUdeviceptr dev_allocs[MAX_ALLOCS];
+static int n_host, n_dev;
+
+static void *halloc(size_t size) {
+        void *p = calloc(1, size ? size : 1);
+
+        assert_non_null(p);
+        assert_true(n_host < MAX_ALLOCS);
+        host_allocs[n_host++] = p;
+        return p;
+}
+
+static void *dalloc(size_t size) {
+        CUdeviceptr p = 0;
+
+        assert_int_equal(fx.cu->MemAlloc(&p, size ? size : 1), CUDA_SUCCESS);
+        assert_true(n_dev < MAX_ALLOCS);
+        dev_allocs[n_dev++] = p;
+        return (void *)(uintptr_t)p;
+}
+
+static int teardown_each(void **state) {
+        for (int i = 0; i < n_host; i++)
+                free(host_allocs[i]);
+        for (int i = 0; i < n_dev; i++)
+                fx.cu->MemFree(dev_allocs[i]);
+        n_host = n_dev = 0;
+        return 0;
+}
+
+/* ---- random values ---- */
+
+static uint64_t rng = 88172645463325252ull;
+
+static double urand(void) {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        return (double)(rng >> 11) * 0x1p-53;
+}
+
+static float *rnd(int64_t n, double lo, double hi) {
+        float *p = halloc((size_t)n * sizeof(float));
+
+        for (int64_t i = 0; i < n; i++)
+                p[i] = (float)(lo + (hi - lo) * urand());
+        return p;
+}
+
+/* Round to nearest even (finite values of modest size only). */
+static uint16_t to_f16(float f) {
+        uint16_t sign = signbit(f) ? 0x8000 : 0;
+        double a = fabs((double)f);
+        int e;
+
+        if (a < 0x1p-14)
+                return sign | (uint16_t)nearbyint(a * 0x1p24);
+        frexp(a, &e);
+        double m = nearbyint(ldexp(a, 1 - e) * 1024.0);
+        return sign | (uint16_t)((uint32_t)(e - 1 + 15) * 1024u + (uint32_t)(m - 1024.0));
+}
+
+static uint16_t to_bf16(float f) {
+        uint32_t u;
+
+        memcpy(&u, &f, sizeof(u));
+        u += 0x7fffu + ((u >> 16) & 1u);
+        return (uint16_t)(u >> 16);
+}
+
+/* ---- tensors on both backends ---- */
+
+typedef struct pair {
+        gh_dt h, d; /* host (CPU backend), device (CUDA backend) */
+} pair;
+
+#define SHAPE(...) (const int64_t[]){__VA_ARGS__}, (uint32_t)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t))
+
+/* A tensor of type t holding v (rounded to t) on both sides; v NULL: zeros. */
+static pair mk(gh_dtype_id t, const float *v, const int64_t *shape, uint32_t nd) {
+        pair p = {.h = {.dtype = t, .n_dims = nd}};
+        int64_t n;
+        size_t es = t == GH_TENSOR_F32 ? 4 : 2;
+
+        memcpy(p.h.shape, shape, nd * sizeof(int64_t));
+        n = gh_dt_numel(&p.h);
+        p.h.data = halloc((size_t)n * es);
+        for (int64_t i = 0; v && i < n; i++) {
+                if (t == GH_TENSOR_F32)
+                        ((float *)p.h.data)[i] = v[i];
+                else
+                        ((uint16_t *)p.h.data)[i] = t == GH_TENSOR_F16 ? to_f16(v[i]) : to_bf16(v[i]);
+        }
+        p.d = p.h;
+        p.d.data = dalloc((size_t)n * es);
+        assert_int_equal(fx.cu->MemcpyHtoD((CUdeviceptr)(uintptr_t)p.d.data, p.h.data, (size_t)n * es),
+                         CUDA_SUCCESS);
+        return p;
+}
+
+static pair f32(const float *v, const int64_t *shape, uint32_t nd) {
+        return mk(GH_TENSOR_F32, v, shape, nd);
+}
+
+/* A random F32 tensor in [-1, 1). */
+static pair rf32(const int64_t *shape, uint32_t nd) {
+        gh_dt t = {.n_dims = nd};
+
+        memcpy(t.shape, shape, nd * sizeof(int64_t));
+        return f32(rnd(gh_dt_numel(&t), -1.0, 1.0), shape, nd);
+}
+
+static pair rweight(gh_dtype_id t, double scale, const int64_t *shape, uint32_t nd) {
+        gh_dt d = {.n_dims = nd};
+
+        memcpy(d.shape, shape, nd * sizeof(int64_t));
+        return mk(t, rnd(gh_dt_numel(&d), -scale, scale), shape, nd);
+}
+
+/* Downloads y's device side and compares it with its host side. */
+static void compare(const pair *y, double tol, const char *fmt, ...) _printf_(3, 4);
+static void compare(const pair *y, double tol, const char *fmt, ...) {
+        int64_t n = gh_dt_numel(&y->h);
+        float *got = halloc((size_t)n * sizeof(float));
+        const float *want = y->h.data;
+        double num = 0, den = 0;
+        char what[128];
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(what, sizeof(what), fmt, ap);
+        va_end(ap);
+        assert_int_equal(gh_dbackend_cuda.download(&fx.gpu, &y->d, got), 0);
+        for (int64_t i = 0; i < n; i++) {
+                double d = (double)got[i] - want[i];
+                num += d * d;
+                den += (double)want[i] * want[i];
+        }
+        double err = den > 0 ? sqrt(num / den) : sqrt(num);
+        print_message("%-52s rel L2 %.3g (bound %.0e)\n", what, err, tol);
+        if (!(err <= tol))
+                fail_msg("%s: relative L2 error %g over %g", what, err, tol);
+}
+
+/* ---- GEMMs ---- */
+
+typedef struct conv_case {
+        int64_t b, ci, h, w, co, k;
+        int stride, pad[4];
+        const char *name;
+} conv_case;
+
+static void test_conv2d(void **state) {
+        static const conv_case cases[] = {
+                {2, 32, 16, 16, 64, 3, 1, {1, 1, 1, 1}, "3x3 s1 p1"},
+                {1, 64, 16, 16, 64, 3, 2, {1, 1, 1, 1}, "3x3 s2 p1"},
+                {2, 64, 12, 10, 32, 1, 1, {0, 0, 0, 0}, "1x1"},
+                {1, 32, 17, 16, 32, 3, 2, {0, 1, 0, 1}, "3x3 s2 pad {0,1,0,1} (VAE down)"},
+                {1, 4, 32, 32, 320, 3, 1, {1, 1, 1, 1}, "3x3 conv_in 4->320"},
+        };
+
+        for (size_t ci = 0; ci < ELEMENTSOF(cases); ci++) {
+                const conv_case *c = &cases[ci];
+                int64_t ho = (c->h + c->pad[0] + c->pad[1] - c->k) / c->stride + 1;
+                int64_t wo = (c->w + c->pad[2] + c->pad[3] - c->k) / c->stride + 1;
+                pair x = rf32(SHAPE(c->b, c->ci, c->h, c->w));
+                for (size_t t = 0; t < ELEMENTSOF(wtypes); t++) {
+                        double s = 1.0 / sqrt((double)(c->ci * c->k * c->k));
+                        pair w = rweight(wtypes[t], s, SHAPE(c->co, c->ci, c->k, c->k));
+                        pair b = rweight(wtypes[t], 0.5, SHAPE(c->co));
+                        pair y = f32(NULL, SHAPE(c->b, c->co, ho, wo));
+                        assert_int_equal(gh_dbackend_cpu.conv2d(&cpu1, &x.h, &w.h, &b.h, c->stride, c->pad, &y.h), 0);
+                        assert_int_equal(gh_dbackend_cuda.conv2d(&fx.gpu, &x.d, &w.d, &b.d, c->stride, c->pad, &y.d),
+                                         0);
+                        compare(&y, SUMS, "conv2d %s %s", c->name, wnames[t]);
+                }
+        }
+}
+
+static void test_linear(void **state) {
+        static const int64_t cases[][3] = {{2 * 256, 320, 320}, {77, 768, 320}, {100, 1280, 4 * 320}, {7, 5, 3}};
+
+        for (size_t ci = 0; ci < ELEMENTSOF(cases); ci++) {
+                int64_t m = cases[ci][0], k = cases[ci][1], n = cases[ci][2];
+                pair x = rf32(SHAPE(m, k));
+                for (size_t t = 0; t < ELEMENTSOF(wtypes); t++) {
+                        pair w = rweight(wtypes[t], 1.0 / sqrt((double)k), SHAPE(n, k));
+                        pair b = rweight(wtypes[t], 0.5, SHAPE(n));
+                        pair y = f32(NULL, SHAPE(m, n));
+                        bool bias = ci % 2 == 0;
+                        assert_int_equal(gh_dbackend_cpu.linear(&cpu1, &x.h, &w.h, bias ? &b.h : NULL, &y.h), 0);
+                        assert_int_equal(gh_dbackend_cuda.linear(&fx.gpu, &x.d, &w.d, bias ? &b.d : NULL, &y.d), 0);
+                        compare(&y, SUMS, "linear %lldx%lld -> %lld%s %s", (long long)m, (long long)k, (long long)n,
+                                bias ? " +b" : "", wnames[t]);
+                }
+        }
+}
+
+/* ---- norms ---- */
+
+static void test_group_norm(void **state) {
+        static const int64_t shapes[][4] = {{2, 320, 16, 16}, {1, 64, 9, 7}};
+
+        for (size_t si = 0; si < ELEMENTSOF(shapes); si++) {
+                const int64_t *sh = shapes[si];
+                pair x = f32(rnd(sh[0] * sh[1] * sh[2] * sh[3], -2.0, 3.0), SHAPE(sh[0], sh[1], sh[2], sh[3]));
+                for (size_t t = 0; t < ELEMENTSOF(wtypes); t++) {
+                        pair g = rweight(wtypes[t], 1.5, SHAPE(sh[1])), b = rweight(wtypes[t], 0.5, SHAPE(sh[1]));
+                        for (int silu = 0; silu < 2; silu++) {
+                                pair y = f32(NULL, SHAPE(sh[0], sh[1], sh[2], sh[3]));
+                                assert_int_equal(
+                                        gh_dbackend_cpu.group_norm(&cpu1, &x.h, 32, 1e-6f, &g.h, &b.h, silu, &y.h), 0);
+                                assert_int_equal(
+                                        gh_dbackend_cuda.group_norm(&fx.gpu, &x.d, 32, 1e-6f, &g.d, &b.d, silu, &y.d),
+                                        0);
+                                compare(&y, SUMS, "group_norm 32 [%lld,%lld,%lld,%lld]%s %s", (long long)sh[0],
+                                        (long long)sh[1], (long long)sh[2], (long long)sh[3], silu ? " +silu" : "",
+                                        wnames[t]);
+                        }
+                }
+        }
+}
+
+static void test_layer_norm(void **state) {
+        pair x = f32(rnd(2 * 77 * 768, -2.0, 3.0), SHAPE(2, 77, 768));
+
+        for (size_t t = 0; t < ELEMENTSOF(wtypes); t++) {
+                pair g = rweight(wtypes[t], 1.5, SHAPE(768)), b = rweight(wtypes[t], 0.5, SHAPE(768));
+                pair y = f32(NULL, SHAPE(2, 77, 768));
+                assert_int_equal(gh_dbackend_cpu.layer_norm(&cpu1, &x.h, &g.h, &b.h, 1e-5f, &y.h), 0);
+                assert_int_equal(gh_dbackend_cuda.layer_norm(&fx.gpu, &x.d, &g.d, &b.d, 1e-5f, &y.d), 0);
+                compare(&y, SUMS, "layer_norm [2,77,768] %s", wnames[t]);
+        }
+}
+
+/* ---- element-wise ---- */
+
+static void test_act(void **state) {
+        static const char *const names[] = {"silu", "gelu", "quick_gelu"};
+        pair x = f32(rnd(100003, -8.0, 8.0), SHAPE(100003));
+
+        for (int a = GH_DACT_SILU; a <= GH_DACT_QUICK_GELU; a++) {
+                pair y = f32(NULL, SHAPE(100003));
+                assert_int_equal(gh_dbackend_cpu.act(&cpu1, (gh_dact)a, &x.h, &y.h), 0);
+                assert_int_equal(gh_dbackend_cuda.act(&fx.gpu, (gh_dact)a, &x.d, &y.d), 0);
+                compare(&y, EXACT, "act %s", names[a]);
+        }
+}
+
+static void test_geglu(void **state) {
+        pair x = f32(rnd(2 * 64 * 2 * 1280, -4.0, 4.0), SHAPE(2, 64, 2 * 1280));
+        pair y = f32(NULL, SHAPE(2, 64, 1280));
+
+        assert_int_equal(gh_dbackend_cpu.geglu(&cpu1, &x.h, &y.h), 0);
+        assert_int_equal(gh_dbackend_cuda.geglu(&fx.gpu, &x.d, &y.d), 0);
+        compare(&y, EXACT, "geglu [2,64,2560]");
+}
+
+static void test_add(void **state) {
+        pair a = rf32(SHAPE(2, 320, 16, 16)), b = rf32(SHAPE(2, 320, 16, 16)), v = rf32(SHAPE(2, 320));
+        pair y = f32(NULL, SHAPE(2, 320, 16, 16));
+
+        assert_int_equal(gh_dbackend_cpu.add(&cpu1, &a.h, &b.h, &y.h), 0);
+        assert_int_equal(gh_dbackend_cuda.add(&fx.gpu, &a.d, &b.d, &y.d), 0);
+        compare(&y, 0.0, "add");
+        assert_int_equal(gh_dbackend_cpu.add_channel(&cpu1, &a.h, &v.h, &y.h), 0);
+        assert_int_equal(gh_dbackend_cuda.add_channel(&fx.gpu, &a.d, &v.d, &y.d), 0);
+        compare(&y, 0.0, "add_channel");
+}
+
+static void test_lincomb(void **state) {
+        static const float coef[4] = {0.7f, -1.3f, 0.25f, 2.0f};
+        pair x[4];
+        const gh_dt *xh[4], *xd[4];
+
+        for (int i = 0; i < 4; i++) {
+                x[i] = rf32(SHAPE(2, 4, 32, 32));
+                xh[i] = &x[i].h;
+                xd[i] = &x[i].d;
+        }
+        for (uint32_t n = 0; n <= 4; n++) {
+                pair y = rf32(SHAPE(2, 4, 32, 32));
+                assert_int_equal(gh_dbackend_cpu.lincomb(&cpu1, n, coef, xh, &y.h), 0);
+                assert_int_equal(gh_dbackend_cuda.lincomb(&fx.gpu, n, coef, xd, &y.d), 0);
+                compare(&y, EXACT, "lincomb n=%u", n);
+        }
+}
+
+static void test_scale_dim(void **state) {
+        for (uint32_t dim = 0; dim < 4; dim++) {
+                static const int64_t sh[4] = {2, 3, 5, 7};
+                pair y = rf32(SHAPE(2, 3, 5, 7));
+                float *w = rnd(sh[dim], -2.0, 2.0);
+                assert_int_equal(gh_dbackend_cpu.scale_dim(&cpu1, w, dim, &y.h), 0);
+                assert_int_equal(gh_dbackend_cuda.scale_dim(&fx.gpu, w, dim, &y.d), 0);
+                compare(&y, 0.0, "scale_dim %u", dim);
+        }
+}
+
+/* ---- attention ---- */
+
+static void attention_case(int64_t b, int64_t tq, int64_t tk, int64_t c, int heads, bool causal) {
+        pair q = rf32(SHAPE(b, tq, c)), k = f32(rnd(b * tk * c, -2.0, 2.0), SHAPE(b, tk, c)), v = rf32(SHAPE(b, tk, c));
+        pair y = f32(NULL, SHAPE(b, tq, c));
+
+        assert_int_equal(gh_dbackend_cpu.attention(&cpu1, &q.h, &k.h, &v.h, heads, causal, &y.h), 0);
+        assert_int_equal(gh_dbackend_cuda.attention(&fx.gpu, &q.d, &k.d, &v.d, heads, causal, &y.d), 0);
+        compare(&y, SUMS, "attention B=%lld Tq=%lld Tk=%lld C=%lld heads=%d%s", (long long)b, (long long)tq,
+                (long long)tk, (long long)c, heads, causal ? " causal" : "");
+}
+
+static void test_attention(void **state) {
+        attention_case(2, 64, 77, 128, 8, false);
+        attention_case(1, 256, 256, 64, 1, false);
+        attention_case(1, 77, 77, 128, 2, true);
+        attention_case(2, 1024, 1024, 320, 8, false);
+}
+
+/* ---- data movement ---- */
+
+static void test_movement(void **state) {
+        pair x = rf32(SHAPE(2, 6, 5, 7)), z = rf32(SHAPE(2, 3, 5, 7));
+        pair up = f32(NULL, SHAPE(2, 6, 10, 14)), cat = f32(NULL, SHAPE(2, 9, 5, 7));
+        pair nlc = f32(NULL, SHAPE(2, 35, 6)), back = f32(NULL, SHAPE(2, 6, 5, 7));
+
+        assert_int_equal(gh_dbackend_cpu.upsample2x(&cpu1, &x.h, &up.h), 0);
+        assert_int_equal(gh_dbackend_cuda.upsample2x(&fx.gpu, &x.d, &up.d), 0);
+        compare(&up, 0.0, "upsample2x");
+        assert_int_equal(gh_dbackend_cpu.concat(&cpu1, &x.h, &z.h, &cat.h), 0);
+        assert_int_equal(gh_dbackend_cuda.concat(&fx.gpu, &x.d, &z.d, &cat.d), 0);
+        compare(&cat, 0.0, "concat");
+        assert_int_equal(gh_dbackend_cpu.nchw_to_nlc(&cpu1, &x.h, &nlc.h), 0);
+        assert_int_equal(gh_dbackend_cuda.nchw_to_nlc(&fx.gpu, &x.d, &nlc.d), 0);
+        compare(&nlc, 0.0, "nchw_to_nlc");
+        assert_int_equal(gh_dbackend_cpu.nlc_to_nchw(&cpu1, &nlc.h, &back.h), 0);
+        assert_int_equal(gh_dbackend_cuda.nlc_to_nchw(&fx.gpu, &nlc.d, &back.d), 0);
+        compare(&back, 0.0, "nlc_to_nchw");
+}
+
+static void test_timestep_embedding(void **state) {
+        static const float t[2] = {999.0f, 1.0f};
+        pair y = f32(NULL, SHAPE(2, 320));
+
+        assert_int_equal(gh_dbackend_cpu.timestep_embedding(&cpu1, t, &y.h), 0);
+        assert_int_equal(gh_dbackend_cuda.timestep_embedding(&fx.gpu, t, &y.d), 0);
+        compare(&y, 0.0, "timestep_embedding");
+}
+
+static void test_embedding(void **state) {
+        int32_t ids[2 * 77];
+
+        for (size_t i = 0; i < ELEMENTSOF(ids); i++)
+                ids[i] = (int32_t)(urand() * 1000);
+        for (size_t t = 0; t < ELEMENTSOF(wtypes); t++) {
+                pair table = rweight(wtypes[t], 1.0, SHAPE(1000, 768)), pos = rweight(wtypes[t], 1.0, SHAPE(77, 768));
+                pair y = f32(NULL, SHAPE(2, 77, 768));
+                assert_int_equal(gh_dbackend_cpu.embedding(&cpu1, ids, &table.h, &pos.h, &y.h), 0);
+                assert_int_equal(gh_dbackend_cuda.embedding(&fx.gpu, ids, &table.d, &pos.d, &y.d), 0);
+                compare(&y, EXACT, "embedding +pos %s", wnames[t]);
+                assert_int_equal(gh_dbackend_cpu.embedding(&cpu1, ids, &table.h, NULL, &y.h), 0);
+                assert_int_equal(gh_dbackend_cuda.embedding(&fx.gpu, ids, &table.d, NULL, &y.d), 0);
+                compare(&y, 0.0, "embedding %s", wnames[t]);
+        }
+}
+
+static void test_sum_and_copies(void **state) {
+        pair x = f32(rnd(1000003, -1.0, 3.0), SHAPE(1000003));
+        float *back = halloc(1000003 * sizeof(float));
+        double hs, ds;
+
+        assert_int_equal(gh_dbackend_cpu.sum(&cpu1, &x.h, &hs), 0);
+        assert_int_equal(gh_dbackend_cuda.sum(&fx.gpu, &x.d, &ds), 0);
+        print_message("%-52s rel %.3g\n", "sum", fabs(ds - hs) / fabs(hs));
+        assert_true(fabs(ds - hs) <= 1e-12 * fabs(hs));
+        assert_int_equal(gh_dbackend_cuda.sum(&fx.gpu, &x.d, &hs), 0);
+        assert_true(hs == ds); /* deterministic */
+
+        /* upload then download, and downloads of F16/BF16 tensors */
+        pair y = f32(NULL, SHAPE(1000003));
+        assert_int_equal(gh_dbackend_cuda.upload(&fx.gpu, x.h.data, &y.d), 0);
+        memcpy(y.h.data, x.h.data, 1000003 * sizeof(float));
+        compare(&y, 0.0, "upload/download F32");
+        for (size_t t = 1; t < ELEMENTSOF(wtypes); t++) {
+                pair w = mk(wtypes[t], x.h.data, SHAPE(100003)); /* more than the scratch buffer */
+                assert_int_equal(gh_dbackend_cpu.download(&cpu1, &w.h, back), 0);
+                float *got = halloc(100003 * sizeof(float));
+                assert_int_equal(gh_dbackend_cuda.download(&fx.gpu, &w.d, got), 0);
+                assert_memory_equal(got, back, 100003 * sizeof(float));
+                print_message("%-52s exact\n", wnames[t]);
+        }
+}
+
+/* ---- fixtures ---- */
+
+static int setup(void **state) {
+        const gh_cuda *cu = fx.cu;
+        char err[256] = "";
+        int r;
+
+        if (cu->DeviceGet(&fx.device, 0) != CUDA_SUCCESS ||
+            cu->DevicePrimaryCtxRetain(&fx.primary, fx.device) != CUDA_SUCCESS ||
+            cu->CtxSetCurrent(fx.primary) != CUDA_SUCCESS ||
+            cu->StreamCreate(&fx.stream, CU_STREAM_NON_BLOCKING) != CUDA_SUCCESS)
+                return -1;
+        r = gh_dcuda_init(&fx.gpu, cu, fx.stream, err, sizeof(err));
+        if (r < 0) {
+                fprintf(stderr, "gh_dcuda_init: %s\n", err);
+                return -1;
+        }
+        return 0;
+}
+
+static int teardown(void **state) {
+        const gh_cuda *cu = fx.cu;
+
+        gh_dcuda_fini(&fx.gpu);
+        if (fx.stream)
+                cu->StreamDestroy(fx.stream);
+        if (fx.primary)
+                cu->DevicePrimaryCtxRelease(fx.device);
+        return 0;
+}
+
+/* 0 with the driver and a device, EXIT_SKIP without. */
+static int open_driver(void) {
+        char err[256] = "";
+        int count = 0, r = gh_cuda_load(NULL, &fx.cu, err, sizeof(err));
+
+        if (r == -ENOENT || r == -ENODEV || r == -EOPNOTSUPP || r == -ELIBBAD) {
+                printf("SKIP: %s\n", err);
+                return EXIT_SKIP;
+        }
+        if (r < 0) {
+                fprintf(stderr, "FAIL: %s\n", err);
+                return 1;
+        }
+        if (fx.cu->DeviceGetCount(&count) != CUDA_SUCCESS || count == 0) {
+                printf("SKIP: no CUDA device\n");
+                return EXIT_SKIP;
+        }
+        return 0;
+}
+
+#define T(f) cmocka_unit_test_teardown(f, teardown_each)
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                T(test_conv2d), T(test_linear), T(test_group_norm), T(test_layer_norm), T(test_act),
+                T(test_geglu), T(test_add), T(test_lincomb), T(test_scale_dim), T(test_attention),
+                T(test_movement), T(test_timestep_embedding), T(test_embedding), T(test_sum_and_copies),
+        };
+        int r = open_driver();
+
+        if (r == 0)
+                r = cmocka_run_group_tests(tests, setup, teardown);
+        gh_cuda_free(fx.cu);
+        return r;
+}

@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""The diffusion runtime on the GPU (gpuhost-sd --cuda, the CUDA backend)
+against the PyTorch reference's float64 results for the tiny fixtures
+(stdlib only): text encoder, UNet (single file and diffusers folder), VAE decode and encode,
+and a whole 3-step txt2img run. Relative L2 error must be under
+1e-4 (the backend computes in fp32). Prints the error of each.
+
+Exits 77 (skipped) when gpuhost-sd has no CUDA backend or finds no GPU.
+
+Usage: test-sd-cuda.py GPUHOST_SD FIXTURES
+"""
+import json
+import math
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+
+SD, FIX = (os.path.abspath(a) for a in sys.argv[1:3])
+EXP = os.path.join(FIX, "expected.safetensors")
+TOL = 1e-4
+SKIP = 77
+
+
+def fail(msg):
+    print("FAIL: " + msg, flush=True)
+    sys.exit(1)
+
+
+def st_floats(path, name):
+    data = open(path, "rb").read()
+    n = struct.unpack("<Q", data[:8])[0]
+    head = json.loads(data[8:8 + n])
+    meta = head[name]
+    blob = data[8 + n + meta["data_offsets"][0]:8 + n +
+                meta["data_offsets"][1]]
+    if meta["dtype"] != "F32":
+        fail("%s: %s is %s" % (path, name, meta["dtype"]))
+    return list(struct.unpack("<%df" % (len(blob) // 4), blob))
+
+
+def npy_floats(path):
+    data = open(path, "rb").read()
+    n = struct.unpack("<H", data[8:10])[0]
+    body = data[10 + n:]
+    return list(struct.unpack("<%df" % (len(body) // 4), body))
+
+
+def rel_l2(got, want):
+    if len(got) != len(want):
+        fail("%d values, %d expected" % (len(got), len(want)))
+    num = sum((a - b) ** 2 for a, b in zip(got, want))
+    den = sum(b * b for b in want)
+    return math.sqrt(num / den) if den else math.sqrt(num)
+
+
+def sd(model, *args):
+    r = subprocess.run([SD, "--model", model, "--cuda"] + list(args),
+                       capture_output=True, text=True, timeout=300)
+    return r
+
+
+def main():
+    single = os.path.join(FIX, "sd-tiny.safetensors")
+    tok = os.path.join(FIX, "sd-tiny-diffusers", "tokenizer")
+    probe = sd(single, "--tokenizer", tok, "plan")
+    if probe.returncode != 0:
+        why = probe.stderr.strip()
+        if any(s in why for s in ("without the CUDA backend", "libcuda",
+                                  "no CUDA", "GPU 0", "device", "driver")):
+            print("SKIP: " + why, flush=True)
+            sys.exit(SKIP)
+        fail("gpuhost-sd --cuda plan: " + why)
+    tmp = tempfile.mkdtemp(prefix="gh-sd-cuda-")
+    out = os.path.join(tmp, "out.npy")
+    cases = [
+        ("text encoder", single, ["encode-text", "--ids", EXP + ":text.ids"],
+         "text.hidden"),
+        ("text encoder, clip skip 2", single,
+         ["encode-text", "--ids", EXP + ":text.ids", "--clip-skip", "2"],
+         "text.hidden_skip2"),
+        ("UNet", single, ["unet", "--x", EXP + ":unet.x", "--t",
+                          EXP + ":unet.t", "--context",
+                          EXP + ":unet.context"], "unet.out"),
+        ("VAE decode", single, ["vae-decode", "--latent",
+                                EXP + ":vae.latent"], "vae.decoded"),
+        ("VAE encode", single, ["vae-encode", "--image", EXP + ":vae.image"],
+         "vae.encoded"),
+        ("txt2img, euler, 3 steps", single,
+         ["--tokenizer", tok, "sample", "--prompt",
+          "a red circle on a blue background", "--sampler", "euler",
+          "--steps", "3", "--cfg", "7.5", "--seed", "1234"],
+         "txt2img.latent"),
+        ("diffusers folder, UNet", os.path.join(FIX, "sd-tiny-diffusers"),
+         ["unet", "--x", EXP + ":unet.x", "--t", EXP + ":unet.t",
+          "--context", EXP + ":unet.context"], "unet.out"),
+    ]
+    worst = 0.0
+    for what, model, args, want in cases:
+        pre = []
+        if args[0] == "--tokenizer":
+            pre, args = args[:2], args[2:]
+        r = subprocess.run([SD, "--model", model] + pre + ["--cuda"] + args
+                           + ["-o", out], capture_output=True, text=True,
+                           timeout=300)
+        if r.returncode != 0:
+            fail("%s: gpuhost-sd: %s" % (what, r.stderr.strip()))
+        err = rel_l2(npy_floats(out), st_floats(EXP, want))
+        worst = max(worst, err)
+        print("%-30s relative L2 %.2e" % (what, err), flush=True)
+        if not err < TOL:
+            fail("%s: relative L2 %.3e over %.0e" % (what, err, TOL))
+    print("PASS (worst %.2e)" % worst, flush=True)
+
+
+if __name__ == "__main__":
+    main()
