@@ -142,7 +142,7 @@ int gh_dpart_file_name(gh_dpart *p, const char *canon, char *buf, size_t size) {
         return n < size ? 0 : -ENAMETOOLONG;
 }
 
-static int vformat(char *buf, size_t size, const char *fmt, va_list ap) {
+__attribute__((format(printf, 3, 0))) static int vformat(char *buf, size_t size, const char *fmt, va_list ap) {
         int n = vsnprintf(buf, size, fmt, ap);
 
         return n < 0 || (size_t) n >= size ? -ENAMETOOLONG : 0;
