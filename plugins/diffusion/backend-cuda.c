@@ -506,8 +506,15 @@ void gh_dcuda_fini(gh_dcuda *s) {
         *s = (gh_dcuda){0};
 }
 
+static int cuda_sync(void *be) {
+        gh_dcuda *s = be;
+
+        return check(s, s->cu->StreamSynchronize(s->stream));
+}
+
 const gh_dbackend gh_dbackend_cuda = {
         .name = "cuda",
+        .sync = cuda_sync,
         .conv2d = cuda_conv2d,
         .linear = cuda_linear,
         .group_norm = cuda_group_norm,

@@ -97,6 +97,9 @@ typedef struct gh_dbackend {
         /* Between host memory (F32) and a tensor. */
         int (*upload)(void *be, const float *src, gh_dt *y);
         int (*download)(void *be, const gh_dt *x, float *dst);
+        /* Waits until the work queued so far is done (for measuring); NULL
+         * where every op is done when it returns. */
+        int (*sync)(void *be);
 } gh_dbackend;
 
 /* The CPU backend. Its state: how to run work on the job's threads. */

@@ -6,7 +6,7 @@
  *   gpuhost-sd --model PATH [--tokenizer DIR] [--threads N | --cuda] COMMAND ...
  *     tokenize PROMPT
  *     encode-text (--ids F:T | --prompt TEXT) [--clip-skip N] -o OUT.npy
- *     unet --x F:T --t F:T --context F:T -o OUT.npy
+ *     unet --x F:T --t F:T --context F:T [--repeat N] -o OUT.npy
  *     vae-decode --latent F:T -o OUT.npy
  *     vae-encode --image F:T -o OUT.npy            (image in 0..1)
  *     sample [--prompt P] [--negative N] [--sampler S] [--steps N] [--cfg C]
@@ -15,7 +15,12 @@
  *     plan [--width W] [--height H] [--batch B] [--steps N] [--sampler S]
  *
  * "sample" runs the whole pipeline (prompts, sampler, decode), printing the
- * time per phase; --init takes an encoded latent for img2img.
+ * time per phase; --init takes an encoded latent for img2img. "unet
+ * --repeat N" evaluates N more times and prints the time per evaluation
+ * (each ends with the output's download, so GPU work is counted whole).
+ * --profile then prints the time of each kind of op over the whole command
+ * (each op waits for the device, so the totals are slower than a plain
+ * run, but say where the time goes).
  *
  * --cuda runs on GPU 0 through the CUDA backend (where it was built): the
  * weights are copied to device memory once, the workspace is device memory,
@@ -23,6 +28,7 @@
  * where it finishes; the total is exact). */
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -32,6 +38,7 @@
 
 #include "dfiles.h"
 #include "pipeline.h"
+#include "profile.h"
 #include "prompt.h"
 #ifdef GH_HAVE_CUDA_BACKEND
 #include "backend-cuda.h"
@@ -272,10 +279,10 @@ static int write_npy(const char *path, const float *v, const gh_dt *shape) {
 typedef struct opts {
         const char *model, *tokenizer, *out, *ids, *prompt, *negative, *x, *t, *context, *latent, *image, *init,
                 *sampler, *ppm;
-        int threads, clip_skip, steps, width, height, batch;
+        int threads, clip_skip, steps, width, height, batch, repeat;
         double cfg, strength;
         uint64_t seed;
-        bool v_pred, img2img, cuda;
+        bool v_pred, img2img, cuda, profile;
 } opts;
 
 static double now(void) {
@@ -339,6 +346,33 @@ static int cmd_tokenize(gh_dfiles *f, const opts *o) {
         return 0;
 }
 
+static int cmp_double(const void *a, const void *b) {
+        double x = *(const double *) a, y = *(const double *) b;
+        return (x > y) - (x < y);
+}
+
+/* |n| more UNet evaluations, timed one by one (median and best). */
+static void time_unet(gh_dctx *c, const gh_sd_models *m, const gh_dt *x, const float *t, const gh_dt *ctx, gh_dt *y,
+                      int n) {
+        float *out = malloc((size_t) gh_dt_numel(y) * sizeof(float));
+        double *ms = malloc((size_t) n * sizeof(double));
+
+        if (!out || !ms)
+                die_ctx(c, -ENOMEM);
+        for (int i = 0; i < n; i++) {
+                double t0 = now();
+                CK(c, gh_unet_eval(c, &m->unet, x, t, ctx, y));
+                CK(c, gh_op_download(c, y, out));
+                ms[i] = (now() - t0) * 1e3;
+        }
+        qsort(ms, (size_t) n, sizeof(double), cmp_double);
+        printf("unet: %d evaluations of batch %" PRId64 " at %" PRId64 "x%" PRId64 " latents: median %.3f ms, best %.3f ms "
+               "(%.2f it/s)\n",
+               n, x->shape[0], x->shape[2], x->shape[3], ms[n / 2], ms[0], 1e3 / ms[n / 2]);
+        free(ms);
+        free(out);
+}
+
 static int cmd_run(gh_dfiles *f, const gh_sd_models *m, const char *cmd, const opts *o, gh_dctx *c) {
         size_t n1, n2, n3;
         gh_tensor t1;
@@ -376,6 +410,8 @@ static int cmd_run(gh_dfiles *f, const gh_sd_models *m, const char *cmd, const o
                 CK(c, gh_op_upload(c, ctx, &b));
                 CK(c, gh_dt_new(c, &y, a.shape[0], m->unet.cfg.out_ch, a.shape[2], a.shape[3]));
                 CK(c, gh_unet_eval(c, &m->unet, &a, t, &b, &y));
+                if (o->repeat > 0)
+                        time_unet(c, m, &a, t, &b, &y, o->repeat);
                 free(x);
                 free(t);
                 free(ctx);
@@ -507,7 +543,8 @@ int main(int argc, char **argv) {
                 {"seed", 1, NULL, 'e'},      {"width", 1, NULL, 'W'},     {"height", 1, NULL, 'H'},
                 {"batch", 1, NULL, 'b'},     {"v-pred", 0, NULL, 'v'},    {"init", 1, NULL, 'a'},
                 {"strength", 1, NULL, 'r'},  {"ppm", 1, NULL, 'P'},       {"img2img", 0, NULL, 'M'},
-                {"cuda", 0, NULL, 'C'},      {NULL, 0, NULL, 0},
+                {"cuda", 0, NULL, 'C'},      {"repeat", 1, NULL, 'R'},    {"profile", 0, NULL, 'F'},
+                {NULL, 0, NULL, 0},
         };
         opts o = {.threads = 1, .clip_skip = 1, .steps = 20, .width = 64, .height = 64, .batch = 1, .cfg = 7.5,
                   .sampler = "euler_a", .strength = 0.75};
@@ -548,6 +585,8 @@ int main(int argc, char **argv) {
                 case 'P': o.ppm = optarg; break;
                 case 'M': o.img2img = true; break;
                 case 'C': o.cuda = true; break;
+                case 'R': o.repeat = atoi(optarg); break;
+                case 'F': o.profile = true; break;
                 default: usage();
                 }
         if (!o.model || optind >= argc || o.threads < 1 || o.threads > 64 || gh_sampler_from_name(o.sampler) < 0)
@@ -601,7 +640,14 @@ int main(int argc, char **argv) {
                 mem = aligned_alloc(GH_ARENA_ALIGN, bytes);
         if (!mem || gh_arena_new(mem, bytes, &c.arena) < 0)
                 return fprintf(stderr, "gpuhost-sd: out of memory\n"), 1;
+        gh_profile prof = {.inner = c.be, .state = c.be_state};
+        if (o.profile) {
+                c.be = &gh_dbackend_profile;
+                c.be_state = &prof;
+        }
         r = strcmp(argv[optind], "sample") == 0 ? cmd_sample(f, &m, &o, &c) : cmd_run(f, &m, argv[optind], &o, &c);
+        if (o.profile)
+                gh_profile_print(&prof, stdout);
         gh_arena_free(c.arena);
 #ifdef GH_HAVE_CUDA_BACKEND
         if (o.cuda)
