@@ -608,8 +608,12 @@ static int with_model_defaults(gh_workers *ws, json_object *table, json_object *
                                 if (!(out = json_object_new_object()))
                                         return -ENOMEM;
                                 if (given) {
-                                        json_object_object_foreach(given, gk, gv)
-                                                json_object_object_add(out, gk, json_object_get(gv));
+                                        json_object_object_foreach(given, gk, gv) {
+                                                if (json_object_object_add(out, gk, json_object_get(gv)) < 0) {
+                                                        json_object_put(out);
+                                                        return -ENOMEM;
+                                                }
+                                        }
                                 }
                         }
                         if (json_object_object_add(out, key, json_object_get(val)) < 0) {

@@ -1077,8 +1077,9 @@ static int model_update(gh_model *m, catalog_entry *e) {
         m->tokenizer = tokenizer;
         m->convert = e->convert;
         m->pinned = e->pinned;
+        json_object *parameters = json_object_get(e->parameters);
         json_object_put(m->parameters);
-        m->parameters = json_object_get(e->parameters);
+        m->parameters = parameters;
         if (e->bytes)
                 m->bytes = e->bytes;
         tensors_free(m->tensors, m->n_tensors);

@@ -22,7 +22,8 @@
 #define MAX_GRID_Y 65535
 /* A kernel argument: the address of a value, const or not. */
 #define ARG(v) ((void *)&(v))
-#define ATTN_MAX_SHARED (45 * 1024) /* 48 KiB less the reductions' static shared memory */
+#define ATTN_TILE 8192 /* scores per tile (32 KiB of shared memory); longer key sets take several */
+#define ATTN_DIMS 4    /* ATT_DIMS in kernels.cu: head dimensions per thread */
 
 extern const char gh_dcuda_fatbin[];
 extern const size_t gh_dcuda_fatbin_size;
@@ -148,9 +149,9 @@ static int cuda_linear(void *be, const gh_dt *x, const gh_dt *w, const gh_dt *b,
                 m *= x->shape[i];
         if (m <= 0 || n <= 0)
                 return 0;
-        if (div_up(m, LINEAR_TILE) > MAX_GRID_Y)
+        if (div_up(n, LINEAR_TILE) > MAX_GRID_Y || div_up(m, LINEAR_TILE) > INT32_MAX)
                 return -E2BIG;
-        return launch(be, K_LINEAR, (unsigned)div_up(n, LINEAR_TILE), (unsigned)div_up(m, LINEAR_TILE), 1,
+        return launch(be, K_LINEAR, (unsigned)div_up(m, LINEAR_TILE), (unsigned)div_up(n, LINEAR_TILE), 1,
                       LINEAR_TILE, LINEAR_TILE, 0, params);
 }
 
@@ -266,9 +267,10 @@ static int cuda_scale_dim(void *be, const float *w, uint32_t dim, gh_dt *y) {
 
 static int cuda_attention(void *be, const gh_dt *q, const gh_dt *k, const gh_dt *v, int heads, bool causal,
                           gh_dt *y) {
-        int tq = (int)q->shape[1], tk = (int)k->shape[1], c = (int)q->shape[2], cz = causal;
+        int tq = (int)q->shape[1], tk = (int)k->shape[1], c = (int)q->shape[2], cz = causal, tile;
         float scale;
-        void *params[] = {ARG(q->data), ARG(k->data), ARG(v->data), ARG(y->data), &tq, &tk, &c, &heads, &cz, &scale};
+        void *params[] = {ARG(q->data), ARG(k->data), ARG(v->data), ARG(y->data), &tq, &tk, &c, &heads, &cz, &scale,
+                          &tile};
 
         if (heads < 1 || c % heads)
                 return -EINVAL;
@@ -276,11 +278,12 @@ static int cuda_attention(void *be, const gh_dt *q, const gh_dt *k, const gh_dt 
                 return 0;
         if (tk <= 0)
                 return -EINVAL; /* a softmax over nothing */
-        if ((size_t)tk * sizeof(float) > ATTN_MAX_SHARED || heads > MAX_GRID_Y || q->shape[0] > MAX_GRID_Y)
+        if (c / heads > ATTN_DIMS * THREADS || heads > MAX_GRID_Y || q->shape[0] > MAX_GRID_Y)
                 return -E2BIG;
+        tile = tk < ATTN_TILE ? tk : ATTN_TILE;
         scale = 1.0f / sqrtf((float)(c / heads));
         return launch(be, K_ATTENTION, (unsigned)tq, (unsigned)heads, (unsigned)q->shape[0], THREADS, 1,
-                      (unsigned)tk * sizeof(float), params);
+                      (unsigned)tile * sizeof(float), params);
 }
 
 /* ---- data movement ---- */
@@ -484,7 +487,7 @@ int gh_dcuda_init(gh_dcuda *s, const gh_cuda *cu, CUstream stream, char *err, si
         r = cu->MemAlloc(&s->scratch, s->scratch_size);
         if (r != CUDA_SUCCESS)
                 return fail(s, r, "cuMemAlloc", "(scratch)", err, err_size);
-        r = cu->MemHostAlloc(&host, s->scratch_size, 0);
+        r = cu->MemHostAlloc(&host, s->scratch_size, CU_MEMHOSTALLOC_PORTABLE); /* any slice's context */
         if (r != CUDA_SUCCESS)
                 return fail(s, r, "cuMemHostAlloc", "(staging)", err, err_size);
         s->host = host;

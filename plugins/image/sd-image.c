@@ -224,8 +224,11 @@ static void job_free(job *j) {
         if (!j)
                 return;
 #ifdef GH_HAVE_CUDA_BACKEND
-        if (j->on_cuda) { /* the stream's work ends before its memory goes */
-                j->cuda.cu->StreamSynchronize(j->cuda.stream);
+        if (j->on_cuda) { /* the stream's work ends (in fini) before its memory goes */
+                gh_job_device dev = {.struct_size = sizeof(dev)};
+                /* The slice, and with it the stream, may have moved since
+                 * the last step; the host finished the old one's work. */
+                j->cuda.stream = j->host->device(j->job, &dev) >= 0 ? (CUstream) dev.cuda_stream : NULL;
                 gh_dcuda_fini(&j->cuda);
         }
 #endif
@@ -366,8 +369,10 @@ static int job_setup(job *j, char *err, size_t n) {
                 j->c.be_state = &j->cuda;
         }
 #endif
-        if ((r = gh_sd_run_init(&j->run, &j->m, &j->st.p, &j->c, chunks, &j->cond, &j->uncond, j->init)) < 0)
+        if ((r = gh_sd_run_init(&j->run, &j->m, &j->st.p, &j->c, chunks, &j->cond, &j->uncond, j->init)) < 0) {
+                gh_sd_run_free(&j->run); /* what it made before failing */
                 return snprintf(err, n, "%s", j->c.err), r;
+        }
         j->run_ready = true;
         return 0;
 }

@@ -365,6 +365,8 @@ static void attention_case(int64_t b, int64_t tq, int64_t tk, int64_t c, int hea
 static void test_attention(void **state) {
         attention_case(2, 64, 77, 128, 8, false);
         attention_case(1, 256, 256, 64, 1, false);
+        attention_case(1, 3, 20000, 64, 1, false); /* keys in three tiles */
+        attention_case(1, 2, 9000, 512, 1, false);  /* two tiles, 512 dims (the VAE's) */
         attention_case(1, 77, 77, 128, 2, true);
         attention_case(2, 1024, 1024, 320, 8, false);
 }

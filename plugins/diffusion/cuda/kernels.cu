@@ -103,9 +103,9 @@ extern "C" __global__ void gh_conv2d(const float *x, const void *w, int wt, cons
 extern "C" __global__ void gh_linear(const float *x, const void *w, int wt, const void *b, int bt, float *y,
                                      long long m, int n, int k) {
         __shared__ float xs[LT][LT + 1], ws[LT][LT + 1];
-        long long row = (long long)blockIdx.y * LT + threadIdx.y;
-        int col = blockIdx.x * LT + threadIdx.x;
-        int wrow = blockIdx.x * LT + threadIdx.y; /* the weight row this thread loads */
+        long long row = (long long)blockIdx.x * LT + threadIdx.y; /* rows on grid x: any M */
+        int col = blockIdx.y * LT + threadIdx.x;
+        int wrow = blockIdx.y * LT + threadIdx.y; /* the weight row this thread loads */
         float acc = 0.0f;
 
         for (int k0 = 0; k0 < k; k0 += LT) {
@@ -288,39 +288,62 @@ extern "C" __global__ void gh_sum(const float *x, long long n, double *out) {
 
 /* ---- attention: one block per (query, head, batch item) ---- */
 
-/* q[B,Tq,C], k and v [B,Tk,C]; the scores (tk floats) in dynamic shared
- * memory. */
+#define ATT_DIMS 4 /* head dimensions a thread owns: up to ATT_DIMS * RED */
+
+/* q[B,Tq,C], k and v [B,Tk,C]. The keys go by tiles of |tile| scores in
+ * dynamic shared memory, with an online softmax (running max and sum, the
+ * partial output rescaled when the max grows), so any Tk fits; one tile
+ * gives the plain softmax's arithmetic exactly. */
 extern "C" __global__ void gh_attention(const float *q, const float *k, const float *v, float *y, int tq, int tk,
-                                        int c, int heads, int causal, float scale) {
+                                        int c, int heads, int causal, float scale, int tile) {
         extern __shared__ float sc[];
         const int qi = blockIdx.x, h = blockIdx.y, bi = blockIdx.z, d = c / heads;
         const float *qr = q + ((long long)bi * tq + qi) * c + (long long)h * d;
         const float *kb = k + (long long)bi * tk * c + (long long)h * d;
         const float *vb = v + (long long)bi * tk * c + (long long)h * d;
         const int nk = causal && qi + 1 < tk ? qi + 1 : tk;
+        float acc[ATT_DIMS] = {0.0f, 0.0f, 0.0f, 0.0f};
         float m = -INFINITY;
-
-        for (int j = threadIdx.x; j < nk; j += blockDim.x) {
-                const float *kr = kb + (long long)j * c;
-                float s = 0.0f;
-                for (int i = 0; i < d; i++)
-                        s = fmaf(qr[i] * scale, kr[i], s);
-                sc[j] = s;
-                m = fmaxf(m, s);
-        }
-        m = block_max(m);
         double l = 0.0;
-        for (int j = threadIdx.x; j < nk; j += blockDim.x) {
-                float p = expf(sc[j] - m);
-                sc[j] = p;
-                l += p;
+
+        for (int j0 = 0; j0 < nk; j0 += tile) {
+                const int nt = nk - j0 < tile ? nk - j0 : tile;
+                float mt = -INFINITY;
+                for (int j = threadIdx.x; j < nt; j += blockDim.x) {
+                        const float *kr = kb + (long long)(j0 + j) * c;
+                        float s = 0.0f;
+                        for (int i = 0; i < d; i++)
+                                s = fmaf(qr[i] * scale, kr[i], s);
+                        sc[j] = s;
+                        mt = fmaxf(mt, s);
+                }
+                const float mn = fmaxf(m, block_max(mt));
+                const float corr = expf(m - mn); /* 0 on the first tile */
+                double lt = 0.0;
+                for (int j = threadIdx.x; j < nt; j += blockDim.x) {
+                        float p = expf(sc[j] - mn);
+                        sc[j] = p;
+                        lt += p;
+                }
+                l = l * corr + block_sum(lt); /* block_sum also publishes sc */
+                for (int r = 0; r < ATT_DIMS; r++) {
+                        const int i = threadIdx.x + r * blockDim.x;
+                        if (i >= d)
+                                break;
+                        float a = acc[r] * corr;
+                        for (int j = 0; j < nt; j++)
+                                a = fmaf(sc[j], vb[(long long)(j0 + j) * c + i], a);
+                        acc[r] = a;
+                }
+                m = mn;
+                __syncthreads(); /* the next tile overwrites sc */
         }
-        float inv = (float)(1.0 / block_sum(l));
+        const float inv = (float)(1.0 / l);
         float *yr = y + ((long long)bi * tq + qi) * c + (long long)h * d;
-        for (int i = threadIdx.x; i < d; i += blockDim.x) {
-                float acc = 0.0f;
-                for (int j = 0; j < nk; j++)
-                        acc = fmaf(sc[j], vb[(long long)j * c + i], acc);
-                yr[i] = acc * inv;
+        for (int r = 0; r < ATT_DIMS; r++) {
+                const int i = threadIdx.x + r * blockDim.x;
+                if (i >= d)
+                        break;
+                yr[i] = acc[r] * inv;
         }
 }

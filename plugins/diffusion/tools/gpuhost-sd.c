@@ -169,10 +169,15 @@ static int gpu_lookup(void *ctx, const char *name, gh_tensor *ret) {
         if (!(v = realloc(g->t, (g->n + 1) * sizeof(*v))))
                 return -ENOMEM;
         g->t = v;
-        if ((r = gh_cuda_errno(g->cu, g->cu->MemAlloc(&p, ret->bytes ? ret->bytes : 1), NULL)) < 0 ||
-            (r = gh_cuda_errno(g->cu, g->cu->MemcpyHtoD(p, ret->data, ret->bytes), NULL)) < 0)
+        if ((r = gh_cuda_errno(g->cu, g->cu->MemAlloc(&p, ret->bytes ? ret->bytes : 1), NULL)) < 0)
                 return r;
-        g->t[g->n++] = (dev_tensor){.name = strdup(name), .p = p};
+        char *copy = strdup(name);
+        if (!copy || (r = gh_cuda_errno(g->cu, g->cu->MemcpyHtoD(p, ret->data, ret->bytes), NULL)) < 0) {
+                free(copy);
+                g->cu->MemFree(p);
+                return copy ? r : -ENOMEM;
+        }
+        g->t[g->n++] = (dev_tensor){.name = copy, .p = p};
         ret->data = (void *) p;
         return 0;
 }

@@ -140,8 +140,9 @@ void gh_profile_print(const gh_profile *p, FILE *f) {
                         order[j - 1] = t;
                 }
         fprintf(f, "%-20s %10s %8s %7s\n", "op", "ms", "calls", "share");
-        for (int i = 0; i < P_COUNT && p->calls[order[i]]; i++)
-                fprintf(f, "%-20s %10.3f %8lu %6.1f%%\n", names[order[i]], p->seconds[order[i]] * 1e3,
+        for (int i = 0; i < P_COUNT; i++)
+                if (p->calls[order[i]])
+                        fprintf(f, "%-20s %10.3f %8lu %6.1f%%\n", names[order[i]], p->seconds[order[i]] * 1e3,
                         p->calls[order[i]], total > 0 ? 100 * p->seconds[order[i]] / total : 0.0);
         fprintf(f, "%-20s %10.3f\n", "total", total * 1e3);
 }
