@@ -73,18 +73,19 @@ def fail(msg):
     sys.exit(1)
 
 
-def shipped_demo_section():
-    """The shipped [model demo] section with MODEL as its path, as text."""
+def shipped_demo_section(**override):
+    """The shipped [model demo] section with MODEL as its path (and the
+    keys of |override|), as text."""
     ini = configparser.ConfigParser(interpolation=None)
     ini.read(SHIPPED)
     if not ini.has_section("model demo"):
         fail(SHIPPED + " declares no [model demo]")
-    keys = dict(ini["model demo"], path=MODEL)
+    keys = dict(ini["model demo"], path=MODEL, **override)
     return "[model demo]\n" + "".join("%s = %s\n" % kv for kv in keys.items())
 
 
 class Daemon:
-    def __init__(self, tmp):
+    def __init__(self, tmp, demo=None):
         plugins = os.path.join(tmp, "plugins")
         os.mkdir(plugins)
         for p in ("txt2img.so", "img2img.so"):
@@ -98,7 +99,7 @@ class Daemon:
                     "[workers]\nexecutable = %s\nplugin_directory = %s\n"
                     "cpu_threads = 2\n%s"
                     % (self.sock, os.environ.get("GH_DEMO_DEVICES", ""),
-                       WORKER, plugins, shipped_demo_section()))
+                       WORKER, plugins, demo or shipped_demo_section()))
         self.log_path = os.path.join(tmp, "daemon.log")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen([GPUHOSTD, "-c", conf], stderr=self.log)
@@ -115,9 +116,11 @@ class Daemon:
         self.stop()
         fail("gpuhostd did not come up:\n" + open(self.log_path).read())
 
-    def ctl(self, *args):
+    def ctl(self, *args, ok=True):
         r = subprocess.run([CTL] + list(args), env=self.env,
                            capture_output=True, text=True, timeout=600)
+        if not ok:
+            return r
         if r.returncode != 0:
             fail("gpuhostctl %s: exit %d\n%s%s" % (" ".join(args),
                                                    r.returncode, r.stdout,
@@ -258,7 +261,21 @@ def main():
         print("img2img red -> green: ok", flush=True)
     finally:
         d.stop()
+    # A model default of the wrong type: refused, and said to be the model's.
+    tmp2 = tempfile.mkdtemp(prefix="gh-demo-e2e-")
+    d = Daemon(tmp2, shipped_demo_section(parameters='{"width": "wide"}'))
+    try:
+        r = d.ctl("generate", "txt2img", "--model", "demo", "--param",
+                  "prompt=x", "-o", os.path.join(tmp2, "x.png"), ok=False)
+        if r.returncode == 0 or "[model] parameters" not in r.stderr:
+            fail("a bad model default was not refused as the model's: %s"
+                 % r.stderr)
+        print("a bad model default is refused as the model's: ok",
+              flush=True)
+    finally:
+        d.stop()
     shutil.rmtree(tmp)
+    shutil.rmtree(tmp2)
     print("PASS", flush=True)
 
 

@@ -677,10 +677,14 @@ int gh_job_submit(gh_workers *ws, gh_request *req, json_object *params) {
                 return r == -ENOMEM ? r : 0;
         }
         images.n_fds = gh_request_fds(req, &images.fds);
-        json_object *given = NULL;
-        r = with_model_defaults(ws, p->table, json_object_object_get(params, "parameters"), &given);
+        json_object *asked = json_object_object_get(params, "parameters"), *given = NULL;
+        r = with_model_defaults(ws, p->table, asked, &given);
         if (r >= 0)
                 r = gh_params_validate(p->table, given, &images, &norm, pname, sizeof(pname), reason, sizeof(reason));
+        if (r == -EINVAL && pname[0] && given != asked && !json_object_object_get_ex(asked, pname, NULL)) {
+                size_t n = strlen(reason); /* the value came from a model's defaults, not the caller */
+                snprintf(reason + n, sizeof(reason) - n, " (from the model's [model] parameters defaults)");
+        }
         json_object_put(given);
         if (r < 0) {
                 task_free(t);
