@@ -19,7 +19,8 @@ section of the shipped configuration (as the build configured it), only
 its path changed.
 
 GH_DEMO_DEVICES adds lines to the [devices] section (on a GPU machine,
-"cpu = no" sends every job to the GPUs). With GH_DEMO_GALLERY=DIR set, the
+"cpu = no" sends every job to the GPUs); GH_DEMO_PARAMETERS replaces the
+model's parameters line. With GH_DEMO_GALLERY=DIR set, the
 pictures and a contact sheet of them (gallery.png, one row per two prompts,
 at twice the size) are written to DIR.
 
@@ -84,6 +85,13 @@ def shipped_demo_section(**override):
     return "[model demo]\n" + "".join("%s = %s\n" % kv for kv in keys.items())
 
 
+def env_parameters():
+    """GH_DEMO_PARAMETERS, when set, replaces the shipped section's
+    parameters (e.g. to add "precision": "fp16" on a GPU)."""
+    v = os.environ.get("GH_DEMO_PARAMETERS")
+    return {"parameters": v} if v else {}
+
+
 class Daemon:
     def __init__(self, tmp, demo=None):
         plugins = os.path.join(tmp, "plugins")
@@ -99,7 +107,8 @@ class Daemon:
                     "[workers]\nexecutable = %s\nplugin_directory = %s\n"
                     "cpu_threads = 2\n%s"
                     % (self.sock, os.environ.get("GH_DEMO_DEVICES", ""),
-                       WORKER, plugins, demo or shipped_demo_section()))
+                       WORKER, plugins, demo or shipped_demo_section(
+                           **env_parameters())))
         self.log_path = os.path.join(tmp, "daemon.log")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen([GPUHOSTD, "-c", conf], stderr=self.log)
@@ -181,8 +190,9 @@ def main():
         demo = [m for m in (models.get("models", models)
                             if isinstance(models, dict) else models)
                 if m.get("name") == "demo"]
-        if not demo or demo[0].get("parameters") != {"width": 64,
-                                                      "height": 64}:
+        want = json.loads(os.environ.get("GH_DEMO_PARAMETERS") or
+                          '{"width": 64, "height": 64}')
+        if not demo or demo[0].get("parameters") != want:
             fail("ListModels does not show demo's parameters: %s"
                  % json.dumps(models))
         print("ListModels shows demo with its parameters: ok", flush=True)

@@ -19,6 +19,8 @@
 #define THREADS 256       /* a block, for 1-D kernels; RED in kernels.cu */
 #define MAX_BLOCKS 65536  /* 1-D grids; the kernels loop over the rest */
 #define LINEAR_TILE 16    /* LT in kernels.cu */
+#define TC_TILE 64        /* TC_BM, TC_BN in kernels.cu */
+#define TC_THREADS 128    /* TC_THREADS in kernels.cu */
 #define MAX_GRID_Y 65535
 /* A kernel argument: the address of a value, const or not. */
 #define ARG(v) ((void *)&(v))
@@ -47,6 +49,8 @@ enum {
         K_SCALE_DIM,
         K_SUM,
         K_CONVERT,
+        K_CONV2D_TC,
+        K_LINEAR_TC,
         K_COUNT,
 };
 
@@ -71,6 +75,8 @@ static const char *const kernel_names[K_COUNT] = {
         [K_SCALE_DIM] = "gh_scale_dim",
         [K_SUM] = "gh_sum",
         [K_CONVERT] = "gh_convert",
+        [K_CONV2D_TC] = "gh_conv2d_tc",
+        [K_LINEAR_TC] = "gh_linear_tc",
 };
 
 static int64_t div_up(int64_t a, int64_t b) {
@@ -134,6 +140,15 @@ static int cuda_conv2d(void *be, const gh_dt *x, const gh_dt *w, const gh_dt *b,
 
         if (!weight_type(w) || (b && !weight_type(b)) || stride < 1)
                 return -EINVAL;
+        if (((gh_dcuda *)be)->fp16 && n > 0) {
+                int batches = (int)x->shape[0];
+                void *tc[] = {ARG(x->data), ARG(w->data), &wt, &bias, &bt, ARG(y->data), &batches, &ci, &h, &wd, &co,
+                              &kh, &kw, &stride, &pad_top, &pad_left, &ho, &wo};
+                int64_t cols = div_up((int64_t)batches * ho * wo, TC_TILE), rows = div_up(co, TC_TILE);
+                if (cols > INT32_MAX || rows > MAX_GRID_Y)
+                        return -E2BIG;
+                return launch(be, K_CONV2D_TC, (unsigned)cols, (unsigned)rows, 1, TC_THREADS, 1, 0, tc);
+        }
         return launch_n(be, K_CONV2D, n, params);
 }
 
@@ -149,6 +164,12 @@ static int cuda_linear(void *be, const gh_dt *x, const gh_dt *w, const gh_dt *b,
                 m *= x->shape[i];
         if (m <= 0 || n <= 0)
                 return 0;
+        if (((gh_dcuda *)be)->fp16) {
+                if (div_up(n, TC_TILE) > MAX_GRID_Y || div_up(m, TC_TILE) > INT32_MAX)
+                        return -E2BIG;
+                return launch(be, K_LINEAR_TC, (unsigned)div_up(m, TC_TILE), (unsigned)div_up(n, TC_TILE), 1,
+                              TC_THREADS, 1, 0, params);
+        }
         if (div_up(n, LINEAR_TILE) > MAX_GRID_Y || div_up(m, LINEAR_TILE) > INT32_MAX)
                 return -E2BIG;
         return launch(be, K_LINEAR, (unsigned)div_up(m, LINEAR_TILE), (unsigned)div_up(n, LINEAR_TILE), 1,

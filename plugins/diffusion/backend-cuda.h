@@ -14,7 +14,7 @@
 #include "backend.h"
 #include "gpuhostd/cuda.h"
 
-#define GH_DCUDA_KERNELS 18
+#define GH_DCUDA_KERNELS 20
 #define GH_DCUDA_SCRATCH_SIZE (256u * 1024u)
 
 typedef struct gh_dcuda {
@@ -26,6 +26,10 @@ typedef struct gh_dcuda {
         size_t scratch_size;
         float *host;                   /* pinned host staging of scratch_size bytes */
         void *image;                   /* the fatbin, aligned, while lib is loaded */
+        /* conv2d and linear on tensor cores: operands rounded to fp16,
+         * products summed in fp32 (relative error about 5e-4); false: fp32
+         * throughout (the default, within 1e-6 of the CPU backend). */
+        bool fp16;
 } gh_dcuda;
 
 /* Loads the embedded kernels, resolves them and allocates the scratch

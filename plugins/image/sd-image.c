@@ -44,6 +44,7 @@ static void cuda_load(void) {
 #define HOST_HAS(h, member) ((h)->struct_size >= offsetof(gh_host, member) + sizeof((h)->member))
 
 static const char *const predictions[] = {"epsilon", "v_prediction", NULL};
+static const char *const precisions[] = {"fp32", "fp16", NULL};
 
 #define COMMON_PARAMS                                                                                              \
         {GH_PARAM_HEADER, .name = "model", .type = GH_PARAM_MODEL, .required = true,                                 \
@@ -65,7 +66,10 @@ static const char *const predictions[] = {"epsilon", "v_prediction", NULL};
         {GH_PARAM_HEADER, .name = "clip_skip", .type = GH_PARAM_INT, .int_min = 1, .int_max = 12,                 \
          .int_default = 1, .help = "text encoder layers to skip from the end, plus one (A1111)"},                 \
         {GH_PARAM_HEADER, .name = "prediction", .type = GH_PARAM_ENUM, .choices = predictions,                     \
-         .enum_default = "epsilon", .help = "what the UNet predicts: epsilon (SD 1.x) or v_prediction"}
+         .enum_default = "epsilon", .help = "what the UNet predicts: epsilon (SD 1.x) or v_prediction"},          \
+        {GH_PARAM_HEADER, .name = "precision", .type = GH_PARAM_ENUM, .choices = precisions,                       \
+         .enum_default = "fp32",                                                                                   \
+         .help = "the UNet's convolutions and GEMMs on a GPU: fp32, or fp16 on tensor cores (fp32 sums)"}
 
 #ifdef IMG2IMG
 static const gh_plugin_param params[] = {
@@ -88,7 +92,7 @@ static const gh_plugin_param params[] = {
 /* ---- parameters and the checkpoint ---- */
 
 typedef struct setup {
-        const char *model, *prompt, *negative, *sampler, *prediction;
+        const char *model, *prompt, *negative, *sampler, *prediction, *precision;
         int64_t seed;
         gh_sd_params p;
         gh_image image;
@@ -102,7 +106,8 @@ static int read_params(const gh_host *h, const gh_params *ps, setup *s, char *er
         if ((r = h->param_string(ps, "model", &s->model)) < 0 || (r = h->param_string(ps, "prompt", &s->prompt)) < 0 ||
             (r = h->param_string(ps, "negative_prompt", &s->negative)) < 0 ||
             (r = h->param_string(ps, "sampler", &s->sampler)) < 0 ||
-            (r = h->param_string(ps, "prediction", &s->prediction)) < 0 || (r = h->param_int(ps, "steps", &steps)) < 0 ||
+            (r = h->param_string(ps, "prediction", &s->prediction)) < 0 ||
+            (r = h->param_string(ps, "precision", &s->precision)) < 0 || (r = h->param_int(ps, "steps", &steps)) < 0 ||
             (r = h->param_int(ps, "seed", &s->seed)) < 0 || (r = h->param_int(ps, "batch_size", &batch)) < 0 ||
             (r = h->param_int(ps, "clip_skip", &skip)) < 0 || (r = h->param_float(ps, "cfg_scale", &cfg)) < 0)
                 return snprintf(err, n, "parameters: %s", strerror(-r)), r;
@@ -442,6 +447,17 @@ static void progress(job *j, uint32_t step, uint32_t steps) {
         }
 }
 
+/* The sampler's UNet on tensor cores in fp16 (precision=fp16, GPU only). */
+static void unet_fp16(job *j, bool on) {
+#ifdef GH_HAVE_CUDA_BACKEND
+        if (j->on_cuda)
+                j->cuda.fp16 = on;
+#else
+        (void) j;
+        (void) on;
+#endif
+}
+
 static int step(const gh_host *h, gh_job *gj, void *state, uint32_t i) {
         job *j = state;
         uint32_t run = gh_sd_steps_run(&j->st.p);
@@ -455,10 +471,14 @@ static int step(const gh_host *h, gh_job *gj, void *state, uint32_t i) {
         if (j->on_cuda)
                 j->cuda.stream = (CUstream) dev.cuda_stream;
 #endif
+        unet_fp16(j, false); /* the text encoder and the VAE stay in fp32 */
         if (i == 0 && (r = gh_sd_run_prepare(&j->run)) < 0)
                 return fail(j, r);
         if (i < run) {
-                if ((r = gh_sd_run_step(&j->run, i)) < 0)
+                unet_fp16(j, strcmp(j->st.precision, "fp16") == 0);
+                r = gh_sd_run_step(&j->run, i);
+                unet_fp16(j, false);
+                if (r < 0)
                         return fail(j, r);
                 progress(j, i + 1, run + 1);
                 return GH_STEP_CONTINUE;
@@ -493,6 +513,7 @@ static int finish(const gh_host *h, gh_job *gj, void *state) {
         meta_int(j, "batch_size", p->batch);
         meta_int(j, "clip_skip", p->clip_skip);
         h->output_meta(gj, "prediction", j->st.prediction);
+        h->output_meta(gj, "precision", j->st.precision);
         if (p->img2img) {
                 snprintf(b, sizeof(b), "%g", p->strength);
                 h->output_meta(gj, "strength", b);

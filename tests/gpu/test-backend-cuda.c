@@ -33,6 +33,7 @@
 #define MAX_ALLOCS 1024
 #define EXACT 1e-6  /* element-wise: the same float operations */
 #define SUMS 1e-5   /* reductions in another order */
+#define FP16 1e-2   /* tensor-core mode: operands rounded to fp16 */
 
 typedef struct fixture {
         gh_cuda *cu;
@@ -203,7 +204,7 @@ typedef struct conv_case {
         const char *name;
 } conv_case;
 
-static void test_conv2d(void **state) {
+static void conv2d_cases(double tol, const char *mode) {
         static const conv_case cases[] = {
                 {2, 32, 16, 16, 64, 3, 1, {1, 1, 1, 1}, "3x3 s1 p1"},
                 {1, 64, 16, 16, 64, 3, 2, {1, 1, 1, 1}, "3x3 s2 p1"},
@@ -225,12 +226,16 @@ static void test_conv2d(void **state) {
                         assert_int_equal(gh_dbackend_cpu.conv2d(&cpu1, &x.h, &w.h, &b.h, c->stride, c->pad, &y.h), 0);
                         assert_int_equal(gh_dbackend_cuda.conv2d(&fx.gpu, &x.d, &w.d, &b.d, c->stride, c->pad, &y.d),
                                          0);
-                        compare(&y, SUMS, "conv2d %s %s", c->name, wnames[t]);
+                        compare(&y, tol, "conv2d %s %s%s", c->name, wnames[t], mode);
                 }
         }
 }
 
-static void test_linear(void **state) {
+static void test_conv2d(void **state) {
+        conv2d_cases(SUMS, "");
+}
+
+static void linear_cases(double tol, const char *mode) {
         static const int64_t cases[][3] = {{2 * 256, 320, 320}, {77, 768, 320}, {100, 1280, 4 * 320}, {7, 5, 3}};
 
         for (size_t ci = 0; ci < ELEMENTSOF(cases); ci++) {
@@ -243,10 +248,22 @@ static void test_linear(void **state) {
                         bool bias = ci % 2 == 0;
                         assert_int_equal(gh_dbackend_cpu.linear(&cpu1, &x.h, &w.h, bias ? &b.h : NULL, &y.h), 0);
                         assert_int_equal(gh_dbackend_cuda.linear(&fx.gpu, &x.d, &w.d, bias ? &b.d : NULL, &y.d), 0);
-                        compare(&y, SUMS, "linear %lldx%lld -> %lld%s %s", (long long)m, (long long)k, (long long)n,
-                                bias ? " +b" : "", wnames[t]);
+                        compare(&y, tol, "linear %lldx%lld -> %lld%s %s%s", (long long)m, (long long)k,
+                                (long long)n, bias ? " +b" : "", wnames[t], mode);
                 }
         }
+}
+
+static void test_linear(void **state) {
+        linear_cases(SUMS, "");
+}
+
+/* The tensor-core mode of conv2d and linear. */
+static void test_fp16(void **state) {
+        fx.gpu.fp16 = true;
+        conv2d_cases(FP16, " (fp16 tensor cores)");
+        linear_cases(FP16, " (fp16 tensor cores)");
+        fx.gpu.fp16 = false;
 }
 
 /* ---- norms ---- */
@@ -500,7 +517,7 @@ static int open_driver(void) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-                T(test_conv2d), T(test_linear), T(test_group_norm), T(test_layer_norm), T(test_act),
+                T(test_conv2d), T(test_linear), T(test_fp16), T(test_group_norm), T(test_layer_norm), T(test_act),
                 T(test_geglu), T(test_add), T(test_lincomb), T(test_scale_dim), T(test_attention),
                 T(test_movement), T(test_timestep_embedding), T(test_embedding), T(test_sum_and_copies),
         };

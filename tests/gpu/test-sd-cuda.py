@@ -3,7 +3,8 @@
 against the PyTorch reference's float64 results for the tiny fixtures
 (stdlib only): text encoder, UNet (single file and diffusers folder), VAE decode and encode,
 and a whole 3-step txt2img run. Relative L2 error must be under
-1e-4 (the backend computes in fp32). Prints the error of each.
+1e-4 (the backend computes in fp32), and under 1e-2 in the fp16
+tensor-core mode (--fp16). Prints the error of each.
 
 Exits 77 (skipped) when gpuhost-sd has no CUDA backend or finds no GPU.
 
@@ -20,6 +21,7 @@ import tempfile
 SD, FIX = (os.path.abspath(a) for a in sys.argv[1:3])
 EXP = os.path.join(FIX, "expected.safetensors")
 TOL = 1e-4
+TOL_FP16 = 1e-2  # fp16 tolerance, end to end
 SKIP = 77
 
 
@@ -95,6 +97,14 @@ def main():
         ("diffusers folder, UNet", os.path.join(FIX, "sd-tiny-diffusers"),
          ["unet", "--x", EXP + ":unet.x", "--t", EXP + ":unet.t",
           "--context", EXP + ":unet.context"], "unet.out"),
+        ("UNet, fp16 tensor cores", single,
+         ["--fp16", "unet", "--x", EXP + ":unet.x", "--t", EXP + ":unet.t",
+          "--context", EXP + ":unet.context"], "unet.out"),
+        ("txt2img, fp16 tensor cores", single,
+         ["--tokenizer", tok, "--fp16", "sample", "--prompt",
+          "a red circle on a blue background", "--sampler", "euler",
+          "--steps", "3", "--cfg", "7.5", "--seed", "1234"],
+         "txt2img.latent"),
     ]
     worst = 0.0
     for what, model, args, want in cases:
@@ -108,9 +118,10 @@ def main():
             fail("%s: gpuhost-sd: %s" % (what, r.stderr.strip()))
         err = rel_l2(npy_floats(out), st_floats(EXP, want))
         worst = max(worst, err)
+        tol = TOL_FP16 if "fp16" in what else TOL
         print("%-30s relative L2 %.2e" % (what, err), flush=True)
-        if not err < TOL:
-            fail("%s: relative L2 %.3e over %.0e" % (what, err, TOL))
+        if not err < tol:
+            fail("%s: relative L2 %.3e over %.0e" % (what, err, tol))
     print("PASS (worst %.2e)" % worst, flush=True)
 
 

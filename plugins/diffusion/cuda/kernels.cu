@@ -7,6 +7,7 @@
  * Element-wise kernels loop over a grid-stride range, so any grid covers
  * any size. Sizes are 64-bit where a tensor's element count may exceed 2^31. */
 #include <cuda_fp16.h>
+#include <mma.h>
 
 #define DT_F16 2
 #define DT_BF16 3
@@ -119,6 +120,101 @@ extern "C" __global__ void gh_linear(const float *x, const void *w, int wt, cons
         }
         if (row < m && col < n)
                 y[row * n + col] = acc + (b ? ld(b, bt, col) : 0.0f);
+}
+
+/* ---- tensor cores: fp16 products, fp32 sums (the backend's fp16 mode) ---- */
+
+#define TC_BM 64
+#define TC_BN 64
+#define TC_BK 32
+#define TC_THREADS 128 /* 4 warps, each 32x32 of the 64x64 tile */
+
+/* C[m0.., n0..] = A[M,K] B[K,N] for one 64x64 tile: operands read through
+ * loadA(row, k) and loadB(k, col) (0 outside), rounded to fp16 into shared
+ * memory, multiplied with WMMA, and written through store(row, col, v).
+ * B_K_FASTEST: loadB's consecutive calls vary k (weights stored [N,K]). */
+template <bool B_K_FASTEST, class LA, class LB, class ST>
+__device__ void tc_gemm(long long m0, long long n0, int kdim, LA loadA, LB loadB, ST store) {
+        using namespace nvcuda;
+        __shared__ __align__(32) __half as[TC_BM][TC_BK + 8];
+        __shared__ __align__(32) __half bs[TC_BK][TC_BN + 8];
+        __shared__ __align__(32) float cs[TC_BM][TC_BN + 4];
+        const int warp = threadIdx.x / 32, wm = (warp / 2) * 32, wn = (warp % 2) * 32;
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+
+        for (int i = 0; i < 2; i++)
+                for (int j = 0; j < 2; j++)
+                        wmma::fill_fragment(acc[i][j], 0.0f);
+        for (int k0 = 0; k0 < kdim; k0 += TC_BK) {
+                for (int e = threadIdx.x; e < TC_BM * TC_BK; e += TC_THREADS) {
+                        int r = e / TC_BK, c = e % TC_BK;
+                        as[r][c] = __float2half(loadA(m0 + r, k0 + c));
+                }
+                for (int e = threadIdx.x; e < TC_BK * TC_BN; e += TC_THREADS) {
+                        int r = B_K_FASTEST ? e % TC_BK : e / TC_BN, c = B_K_FASTEST ? e / TC_BK : e % TC_BN;
+                        bs[r][c] = __float2half(loadB(k0 + r, n0 + c));
+                }
+                __syncthreads();
+                for (int kk = 0; kk < TC_BK; kk += 16) {
+                        wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa[2];
+                        wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> fb[2];
+                        for (int i = 0; i < 2; i++)
+                                wmma::load_matrix_sync(fa[i], &as[wm + 16 * i][kk], TC_BK + 8);
+                        for (int j = 0; j < 2; j++)
+                                wmma::load_matrix_sync(fb[j], &bs[kk][wn + 16 * j], TC_BN + 8);
+                        for (int i = 0; i < 2; i++)
+                                for (int j = 0; j < 2; j++)
+                                        wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+                }
+                __syncthreads();
+        }
+        for (int i = 0; i < 2; i++)
+                for (int j = 0; j < 2; j++)
+                        wmma::store_matrix_sync(&cs[wm + 16 * i][wn + 16 * j], acc[i][j], TC_BN + 4,
+                                                wmma::mem_row_major);
+        __syncthreads();
+        for (int e = threadIdx.x; e < TC_BM * TC_BN; e += TC_THREADS)
+                store(m0 + e / TC_BN, n0 + e % TC_BN, cs[e / TC_BN][e % TC_BN]);
+}
+
+/* conv2d as an implicit GEMM: out channels x (batch, pixels), K = ci kh kw;
+ * grid x over pixels, y over out channels. */
+extern "C" __global__ void gh_conv2d_tc(const float *x, const void *w, int wt, const void *b, int bt, float *y,
+                                        int batches, int ci, int h, int wd, int co, int kh, int kw, int stride,
+                                        int pad_top, int pad_left, int ho, int wo) {
+        const long long npix = (long long)ho * wo, n = batches * npix;
+        const int khw = kh * kw, kdim = ci * khw;
+
+        tc_gemm<false>(
+                (long long)blockIdx.y * TC_BM, (long long)blockIdx.x * TC_BN, kdim,
+                [&](long long o, int k) { return o < co && k < kdim ? ld(w, wt, o * kdim + k) : 0.0f; },
+                [&](int k, long long col) {
+                        if (k >= kdim || col >= n)
+                                return 0.0f;
+                        int c = k / khw, r = k % khw, ky = r / kw, kx = r % kw;
+                        long long bi = col / npix, p = col % npix;
+                        int iy = (int)(p / wo) * stride - pad_top + ky, ix = (int)(p % wo) * stride - pad_left + kx;
+                        if (iy < 0 || iy >= h || ix < 0 || ix >= wd)
+                                return 0.0f;
+                        return x[((bi * ci + c) * h + iy) * wd + ix];
+                },
+                [&](long long o, long long col, float v) {
+                        if (o < co && col < n)
+                                y[(col / npix * co + o) * npix + col % npix] = v + (b ? ld(b, bt, o) : 0.0f);
+                });
+}
+
+/* linear: y[M,N] = x[M,K] w[N,K]^T + b; grid x over rows, y over columns. */
+extern "C" __global__ void gh_linear_tc(const float *x, const void *w, int wt, const void *b, int bt, float *y,
+                                        long long m, int n, int k) {
+        tc_gemm<true>(
+                (long long)blockIdx.x * TC_BM, (long long)blockIdx.y * TC_BN, k,
+                [&](long long r, int kk) { return r < m && kk < k ? x[r * k + kk] : 0.0f; },
+                [&](int kk, long long c) { return kk < k && c < n ? ld(w, wt, c * k + kk) : 0.0f; },
+                [&](long long r, long long c, float v) {
+                        if (r < m && c < n)
+                                y[r * n + c] = v + (b ? ld(b, bt, (int)c) : 0.0f);
+                });
 }
 
 /* ---- norms: statistics in double, two passes ---- */

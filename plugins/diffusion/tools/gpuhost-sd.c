@@ -22,7 +22,8 @@
  * (each op waits for the device, so the totals are slower than a plain
  * run, but say where the time goes).
  *
- * --cuda runs on GPU 0 through the CUDA backend (where it was built): the
+ * --cuda runs on GPU 0 through the CUDA backend (where it was built; with
+ * --fp16, its convolutions and GEMMs run on tensor cores in fp16): the
  * weights are copied to device memory once, the workspace is device memory,
  * and the work runs on one stream (the phase times then count queued work
  * where it finishes; the total is exact). */
@@ -287,7 +288,7 @@ typedef struct opts {
         int threads, clip_skip, steps, width, height, batch, repeat;
         double cfg, strength;
         uint64_t seed;
-        bool v_pred, img2img, cuda, profile;
+        bool v_pred, img2img, cuda, profile, fp16;
 } opts;
 
 static double now(void) {
@@ -549,6 +550,7 @@ int main(int argc, char **argv) {
                 {"batch", 1, NULL, 'b'},     {"v-pred", 0, NULL, 'v'},    {"init", 1, NULL, 'a'},
                 {"strength", 1, NULL, 'r'},  {"ppm", 1, NULL, 'P'},       {"img2img", 0, NULL, 'M'},
                 {"cuda", 0, NULL, 'C'},      {"repeat", 1, NULL, 'R'},    {"profile", 0, NULL, 'F'},
+                {"fp16", 0, NULL, 'B'},
                 {NULL, 0, NULL, 0},
         };
         opts o = {.threads = 1, .clip_skip = 1, .steps = 20, .width = 64, .height = 64, .batch = 1, .cfg = 7.5,
@@ -592,6 +594,7 @@ int main(int argc, char **argv) {
                 case 'C': o.cuda = true; break;
                 case 'R': o.repeat = atoi(optarg); break;
                 case 'F': o.profile = true; break;
+                case 'B': o.fp16 = true; break;
                 default: usage();
                 }
         if (!o.model || optind >= argc || o.threads < 1 || o.threads > 64 || gh_sampler_from_name(o.sampler) < 0)
@@ -610,6 +613,7 @@ int main(int argc, char **argv) {
         if (o.cuda) {
                 if (gpu_open(&g, src, err, sizeof(err)) < 0)
                         return fprintf(stderr, "gpuhost-sd: %s\n", err), 1;
+                g.be.fp16 = o.fp16;
                 src = &g.source;
         }
 #else
