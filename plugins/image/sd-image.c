@@ -513,7 +513,11 @@ static int finish(const gh_host *h, gh_job *gj, void *state) {
         meta_int(j, "batch_size", p->batch);
         meta_int(j, "clip_skip", p->clip_skip);
         h->output_meta(gj, "prediction", j->st.prediction);
-        h->output_meta(gj, "precision", j->st.precision);
+        bool fp16 = false; /* what ran: fp16 is a GPU mode */
+#ifdef GH_HAVE_CUDA_BACKEND
+        fp16 = j->on_cuda && strcmp(j->st.precision, "fp16") == 0;
+#endif
+        h->output_meta(gj, "precision", fp16 ? "fp16" : "fp32");
         if (p->img2img) {
                 snprintf(b, sizeof(b), "%g", p->strength);
                 h->output_meta(gj, "strength", b);
