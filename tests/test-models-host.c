@@ -23,6 +23,7 @@
 
 #include "common/util.h"
 #include "daemon-run.h"
+#include "daemon-call.h"
 #include "files.h"
 #include "st-writer.h"
 
@@ -37,6 +38,12 @@ static struct {
         pid_t pid;
         int device; /* the CPU device's index */
 } E;
+
+/* One gpuhostd per test file (E.sock): lib/daemon-call.h's calls on it. */
+#define call(method, params, ret_error) gh_test_call_checked(E.sock, method, params, ret_error)
+#define call_ok(method, params) gh_test_call_ok(E.sock, method, params)
+#define str(o, key) gh_test_str(o, key)
+#define num(o, key) gh_test_num(o, key)
 
 /* ---- files ---- */
 
@@ -121,30 +128,6 @@ static void sha256_files(const char *const *paths, char out[65]) {
 }
 
 /* ---- calls ---- */
-
-static json_object *call(const char *method, const char *params, char **ret_error) {
-        json_object *p = gh_test_call(E.sock, method, params, ret_error);
-
-        if (gh_streq(*ret_error, "transport error"))
-                fail_msg("%s: no reply from gpuhostd", method);
-        return p;
-}
-
-static json_object *call_ok(const char *method, const char *params) {
-        char *err;
-        json_object *p = call(method, params, &err);
-        if (err)
-                fail_msg("%s %s: %s %s", method, params ? params : "", err, json_object_to_json_string(p));
-        return p;
-}
-
-static const char *str(json_object *o, const char *key) {
-        return json_object_get_string(json_object_object_get(o, key));
-}
-
-static int64_t num(json_object *o, const char *key) {
-        return json_object_get_int64(json_object_object_get(o, key));
-}
 
 static void sleep_ms(unsigned ms) {
         struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long) (ms % 1000) * 1000000};

@@ -29,6 +29,7 @@
 #include "gpuhost/client.h"
 #include "gpuhostctl/ctl.h"
 #include "lib/daemon-run.h"
+#include "lib/daemon-call.h"
 #include "lib/files.h"
 #include "lib/st-writer.h"
 
@@ -41,6 +42,12 @@ static struct {
         pid_t pid;
         int dev[2];     /* the two CPU devices' indexes */
 } E;
+
+/* One gpuhostd per test file (E.sock): lib/daemon-call.h's calls on it. */
+#define call(method, params, ret_error) gh_test_call_checked(E.sock, method, params, ret_error)
+#define call_ok(method, params) gh_test_call_ok(E.sock, method, params)
+#define str(o, key) gh_test_str(o, key)
+#define num(o, key) gh_test_num(o, key)
 
 static void write_text(const char *path, const char *text) {
         assert_int_equal(gh_test_write_text(path, text), 0);
@@ -58,26 +65,6 @@ static void copy_plugin(const char *name) {
         snprintf(from, sizeof(from), "%s/%s", getenv("GH_TEST_PLUGIN_DIR"), name);
         snprintf(to, sizeof(to), "%s/%s", E.plugins, name);
         assert_int_equal(gh_test_copy_file(from, to, 0644), 0);
-}
-
-static json_object *call(const char *method, const char *params, char **ret_error) {
-        return gh_test_call(E.sock, method, params, ret_error);
-}
-
-static json_object *call_ok(const char *method, const char *params) {
-        char *err = NULL;
-        json_object *o = call(method, params, &err);
-        if (err)
-                fail_msg("%s(%s): %s %s", method, params ? params : "", err, json_object_to_json_string(o));
-        return o;
-}
-
-static const char *str(json_object *o, const char *k) {
-        return json_object_get_string(json_object_object_get(o, k));
-}
-
-static int64_t num(json_object *o, const char *k) {
-        return json_object_get_int64(json_object_object_get(o, k));
 }
 
 static void usleep_ms(unsigned ms) {

@@ -37,6 +37,7 @@
 #include "common/util.h"
 #include "gpuhost/client.h"
 #include "daemon-run.h"
+#include "daemon-call.h"
 #include "files.h"
 #include "gpuhostctl/ctl.h"
 #include "st-writer.h"
@@ -54,6 +55,12 @@ typedef struct env {
 } env;
 
 static env E;
+
+/* One gpuhostd per test file (E.sock): lib/daemon-call.h's calls on it. */
+#define call(method, params, ret_error) gh_test_call_checked(E.sock, method, params, ret_error)
+#define call_ok(method, params) gh_test_call_ok(E.sock, method, params)
+#define str(o, key) gh_test_str(o, key)
+#define num(o, key) gh_test_num(o, key)
 
 /* ---- files ---- */
 
@@ -127,31 +134,6 @@ static gh_client *connect_daemon(void) {
         assert_int_equal(gh_client_connect(E.sock, &c), 0);
         gh_client_set_timeout(c, 30 * USEC_PER_SEC);
         return c;
-}
-
-/* One call; returns the parameters and sets *ret_error (NULL: success). */
-static json_object *call(const char *method, const char *params, char **ret_error) {
-        json_object *p = gh_test_call(E.sock, method, params, ret_error);
-
-        if (gh_streq(*ret_error, "transport error"))
-                fail_msg("%s: no reply from gpuhostd", method);
-        return p;
-}
-
-static json_object *call_ok(const char *method, const char *params) {
-        char *err;
-        json_object *p = call(method, params, &err);
-        if (err)
-                fail_msg("%s %s: %s %s", method, params ? params : "", err, json_object_to_json_string(p));
-        return p;
-}
-
-static const char *str(json_object *o, const char *key) {
-        return json_object_get_string(json_object_object_get(o, key));
-}
-
-static int64_t num(json_object *o, const char *key) {
-        return json_object_get_int64(json_object_object_get(o, key));
 }
 
 static void assert_contains(const char *haystack, const char *needle) {
