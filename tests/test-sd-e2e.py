@@ -16,12 +16,15 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-import zlib
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference"))
+sys.dont_write_bytecode = True
+from png import read as read_png  # noqa: E402
+from tensorfiles import npy_floats, st_read, st_write, st_write_f32  # noqa: E402
 
 GPUHOSTD, CTL, WORKER, PLUGINS, SD, FIX = (os.path.abspath(a) for a in sys.argv[1:7])
 
@@ -29,71 +32,6 @@ GPUHOSTD, CTL, WORKER, PLUGINS, SD, FIX = (os.path.abspath(a) for a in sys.argv[
 def fail(msg):
     print("FAIL: " + msg)
     sys.exit(1)
-
-
-def read_png(path):
-    """8-bit RGB, non-interlaced (what gpuhostctl writes): (w, h, rows, texts)."""
-    data = open(path, "rb").read()
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
-        fail(path + ": not a PNG")
-    pos, idat, texts = 8, b"", {}
-    while pos < len(data):
-        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + n]
-        pos += 12 + n
-        if kind == b"IHDR":
-            w, h, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", body)
-            if depth != 8 or ctype != 2 or interlace:
-                fail("unexpected PNG format")
-        elif kind == b"IDAT":
-            idat += body
-        elif kind == b"tEXt":
-            k, v = body.split(b"\0", 1)
-            texts[k.decode()] = v.decode("latin-1")
-        elif kind == b"iTXt":
-            k, rest = body.split(b"\0", 1)
-            texts[k.decode()] = rest[2:].split(b"\0", 2)[2].decode()
-    raw, stride, out, prev = zlib.decompress(idat), w * 3, [], bytearray(w * 3)
-    for y in range(h):
-        f, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
-        for i in range(stride):
-            a = line[i - 3] if i >= 3 else 0
-            b, c = prev[i], (prev[i - 3] if i >= 3 else 0)
-            if f == 1:
-                line[i] = (line[i] + a) & 255
-            elif f == 2:
-                line[i] = (line[i] + b) & 255
-            elif f == 3:
-                line[i] = (line[i] + (a + b) // 2) & 255
-            elif f == 4:
-                p = a + b - c
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
-        out.append(bytes(line))
-        prev = line
-    return w, h, b"".join(out), texts
-
-
-def st_read(path):
-    data = open(path, "rb").read()
-    n = struct.unpack("<Q", data[:8])[0]
-    head = json.loads(data[8:8 + n])
-    return {k: (v, data[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]])
-            for k, v in head.items() if k != "__metadata__"}
-
-
-def st_write_f32(path, name, shape, values):
-    blob = struct.pack("<%df" % len(values), *values)
-    head = json.dumps({name: {"dtype": "F32", "shape": shape, "data_offsets": [0, len(blob)]}}).encode()
-    head += b" " * (-len(head) % 8)
-    open(path, "wb").write(struct.pack("<Q", len(head)) + head + blob)
-
-
-def npy_floats(path):
-    data = open(path, "rb").read()
-    n = struct.unpack("<H", data[8:10])[0]
-    body = data[10 + n:]
-    return list(struct.unpack("<%df" % (len(body) // 4), body))
 
 
 def max_diff(a, b):
@@ -112,17 +50,7 @@ def main():
     # A broken copy: the single file without one tensor.
     tensors = st_read(os.path.join(FIX, "sd-tiny.safetensors"))
     victim = "model.diffusion_model.middle_block.1.proj_out.weight"
-    head, blobs, off = {}, [], 0
-    for k in sorted(tensors):
-        if k == victim:
-            continue
-        meta, blob = tensors[k]
-        head[k] = {"dtype": meta["dtype"], "shape": meta["shape"], "data_offsets": [off, off + len(blob)]}
-        blobs.append(blob)
-        off += len(blob)
-    hj = json.dumps(head).encode()
-    hj += b" " * (-len(hj) % 8)
-    open(os.path.join(tmp, "broken.safetensors"), "wb").write(struct.pack("<Q", len(hj)) + hj + b"".join(blobs))
+    st_write(os.path.join(tmp, "broken.safetensors"), {k: v for k, v in tensors.items() if k != victim})
     sock = os.path.join(tmp, "gpuhost.sock")
     conf = os.path.join(tmp, "gpuhost.conf")
     tok = os.path.join(FIX, "sd-tiny-diffusers", "tokenizer")

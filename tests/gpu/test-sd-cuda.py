@@ -10,13 +10,15 @@ Exits 77 (skipped) when gpuhost-sd has no CUDA backend or finds no GPU.
 
 Usage: test-sd-cuda.py GPUHOST_SD FIXTURES
 """
-import json
 import math
 import os
-import struct
 import subprocess
 import sys
 import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "reference"))
+sys.dont_write_bytecode = True
+from tensorfiles import npy_floats, st_floats  # noqa: E402
 
 SD, FIX = (os.path.abspath(a) for a in sys.argv[1:3])
 EXP = os.path.join(FIX, "expected.safetensors")
@@ -28,25 +30,6 @@ SKIP = 77
 def fail(msg):
     print("FAIL: " + msg, flush=True)
     sys.exit(1)
-
-
-def st_floats(path, name):
-    data = open(path, "rb").read()
-    n = struct.unpack("<Q", data[:8])[0]
-    head = json.loads(data[8:8 + n])
-    meta = head[name]
-    blob = data[8 + n + meta["data_offsets"][0]:8 + n +
-                meta["data_offsets"][1]]
-    if meta["dtype"] != "F32":
-        fail("%s: %s is %s" % (path, name, meta["dtype"]))
-    return list(struct.unpack("<%df" % (len(blob) // 4), blob))
-
-
-def npy_floats(path):
-    data = open(path, "rb").read()
-    n = struct.unpack("<H", data[8:10])[0]
-    body = data[10 + n:]
-    return list(struct.unpack("<%df" % (len(body) // 4), body))
 
 
 def rel_l2(got, want):

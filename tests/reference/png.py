@@ -75,7 +75,7 @@ def _unfilter(data, width, height, bpp):
 
 
 def read(path):
-    """-> (width, height, rgb bytes, {tEXt keyword: text}). RGBA is
+    """-> (width, height, rgb bytes, {tEXt/iTXt keyword: text}). RGBA is
     returned without its alpha."""
     with open(path, "rb") as f:
         data = f.read()
@@ -93,6 +93,12 @@ def read(path):
         elif kind == b"tEXt":
             k, _, v = body.partition(b"\0")
             texts[k.decode("latin-1")] = v.decode("latin-1")
+        elif kind == b"iTXt":  # keyword, flag, method, language, key, text
+            k, _, rest = body.partition(b"\0")
+            compressed, rest = rest[0], rest[2:]
+            text = rest.split(b"\0", 2)[2]
+            texts[k.decode("latin-1")] = (zlib.decompress(text) if compressed
+                                          else text).decode("utf-8")
         elif kind == b"IEND":
             break
     if hdr is None:
