@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Tests of the demo model's judge, semantic.py (stdlib only, no model).
 
-- Pictures drawn here in pure Python (one shape per class, analytic
-  coverage) are judged right for their own caption, and wrong for a caption
+- Pictures drawn here in pure Python with the generator's own shape test
+  (shapes.inside, 4x4 samples a pixel) are judged right for their own caption, and wrong for a caption
   with another colour, background or shape.
 - A picture with no shape, or of another size, is handled (no crash; not ok).
 - parse_caption accepts the grammar's captions and refuses malformed ones
@@ -10,7 +10,6 @@
   20,000 random mutations of good ones (a small fuzz run, seeded).
 """
 
-import math
 import os
 import random
 import sys
@@ -28,41 +27,12 @@ def fail(msg):
     sys.exit(1)
 
 
-def inside(kind, x, y, r):
-    """Point (x, y) relative to the centre, y down: inside the shape?"""
-    d = math.hypot(x, y)
-    if kind == "circle":
-        return d < r
-    if kind == "square":
-        return max(abs(x), abs(y)) < 0.85 * r
-    if kind == "ring":
-        return abs(d - 0.72 * r) < 0.28 * r
-    if kind == "cross":
-        arm, half = 0.95 * r, 0.32 * r
-        return (abs(x) < arm and abs(y) < half) or (abs(x) < half and
-                                                    abs(y) < arm)
-    if kind == "triangle":
-        big, s = 1.25 * r, math.sqrt(3) / 2
-        return (y < big / 2 and s * x - 0.5 * y < big / 2 and
-                -s * x - 0.5 * y < big / 2)
-    if kind == "star":
-        outer = 1.3 * r
-        inner = 0.45 * outer
-        sector = 2 * math.pi / 5
-        phi = math.atan2(x, -y) % sector
-        phi = min(phi, sector - phi)
-        qx, qy = d * math.cos(phi), d * math.sin(phi)
-        wx, wy = inner * math.cos(sector / 2), inner * math.sin(sector / 2)
-        return (wx - outer) * qy - wy * (qx - outer) > 0
-    raise ValueError(kind)
-
-
 def draw(kind, fg, bg, r=12.0, cx=32.0, cy=32.0, size=64):
     """RGB bytes of one anti-aliased shape (4x4 samples per pixel)."""
     out = bytearray()
     for py in range(size):
         for px in range(size):
-            hits = sum(inside(kind, px + (i + 0.5) / 4 - cx,
+            hits = sum(shapes.inside(kind, px + (i + 0.5) / 4 - cx,
                               py + (j + 0.5) / 4 - cy, r)
                        for i in range(4) for j in range(4))
             a = hits / 16

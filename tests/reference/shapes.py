@@ -146,35 +146,45 @@ def params_of(attrs, r=None, gen=None):
     return torch.tensor(rows, dtype=torch.float64)
 
 
-def _sdf(kind, x, y, r):
+class _Scalar:
+    """_sdf's operations on Python floats (torch's names)."""
+    hypot, atan2, cos, sin = (staticmethod(f) for f in (math.hypot, math.atan2,
+                                                        math.cos, math.sin))
+    maximum, minimum = staticmethod(max), staticmethod(min)
+    remainder = staticmethod(lambda a, b: a % b)
+
+
+def _sdf(kind, x, y, r, m=None):
     """Signed distance-like function (< 0 inside) of each shape, centred at
-    the origin, y down. All arguments broadcast."""
-    ax, ay = x.abs(), y.abs()
-    d = torch.hypot(x, y)
+    the origin, y down. With m = torch (the default) the arguments are
+    tensors that broadcast; with _Scalar they are floats."""
+    m = m or torch
+    ax, ay = abs(x), abs(y)
+    d = m.hypot(x, y)
     if kind == "circle":
         return d - r
     if kind == "square":
-        return torch.maximum(ax, ay) - 0.85 * r
+        return m.maximum(ax, ay) - 0.85 * r
     if kind == "ring":
-        return (d - 0.72 * r).abs() - 0.28 * r
+        return abs(d - 0.72 * r) - 0.28 * r
     if kind == "cross":
         arm, half = 0.95 * r, 0.32 * r
-        return torch.minimum(torch.maximum(ax - arm, ay - half),
-                             torch.maximum(ax - half, ay - arm))
+        return m.minimum(m.maximum(ax - arm, ay - half),
+                         m.maximum(ax - half, ay - arm))
     if kind == "triangle":  # equilateral, pointing up, centroid at 0
         big = 1.25 * r
         s = math.sqrt(3.0) / 2
         e1 = y - big / 2                       # bottom edge
         e2 = s * x - 0.5 * y - big / 2         # right edge
         e3 = -s * x - 0.5 * y - big / 2        # left edge
-        return torch.maximum(e1, torch.maximum(e2, e3))
+        return m.maximum(e1, m.maximum(e2, e3))
     if kind == "star":  # five points, one up; inner radius 0.45 of outer
         outer, inner = 1.3 * r, 0.45 * 1.3 * r
-        theta = torch.atan2(x, -y)             # 0 at the top, clockwise
+        theta = m.atan2(x, -y)                 # 0 at the top, clockwise
         sector = 2 * math.pi / 5
-        phi = torch.remainder(theta, sector)
-        phi = torch.minimum(phi, sector - phi)  # 0..36 degrees
-        qx, qy = d * torch.cos(phi), d * torch.sin(phi)
+        phi = m.remainder(theta, sector)
+        phi = m.minimum(phi, sector - phi)     # 0..36 degrees
+        qx, qy = d * m.cos(phi), d * m.sin(phi)
         vx, vy = outer, 0.0                     # tip
         wx, wy = inner * math.cos(sector / 2), inner * math.sin(sector / 2)
         ex, ey = wx - vx, wy - vy
@@ -182,6 +192,12 @@ def _sdf(kind, x, y, r):
         # own value, ey * vx, is positive)
         return -(ex * (qy - vy) - ey * (qx - vx))
     raise ValueError(kind)
+
+
+def inside(kind, x, y, r):
+    """Whether the point (x, y) (floats, relative to the centre, y down) is
+    inside a shape of radius r: the rendering's test, without torch."""
+    return _sdf(kind, x, y, r, _Scalar) < 0
 
 
 def render(params, device="cpu", supersample=4):
