@@ -51,17 +51,11 @@ def sdpa_forward(self, x, context=None):
 
 def make_checkpoint(path, cfg):
     torch.manual_seed(0)
-    sd = {}
-    parts = [(R.CLIPTextModel(cfg.clip), R.CLIP_PREFIX),
-             (R.UNetModel(cfg.unet), R.UNET_PREFIX),
-             (R.AutoencoderKL(cfg.vae), R.VAE_PREFIX)]
-    count = 0
-    for module, prefix in parts:
-        for k, v in module.state_dict().items():
-            sd[prefix + k] = ("F16", v.half().numpy())
-            count += v.numel()
-    st.save(path, sd, metadata={"format": "pt"}, exact=False)
-    return count
+    state = R.original_state(R.CLIPTextModel(cfg.clip), R.UNetModel(cfg.unet),
+                             R.AutoencoderKL(cfg.vae))
+    st.save(path, {k: ("F16", v.half().numpy()) for k, v in state.items()},
+            metadata={"format": "pt"}, exact=False)
+    return sum(v.numel() for v in state.values())
 
 
 def sync(dev):

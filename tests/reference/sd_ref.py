@@ -821,6 +821,17 @@ def _load(module, sd, dtype):
     return module.eval()
 
 
+def original_state(clip, unet, vae):
+    """The parts' parameters in the original single-file naming: {name:
+    tensor} (the inverse of load_clip/load_unet/load_vae)."""
+    sd = {}
+    for module, prefix in ((clip, CLIP_PREFIX), (unet, UNET_PREFIX),
+                           (vae, VAE_PREFIX)):
+        for k, v in module.state_dict().items():
+            sd[prefix + k] = v.detach()
+    return sd
+
+
 def load_clip(sd, cfg, dtype=torch.float64):
     """Text encoder from original names (position_ids, a buffer some
     checkpoints carry, is ignored)."""

@@ -301,12 +301,8 @@ def train_unet(args, cfg, vae, tok, log, gen):
 
 
 def original_dict(clip, unet, vae):
-    sd = {}
-    for module, prefix in ((clip, R.CLIP_PREFIX), (unet, R.UNET_PREFIX),
-                           (vae, R.VAE_PREFIX)):
-        for k, v in module.state_dict().items():
-            sd[prefix + k] = v.detach().float().cpu().numpy()
-    return sd
+    return {k: v.float().cpu().numpy()
+            for k, v in R.original_state(clip, unet, vae).items()}
 
 
 def export(out, cfg, vocab, merges, clip, unet, vae):
