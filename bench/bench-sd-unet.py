@@ -9,11 +9,12 @@ PyTorch reference, measured in the same run (needs torch with CUDA, numpy).
    seed 0), in the original single-file layout, fp16: 1.07 B parameters.
 2. PyTorch: the reference UNet in fp16, channels_last, attention through
    scaled_dot_product_attention; UNet evaluations per second for a CFG
-   batch (2 x latents of 64x64, i.e. 512x512 images, batch 1), after
-   warm-up, with torch.cuda.synchronize around the timed loop; peak
-   memory from max_memory_allocated.
+   batch (2 x the images) at 512x512 with 1 and 4 images and at 768x768
+   with 1, after warm-up, with torch.cuda.synchronize around the timed
+   loop; peak memory from max_memory_allocated.
 3. gpuhost: `gpuhost-sd --cuda unet --repeat N` on the same checkpoint and
-   inputs (fp32 compute, fp16 weights); evaluations per second.
+   inputs (fp16 tensor-core mode; fp32 too for the first configuration);
+   evaluations per second.
 4. Parity: gpuhost's output against the reference UNet in fp32 on the same
    (fp16-rounded) weights: relative L2 error.
 Prints one table with the ratio gpuhost / PyTorch.
@@ -80,6 +81,8 @@ def main():
     ap.add_argument("--sd", required=True, help="gpuhost-sd")
     ap.add_argument("--work", default="/tmp/gh-bench-sd")
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--profile", action="store_true",
+                    help="also print gpuhost's time per kind of op (fp16)")
     ap.add_argument("--small", action="store_true",
                     help="a small model on the CPU: checks this script")
     args = ap.parse_args()
@@ -102,58 +105,78 @@ def main():
           f"{os.path.getsize(ckpt) / 2**30:.2f} GiB, {time.time() - t0:.0f} s",
           flush=True)
 
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 4, side, side, generator=g)
-    t = torch.tensor([999.0, 999.0])
-    ctx = torch.randn(2, 77, cfg.unet.context_dim, generator=g)
-    inputs = os.path.join(args.work, "inputs.safetensors")
-    st.save(inputs, {"x": ("F32", x.numpy()), "t": ("F32", t.numpy()),
-                     "context": ("F32", ctx.numpy())})
-
     if hasattr(F, "scaled_dot_product_attention"):  # torch 2
         R.CrossAttention.forward = sdpa_forward
     weights = {k: v.astype(np.float32) for k, v in st.load(ckpt)[0].items()
                if k.startswith(R.UNET_PREFIX)}
-    unet = R.load_unet(weights, cfg.unet, torch.float32).to(dev)
-    with torch.no_grad():
-        ref = unet(x.to(dev), t.to(dev), ctx.to(dev)).double().cpu()
     half = torch.float16 if dev == "cuda" else torch.float32
-    unet = unet.to(half).to(memory_format=torch.channels_last)
-    xh = x.to(dev).to(half).to(memory_format=torch.channels_last)
-    if dev == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    torch_its = time_torch(unet, xh, t.to(dev).to(half), ctx.to(dev).to(half),
-                           args.iters, dev)
-    torch_peak = torch.cuda.max_memory_allocated() if dev == "cuda" else 0
-    del unet
-    if dev == "cuda":
-        torch.cuda.empty_cache()
-
+    # (images per job, latent side): the UNet's batch is twice the images
+    # (the CFG pair). 64x64 latents are 512x512 pictures, 96x96 768x768.
+    configs = [(1, side)] if args.small else [(1, 64), (4, 64), (1, 96)]
+    g = torch.Generator().manual_seed(1)
     out = os.path.join(args.work, "out.npy")
-    rows = []
-    modes = [("fp32", [])] + ([] if args.small else [("fp16 tensor cores",
-                                                       ["--fp16"])])
-    for mode, flags in modes:
-        where = ["--threads", "2"] if args.small else ["--cuda"] + flags
-        r = subprocess.run([args.sd, "--model", ckpt] + where + [
-            "unet", "--x", inputs + ":x", "--t", inputs + ":t", "--context",
-            inputs + ":context", "--repeat", str(args.iters), "-o", out],
-            capture_output=True, text=True)
-        if r.returncode != 0:
-            print("gpuhost-sd failed:", r.stderr, flush=True)
-            sys.exit(1)
-        print(mode + ": " + r.stdout.strip(), flush=True)
-        its = float(re.search(r"\(([0-9.]+) it/s\)", r.stdout).group(1))
-        got = torch.from_numpy(np.load(out)).double()
-        rows.append((mode, its, float((got - ref).norm() / ref.norm())))
-    print("| UNet, 512x512, batch 1 (CFG pair) | evaluations/s | "
-          "gpuhost / PyTorch | relative L2 against the fp32 reference |")
-    print("| --- | --- | --- | --- |")
-    print(f"| PyTorch fp16, channels_last, SDPA | {torch_its:.2f} | 1 | |")
-    for mode, its, err in rows:
-        print(f"| gpuhost, {mode} | {its:.2f} | {its / torch_its:.3f} | "
-              f"{err:.2e} |")
-    print(f"PyTorch peak memory: {torch_peak / 2**20:.0f} MiB")
+    table = []
+    for images, sz in configs:
+        batch = 2 * images
+        x = torch.randn(batch, 4, sz, sz, generator=g)
+        t = torch.full((batch,), 999.0)
+        ctx = torch.randn(batch, 77, cfg.unet.context_dim, generator=g)
+        inputs = os.path.join(args.work, f"inputs-{images}-{sz}.safetensors")
+        st.save(inputs, {"x": ("F32", x.numpy()), "t": ("F32", t.numpy()),
+                         "context": ("F32", ctx.numpy())})
+        unet = R.load_unet(weights, cfg.unet, torch.float32).to(dev)
+        ref = None
+        if (images, sz) == configs[0]:
+            with torch.no_grad():
+                ref = unet(x.to(dev), t.to(dev), ctx.to(dev)).double().cpu()
+        unet = unet.to(half).to(memory_format=torch.channels_last)
+        xh = x.to(dev).to(half).to(memory_format=torch.channels_last)
+        if dev == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        torch_its = time_torch(unet, xh, t.to(dev).to(half),
+                               ctx.to(dev).to(half), args.iters, dev)
+        torch_peak = torch.cuda.max_memory_allocated() if dev == "cuda" else 0
+        del unet
+        if dev == "cuda":
+            torch.cuda.empty_cache()
+        modes = [("fp16", ["--fp16"])] if not args.small else []
+        if ref is not None:
+            modes = [("fp32", [])] + modes
+            if not args.small:
+                modes.append(("fp16, no CUDA graphs", ["--fp16", "--no-graphs"]))
+        for mode, flags in modes:
+            where = ["--threads", "2"] if args.small else ["--cuda"] + flags
+            r = subprocess.run([args.sd, "--model", ckpt] + where + [
+                "unet", "--x", inputs + ":x", "--t", inputs + ":t",
+                "--context", inputs + ":context", "--repeat", str(args.iters),
+                "-o", out], capture_output=True, text=True)
+            if r.returncode != 0:
+                print("gpuhost-sd failed:", r.stderr, flush=True)
+                sys.exit(1)
+            print(f"{images}x{sz * 8} {mode}: " + r.stdout.strip(), flush=True)
+            its = float(re.search(r"\(([0-9.]+) it/s\)", r.stdout).group(1))
+            err = ""
+            if ref is not None:
+                got = torch.from_numpy(np.load(out)).double()
+                err = f"{float((got - ref).norm() / ref.norm()):.2e}"
+            table.append((f"{sz * 8}x{sz * 8}, batch {images}", mode, its,
+                          torch_its, torch_peak, err))
+    print("| UNet (CFG: 2 x batch) | gpuhost mode | gpuhost it/s | "
+          "PyTorch it/s | gpuhost / PyTorch | PyTorch peak MiB | "
+          "relative L2 against the fp32 reference |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for what, mode, its, tits, peak, err in table:
+        print(f"| {what} | {mode} | {its:.2f} | {tits:.2f} | "
+              f"{its / tits:.3f} | {peak / 2**20:.0f} | {err} |")
+    inputs = os.path.join(args.work, f"inputs-1-{side}.safetensors")
+    if args.profile and not args.small:
+        r = subprocess.run([args.sd, "--model", ckpt, "--cuda", "--fp16",
+                            "--profile", "unet", "--x", inputs + ":x", "--t",
+                            inputs + ":t", "--context", inputs + ":context",
+                            "--repeat", "3", "-o", out],
+                           capture_output=True, text=True)
+        print(r.stdout + r.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -90,7 +90,13 @@
         X(LibraryLoadData, 12000)                \
         X(LibraryUnload, 12000)                  \
         X(LibraryGetKernel, 12000)               \
-        X(LaunchKernel, 4000)
+        X(LaunchKernel, 4000)                    \
+        X(StreamBeginCapture, 10010)             \
+        X(StreamEndCapture, 10000)               \
+        X(GraphInstantiateWithFlags, 11040)      \
+        X(GraphLaunch, 10000)                    \
+        X(GraphExecDestroy, 10000)               \
+        X(GraphDestroy, 10000)
 
 /* X(member, cuda_version): optional entry points, asked of cuGetProcAddress
  * with the version that introduced them, which is also that of their PFN_

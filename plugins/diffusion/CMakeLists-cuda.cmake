@@ -4,6 +4,7 @@
 # loader (gpuhostd/cuda.c). A static library with hidden symbols, like
 # gh-dbackend-cpu; only built where nvcc is found, and then it defines
 # GH_HAVE_CUDA_BACKEND for whoever links it. Exact math: no --use_fast_math.
+# cuBLASLt (for the GEMMs) is found here but loaded at run time.
 get_filename_component(GH_DCUDA_ROOT "${GH_CUDA_INCLUDE_DIR}" DIRECTORY)
 find_program(GH_NVCC nvcc HINTS ${GH_DCUDA_ROOT}/bin)
 if(GH_NVCC)
@@ -20,8 +21,26 @@ if(GH_NVCC)
             -P ${PROJECT_SOURCE_DIR}/cmake/embed.cmake
     DEPENDS ${GH_DCUDA_FATBIN} ${PROJECT_SOURCE_DIR}/cmake/embed.cmake VERBATIM)
 
+  # cuBLASLt is dlopen()ed at run time (cublaslt.c): by the soname of the
+  # toolkit found here, then by its path there.
+  find_library(GH_CUBLASLT_LIBRARY cublasLt HINTS ${GH_DCUDA_ROOT}/lib64 ${GH_DCUDA_ROOT}/lib)
+  set(GH_CUBLASLT_DEFS "")
+  if(GH_CUBLASLT_LIBRARY)
+    get_filename_component(GH_CUBLASLT_DIR "${GH_CUBLASLT_LIBRARY}" DIRECTORY)
+    file(GLOB GH_CUBLASLT_VERSIONED "${GH_CUBLASLT_DIR}/libcublasLt.so.[0-9]*")
+    list(SORT GH_CUBLASLT_VERSIONED)
+    foreach(f IN LISTS GH_CUBLASLT_VERSIONED)
+      get_filename_component(n "${f}" NAME)
+      if(n MATCHES "^libcublasLt\\.so\\.[0-9]+$")
+        list(APPEND GH_CUBLASLT_DEFS GH_CUBLASLT_SONAME="${n}" GH_CUBLASLT_PATH="${GH_CUBLASLT_DIR}/${n}")
+        break()
+      endif()
+    endforeach()
+  endif()
+
   add_library(gh-dbackend-cuda STATIC
     ${CMAKE_CURRENT_LIST_DIR}/backend-cuda.c
+    ${CMAKE_CURRENT_LIST_DIR}/cublaslt.c
     ${PROJECT_SOURCE_DIR}/daemon/gpuhostd/cuda.c
     ${GH_DCUDA_FATBIN_C})
   set_target_properties(gh-dbackend-cuda PROPERTIES POSITION_INDEPENDENT_CODE ON C_VISIBILITY_PRESET hidden)
@@ -29,5 +48,6 @@ if(GH_NVCC)
                              ${CMAKE_CURRENT_LIST_DIR})
   target_include_directories(gh-dbackend-cuda SYSTEM PUBLIC ${GH_CUDA_INCLUDE_DIR})
   target_compile_definitions(gh-dbackend-cuda PUBLIC GH_HAVE_CUDA_BACKEND=1)
-  target_link_libraries(gh-dbackend-cuda PUBLIC m ${CMAKE_DL_LIBS})
+  target_compile_definitions(gh-dbackend-cuda PRIVATE ${GH_CUBLASLT_DEFS})
+  target_link_libraries(gh-dbackend-cuda PUBLIC m ${CMAKE_DL_LIBS} Threads::Threads)
 endif()

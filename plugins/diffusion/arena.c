@@ -110,3 +110,12 @@ size_t gh_arena_peak(const gh_arena *a) {
 size_t gh_arena_used(const gh_arena *a) {
         return a->used;
 }
+
+/* FNV-1a over the live blocks: equal when the next allocations land alike. */
+uint64_t gh_arena_layout(const gh_arena *a) {
+        uint64_t h = 0xcbf29ce484222325ull;
+
+        for (size_t i = 0; i < a->n; i++)
+                h = gh_hash_mix(gh_hash_mix(h, a->blocks[i].off), a->blocks[i].size);
+        return gh_hash_mix(h, (uint64_t) (uintptr_t) a->base);
+}

@@ -1,5 +1,14 @@
-/* The CUDA backend (backend-cuda.h): each op launches one kernel of
+/* The CUDA backend (backend-cuda.h): each op launches kernels of
  * cuda/kernels.cu on the job's stream, with the shapes as arguments.
+ *
+ * GEMMs (linear, and conv2d as im2col then a GEMM) go through cuBLASLt
+ * where it loaded and a work buffer is set: the operands are converted
+ * into the work buffer (to fp16 or bf16 in the tensor-core mode, to F32
+ * otherwise), in pieces where they do not fit, and each GEMM shape is
+ * planned once (descriptors and the heuristic's algorithm, kept in a small
+ * cache). Otherwise the GEMMs run on simple fp32 kernels. Attention in the
+ * tensor-core mode runs on the flash kernel for the head dimensions it is
+ * built for.
  *
  * Host arrays that ops take (ids, scale factors, timesteps) go through the
  * pinned staging buffer into the device scratch buffer, in stream order
@@ -10,17 +19,22 @@
  * download and sum wait for their copies. Everything else is asynchronous. */
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend-cuda.h"
 #include "common/util.h"
+#include "cublaslt.h"
+#include "runtime.h"
 
-#define THREADS 256       /* a block, for 1-D kernels; RED in kernels.cu */
+#define THREADS 256       /* a block, for 1-D kernels */
+#define NORM_THREADS 1024 /* group norm's block (few blocks, long rows); RED in kernels.cu */
 #define MAX_BLOCKS 65536  /* 1-D grids; the kernels loop over the rest */
 #define LINEAR_TILE 16    /* LT in kernels.cu */
-#define TC_TILE 64        /* TC_BM, TC_BN in kernels.cu */
-#define TC_THREADS 128    /* TC_THREADS in kernels.cu */
+#define FA_QUERIES 64     /* FA_BQ in kernels.cu */
+#define IM2COL_RUN 8      /* IM2COL_RUN in kernels.cu */
+#define FA_THREADS 128    /* FA_THREADS in kernels.cu */
 #define MAX_GRID_Y 65535
 /* A kernel argument: the address of a value, const or not. */
 #define ARG(v) ((void *)&(v))
@@ -49,9 +63,13 @@ enum {
         K_SCALE_DIM,
         K_SUM,
         K_CONVERT,
-        K_CONV2D_TC,
-        K_LINEAR_TC,
-        K_COUNT,
+        K_IM2COL,
+        K_CAST,
+        K_BIAS_ROWS,
+        K_BIAS_COLS,
+        K_TIMESTEP,
+        K_FA, /* one per FA_DIMS entry */
+        K_COUNT = K_FA + 6,
 };
 
 _Static_assert(K_COUNT == GH_DCUDA_KERNELS, "GH_DCUDA_KERNELS must match the kernels");
@@ -75,9 +93,22 @@ static const char *const kernel_names[K_COUNT] = {
         [K_SCALE_DIM] = "gh_scale_dim",
         [K_SUM] = "gh_sum",
         [K_CONVERT] = "gh_convert",
-        [K_CONV2D_TC] = "gh_conv2d_tc",
-        [K_LINEAR_TC] = "gh_linear_tc",
+        [K_IM2COL] = "gh_im2col",
+        [K_CAST] = "gh_cast",
+        [K_BIAS_ROWS] = "gh_bias_rows",
+        [K_BIAS_COLS] = "gh_bias_cols",
+        [K_TIMESTEP] = "gh_timestep",
+        [K_FA] = "gh_flash_attention_32",
+        [K_FA + 1] = "gh_flash_attention_40",
+        [K_FA + 2] = "gh_flash_attention_64",
+        [K_FA + 3] = "gh_flash_attention_80",
+        [K_FA + 4] = "gh_flash_attention_128",
+        [K_FA + 5] = "gh_flash_attention_160",
 };
+
+/* The head dimensions of the flash kernels, in K_FA's order. */
+static const int fa_dims[] = {32, 40, 64, 80, 128, 160};
+_Static_assert(sizeof(fa_dims) / sizeof(fa_dims[0]) == K_COUNT - K_FA, "a kernel per flash dimension");
 
 static int64_t div_up(int64_t a, int64_t b) {
         return (a + b - 1) / b;
@@ -125,35 +156,347 @@ static int stage(gh_dcuda *s, const void *src, size_t size) {
         return check(s, s->cu->MemcpyHtoDAsync(s->scratch, s->host, size, s->stream));
 }
 
-/* ---- GEMMs ---- */
+/* ---- GEMMs through cuBLASLt ---- */
+
+/* One planned GEMM, column-major as cuBLASLt sees it: D[m,n] (F32, ld
+ * ldd) = op(A)[m,k] B[k,n] (+ bias[m] where bias_type), A stored k x m
+ * when trans_a, A and B of type |type|; |batch| of them |stride_*|
+ * elements apart (0: B shared). */
+typedef struct gemm_key {
+        int type, trans_a;
+        int bias_type, pad_; /* with a bias along m (the epilogue's), of this type */
+        int64_t m, n, k, lda, ldb, ldd, batch, stride_a, stride_b, stride_d;
+} gemm_key;
+
+struct gh_dcuda_gemm {
+        gemm_key key;
+        cublasLtMatmulDesc_t desc;
+        cublasLtMatrixLayout_t a, b, d;
+        cublasLtMatmulAlgo_t algo;
+};
+
+static int cuda_type(int t) {
+        return t == GH_TENSOR_F16 ? CUDA_R_16F : t == GH_TENSOR_BF16 ? CUDA_R_16BF : CUDA_R_32F;
+}
+
+static void gemm_plan_free(const gh_cublaslt *lt, gh_dcuda_gemm *g) {
+        if (g->desc)
+                lt->MatmulDescDestroy(g->desc);
+        if (g->a)
+                lt->MatrixLayoutDestroy(g->a);
+        if (g->b)
+                lt->MatrixLayoutDestroy(g->b);
+        if (g->d)
+                lt->MatrixLayoutDestroy(g->d);
+        *g = (gh_dcuda_gemm){0};
+}
+
+static int layout(const gh_cublaslt *lt, cublasLtMatrixLayout_t *ret, int type, int64_t rows, int64_t cols, int64_t ld,
+                  int64_t batch, int64_t stride) {
+        int32_t count = (int32_t)batch;
+
+        if (lt->MatrixLayoutCreate(ret, (cudaDataType)cuda_type(type), (uint64_t)rows, (uint64_t)cols, ld))
+                return -ENOMEM;
+        if (batch > 1 && (lt->MatrixLayoutSetAttribute(*ret, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)) ||
+                          lt->MatrixLayoutSetAttribute(*ret, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
+                                                       sizeof(stride))))
+                return -EINVAL;
+        return 0;
+}
+
+/* Descriptors and the heuristic's best algorithm for |key|, into |g|. */
+static int gemm_plan_make(gh_dcuda *s, const gemm_key *key, gh_dcuda_gemm *g) {
+        const gh_cublaslt *lt = s->lt;
+        cublasOperation_t op = key->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+        cublasLtMatmulPreference_t pref = NULL;
+        cublasLtMatmulHeuristicResult_t res;
+        uint64_t ws = GH_DCUDA_LT_WORKSPACE;
+        int found = 0, r;
+
+        g->key = *key;
+        if (lt->MatmulDescCreate(&g->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) ||
+            lt->MatmulDescSetAttribute(g->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op, sizeof(op)))
+                return -ENOMEM;
+        if (key->bias_type) {
+                cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+                int32_t bt = cuda_type(key->bias_type);
+                if (lt->MatmulDescSetAttribute(g->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)) ||
+                    lt->MatmulDescSetAttribute(g->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)))
+                        return -EOPNOTSUPP;
+        }
+        if ((r = layout(lt, &g->a, key->type, key->trans_a ? key->k : key->m, key->trans_a ? key->m : key->k, key->lda,
+                        key->batch, key->stride_a)) < 0 ||
+            (r = layout(lt, &g->b, key->type, key->k, key->n, key->ldb, key->batch, key->stride_b)) < 0 ||
+            (r = layout(lt, &g->d, GH_TENSOR_F32, key->m, key->n, key->ldd, key->batch, key->stride_d)) < 0)
+                return r;
+        if (lt->MatmulPreferenceCreate(&pref))
+                return -ENOMEM;
+        if (!lt->MatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)) &&
+            !lt->MatmulAlgoGetHeuristic(s->lt_handle, g->desc, g->a, g->b, g->d, g->d, pref, 1, &res, &found) &&
+            found > 0)
+                g->algo = res.algo;
+        lt->MatmulPreferenceDestroy(pref);
+        return found > 0 ? 0 : -EOPNOTSUPP;
+}
+
+/* The cached plan for |key|, made on first use (the oldest goes when the
+ * cache is full). */
+static int gemm_plan(gh_dcuda *s, const gemm_key *key, gh_dcuda_gemm **ret) {
+        gh_dcuda_gemm g = {0}, *slot;
+        int r;
+
+        for (uint32_t i = 0; i < s->n_gemm; i++)
+                if (!memcmp(&s->gemm[i].key, key, sizeof(*key)))
+                        return *ret = &s->gemm[i], 0;
+        if ((r = gemm_plan_make(s, key, &g)) < 0) {
+                gemm_plan_free(s->lt, &g);
+                return r;
+        }
+        if (s->n_gemm < GH_DCUDA_GEMM_CACHE)
+                slot = &s->gemm[s->n_gemm++];
+        else {
+                slot = &s->gemm[s->next_gemm++ % GH_DCUDA_GEMM_CACHE];
+                gemm_plan_free(s->lt, slot);
+        }
+        *slot = g;
+        *ret = slot;
+        return 0;
+}
+
+static int gemm(gh_dcuda *s, const gemm_key *key, CUdeviceptr a, CUdeviceptr b, CUdeviceptr d, const void *bias) {
+        const float one = 1.0f, zero = 0.0f;
+        gh_dcuda_gemm *g;
+        int r = gemm_plan(s, key, &g);
+
+        if (r < 0)
+                return r;
+        if (key->bias_type &&
+            s->lt->MatmulDescSetAttribute(g->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)))
+                return -EIO;
+        if (s->lt->Matmul(s->lt_handle, g->desc, &one, (const void *)a, g->a, (const void *)b, g->b, &zero,
+                          (const void *)d, g->d, (void *)d, g->d, &g->algo, (void *)s->work, GH_DCUDA_LT_WORKSPACE,
+                          (cudaStream_t)s->stream))
+                return -EIO;
+        return 0;
+}
+
+static bool use_lt(const gh_dcuda *s) {
+        return s->lt && !s->no_lt && s->work_size > GH_DCUDA_LT_WORKSPACE;
+}
+
+/* The GEMMs' operand type: F32, or in the tensor-core mode the weight's
+ * 16-bit type (fp16 for F32 weights). */
+static int operand_type(const gh_dcuda *s, const gh_dt *w) {
+        if (!s->fp16)
+                return GH_TENSOR_F32;
+        return w->dtype == GH_TENSOR_BF16 ? GH_TENSOR_BF16 : GH_TENSOR_F16;
+}
+
+static size_t round_up(size_t n, size_t a) {
+        return (n + a - 1) / a * a;
+}
+
+/* The work buffer: cuBLASLt's workspace, the operands, and at its end
+ * (when it is large enough) the biases converted to F32 for cuBLASLt's
+ * epilogue, kept for the job (the weights never change under it). */
+static size_t bias_area(const gh_dcuda *s) {
+        return s->work_size >= GH_DCUDA_LT_WORKSPACE + 4 * GH_DCUDA_BIAS_AREA ? GH_DCUDA_BIAS_AREA : 0;
+}
+
+static size_t ops_size(const gh_dcuda *s) {
+        return s->work_size - GH_DCUDA_LT_WORKSPACE - bias_area(s);
+}
+
+/* The bias as F32 in the bias area (converted on first use), or 0 where
+ * the area is full or absent. */
+static CUdeviceptr bias_f32(gh_dcuda *s, const gh_dt *b) {
+        const size_t area = bias_area(s);
+        long long n = b->shape[0];
+        int bt = (int)b->dtype, f32 = GH_TENSOR_F32;
+        CUdeviceptr dst = s->work + s->work_size - area + s->bias_used;
+        void *params[] = {ARG(b->data), &bt, &dst, &f32, &n};
+
+        if (bt == GH_TENSOR_F32)
+                return (CUdeviceptr)(uintptr_t)b->data;
+        for (uint32_t i = 0; i < s->n_bias; i++)
+                if (s->bias[i].src == b->data)
+                        return s->bias[i].dst;
+        if (s->n_bias == GH_DCUDA_BIAS_CACHE || round_up((size_t)n * 4, 256) > area - s->bias_used ||
+            launch_n(s, K_CAST, n, params) < 0)
+                return 0;
+        s->bias[s->n_bias++] = (gh_dcuda_bias){b->data, dst};
+        s->bias_used += round_up((size_t)n * 4, 256);
+        return dst;
+}
+
+/* The weight as type t: in place, or cast into the start of the operand
+ * area (*ret_used bytes of it) where at most half of that area is needed. */
+static int weight_operand(gh_dcuda *s, const gh_dt *w, int t, CUdeviceptr *ret, size_t *ret_used) {
+        long long n = gh_dt_numel(w);
+        int wt = (int)w->dtype;
+        CUdeviceptr buf = s->work + GH_DCUDA_LT_WORKSPACE;
+        size_t bytes = round_up((size_t)n * dtype_size(t), 256);
+        void *params[] = {ARG(w->data), &wt, &buf, &t, &n};
+
+        *ret = (CUdeviceptr)(uintptr_t)w->data;
+        *ret_used = 0;
+        if (wt == t)
+                return 0;
+        if (bytes > ops_size(s) / 2)
+                return -E2BIG;
+        *ret = buf;
+        *ret_used = bytes;
+        return launch_n(s, K_CAST, n, params);
+}
+
+/* y[rows, inner] += b: per row (r % len) for a conv, per column for a linear. */
+static int add_bias(gh_dcuda *s, const gh_dt *b, gh_dt *y, long long inner, bool per_row) {
+        long long rows = gh_dt_numel(y) / inner;
+        int bt = (int)b->dtype, in = (int)inner, len = (int)b->shape[0];
+        void *rp[] = {ARG(y->data), ARG(b->data), &bt, &rows, &in, &len};
+        void *cp[] = {ARG(y->data), ARG(b->data), &bt, &rows, &in};
+        int64_t gx = div_up(inner, THREADS);
+
+        if (inner > INT32_MAX)
+                return -E2BIG;
+        return launch(s, per_row ? K_BIAS_ROWS : K_BIAS_COLS, (unsigned)(gx < MAX_BLOCKS ? gx : MAX_BLOCKS),
+                      (unsigned)(rows < MAX_GRID_Y ? rows : MAX_GRID_Y), 1, THREADS, 1, 0, per_row ? rp : cp);
+}
+
+/* im2col of images [b0, b0 + nb), output pixels [p0, p0 + np), into col. */
+typedef struct conv_shape {
+        int ci, h, w, co, kh, kw, stride, pad_top, pad_left, ho, wo;
+} conv_shape;
+
+static int im2col(gh_dcuda *s, const conv_shape *c, const gh_dt *x, int64_t b0, int64_t nb, int64_t p0, int64_t np,
+                  int t, CUdeviceptr col) {
+        CUdeviceptr xb = (CUdeviceptr)(uintptr_t)x->data + (size_t)(b0 * c->ci * c->h * c->w) * sizeof(float);
+        int p0i = (int)p0, npi = (int)np;
+        int64_t kdim = (int64_t)c->ci * c->kh * c->kw, gx = div_up(np, THREADS * IM2COL_RUN);
+        void *params[] = {&xb, &col, &t, ARG(c->ci), ARG(c->h), ARG(c->w), ARG(c->kh), ARG(c->kw), ARG(c->stride),
+                          ARG(c->pad_top), ARG(c->pad_left), ARG(c->wo), &p0i, &npi};
+
+        if (nb > MAX_GRID_Y)
+                return -E2BIG;
+        return launch(s, K_IM2COL, (unsigned)(gx < MAX_BLOCKS ? gx : MAX_BLOCKS),
+                      (unsigned)(kdim < MAX_GRID_Y ? kdim : MAX_GRID_Y), (unsigned)nb, THREADS, 1, 0, params);
+}
+
+/* Per piece: D[pixels, co] (NCHW, ld Ho Wo) = col[pixels, K] w[co, K]^T,
+ * with whole images per piece where they fit, else pixel ranges of one. */
+static int conv_lt(gh_dcuda *s, const conv_shape *c, const gh_dt *x, const gh_dt *w, gh_dt *y) {
+        const int t = operand_type(s, w);
+        const int64_t batches = x->shape[0], kdim = (int64_t)c->ci * c->kh * c->kw, hwo = (int64_t)c->ho * c->wo;
+        const bool direct = t == GH_TENSOR_F32 && c->kh == 1 && c->kw == 1 && c->stride == 1 && c->pad_top == 0 &&
+                            c->pad_left == 0 && c->ho == c->h && c->wo == c->w;
+        CUdeviceptr wp, col;
+        size_t used;
+        int64_t cap;
+        int r;
+
+        if ((r = weight_operand(s, w, t, &wp, &used)) < 0)
+                return r;
+        col = s->work + GH_DCUDA_LT_WORKSPACE + used;
+        cap = direct ? INT64_MAX : (int64_t)((ops_size(s) - used) / ((size_t)kdim * dtype_size(t)));
+        if (cap < (hwo < 64 ? hwo : 64) || hwo > INT32_MAX)
+                return -E2BIG;
+        for (int64_t b0 = 0; b0 < batches;) {
+                int64_t nb = hwo <= cap ? (cap / hwo < batches - b0 ? cap / hwo : batches - b0) : 1;
+                for (int64_t p0 = 0; p0 < hwo;) {
+                        int64_t np = hwo - p0 < cap ? hwo - p0 : cap;
+                        gemm_key key = {.type = t, .m = np, .n = c->co, .k = kdim, .lda = np, .ldb = kdim, .ldd = hwo,
+                                        .batch = nb, .stride_a = kdim * np, .stride_d = c->co * hwo};
+                        CUdeviceptr a = direct ? (CUdeviceptr)(uintptr_t)x->data + (size_t)(b0 * kdim * hwo) * 4 : col;
+                        CUdeviceptr d = (CUdeviceptr)(uintptr_t)y->data + (size_t)(b0 * c->co * hwo + p0) * 4;
+                        if (nb == 1)
+                                key.stride_a = key.stride_d = 0;
+                        if ((!direct && (r = im2col(s, c, x, b0, nb, p0, np, t, col)) < 0) ||
+                            (r = gemm(s, &key, a, wp, d, NULL)) < 0)
+                                return r;
+                        p0 += np;
+                }
+                b0 += nb;
+        }
+        return 0;
+}
+
+/* Per piece of rows: D[N, rows] (= y[rows, N]) = w[N, K] x[rows, K]^T,
+ * plus the bias in cuBLASLt's epilogue where it takes it (*ret_biased). */
+static int linear_lt(gh_dcuda *s, const gh_dt *x, const gh_dt *w, const gh_dt *b, gh_dt *y, long long m,
+                     bool *ret_biased) {
+        const int t = operand_type(s, w);
+        const int64_t n = w->shape[0], k = w->shape[1];
+        CUdeviceptr wp, col;
+        size_t used;
+        int64_t cap;
+        int r;
+
+        if ((r = weight_operand(s, w, t, &wp, &used)) < 0)
+                return r;
+        col = s->work + GH_DCUDA_LT_WORKSPACE + used;
+        cap = t == GH_TENSOR_F32 ? INT64_MAX
+                                 : (int64_t)((ops_size(s) - used) / ((size_t)k * dtype_size(t)));
+        if (cap < (m < 64 ? m : 64))
+                return -E2BIG;
+        for (long long m0 = 0; m0 < m;) {
+                long long rows = m - m0 < cap ? m - m0 : cap, count = rows * k;
+                CUdeviceptr xr = (CUdeviceptr)(uintptr_t)x->data + (size_t)(m0 * k) * sizeof(float), xb = xr;
+                int f32 = GH_TENSOR_F32, tt = t;
+                void *params[] = {&xr, &f32, &col, &tt, &count};
+                CUdeviceptr bias = b && !s->lt_no_bias ? bias_f32(s, b) : 0;
+                gemm_key key = {.type = t, .trans_a = 1, .m = n, .n = rows, .k = k, .lda = k, .ldb = k, .ldd = n,
+                                .batch = 1, .bias_type = bias ? GH_TENSOR_F32 : 0};
+                if (t != GH_TENSOR_F32) {
+                        if ((r = launch_n(s, K_CAST, count, params)) < 0)
+                                return r;
+                        xb = col;
+                }
+                r = gemm(s, &key, wp, xb, (CUdeviceptr)(uintptr_t)y->data + (size_t)(m0 * n) * sizeof(float),
+                         (const void *)bias);
+                if (r == -EOPNOTSUPP && key.bias_type) { /* no such epilogue here: bias apart from now on */
+                        s->lt_no_bias = true;
+                        key.bias_type = 0;
+                        r = gemm(s, &key, wp, xb, (CUdeviceptr)(uintptr_t)y->data + (size_t)(m0 * n) * sizeof(float),
+                                 NULL);
+                }
+                if (r < 0)
+                        return r;
+                *ret_biased = key.bias_type != 0;
+                m0 += rows;
+        }
+        return 0;
+}
+
+/* ---- GEMMs: the fallback kernels ---- */
 
 static int cuda_conv2d(void *be, const gh_dt *x, const gh_dt *w, const gh_dt *b, int stride, const int pad[4],
                        gh_dt *y) {
-        int ci = (int)x->shape[1], h = (int)x->shape[2], wd = (int)x->shape[3];
-        int co = (int)w->shape[0], kh = (int)w->shape[2], kw = (int)w->shape[3];
-        int ho = (int)y->shape[2], wo = (int)y->shape[3], wt = (int)w->dtype, bt = b ? (int)b->dtype : 0;
-        int pad_top = pad[0], pad_left = pad[2];
+        gh_dcuda *s = be;
+        conv_shape c = {(int)x->shape[1], (int)x->shape[2], (int)x->shape[3], (int)w->shape[0], (int)w->shape[2],
+                        (int)w->shape[3], stride, pad[0], pad[2], (int)y->shape[2], (int)y->shape[3]};
+        int wt = (int)w->dtype, bt = b ? (int)b->dtype : 0, r;
         long long n = gh_dt_numel(y);
         void *bias = b ? b->data : NULL;
-        void *params[] = {ARG(x->data), ARG(w->data), &wt, &bias, &bt, ARG(y->data), &n, &ci, &h, &wd, &co, &kh, &kw,
-                          &stride, &pad_top, &pad_left, &ho, &wo};
+        void *params[] = {ARG(x->data), ARG(w->data), &wt, &bias, &bt, ARG(y->data), &n, &c.ci, &c.h, &c.w, &c.co, &c.kh,
+                          &c.kw, &stride, &c.pad_top, &c.pad_left, &c.ho, &c.wo};
 
         if (!weight_type(w) || (b && !weight_type(b)) || stride < 1)
                 return -EINVAL;
-        if (((gh_dcuda *)be)->fp16 && n > 0) {
-                int batches = (int)x->shape[0];
-                void *tc[] = {ARG(x->data), ARG(w->data), &wt, &bias, &bt, ARG(y->data), &batches, &ci, &h, &wd, &co,
-                              &kh, &kw, &stride, &pad_top, &pad_left, &ho, &wo};
-                int64_t cols = div_up((int64_t)batches * ho * wo, TC_TILE), rows = div_up(co, TC_TILE);
-                if (cols > INT32_MAX || rows > MAX_GRID_Y)
-                        return -E2BIG;
-                return launch(be, K_CONV2D_TC, (unsigned)cols, (unsigned)rows, 1, TC_THREADS, 1, 0, tc);
+        if (n <= 0)
+                return 0;
+        if (use_lt(s)) {
+                r = conv_lt(s, &c, x, w, y);
+                if (r >= 0)
+                        return b ? add_bias(s, b, y, (long long)c.ho * c.wo, true) : 0;
+                if (r != -E2BIG && r != -EOPNOTSUPP)
+                        return r;
         }
         return launch_n(be, K_CONV2D, n, params);
 }
 
 static int cuda_linear(void *be, const gh_dt *x, const gh_dt *w, const gh_dt *b, gh_dt *y) {
-        int n = (int)w->shape[0], k = (int)w->shape[1], wt = (int)w->dtype, bt = b ? (int)b->dtype : 0;
+        gh_dcuda *s = be;
+        int n = (int)w->shape[0], k = (int)w->shape[1], wt = (int)w->dtype, bt = b ? (int)b->dtype : 0, r;
         long long m = 1;
         void *bias = b ? b->data : NULL;
         void *params[] = {ARG(x->data), ARG(w->data), &wt, &bias, &bt, ARG(y->data), &m, &n, &k};
@@ -164,11 +507,13 @@ static int cuda_linear(void *be, const gh_dt *x, const gh_dt *w, const gh_dt *b,
                 m *= x->shape[i];
         if (m <= 0 || n <= 0)
                 return 0;
-        if (((gh_dcuda *)be)->fp16) {
-                if (div_up(n, TC_TILE) > MAX_GRID_Y || div_up(m, TC_TILE) > INT32_MAX)
-                        return -E2BIG;
-                return launch(be, K_LINEAR_TC, (unsigned)div_up(m, TC_TILE), (unsigned)div_up(n, TC_TILE), 1,
-                              TC_THREADS, 1, 0, params);
+        if (use_lt(s) && k > 0) {
+                bool biased = false;
+                r = linear_lt(s, x, w, b, y, m, &biased);
+                if (r >= 0)
+                        return b && !biased ? add_bias(s, b, y, n, false) : 0;
+                if (r != -E2BIG && r != -EOPNOTSUPP)
+                        return r;
         }
         if (div_up(n, LINEAR_TILE) > MAX_GRID_Y || div_up(m, LINEAR_TILE) > INT32_MAX)
                 return -E2BIG;
@@ -191,7 +536,7 @@ static int cuda_group_norm(void *be, const gh_dt *x, int groups, float eps, cons
         if (gh_dt_numel(x) == 0)
                 return 0;
         inner = gh_dt_numel(x) / (x->shape[0] * c);
-        return launch(be, K_GROUP_NORM, (unsigned)(x->shape[0] * groups), 1, 1, THREADS, 1, 0, params);
+        return launch(be, K_GROUP_NORM, (unsigned)(x->shape[0] * groups), 1, 1, NORM_THREADS, 1, 0, params);
 }
 
 static int cuda_layer_norm(void *be, const gh_dt *x, const gh_dt *gamma, const gh_dt *beta, float eps, gh_dt *y) {
@@ -286,12 +631,26 @@ static int cuda_scale_dim(void *be, const float *w, uint32_t dim, gh_dt *y) {
 
 /* ---- attention ---- */
 
+/* The flash kernel's index for this attention, or -1. */
+static int flash_kernel(const gh_dcuda *s, const gh_dt *q, const gh_dt *k, const gh_dt *v, const gh_dt *y, int d,
+                        bool causal) {
+        const uintptr_t align = (uintptr_t)q->data | (uintptr_t)k->data | (uintptr_t)v->data | (uintptr_t)y->data;
+
+        if (!s->fp16 || causal || align % 16)
+                return -1;
+        for (size_t i = 0; i < sizeof(fa_dims) / sizeof(fa_dims[0]); i++)
+                if (fa_dims[i] == d)
+                        return K_FA + (int)i;
+        return -1;
+}
+
 static int cuda_attention(void *be, const gh_dt *q, const gh_dt *k, const gh_dt *v, int heads, bool causal,
                           gh_dt *y) {
-        int tq = (int)q->shape[1], tk = (int)k->shape[1], c = (int)q->shape[2], cz = causal, tile;
-        float scale;
+        int tq = (int)q->shape[1], tk = (int)k->shape[1], c = (int)q->shape[2], cz = causal, tile, fa;
+        float scale, scale_log2;
         void *params[] = {ARG(q->data), ARG(k->data), ARG(v->data), ARG(y->data), &tq, &tk, &c, &heads, &cz, &scale,
                           &tile};
+        void *fa_params[] = {ARG(q->data), ARG(k->data), ARG(v->data), ARG(y->data), &tq, &tk, &c, &scale_log2};
 
         if (heads < 1 || c % heads)
                 return -EINVAL;
@@ -301,8 +660,14 @@ static int cuda_attention(void *be, const gh_dt *q, const gh_dt *k, const gh_dt 
                 return -EINVAL; /* a softmax over nothing */
         if (c / heads > ATTN_DIMS * THREADS || heads > MAX_GRID_Y || q->shape[0] > MAX_GRID_Y)
                 return -E2BIG;
-        tile = tk < ATTN_TILE ? tk : ATTN_TILE;
         scale = 1.0f / sqrtf((float)(c / heads));
+        fa = flash_kernel(be, q, k, v, y, c / heads, causal);
+        if (fa >= 0) {
+                scale_log2 = scale * 1.4426950408889634f; /* the kernel's softmax is base 2 */
+                return launch(be, fa, (unsigned)div_up(tq, FA_QUERIES), (unsigned)heads, (unsigned)q->shape[0],
+                              FA_THREADS, 1, 0, fa_params);
+        }
+        tile = tk < ATTN_TILE ? tk : ATTN_TILE;
         return launch(be, K_ATTENTION, (unsigned)tq, (unsigned)heads, (unsigned)q->shape[0], THREADS, 1,
                       (unsigned)tile * sizeof(float), params);
 }
@@ -345,36 +710,29 @@ static int cuda_nlc_to_nchw(void *be, const gh_dt *x, gh_dt *y) {
         return transpose(be, K_NLC_TO_NCHW, x, y, y);
 }
 
-/* On the host in double, like the CPU backend, then uploaded by rows
- * through the staging buffer. */
+/* On the device in double, like the CPU backend; the timesteps go as a
+ * kernel argument (so no staging, nothing to wait for, and a CUDA graph
+ * may hold it), GH_DCUDA_TS_MAX at a time. */
+#define GH_DCUDA_TS_MAX 256 /* TS_MAX in kernels.cu */
 static int cuda_timestep_embedding(void *be, const float *t, gh_dt *y) {
         gh_dcuda *s = be;
-        const int64_t batches = y->shape[0], dim = y->shape[1], half = dim / 2;
-        const int64_t rows = dim > 0 ? (int64_t)(s->scratch_size / sizeof(float)) / dim : 0;
-        int r;
+        const int64_t batches = y->shape[0];
+        long long dim = y->shape[1];
+        struct {
+                float t[GH_DCUDA_TS_MAX];
+        } tv;
 
         if (dim <= 0 || batches <= 0)
                 return 0;
-        if (rows <= 0)
-                return -E2BIG;
-        for (int64_t b0 = 0; b0 < batches; b0 += rows) {
-                int64_t nb = batches - b0 < rows ? batches - b0 : rows;
-                r = check(s, s->cu->StreamSynchronize(s->stream)); /* the staging buffer is free */
-                if (r < 0)
-                        return r;
-                for (int64_t b = 0; b < nb; b++) {
-                        float *row = s->host + b * dim;
-                        for (int64_t i = 0; i < half; i++) {
-                                double arg = t[b0 + b] * exp(-log(10000.0) * (double)i / (double)half);
-                                row[i] = (float)cos(arg);
-                                row[half + i] = (float)sin(arg);
-                        }
-                        if (dim % 2)
-                                row[dim - 1] = 0.0f;
-                }
-                r = check(s, s->cu->MemcpyHtoDAsync((CUdeviceptr)(uintptr_t)y->data + (size_t)(b0 * dim) * sizeof(float),
-                                                    s->host, (size_t)(nb * dim) * sizeof(float), s->stream));
-                if (r < 0)
+        for (int64_t b0 = 0; b0 < batches; b0 += GH_DCUDA_TS_MAX) {
+                int64_t nb = batches - b0 < GH_DCUDA_TS_MAX ? batches - b0 : GH_DCUDA_TS_MAX;
+                long long n = nb * dim;
+                CUdeviceptr yb = (CUdeviceptr)(uintptr_t)y->data + (size_t)(b0 * dim) * sizeof(float);
+                void *params[] = {&yb, &n, &dim, &tv};
+                int r;
+                memset(&tv, 0, sizeof(tv));
+                memcpy(tv.t, t + b0, (size_t)nb * sizeof(float));
+                if ((r = launch_n(s, K_TIMESTEP, n, params)) < 0)
                         return r;
         }
         return 0;
@@ -496,6 +854,19 @@ static int load_kernels(gh_dcuda *s, char *err, size_t err_size) {
         return 0;
 }
 
+/* cuBLASLt where it loads; its absence is not an error (fallback kernels). */
+static void load_cublaslt(gh_dcuda *s) {
+        cublasLtHandle_t h;
+
+        s->lt = gh_cublaslt_get(s->lt_error, sizeof(s->lt_error));
+        if (s->lt && s->lt->Create(&h)) {
+                snprintf(s->lt_error, sizeof(s->lt_error), "cublasLtCreate failed");
+                s->lt = NULL;
+        }
+        if (s->lt)
+                s->lt_handle = h;
+}
+
 int gh_dcuda_init(gh_dcuda *s, const gh_cuda *cu, CUstream stream, char *err, size_t err_size) {
         void *host = NULL;
         CUresult r;
@@ -512,14 +883,57 @@ int gh_dcuda_init(gh_dcuda *s, const gh_cuda *cu, CUstream stream, char *err, si
         if (r != CUDA_SUCCESS)
                 return fail(s, r, "cuMemHostAlloc", "(staging)", err, err_size);
         s->host = host;
+        s->gemm = calloc(GH_DCUDA_GEMM_CACHE, sizeof(*s->gemm));
+        if (!s->gemm) {
+                gh_dcuda_fini(s);
+                return -ENOMEM;
+        }
+        load_cublaslt(s);
+        return 0;
+}
+
+void gh_dcuda_set_work(gh_dcuda *s, CUdeviceptr work, size_t size) {
+        s->work = work;
+        s->work_size = size;
+        s->n_bias = 0;
+        s->bias_used = 0;
+}
+
+int gh_dcuda_alloc_work(gh_dcuda *s, char *err, size_t err_size) {
+        CUresult r = s->cu->MemAlloc(&s->work, GH_DCUDA_WORK_SIZE);
+
+        if (r != CUDA_SUCCESS) {
+                const char *name;
+                int e = gh_cuda_errno(s->cu, r, &name);
+                gh_set_error(err, err_size, "cuMemAlloc (work buffer): %s", name);
+                s->work = 0;
+                return e;
+        }
+        s->work_size = GH_DCUDA_WORK_SIZE;
+        s->own_work = true;
+        s->n_bias = 0;
+        s->bias_used = 0;
         return 0;
 }
 
 void gh_dcuda_fini(gh_dcuda *s) {
         if (!s || !s->cu)
                 return;
-        if (s->scratch || s->host)
-                s->cu->StreamSynchronize(s->stream); /* copies may still use them */
+        if (s->scratch || s->host || s->work)
+                s->cu->StreamSynchronize(s->stream); /* copies and GEMMs may still use them */
+        for (uint32_t i = 0; i < s->n_graphs; i++)
+                s->cu->GraphExecDestroy(s->graphs[i].exec);
+        for (uint32_t i = 0; s->marks && i < GH_DBACKEND_MARKS; i++)
+                if (s->marks[i])
+                        s->cu->EventDestroy(s->marks[i]);
+        free(s->marks);
+        for (uint32_t i = 0; s->gemm && i < s->n_gemm; i++)
+                gemm_plan_free(s->lt, &s->gemm[i]);
+        free(s->gemm);
+        if (s->lt_handle)
+                s->lt->Destroy((cublasLtHandle_t)s->lt_handle);
+        if (s->own_work)
+                s->cu->MemFree(s->work);
         if (s->host)
                 s->cu->MemFreeHost(s->host);
         if (s->scratch)
@@ -536,9 +950,97 @@ static int cuda_sync(void *be) {
         return check(s, s->cu->StreamSynchronize(s->stream));
 }
 
+static int cuda_mark(void *be, uint32_t i) {
+        gh_dcuda *s = be;
+        int r = 0;
+
+        if (i >= GH_DBACKEND_MARKS)
+                return -EINVAL;
+        if (!s->marks) {
+                if (!(s->marks = calloc(GH_DBACKEND_MARKS, sizeof(*s->marks))))
+                        return -ENOMEM;
+                for (uint32_t k = 0; k < GH_DBACKEND_MARKS && r >= 0; k++)
+                        r = check(s, s->cu->EventCreate(&s->marks[k], CU_EVENT_DEFAULT));
+                if (r < 0)
+                        return r;
+        }
+        return check(s, s->cu->EventRecord(s->marks[i], s->stream));
+}
+
+static int cuda_marks_ms(void *be, uint32_t n, float *ret) {
+        gh_dcuda *s = be;
+        int r;
+
+        if (!s->marks || n > GH_DBACKEND_MARKS)
+                return -EINVAL;
+        if (n == 0)
+                return 0;
+        if ((r = check(s, s->cu->EventSynchronize(s->marks[n - 1]))) < 0)
+                return r;
+        for (uint32_t i = 0; i < n && r >= 0; i++)
+                r = check(s, s->cu->EventElapsedTime(&ret[i], s->marks[0], s->marks[i]));
+        return r;
+}
+
+/* ---- CUDA graphs ---- */
+
+/* The caller's key, with what else the recording depends on: the stream
+ * (and so the slice's context), the mode, and the work buffer. */
+static uint64_t graph_key(const gh_dcuda *s, uint64_t key) {
+        key = gh_hash_mix(key, (uint64_t)(uintptr_t)s->stream);
+        key = gh_hash_mix(key, (uint64_t)s->work ^ (uint64_t)s->work_size);
+        return gh_hash_mix(key, (uint64_t)s->fp16 | (uint64_t)s->no_lt << 1);
+}
+
+static int cuda_graph_run(void *be, uint64_t key) {
+        gh_dcuda *s = be;
+
+        key = graph_key(s, key);
+        for (uint32_t i = 0; i < s->n_graphs; i++)
+                if (s->graphs[i].key == key)
+                        return check(s, s->cu->GraphLaunch(s->graphs[i].exec, s->stream));
+        return -ENOENT;
+}
+
+static int cuda_graph_begin(void *be) {
+        gh_dcuda *s = be;
+
+        if (s->no_graphs || !s->stream) /* the legacy stream cannot record */
+                return -EOPNOTSUPP;
+        return check(s, s->cu->StreamBeginCapture(s->stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
+}
+
+static int cuda_graph_end(void *be, uint64_t key, int r) {
+        gh_dcuda *s = be;
+        CUgraph g = NULL;
+        CUgraphExec exec = NULL;
+        gh_dcuda_graph *slot;
+        int e = check(s, s->cu->StreamEndCapture(s->stream, &g));
+
+        if (r >= 0 && e >= 0)
+                e = check(s, s->cu->GraphInstantiateWithFlags(&exec, g, 0));
+        if (g)
+                s->cu->GraphDestroy(g);
+        if (r < 0 || e < 0)
+                return r < 0 ? r : e;
+        if (s->n_graphs < GH_DCUDA_GRAPHS)
+                slot = &s->graphs[s->n_graphs++];
+        else {
+                slot = &s->graphs[s->next_graph++ % GH_DCUDA_GRAPHS];
+                s->cu->GraphExecDestroy(slot->exec);
+        }
+        *slot = (gh_dcuda_graph){graph_key(s, key), exec};
+        return 0;
+}
+
 const gh_dbackend gh_dbackend_cuda = {
+        .graph_run = cuda_graph_run,
+        .graph_begin = cuda_graph_begin,
+        .graph_end = cuda_graph_end,
         .name = "cuda",
         .sync = cuda_sync,
+        .mark = cuda_mark,
+        .marks_ms = cuda_marks_ms,
         .conv2d = cuda_conv2d,
         .linear = cuda_linear,
         .group_norm = cuda_group_norm,

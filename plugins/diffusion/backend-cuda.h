@@ -14,8 +14,31 @@
 #include "backend.h"
 #include "gpuhostd/cuda.h"
 
-#define GH_DCUDA_KERNELS 20
+#define GH_DCUDA_KERNELS 29
 #define GH_DCUDA_SCRATCH_SIZE (256u * 1024u)
+/* The work buffer (gh_dcuda_set_work): cuBLASLt's workspace, then the
+ * GEMMs' operands converted to their type (im2col matrices, fp16 copies
+ * of activations, and of weights whose type differs), then F32 copies of
+ * the linears' biases for cuBLASLt's epilogue. Ops that need more go in
+ * pieces. */
+#define GH_DCUDA_LT_WORKSPACE (32u << 20)
+#define GH_DCUDA_WORK_SIZE (160u << 20)
+#define GH_DCUDA_GEMM_CACHE 128 /* cuBLASLt plans kept, one per GEMM shape */
+#define GH_DCUDA_GRAPHS 4       /* CUDA graphs kept (a job needs one per UNet shape) */
+#define GH_DCUDA_BIAS_AREA (2u << 20) /* F32 copies of biases, at the work buffer's end */
+#define GH_DCUDA_BIAS_CACHE 1024
+
+typedef struct gh_dcuda_bias {
+        const void *src; /* the weight pool's bias */
+        CUdeviceptr dst; /* its F32 copy */
+} gh_dcuda_bias;
+
+typedef struct gh_dcuda_graph {
+        uint64_t key;
+        CUgraphExec exec;
+} gh_dcuda_graph;
+
+typedef struct gh_dcuda_gemm gh_dcuda_gemm;
 
 typedef struct gh_dcuda {
         const gh_cuda *cu;             /* driver table */
@@ -26,10 +49,28 @@ typedef struct gh_dcuda {
         size_t scratch_size;
         float *host;                   /* pinned host staging of scratch_size bytes */
         void *image;                   /* the fatbin, aligned, while lib is loaded */
-        /* conv2d and linear on tensor cores: operands rounded to fp16,
-         * products summed in fp32 (relative error about 5e-4); false: fp32
+        const struct gh_cublaslt *lt;  /* cuBLASLt, or NULL: GEMMs on the fallback kernels */
+        void *lt_handle;               /* its cublasLtHandle_t */
+        char lt_error[160];            /* why lt is NULL */
+        bool lt_no_bias;               /* cuBLASLt refused the bias epilogue once: biases apart */
+        CUdeviceptr work;              /* the work buffer (0: none yet) */
+        size_t work_size;
+        bool own_work;                 /* allocated by gh_dcuda_alloc_work */
+        gh_dcuda_gemm *gemm;           /* GH_DCUDA_GEMM_CACHE planned GEMMs */
+        gh_dcuda_bias bias[GH_DCUDA_BIAS_CACHE];
+        uint32_t n_bias;
+        size_t bias_used;
+        uint32_t n_gemm, next_gemm;
+        /* The tensor-core mode: GEMM operands rounded to fp16 (bf16 where
+         * the weights are bf16), products summed in fp32 (relative error
+         * about 5e-4), and attention on the flash kernel; false: fp32
          * throughout (the default, within 1e-6 of the CPU backend). */
         bool fp16;
+        bool no_lt; /* GEMMs on the fallback kernels even with cuBLASLt (tests) */
+        CUevent *marks; /* GH_DBACKEND_MARKS events, made on the first mark() */
+        gh_dcuda_graph graphs[GH_DCUDA_GRAPHS];
+        uint32_t n_graphs, next_graph;
+        bool no_graphs; /* graph_begin says -EOPNOTSUPP (to compare) */
 } gh_dcuda;
 
 /* Loads the embedded kernels, resolves them and allocates the scratch
@@ -37,6 +78,16 @@ typedef struct gh_dcuda {
  * and for every op). On failure a one-line reason goes to |err|, and
  * nothing is left to free. */
 int gh_dcuda_init(gh_dcuda *s, const gh_cuda *cu, CUstream stream, char *err, size_t err_size);
+/* Gives the backend its work buffer: |size| (GH_DCUDA_WORK_SIZE, at least
+ * GH_DCUDA_LT_WORKSPACE) bytes of device memory, 256-byte aligned, that
+ * stay the caller's. Without one, GEMMs run on the fallback kernels. The
+ * backend keeps F32 copies of biases there, by the bias's address: the
+ * weights must not change while it is set (calling this again forgets
+ * them). */
+void gh_dcuda_set_work(gh_dcuda *s, CUdeviceptr work, size_t size);
+/* Allocates a work buffer of GH_DCUDA_WORK_SIZE bytes itself (tools and
+ * tests; jobs take theirs from their workspace). */
+int gh_dcuda_alloc_work(gh_dcuda *s, char *err, size_t err_size);
 /* Frees what gh_dcuda_init made; accepts a zeroed or finished state. */
 void gh_dcuda_fini(gh_dcuda *s);
 

@@ -100,7 +100,26 @@ typedef struct gh_dbackend {
         /* Waits until the work queued so far is done (for measuring); NULL
          * where every op is done when it returns. */
         int (*sync)(void *be);
+        /* Device timestamps, for measuring without waiting op by op (NULL
+         * where sync is the only way): mark() records timestamp i (i <
+         * GH_DBACKEND_MARKS) in the order of the queued work; marks_ms()
+         * waits for it and gives the milliseconds from timestamp 0 to each
+         * of the first n. */
+        int (*mark)(void *be, uint32_t i);
+        int (*marks_ms)(void *be, uint32_t n, float *ret);
+        /* Recorded sequences of ops (CUDA graphs), NULL where the backend
+         * has none. graph_run() replays the recording kept under |key|
+         * (-ENOENT: none). graph_begin() starts recording: ops then queue
+         * nothing until graph_end(), which keeps the recording under |key|
+         * unless |r| (the recorded ops' result) or the recording failed
+         * (-EOPNOTSUPP from graph_begin: run the ops plainly). The
+         * recording holds the tensors' addresses, not their contents. */
+        int (*graph_run)(void *be, uint64_t key);
+        int (*graph_begin)(void *be);
+        int (*graph_end)(void *be, uint64_t key, int r);
 } gh_dbackend;
+
+#define GH_DBACKEND_MARKS 1024
 
 /* The CPU backend. Its state: how to run work on the job's threads. */
 typedef struct gh_dcpu {

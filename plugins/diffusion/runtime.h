@@ -31,6 +31,16 @@ int gh_arena_alloc(gh_arena *a, size_t bytes, void **ret);
 void gh_arena_release(gh_arena *a, void *p);
 size_t gh_arena_peak(const gh_arena *a);
 size_t gh_arena_used(const gh_arena *a);
+/* A hash of where the live blocks are: two states with the same layout
+ * place the same sequence of allocations at the same addresses. */
+uint64_t gh_arena_layout(const gh_arena *a);
+
+/* One step of FNV-1a over the 8 bytes of v. */
+static inline uint64_t gh_hash_mix(uint64_t h, uint64_t v) {
+        for (int i = 0; i < 8; i++, v >>= 8)
+                h = (h ^ (v & 0xff)) * 0x100000001b3ull;
+        return h;
+}
 
 typedef struct gh_dctx {
         const gh_dbackend *be;

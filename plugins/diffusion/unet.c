@@ -541,12 +541,69 @@ static int time_embedding(gh_dctx *c, const gh_unet *m, int64_t B, const float *
         return 0;
 }
 
+/* Everything after the time embedding; what it allocates, it gives back. */
+static int body(eval *e, const gh_dt *x, gh_dt *out) {
+        gh_dctx *c = e->c;
+        const gh_unet *m = e->m;
+        gh_dt cur;
+
+        GH_TRY(gh_dt_new(c, &cur, x->shape[0], m->cfg.mc, x->shape[2], x->shape[3]));
+        GH_TRY(gh_op_conv2d(c, x, &m->conv_in.w, &m->conv_in.b, 1, PAD1, &cur));
+        e->stack[e->n++] = cur;
+        GH_TRY(down(e, &cur));
+        GH_TRY(mid(e, &cur));
+        GH_TRY(up(e, &cur));
+        GH_TRY(gh_op_group_norm(c, &cur, GN_GROUPS, RES_EPS, &m->norm_out.g, &m->norm_out.b, true, &cur));
+        GH_TRY(gh_op_conv2d(c, &cur, &m->conv_out.w, &m->conv_out.b, 1, PAD1, out));
+        gh_dt_drop(c, &cur);
+        return 0;
+}
+
+/* What a recording of body() depends on: the model, the tensors' places
+ * and shapes, and where the arena will put the temporaries. */
+static uint64_t body_key(const eval *e, const gh_dt *x, const gh_dt *out) {
+        const gh_dt *ts[] = {x, out, e->ctx, e->temb};
+        uint64_t h = gh_hash_mix(gh_arena_layout(e->c->arena), (uint64_t) (uintptr_t) e->m);
+
+        for (size_t i = 0; i < sizeof(ts) / sizeof(ts[0]); i++) {
+                h = gh_hash_mix(h, (uint64_t) (uintptr_t) ts[i]->data);
+                for (uint32_t d = 0; d < ts[i]->n_dims; d++)
+                        h = gh_hash_mix(h, (uint64_t) ts[i]->shape[d]);
+        }
+        return h;
+}
+
+/* body() recorded once per key where the backend records (CUDA graphs:
+ * one launch instead of hundreds), then replayed; plainly otherwise. */
+static int body_graphed(eval *e, const gh_dt *x, gh_dt *out) {
+        gh_dctx *c = e->c;
+        uint64_t key;
+        int r;
+
+        if (c->dry || !c->be->graph_run)
+                return body(e, x, out);
+        key = body_key(e, x, out);
+        r = c->be->graph_run(c->be_state, key);
+        if (r != -ENOENT)
+                return r < 0 ? gh_dctx_fail(c, r, "UNet graph launch: %s", strerror(-r)) : 0;
+        r = c->be->graph_begin(c->be_state);
+        if (r == -EOPNOTSUPP)
+                return body(e, x, out);
+        if (r < 0)
+                return gh_dctx_fail(c, r, "UNet graph recording: %s", strerror(-r));
+        r = c->be->graph_end(c->be_state, key, body(e, x, out));
+        if (r < 0)
+                return c->err[0] ? r : gh_dctx_fail(c, r, "UNet graph recording: %s", strerror(-r));
+        r = c->be->graph_run(c->be_state, key);
+        return r < 0 ? gh_dctx_fail(c, r, "UNet graph launch: %s", strerror(-r)) : 0;
+}
+
 int gh_unet_eval(gh_dctx *c, const gh_unet *m, const gh_dt *x, const float *t, const gh_dt *ctx, gh_dt *out) {
         const gh_unet_cfg *cfg = &m->cfg;
         const int64_t *s = x->shape;
         int64_t mult = gh_unet_multiple(m);
         eval e = {.c = c, .m = m, .ctx = ctx};
-        gh_dt temb, cur;
+        gh_dt temb;
 
         if (x->n_dims != 4 || s[1] != cfg->in_ch || s[2] % mult || s[3] % mult)
                 return gh_dctx_fail(c, -EINVAL, "UNet input must be [B,%lld,H,W] with H and W multiples of %lld",
@@ -556,15 +613,7 @@ int gh_unet_eval(gh_dctx *c, const gh_unet *m, const gh_dt *x, const float *t, c
                                     (long long) cfg->ctx);
         GH_TRY(time_embedding(c, m, s[0], t, &temb));
         e.temb = &temb;
-        GH_TRY(gh_dt_new(c, &cur, s[0], cfg->mc, s[2], s[3]));
-        GH_TRY(gh_op_conv2d(c, x, &m->conv_in.w, &m->conv_in.b, 1, PAD1, &cur));
-        e.stack[e.n++] = cur;
-        GH_TRY(down(&e, &cur));
-        GH_TRY(mid(&e, &cur));
-        GH_TRY(up(&e, &cur));
-        GH_TRY(gh_op_group_norm(c, &cur, GN_GROUPS, RES_EPS, &m->norm_out.g, &m->norm_out.b, true, &cur));
-        GH_TRY(gh_op_conv2d(c, &cur, &m->conv_out.w, &m->conv_out.b, 1, PAD1, out));
-        gh_dt_drop(c, &cur);
+        GH_TRY(body_graphed(&e, x, out));
         gh_dt_drop(c, &temb);
         return 0;
 }

@@ -35,6 +35,12 @@ static gh_cuda *cuda_driver;
 static char cuda_error[256];
 static pthread_once_t cuda_once = PTHREAD_ONCE_INIT;
 
+/* A GPU job's workspace: the runtime's plan, then the backend's work
+ * buffer (cuBLASLt's workspace and the GEMMs' converted operands). */
+static size_t cuda_workspace(size_t planned) {
+        return (planned + 255) / 256 * 256 + GH_DCUDA_WORK_SIZE;
+}
+
 static void cuda_load(void) {
         if (gh_cuda_load(NULL, &cuda_driver, cuda_error, sizeof(cuda_error)) < 0)
                 cuda_driver = NULL;
@@ -192,7 +198,7 @@ static int estimate(const gh_host *h, const gh_params *ps, gh_plugin_needs *ret)
         }
         ret->workspace[GH_DEVICE_KIND_CPU] = bytes;
 #ifdef GH_HAVE_CUDA_BACKEND
-        ret->workspace[GH_DEVICE_KIND_CUDA] = bytes;
+        ret->workspace[GH_DEVICE_KIND_CUDA] = cuda_workspace(bytes);
 #endif
         ret->steps = gh_sd_steps_run(&st.p) + 1;
         ret->models[0] = st.model;
@@ -347,6 +353,25 @@ static int use_cuda(job *j, const gh_job_device *dev, char *err, size_t n) {
 #endif
 }
 
+/* The job's workspace: the arena's plan, and on a GPU the backend's work
+ * buffer after it. */
+static int workspace(job *j, char *err, size_t n) {
+        size_t bytes = j->planned;
+        int r;
+
+#ifdef GH_HAVE_CUDA_BACKEND
+        if (j->on_cuda)
+                bytes = cuda_workspace(j->planned);
+#endif
+        if ((r = j->host->workspace_alloc(j->job, bytes, 256, &j->ws)) < 0)
+                return snprintf(err, n, "workspace of %zu bytes: %s", bytes, strerror(-r)), r;
+#ifdef GH_HAVE_CUDA_BACKEND
+        if (j->on_cuda)
+                gh_dcuda_set_work(&j->cuda, (CUdeviceptr) j->ws + (bytes - GH_DCUDA_WORK_SIZE), GH_DCUDA_WORK_SIZE);
+#endif
+        return 0;
+}
+
 static int job_setup(job *j, char *err, size_t n) {
         gh_job_device dev = {.struct_size = sizeof(dev)};
         uint32_t chunks;
@@ -361,8 +386,8 @@ static int job_setup(job *j, char *err, size_t n) {
         chunks = j->cond.n_chunks > j->uncond.n_chunks ? j->cond.n_chunks : j->uncond.n_chunks;
         if ((r = gh_sd_plan(&j->m, &j->st.p, chunks, &j->planned, err, n)) < 0)
                 return r;
-        if ((r = j->host->workspace_alloc(j->job, j->planned, GH_ARENA_ALIGN, &j->ws)) < 0)
-                return snprintf(err, n, "workspace of %zu bytes: %s", j->planned, strerror(-r)), r;
+        if ((r = workspace(j, err, n)) < 0)
+                return r;
         if ((r = gh_arena_new(j->ws, j->planned, &j->c.arena)) < 0)
                 return r;
         j->cpu = (gh_dcpu){.parallel_for = job_parallel, .pctx = j, .threads = 1};

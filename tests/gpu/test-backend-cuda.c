@@ -231,8 +231,12 @@ static void conv2d_cases(double tol, const char *mode) {
         }
 }
 
+/* cuBLASLt (F32 operands), then the fallback kernel. */
 static void test_conv2d(void **state) {
-        conv2d_cases(SUMS, "");
+        conv2d_cases(SUMS, " (cuBLASLt)");
+        fx.gpu.no_lt = true;
+        conv2d_cases(SUMS, " (kernel)");
+        fx.gpu.no_lt = false;
 }
 
 static void linear_cases(double tol, const char *mode) {
@@ -247,6 +251,8 @@ static void linear_cases(double tol, const char *mode) {
                         pair y = f32(NULL, SHAPE(m, n));
                         bool bias = ci % 2 == 0;
                         assert_int_equal(gh_dbackend_cpu.linear(&cpu1, &x.h, &w.h, bias ? &b.h : NULL, &y.h), 0);
+                        /* the backend keeps biases converted by address: these are fresh */
+                        gh_dcuda_set_work(&fx.gpu, fx.gpu.work, fx.gpu.work_size);
                         assert_int_equal(gh_dbackend_cuda.linear(&fx.gpu, &x.d, &w.d, bias ? &b.d : NULL, &y.d), 0);
                         compare(&y, tol, "linear %lldx%lld -> %lld%s %s%s", (long long)m, (long long)k,
                                 (long long)n, bias ? " +b" : "", wnames[t], mode);
@@ -255,15 +261,34 @@ static void linear_cases(double tol, const char *mode) {
 }
 
 static void test_linear(void **state) {
-        linear_cases(SUMS, "");
+        linear_cases(SUMS, " (cuBLASLt)");
+        fx.gpu.no_lt = true;
+        linear_cases(SUMS, " (kernel)");
+        fx.gpu.no_lt = false;
 }
 
-/* The tensor-core mode of conv2d and linear. */
+/* The tensor-core mode of conv2d and linear: fp16 (bf16 for bf16
+ * weights) operands through cuBLASLt. */
 static void test_fp16(void **state) {
         fx.gpu.fp16 = true;
         conv2d_cases(FP16, " (fp16 tensor cores)");
         linear_cases(FP16, " (fp16 tensor cores)");
         fx.gpu.fp16 = false;
+}
+
+/* A work buffer too small for whole operands: the GEMMs go in pieces (of
+ * images, of pixels of one image, of rows), in both modes. */
+static void test_pieces(void **state) {
+        const size_t full = fx.gpu.work_size;
+
+        fx.gpu.work_size = GH_DCUDA_LT_WORKSPACE + 64 * 1024;
+        conv2d_cases(SUMS, " (in pieces)");
+        linear_cases(SUMS, " (in pieces)");
+        fx.gpu.fp16 = true;
+        conv2d_cases(FP16, " (fp16, in pieces)");
+        linear_cases(FP16, " (fp16, in pieces)");
+        fx.gpu.fp16 = false;
+        fx.gpu.work_size = full;
 }
 
 /* ---- norms ---- */
@@ -369,14 +394,19 @@ static void test_scale_dim(void **state) {
 
 /* ---- attention ---- */
 
-static void attention_case(int64_t b, int64_t tq, int64_t tk, int64_t c, int heads, bool causal) {
+static void attention_case_tol(int64_t b, int64_t tq, int64_t tk, int64_t c, int heads, bool causal, double tol,
+                               const char *mode) {
         pair q = rf32(SHAPE(b, tq, c)), k = f32(rnd(b * tk * c, -2.0, 2.0), SHAPE(b, tk, c)), v = rf32(SHAPE(b, tk, c));
         pair y = f32(NULL, SHAPE(b, tq, c));
 
         assert_int_equal(gh_dbackend_cpu.attention(&cpu1, &q.h, &k.h, &v.h, heads, causal, &y.h), 0);
         assert_int_equal(gh_dbackend_cuda.attention(&fx.gpu, &q.d, &k.d, &v.d, heads, causal, &y.d), 0);
-        compare(&y, SUMS, "attention B=%lld Tq=%lld Tk=%lld C=%lld heads=%d%s", (long long)b, (long long)tq,
-                (long long)tk, (long long)c, heads, causal ? " causal" : "");
+        compare(&y, tol, "attention B=%lld Tq=%lld Tk=%lld C=%lld heads=%d%s%s", (long long)b, (long long)tq,
+                (long long)tk, (long long)c, heads, causal ? " causal" : "", mode);
+}
+
+static void attention_case(int64_t b, int64_t tq, int64_t tk, int64_t c, int heads, bool causal) {
+        attention_case_tol(b, tq, tk, c, heads, causal, SUMS, "");
 }
 
 static void test_attention(void **state) {
@@ -386,6 +416,24 @@ static void test_attention(void **state) {
         attention_case(1, 2, 9000, 512, 1, false);  /* two tiles, 512 dims (the VAE's) */
         attention_case(1, 77, 77, 128, 2, true);
         attention_case(2, 1024, 1024, 320, 8, false);
+}
+
+/* The flash kernel (fp16 mode): every head dimension it is built for,
+ * query and key counts off its tiles, cross-attention to 77 tokens, and
+ * SD 1.5's largest self-attention. Causal and other dimensions fall back. */
+static void test_flash_attention(void **state) {
+        fx.gpu.fp16 = true;
+        attention_case_tol(2, 100, 77, 8 * 40, 8, false, FP16, " (flash)");
+        attention_case_tol(1, 64, 64, 2 * 32, 2, false, FP16, " (flash)");
+        attention_case_tol(1, 130, 200, 3 * 64, 3, false, FP16, " (flash)");
+        attention_case_tol(2, 257, 77, 8 * 80, 8, false, FP16, " (flash)");
+        attention_case_tol(1, 65, 33, 2 * 128, 2, false, FP16, " (flash)");
+        attention_case_tol(2, 256, 256, 8 * 160, 8, false, FP16, " (flash)");
+        attention_case_tol(1, 3, 20000, 40, 1, false, FP16, " (flash)");
+        attention_case_tol(2, 4096, 4096, 320, 8, false, FP16, " (flash)");
+        attention_case_tol(1, 77, 77, 128, 2, true, FP16, " (fp16 mode, causal)");
+        attention_case_tol(1, 50, 60, 3 * 48, 3, false, FP16, " (fp16 mode, d 48)");
+        fx.gpu.fp16 = false;
 }
 
 /* ---- data movement ---- */
@@ -475,8 +523,14 @@ static int setup(void **state) {
             cu->StreamCreate(&fx.stream, CU_STREAM_NON_BLOCKING) != CUDA_SUCCESS)
                 return -1;
         r = gh_dcuda_init(&fx.gpu, cu, fx.stream, err, sizeof(err));
+        if (r >= 0)
+                r = gh_dcuda_alloc_work(&fx.gpu, err, sizeof(err));
         if (r < 0) {
                 fprintf(stderr, "gh_dcuda_init: %s\n", err);
+                return -1;
+        }
+        if (!fx.gpu.lt) { /* built with the toolkit: its cuBLASLt must load */
+                fprintf(stderr, "cuBLASLt: %s\n", fx.gpu.lt_error);
                 return -1;
         }
         return 0;
@@ -517,8 +571,8 @@ static int open_driver(void) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-                T(test_conv2d), T(test_linear), T(test_fp16), T(test_group_norm), T(test_layer_norm), T(test_act),
-                T(test_geglu), T(test_add), T(test_lincomb), T(test_scale_dim), T(test_attention),
+                T(test_conv2d), T(test_linear), T(test_fp16), T(test_pieces), T(test_group_norm), T(test_layer_norm), T(test_act),
+                T(test_geglu), T(test_add), T(test_lincomb), T(test_scale_dim), T(test_attention), T(test_flash_attention),
                 T(test_movement), T(test_timestep_embedding), T(test_embedding), T(test_sum_and_copies),
         };
         int r = open_driver();

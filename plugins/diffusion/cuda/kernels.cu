@@ -7,11 +7,11 @@
  * Element-wise kernels loop over a grid-stride range, so any grid covers
  * any size. Sizes are 64-bit where a tensor's element count may exceed 2^31. */
 #include <cuda_fp16.h>
-#include <mma.h>
+#include <cuda_bf16.h>
 
 #define DT_F16 2
 #define DT_BF16 3
-#define RED 256 /* threads of the blocks that reduce */
+#define RED 1024 /* the most threads of a block that reduces */
 #define GRID_STRIDE(i, n) \
         for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n); \
              i += (long long)gridDim.x * blockDim.x)
@@ -37,7 +37,7 @@ __device__ __forceinline__ float quick_gelu(float x) {
         return x / (1.0f + expf(-1.702f * x));
 }
 
-/* Sum of v over the block (blockDim.x == RED), in every thread. */
+/* Sum of v over the block (blockDim.x a power of two, at most RED), in every thread. */
 __device__ double block_sum(double v) {
         __shared__ double red[RED];
         red[threadIdx.x] = v;
@@ -122,99 +122,95 @@ extern "C" __global__ void gh_linear(const float *x, const void *w, int wt, cons
                 y[row * n + col] = acc + (b ? ld(b, bt, col) : 0.0f);
 }
 
-/* ---- tensor cores: fp16 products, fp32 sums (the backend's fp16 mode) ---- */
+/* ---- GEMM operands for cuBLASLt (backend-cuda.c runs the GEMMs) ---- */
 
-#define TC_BM 64
-#define TC_BN 64
-#define TC_BK 32
-#define TC_THREADS 128 /* 4 warps, each 32x32 of the 64x64 tile */
+/* Stores v as dtype |t| (F32, F16 or BF16, round to nearest even). */
+__device__ __forceinline__ void st(void *p, int t, long long i, float v) {
+        if (t == DT_F16)
+                ((__half *)p)[i] = __float2half_rn(v);
+        else if (t == DT_BF16)
+                ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(v);
+        else
+                ((float *)p)[i] = v;
+}
 
-/* C[m0.., n0..] = A[M,K] B[K,N] for one 64x64 tile: operands read through
- * loadA(row, k) and loadB(k, col) (0 outside), rounded to fp16 into shared
- * memory, multiplied with WMMA, and written through store(row, col, v).
- * B_K_FASTEST: loadB's consecutive calls vary k (weights stored [N,K]). */
-template <bool B_K_FASTEST, class LA, class LB, class ST>
-__device__ void tc_gemm(long long m0, long long n0, int kdim, LA loadA, LB loadB, ST store) {
-        using namespace nvcuda;
-        __shared__ __align__(32) __half as[TC_BM][TC_BK + 8];
-        __shared__ __align__(32) __half bs[TC_BK][TC_BN + 8];
-        __shared__ __align__(32) float cs[TC_BM][TC_BN + 4];
-        const int warp = threadIdx.x / 32, wm = (warp / 2) * 32, wn = (warp % 2) * 32;
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+/* The im2col matrix of images [0, nb) of x[nb, ci, h, w]: col[img][k][p]
+ * for k = (c, ky, kx) and output pixels p0 + p, p < np (column-major
+ * np x K per image, as cuBLASLt's A), zero where the window leaves the
+ * image. Grid: x over runs of 8 pixels (one thread each: one division,
+ * and one 16-byte store in fp16), y over k (looping past 65535), z over
+ * images. */
+#define IM2COL_RUN 8
+extern "C" __global__ void gh_im2col(const float *x, void *col, int ct, int ci, int h, int w, int kh, int kw,
+                                     int stride, int pad_top, int pad_left, int wo, int p0, int np) {
+        const int khw = kh * kw, kdim = ci * khw, img = blockIdx.z;
+        const bool vec = ct == DT_F16 && np % IM2COL_RUN == 0;
 
-        for (int i = 0; i < 2; i++)
-                for (int j = 0; j < 2; j++)
-                        wmma::fill_fragment(acc[i][j], 0.0f);
-        for (int k0 = 0; k0 < kdim; k0 += TC_BK) {
-                for (int e = threadIdx.x; e < TC_BM * TC_BK; e += TC_THREADS) {
-                        int r = e / TC_BK, c = e % TC_BK;
-                        as[r][c] = __float2half(loadA(m0 + r, k0 + c));
+        for (int kk = blockIdx.y; kk < kdim; kk += gridDim.y) {
+                const int c = kk / khw, r = kk % khw, ky = r / kw, kx = r % kw;
+                const float *xc = x + ((long long)img * ci + c) * h * w;
+                const long long row = ((long long)img * kdim + kk) * np;
+                for (int p = (blockIdx.x * blockDim.x + threadIdx.x) * IM2COL_RUN; p < np;
+                     p += gridDim.x * blockDim.x * IM2COL_RUN) {
+                        const int pix = p0 + p;
+                        int oy = pix / wo, ox = pix - oy * wo;
+                        float v[IM2COL_RUN];
+                        for (int j = 0; j < IM2COL_RUN; j++) {
+                                const int iy = oy * stride - pad_top + ky, ix = ox * stride - pad_left + kx;
+                                v[j] = p + j < np && iy >= 0 && iy < h && ix >= 0 && ix < w ? xc[iy * w + ix] : 0.0f;
+                                if (++ox == wo) {
+                                        ox = 0;
+                                        oy++;
+                                }
+                        }
+                        if (vec) {
+                                uint4 o;
+                                __half2 hv[4] = {__floats2half2_rn(v[0], v[1]), __floats2half2_rn(v[2], v[3]),
+                                                 __floats2half2_rn(v[4], v[5]), __floats2half2_rn(v[6], v[7])};
+                                memcpy(&o, hv, sizeof(o));
+                                *(uint4 *)((__half *)col + row + p) = o;
+                        } else
+                                for (int j = 0; j < IM2COL_RUN && p + j < np; j++)
+                                        st(col, ct, row + p + j, v[j]);
                 }
-                for (int e = threadIdx.x; e < TC_BK * TC_BN; e += TC_THREADS) {
-                        int r = B_K_FASTEST ? e % TC_BK : e / TC_BN, c = B_K_FASTEST ? e / TC_BK : e % TC_BN;
-                        bs[r][c] = __float2half(loadB(k0 + r, n0 + c));
-                }
-                __syncthreads();
-                for (int kk = 0; kk < TC_BK; kk += 16) {
-                        wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa[2];
-                        wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> fb[2];
-                        for (int i = 0; i < 2; i++)
-                                wmma::load_matrix_sync(fa[i], &as[wm + 16 * i][kk], TC_BK + 8);
-                        for (int j = 0; j < 2; j++)
-                                wmma::load_matrix_sync(fb[j], &bs[kk][wn + 16 * j], TC_BN + 8);
-                        for (int i = 0; i < 2; i++)
-                                for (int j = 0; j < 2; j++)
-                                        wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
-                }
-                __syncthreads();
         }
-        for (int i = 0; i < 2; i++)
-                for (int j = 0; j < 2; j++)
-                        wmma::store_matrix_sync(&cs[wm + 16 * i][wn + 16 * j], acc[i][j], TC_BN + 4,
-                                                wmma::mem_row_major);
-        __syncthreads();
-        for (int e = threadIdx.x; e < TC_BM * TC_BN; e += TC_THREADS)
-                store(m0 + e / TC_BN, n0 + e % TC_BN, cs[e / TC_BN][e % TC_BN]);
 }
 
-/* conv2d as an implicit GEMM: out channels x (batch, pixels), K = ci kh kw;
- * grid x over pixels, y over out channels. */
-extern "C" __global__ void gh_conv2d_tc(const float *x, const void *w, int wt, const void *b, int bt, float *y,
-                                        int batches, int ci, int h, int wd, int co, int kh, int kw, int stride,
-                                        int pad_top, int pad_left, int ho, int wo) {
-        const long long npix = (long long)ho * wo, n = batches * npix;
-        const int khw = kh * kw, kdim = ci * khw;
-
-        tc_gemm<false>(
-                (long long)blockIdx.y * TC_BM, (long long)blockIdx.x * TC_BN, kdim,
-                [&](long long o, int k) { return o < co && k < kdim ? ld(w, wt, o * kdim + k) : 0.0f; },
-                [&](int k, long long col) {
-                        if (k >= kdim || col >= n)
-                                return 0.0f;
-                        int c = k / khw, r = k % khw, ky = r / kw, kx = r % kw;
-                        long long bi = col / npix, p = col % npix;
-                        int iy = (int)(p / wo) * stride - pad_top + ky, ix = (int)(p % wo) * stride - pad_left + kx;
-                        if (iy < 0 || iy >= h || ix < 0 || ix >= wd)
-                                return 0.0f;
-                        return x[((bi * ci + c) * h + iy) * wd + ix];
-                },
-                [&](long long o, long long col, float v) {
-                        if (o < co && col < n)
-                                y[(col / npix * co + o) * npix + col % npix] = v + (b ? ld(b, bt, o) : 0.0f);
-                });
+/* dst[i] = src[i] converted from dtype st_ to dt (a weight into the GEMM's
+ * operand type, or activations into it). */
+extern "C" __global__ void gh_cast(const void *src, int stype, void *dst, int dtype, long long n) {
+        if (stype == 1 && dtype == DT_F16 && n % 4 == 0 &&
+            (((unsigned long long)src & 15) | ((unsigned long long)dst & 7)) == 0) { /* activations to fp16 */
+                GRID_STRIDE(i, n / 4) {
+                        const float4 v = ((const float4 *)src)[i];
+                        __half2 *o = (__half2 *)dst + 2 * i;
+                        o[0] = __floats2half2_rn(v.x, v.y);
+                        o[1] = __floats2half2_rn(v.z, v.w);
+                }
+                return;
+        }
+        GRID_STRIDE(i, n)
+                st(dst, dtype, i, ld(src, stype, i));
 }
 
-/* linear: y[M,N] = x[M,K] w[N,K]^T + b; grid x over rows, y over columns. */
-extern "C" __global__ void gh_linear_tc(const float *x, const void *w, int wt, const void *b, int bt, float *y,
-                                        long long m, int n, int k) {
-        tc_gemm<true>(
-                (long long)blockIdx.x * TC_BM, (long long)blockIdx.y * TC_BN, k,
-                [&](long long r, int kk) { return r < m && kk < k ? x[r * k + kk] : 0.0f; },
-                [&](int kk, long long c) { return kk < k && c < n ? ld(w, wt, c * k + kk) : 0.0f; },
-                [&](long long r, long long c, float v) {
-                        if (r < m && c < n)
-                                y[r * n + c] = v + (b ? ld(b, bt, (int)c) : 0.0f);
-                });
+/* y[r, i] += b[r % len] for rows r of |inner| elements: the bias of a
+ * conv's NCHW output (inner H W, len C). Grid: x over a row, y over rows
+ * (looping past 65535). */
+extern "C" __global__ void gh_bias_rows(float *y, const void *b, int bt, long long rows, int inner, int len) {
+        for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+                const float v = ld(b, bt, r % len);
+                float *yr = y + r * inner;
+                for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < inner; i += gridDim.x * blockDim.x)
+                        yr[i] += v;
+        }
+}
+
+/* y[r, i] += b[i] for a linear's [M, N] output (when cuBLASLt's epilogue
+ * did not take it). Grid: x over a row, y over rows. */
+extern "C" __global__ void gh_bias_cols(float *y, const void *b, int bt, long long rows, int n) {
+        for (long long r = blockIdx.y; r < rows; r += gridDim.y)
+                for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+                        y[r * n + i] += ld(b, bt, i);
 }
 
 /* ---- norms: statistics in double, two passes ---- */
@@ -224,24 +220,50 @@ extern "C" __global__ void gh_group_norm(const float *x, float *y, const void *g
                                          int bt, int c, int groups, long long inner, float eps, int use_silu) {
         const int len = c / groups, g = blockIdx.x % groups;
         const long long n = (long long)len * inner, base = (long long)blockIdx.x * n;
-        double s = 0.0;
+        const bool vec = inner % 4 == 0 && (((unsigned long long)(x + base) | (unsigned long long)(y + base)) & 15) == 0;
+        double s = 0.0, q = 0.0;
 
-        for (long long i = threadIdx.x; i < n; i += blockDim.x)
-                s += x[base + i];
-        double mean = block_sum(s) / (double)n;
-        s = 0.0;
-        for (long long i = threadIdx.x; i < n; i += blockDim.x) {
-                double d = x[base + i] - mean;
-                s += d * d;
-        }
-        double rstd = 1.0 / sqrt(block_sum(s) / (double)n + eps);
-        float mf = (float)mean;
-        for (long long i = threadIdx.x; i < n; i += blockDim.x) {
-                int ch = g * len + (int)(i / inner);
-                double gm = gamma ? ld(gamma, gt, ch) : 1.0;
-                float add = beta ? ld(beta, bt, ch) : 0.0f;
-                float v = (x[base + i] - mf) * (float)(rstd * gm) + add;
-                y[base + i] = use_silu ? silu(v) : v;
+        /* One pass for both moments, in double: var = E[x^2] - mean^2. */
+        if (vec)
+                for (long long i = threadIdx.x; i < n / 4; i += blockDim.x) {
+                        const float4 v = ((const float4 *)(x + base))[i];
+                        s += (double)v.x + v.y + v.z + v.w;
+                        q += (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
+                }
+        else
+                for (long long i = threadIdx.x; i < n; i += blockDim.x) {
+                        const double v = x[base + i];
+                        s += v;
+                        q += v * v;
+                }
+        const double mean = block_sum(s) / (double)n, var = fmax(block_sum(q) / (double)n - mean * mean, 0.0);
+        const double rstd = 1.0 / sqrt(var + eps);
+        for (int k = 0; k < len; k++) { /* channel by channel: no division per element */
+                const int ch = g * len + k;
+                const float scale = (float)(rstd * (gamma ? ld(gamma, gt, ch) : 1.0f));
+                const float shift = (beta ? ld(beta, bt, ch) : 0.0f) - (float)mean * scale;
+                const float *xc = x + base + k * inner;
+                float *yc = y + base + k * inner;
+                if (vec)
+                        for (long long i = threadIdx.x; i < inner / 4; i += blockDim.x) {
+                                float4 v = ((const float4 *)xc)[i];
+                                v.x = v.x * scale + shift;
+                                v.y = v.y * scale + shift;
+                                v.z = v.z * scale + shift;
+                                v.w = v.w * scale + shift;
+                                if (use_silu) {
+                                        v.x = silu(v.x);
+                                        v.y = silu(v.y);
+                                        v.z = silu(v.z);
+                                        v.w = silu(v.w);
+                                }
+                                ((float4 *)yc)[i] = v;
+                        }
+                else
+                        for (long long i = threadIdx.x; i < inner; i += blockDim.x) {
+                                const float v = xc[i] * scale + shift;
+                                yc[i] = use_silu ? silu(v) : v;
+                        }
         }
 }
 
@@ -384,7 +406,7 @@ extern "C" __global__ void gh_sum(const float *x, long long n, double *out) {
 
 /* ---- attention: one block per (query, head, batch item) ---- */
 
-#define ATT_DIMS 4 /* head dimensions a thread owns: up to ATT_DIMS * RED */
+#define ATT_DIMS 4 /* head dimensions a thread owns: up to ATT_DIMS * blockDim.x */
 
 /* q[B,Tq,C], k and v [B,Tk,C]. The keys go by tiles of |tile| scores in
  * dynamic shared memory, with an online softmax (running max and sum, the
@@ -441,5 +463,179 @@ extern "C" __global__ void gh_attention(const float *q, const float *k, const fl
                 if (i >= d)
                         break;
                 yr[i] = acc[r] * inv;
+        }
+}
+
+/* ---- flash attention on tensor cores (the fp16 mode) ----
+ *
+ * One block of 4 warps per 64 queries of one (batch item, head); each warp
+ * owns 16 queries. Q is rounded to fp16 once; K and V go through shared
+ * memory in tiles of BK keys. Scores come from mma.sync m16n8k16 (fp16 in,
+ * fp32 sums), the softmax is online (running max and sum per row, in the
+ * base-2 domain), and the probabilities, rounded to fp16, are multiplied
+ * by V straight from the score registers: the accumulator layout of one
+ * mma is the operand layout of the next. Nothing of size Tq x Tk is ever
+ * stored. q, k, v and y are F32 [B, T, C] with the heads side by side in
+ * C; d = C / heads is the template's D. */
+
+#define FA_BQ 64
+#define FA_THREADS 128
+
+__device__ __forceinline__ unsigned fa_pack(float a, float b) {
+        __half2 h = __floats2half2_rn(a, b);
+        return *(unsigned *)&h;
+}
+
+__device__ __forceinline__ void fa_mma(float c[4], const unsigned a[4], unsigned b0, unsigned b1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* The B operand of an mma from a row-major [k][n] tile (V: keys by dims). */
+__device__ __forceinline__ void fa_ldsm_t(unsigned &b0, unsigned &b1, const __half *p) {
+        unsigned a = (unsigned)__cvta_generic_to_shared(p);
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(b0), "=r"(b1) : "r"(a));
+}
+
+/* Rows [r0, r0 + rows) of one head's D columns of src (row stride c) into
+ * dst[rows][STR] as fp16, zero past row t and past column D (up to DK). */
+template <int D, int DK, int STR>
+__device__ __forceinline__ void fa_load(__half *dst, const float *src, long long r0, int rows, int t, int c) {
+        constexpr int V4 = DK / 4;
+        for (int e = threadIdx.x; e < rows * V4; e += FA_THREADS) {
+                const int r = e / V4, d = e % V4 * 4;
+                float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                if (d < D && r0 + r < t)
+                        v = *(const float4 *)(src + (r0 + r) * (long long)c + d);
+                __half2 *o = (__half2 *)(dst + r * STR + d);
+                o[0] = __floats2half2_rn(v.x, v.y);
+                o[1] = __floats2half2_rn(v.z, v.w);
+        }
+}
+
+template <int D, int BK>
+__device__ __forceinline__ void flash_attention(const float *q, const float *k, const float *v, float *y, int tq,
+                                                int tk, int c, float scale_log2) {
+        constexpr int DK = (D + 15) / 16 * 16, STR = DK + 8, NT = BK / 8, DT = D / 8, KS = DK / 16;
+        __shared__ __align__(16) __half qs[FA_BQ * STR];
+        __shared__ __align__(16) __half ks[BK * STR];
+        __shared__ __align__(16) __half vs[BK * STR];
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+        const long long q0 = (long long)blockIdx.x * FA_BQ, hoff = (long long)blockIdx.y * D;
+        const long long bi = blockIdx.z;
+        const float *qb = q + bi * tq * c + hoff, *kb = k + bi * tk * c + hoff, *vb = v + bi * tk * c + hoff;
+        unsigned qa[KS][4];
+        float o[DT][4], mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
+
+        for (int i = 0; i < DT; i++)
+                o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+        fa_load<D, DK, STR>(qs, qb, q0, FA_BQ, tq, c);
+        __syncthreads();
+        const __half *qw = qs + warp * 16 * STR;
+        for (int s = 0; s < KS; s++) {
+                qa[s][0] = *(const unsigned *)(qw + g * STR + s * 16 + 2 * t4);
+                qa[s][1] = *(const unsigned *)(qw + (g + 8) * STR + s * 16 + 2 * t4);
+                qa[s][2] = *(const unsigned *)(qw + g * STR + s * 16 + 8 + 2 * t4);
+                qa[s][3] = *(const unsigned *)(qw + (g + 8) * STR + s * 16 + 8 + 2 * t4);
+        }
+        for (int j0 = 0; j0 < tk; j0 += BK) {
+                float sc[NT][4], mx[2] = {mrow[0], mrow[1]}, alpha[2];
+                __syncthreads(); /* the last tile's readers are done */
+                fa_load<D, DK, STR>(ks, kb, j0, BK, tk, c);
+                fa_load<D, DK, STR>(vs, vb, j0, BK, tk, c);
+                __syncthreads();
+                for (int n = 0; n < NT; n++) {
+                        const __half *kr = ks + (n * 8 + g) * STR + 2 * t4;
+                        sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
+                        for (int s = 0; s < KS; s++)
+                                fa_mma(sc[n], qa[s], *(const unsigned *)(kr + s * 16),
+                                       *(const unsigned *)(kr + s * 16 + 8));
+                }
+                for (int n = 0; n < NT; n++)
+                        for (int i = 0; i < 4; i++) {
+                                const float s = j0 + n * 8 + 2 * t4 + (i & 1) < tk ? sc[n][i] * scale_log2 : -INFINITY;
+                                sc[n][i] = s;
+                                mx[i >> 1] = fmaxf(mx[i >> 1], s);
+                        }
+                for (int r = 0; r < 2; r++) { /* the 4 threads of a row */
+                        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+                        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+                        alpha[r] = exp2f(mrow[r] - mx[r]); /* 0 on the first tile */
+                        lrow[r] *= alpha[r];
+                        mrow[r] = mx[r];
+                }
+                for (int n = 0; n < NT; n++)
+                        for (int i = 0; i < 4; i++) {
+                                const float p = exp2f(sc[n][i] - mx[i >> 1]);
+                                sc[n][i] = p;
+                                lrow[i >> 1] += p;
+                        }
+                for (int i = 0; i < DT; i++) {
+                        o[i][0] *= alpha[0];
+                        o[i][1] *= alpha[0];
+                        o[i][2] *= alpha[1];
+                        o[i][3] *= alpha[1];
+                }
+                for (int s = 0; s < BK / 16; s++) {
+                        const unsigned pa[4] = {fa_pack(sc[2 * s][0], sc[2 * s][1]), fa_pack(sc[2 * s][2], sc[2 * s][3]),
+                                                fa_pack(sc[2 * s + 1][0], sc[2 * s + 1][1]),
+                                                fa_pack(sc[2 * s + 1][2], sc[2 * s + 1][3])};
+                        const __half *vr = vs + (s * 16 + lane % 16) * STR;
+                        for (int i = 0; i < DT; i++) {
+                                unsigned b0, b1;
+                                fa_ldsm_t(b0, b1, vr + i * 8);
+                                fa_mma(o[i], pa, b0, b1);
+                        }
+                }
+        }
+        for (int r = 0; r < 2; r++) {
+                lrow[r] += __shfl_xor_sync(0xffffffffu, lrow[r], 1);
+                lrow[r] += __shfl_xor_sync(0xffffffffu, lrow[r], 2);
+                const long long row = q0 + warp * 16 + g + 8 * r;
+                if (row >= tq)
+                        continue;
+                float *yr = y + (bi * tq + row) * c + hoff + 2 * t4;
+                const float inv = 1.0f / lrow[r];
+                for (int i = 0; i < DT; i++)
+                        *(float2 *)(yr + i * 8) = make_float2(o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
+        }
+}
+
+/* One kernel per head dimension that SD-style models use (keys in tiles of
+ * 64, or 32 where the dimension is large, to stay in 48 KiB of shared
+ * memory); backend-cuda.c's FA_DIMS lists them. */
+#define FA_KERNEL(D, BK)                                                                                          \
+        extern "C" __global__ void __launch_bounds__(FA_THREADS)                                                  \
+                gh_flash_attention_##D(const float *q, const float *k, const float *v, float *y, int tq, int tk, \
+                                       int c, float scale_log2) {                                                 \
+                flash_attention<D, BK>(q, k, v, y, tq, tk, c, scale_log2);                                        \
+        }
+FA_KERNEL(32, 64)
+FA_KERNEL(40, 64)
+FA_KERNEL(64, 64)
+FA_KERNEL(80, 64)
+FA_KERNEL(128, 32)
+FA_KERNEL(160, 32)
+
+/* ---- timestep embedding: the timesteps by value, no staging ---- */
+
+#define TS_MAX 256 /* GH_DCUDA_TS_MAX in backend-cuda.c */
+
+typedef struct ts_values {
+        float t[TS_MAX];
+} ts_values;
+
+/* y[b, i] = cos(t_b f_i) for i < half, sin(t_b f_(i - half)) below
+ * 2 half, 0 after; f_i = exp(-ln(10000) i / half), in double like the CPU
+ * backend. */
+extern "C" __global__ void gh_timestep(float *y, long long n, long long dim, ts_values tv) {
+        const long long half = dim / 2;
+
+        GRID_STRIDE(e, n) {
+                const long long b = e / dim, i = e % dim, f = i < half ? i : i - half;
+                const double arg = (double)tv.t[b] * exp(-log(10000.0) * (double)f / (double)half);
+                y[e] = i >= 2 * half ? 0.0f : (float)(i < half ? cos(arg) : sin(arg));
         }
 }

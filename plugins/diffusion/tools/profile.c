@@ -1,5 +1,7 @@
 /* gh_dbackend_profile (profile.h): every op of the table forwarded to the
- * measured backend, timed with CLOCK_MONOTONIC around the op and the
+ * measured backend, timed by device timestamps before and after it where
+ * the backend has them (no waiting between ops, so the device runs as it
+ * would unmeasured), else with CLOCK_MONOTONIC around the op and the
  * device's sync, so asynchronous work counts where it is queued. */
 #include <stdlib.h>
 #include <time.h>
@@ -26,15 +28,49 @@ static double now(void) {
         return (double) ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* Runs |call| on the inner backend, then its sync, and books the time. */
+/* Books the timestamped pairs so far. */
+static void flush(gh_profile *p) {
+        float ms[GH_DBACKEND_MARKS];
+        int r;
+
+        if (p->n_marks == 0)
+                return;
+        r = p->inner->marks_ms(p->state, p->n_marks, ms);
+        if (r < 0 && !p->error)
+                p->error = r;
+        for (uint32_t i = 0; r >= 0 && i + 1 < p->n_marks; i += 2)
+                p->seconds[p->mark_op[i / 2]] += (ms[i + 1] - ms[i]) * 1e-3;
+        p->n_marks = 0;
+}
+
+static int timestamp(gh_profile *p) {
+        int r = p->inner->mark(p->state, p->n_marks++);
+
+        if (r < 0 && !p->error)
+                p->error = r;
+        return r;
+}
+
+/* Runs |call| on the inner backend between two timestamps, or followed by
+ * its sync, and books the time. */
 #define TIMED(op, call)                                                    \
         do {                                                               \
                 gh_profile *p = be;                                        \
                 double t0 = now();                                         \
-                int r = p->inner->call;                                    \
-                if (r >= 0 && p->inner->sync)                              \
-                        r = p->inner->sync(p->state);                      \
-                p->seconds[op] += now() - t0;                              \
+                int r;                                                     \
+                if (p->inner->mark) {                                      \
+                        if (p->n_marks + 2 > GH_DBACKEND_MARKS)            \
+                                flush(p);                                  \
+                        p->mark_op[p->n_marks / 2] = op;                   \
+                        timestamp(p);                                      \
+                        r = p->inner->call;                                \
+                        timestamp(p);                                      \
+                } else {                                                   \
+                        r = p->inner->call;                                \
+                        if (r >= 0 && p->inner->sync)                      \
+                                r = p->inner->sync(p->state);              \
+                        p->seconds[op] += now() - t0;                      \
+                }                                                          \
                 p->calls[op]++;                                            \
                 return r;                                                  \
         } while (0)
@@ -125,10 +161,20 @@ const gh_dbackend gh_dbackend_profile = {
         .download = download,
 };
 
-void gh_profile_print(const gh_profile *p, FILE *f) {
+void gh_profile_reset(gh_profile *p) {
+        if (p->inner->mark)
+                flush(p);
+        *p = (gh_profile){.inner = p->inner, .state = p->state};
+}
+
+void gh_profile_print(gh_profile *p, FILE *f) {
         int order[P_COUNT];
         double total = 0;
 
+        if (p->inner->mark)
+                flush(p);
+        if (p->error)
+                fprintf(f, "(device timestamps failed: error %d; the times are partial)\n", p->error);
         for (int i = 0; i < P_COUNT; i++) {
                 order[i] = i;
                 total += p->seconds[i];
@@ -144,5 +190,6 @@ void gh_profile_print(const gh_profile *p, FILE *f) {
                 if (p->calls[order[i]])
                         fprintf(f, "%-20s %10.3f %8lu %6.1f%%\n", names[order[i]], p->seconds[order[i]] * 1e3,
                         p->calls[order[i]], total > 0 ? 100 * p->seconds[order[i]] / total : 0.0);
-        fprintf(f, "%-20s %10.3f\n", "total", total * 1e3);
+        fprintf(f, "%-20s %10.3f %s\n", "total", total * 1e3,
+                p->inner->mark ? "(device time between timestamps; host gaps not counted)" : "");
 }
