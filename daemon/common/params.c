@@ -41,6 +41,7 @@
 #include "quote.h"
 #include "image-input.h"
 #include "params.h"
+#include "utf8.h"
 #include "util.h"
 
 #define SHOW_MAX 64 /* bytes of request text quoted in a message */
@@ -120,38 +121,6 @@ static void list_add(list *l, const char *item) {
         }
         snprintf(l->s + l->len, sizeof(l->s) - l->len, "%s%s", l->len ? ", " : "", item);
         l->len += need;
-}
-
-static bool utf8_valid(const char *s, size_t len) {
-        for (size_t i = 0; i < len;) {
-                unsigned char c = (unsigned char) s[i];
-                uint32_t cp, min;
-                size_t n;
-
-                if (c < 0x80) {
-                        i++;
-                        continue;
-                }
-                if ((c & 0xE0) == 0xC0)
-                        n = 1, cp = c & 0x1F, min = 0x80;
-                else if ((c & 0xF0) == 0xE0)
-                        n = 2, cp = c & 0x0F, min = 0x800;
-                else if ((c & 0xF8) == 0xF0)
-                        n = 3, cp = c & 0x07, min = 0x10000;
-                else
-                        return false;
-                if (len - i <= n)
-                        return false;
-                for (size_t k = 1; k <= n; k++) {
-                        if (((unsigned char) s[i + k] & 0xC0) != 0x80)
-                                return false;
-                        cp = cp << 6 | ((unsigned char) s[i + k] & 0x3F);
-                }
-                if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-                        return false;
-                i += n + 1;
-        }
-        return true;
 }
 
 /* |d| in the fewest digits that read back as |d|, so that a value just
@@ -251,7 +220,7 @@ static int get_string(json_object *v, const char *expected, const char **ret, si
         size_t len = (size_t) json_object_get_string_len(v);
         if (strlen(s) != len)
                 return WHY("the string contains a NUL character");
-        if (!utf8_valid(s, len))
+        if (!gh_utf8_valid(s, len, NULL))
                 return WHY("the string is not valid UTF-8");
         *ret = s;
         *ret_len = len;

@@ -58,6 +58,7 @@
 #include <sys/stat.h>
 
 #include "safetensors.h"
+#include "utf8.h"
 #include "util.h"
 
 #define METADATA_KEY "__metadata__"
@@ -254,33 +255,6 @@ static void skip_ws(scanner *sc) {
                 sc->pos++;
 }
 
-/* Length of the UTF-8 sequence at |p| (RFC 3629: no overlong forms, no
- * surrogates, nothing above U+10FFFF), or 0 if it is not valid. */
-static size_t utf8_len(const unsigned char *p, size_t n) {
-        unsigned char lo = 0x80, hi = 0xBF;
-        size_t k;
-
-        if (p[0] < 0x80)
-                return 1;
-        if (p[0] < 0xC2 || p[0] > 0xF4)
-                return 0;
-        k = p[0] < 0xE0 ? 2 : p[0] < 0xF0 ? 3 : 4;
-        if (p[0] == 0xE0)
-                lo = 0xA0;
-        else if (p[0] == 0xED)
-                hi = 0x9F;
-        else if (p[0] == 0xF0)
-                lo = 0x90;
-        else if (p[0] == 0xF4)
-                hi = 0x8F;
-        if (n < k || p[1] < lo || p[1] > hi)
-                return 0;
-        for (size_t i = 2; i < k; i++)
-                if ((p[i] & 0xC0) != 0x80)
-                        return 0;
-        return k;
-}
-
 static int hex4(const char *p, size_t n, unsigned *ret) {
         unsigned v = 0;
 
@@ -346,7 +320,7 @@ static int scan_string(scanner *sc, bool *ret_escaped, bool *ret_nul) {
                         }
                         continue;
                 }
-                size_t k = utf8_len((const unsigned char *) sc->text + sc->pos, sc->len - sc->pos);
+                size_t k = gh_utf8_len((const unsigned char *) sc->text + sc->pos, sc->len - sc->pos);
                 if (k == 0)
                         return syntax_error(sc, "invalid UTF-8");
                 sc->pos += k;

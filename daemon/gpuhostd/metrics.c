@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/utf8.h"
 #include "../common/util.h"
 #include "metrics.h"
 
@@ -48,46 +49,6 @@ struct gh_metrics {
 };
 
 /* ---- text checks ---- */
-
-/* The length of the valid UTF-8 sequence at |s| (at most |n| bytes), or 0:
- * no overlong forms, no surrogates, nothing past U+10FFFF. */
-static size_t utf8_len(const unsigned char *s, size_t n) {
-        size_t len;
-        uint32_t c;
-
-        if (s[0] < 0x80)
-                return 1;
-        if (s[0] >= 0xc2 && s[0] <= 0xdf)
-                len = 2, c = s[0] & 0x1f;
-        else if (s[0] >= 0xe0 && s[0] <= 0xef)
-                len = 3, c = s[0] & 0x0f;
-        else if (s[0] >= 0xf0 && s[0] <= 0xf4)
-                len = 4, c = s[0] & 0x07;
-        else
-                return 0;
-        if (len > n)
-                return 0;
-        for (size_t i = 1; i < len; i++) {
-                if ((s[i] & 0xc0) != 0x80)
-                        return 0;
-                c = c << 6 | (s[i] & 0x3f);
-        }
-        if ((len == 3 && c < 0x800) || (len == 4 && (c < 0x10000 || c > 0x10ffff)) || (c >= 0xd800 && c <= 0xdfff))
-                return 0;
-        return len;
-}
-
-static bool utf8_valid(const char *s) {
-        size_t n = strlen(s);
-
-        for (size_t i = 0; i < n;) {
-                size_t len = utf8_len((const unsigned char *) s + i, n - i);
-                if (len == 0)
-                        return false;
-                i += len;
-        }
-        return true;
-}
 
 static bool is_name_start(char c, bool colon) {
         return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || (colon && c == ':');
@@ -139,7 +100,7 @@ static const char *value_end(const char *s) {
                 }
                 if (c < 0x20 || c == 0x7f)
                         return NULL;
-                size_t len = utf8_len((const unsigned char *) s + i, n - i);
+                size_t len = gh_utf8_len((const unsigned char *) s + i, n - i);
                 if (len == 0)
                         return NULL;
                 i += len;
@@ -207,7 +168,7 @@ static void out_value(text_out *o, const char *v) {
         size_t n = strlen(v);
 
         for (size_t i = 0; i < n;) {
-                size_t len = utf8_len((const unsigned char *) v + i, n - i);
+                size_t len = gh_utf8_len((const unsigned char *) v + i, n - i);
                 unsigned char c = (unsigned char) v[i];
                 if (i + (len ? len : 1) > GH_METRICS_VALUE_MAX)
                         break;
@@ -316,7 +277,7 @@ static bool buckets_valid(gh_metric_type type, const double *b, size_t n) {
 int gh_metrics_declare(gh_metrics *m, const char *name, gh_metric_type type, const char *help,
                        const double *buckets, size_t n_buckets) {
         if (!m || !name || !metric_name_valid(name) || !help || strlen(help) > GH_METRICS_HELP_MAX ||
-            !utf8_valid(help) || type > GH_METRIC_HISTOGRAM || !buckets_valid(type, buckets, n_buckets))
+            !gh_utf8_valid(help, strlen(help), NULL) || type > GH_METRIC_HISTOGRAM || !buckets_valid(type, buckets, n_buckets))
                 return -EINVAL;
         if (family_find(m, name))
                 return -EEXIST;

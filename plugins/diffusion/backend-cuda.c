@@ -441,6 +441,7 @@ static int linear_lt(gh_dcuda *s, const gh_dt *x, const gh_dt *w, const gh_dt *b
         for (long long m0 = 0; m0 < m;) {
                 long long rows = m - m0 < cap ? m - m0 : cap, count = rows * k;
                 CUdeviceptr xr = (CUdeviceptr)(uintptr_t)x->data + (size_t)(m0 * k) * sizeof(float), xb = xr;
+                CUdeviceptr yr = (CUdeviceptr)(uintptr_t)y->data + (size_t)(m0 * n) * sizeof(float);
                 int f32 = GH_TENSOR_F32, tt = t;
                 void *params[] = {&xr, &f32, &col, &tt, &count};
                 CUdeviceptr bias = b && !s->lt_no_bias ? bias_f32(s, b) : 0;
@@ -451,13 +452,11 @@ static int linear_lt(gh_dcuda *s, const gh_dt *x, const gh_dt *w, const gh_dt *b
                                 return r;
                         xb = col;
                 }
-                r = gemm(s, &key, wp, xb, (CUdeviceptr)(uintptr_t)y->data + (size_t)(m0 * n) * sizeof(float),
-                         (const void *)bias);
+                r = gemm(s, &key, wp, xb, yr, (const void *)bias);
                 if (r == -EOPNOTSUPP && key.bias_type) { /* no such epilogue here: bias apart from now on */
                         s->lt_no_bias = true;
                         key.bias_type = 0;
-                        r = gemm(s, &key, wp, xb, (CUdeviceptr)(uintptr_t)y->data + (size_t)(m0 * n) * sizeof(float),
-                                 NULL);
+                        r = gemm(s, &key, wp, xb, yr, NULL);
                 }
                 if (r < 0)
                         return r;

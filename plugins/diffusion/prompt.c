@@ -29,6 +29,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
+#include "common/utf8.h"
 #include "common/util.h"
 #include "prompt.h"
 
@@ -413,7 +414,7 @@ int gh_prompt_tokenize(const gh_tokenizer *t, const char *prompt, gh_prompt_toke
 
         if (len > GH_PROMPT_MAX)
                 return FAIL(-E2BIG, "prompt: longer than %d bytes", GH_PROMPT_MAX);
-        if (!gh_tokenizer_utf8_valid(prompt, len, &bad))
+        if (!gh_utf8_valid(prompt, len, &bad))
                 return FAIL(-EINVAL, "prompt: invalid UTF-8 at byte %zu", bad);
         ret->n_chunks = ret->n_tokens = 0;
         r = parser_init(&p, prompt, len, err, err_size);

@@ -51,6 +51,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
+#include "common/utf8.h"
 #include "common/util.h"
 #include "common/quote.h"
 #include "tokenizer.h"
@@ -157,38 +158,6 @@ static size_t utf8_put(char *out, uint32_t cp) {
         out[2] = (char) (0x80 | (cp >> 6 & 0x3F));
         out[3] = (char) (0x80 | (cp & 0x3F));
         return 4;
-}
-
-bool gh_tokenizer_utf8_valid(const char *s, size_t len, size_t *ret_bad) {
-        for (size_t i = 0; i < len;) {
-                unsigned char c = (unsigned char) s[i];
-                uint32_t cp, min;
-                size_t n;
-
-                if (c < 0x80) {
-                        i++;
-                        continue;
-                }
-                if ((c & 0xE0) == 0xC0)
-                        n = 1, cp = c & 0x1F, min = 0x80;
-                else if ((c & 0xF0) == 0xE0)
-                        n = 2, cp = c & 0x0F, min = 0x800;
-                else if ((c & 0xF8) == 0xF0)
-                        n = 3, cp = c & 0x07, min = 0x10000;
-                else
-                        return *ret_bad = i, false;
-                if (len - i <= n)
-                        return *ret_bad = i, false;
-                for (size_t k = 1; k <= n; k++) {
-                        if (((unsigned char) s[i + k] & 0xC0) != 0x80)
-                                return *ret_bad = i, false;
-                        cp = cp << 6 | ((unsigned char) s[i + k] & 0x3F);
-                }
-                if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-                        return *ret_bad = i, false;
-                i += n + 1;
-        }
-        return true;
 }
 
 /* ---- hashing ----------------------------------------------------------- */
@@ -1164,7 +1133,7 @@ int gh_tokenizer_encode(const gh_tokenizer *t, const char *text, int32_t *ids, s
 
         if (len > GH_TOK_TEXT_MAX)
                 return -E2BIG;
-        if (!gh_tokenizer_utf8_valid(text, len, &bad))
+        if (!gh_utf8_valid(text, len, &bad))
                 return -EINVAL;
         a = malloc(2 * len + 1);
         b = malloc(2 * len + 1);

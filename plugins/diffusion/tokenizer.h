@@ -62,11 +62,6 @@ const char *gh_tokenizer_token(const gh_tokenizer *t, int32_t id);
  * than |max| tokens or is longer than GH_TOK_TEXT_MAX; -ENOMEM. */
 int gh_tokenizer_encode(const gh_tokenizer *t, const char *text, int32_t *ids, size_t max, size_t *ret_n);
 
-/* Whether |s| (|len| bytes) is strict UTF-8 (no overlong forms, surrogates,
- * code points past U+10FFFF); if not, the offset of the first bad byte
- * into |*ret_bad|. */
-bool gh_tokenizer_utf8_valid(const char *s, size_t len, size_t *ret_bad);
-
 /* A prompt as gh_prompt_tokenize() (prompt.h) makes it: chunks of BOS, 75
  * tokens (padded with EOS), EOS, and a weight for each id. */
 typedef struct gh_prompt_tokens {
