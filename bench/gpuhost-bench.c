@@ -5,10 +5,23 @@
  *   gpuhost-bench sched [--jobs N] [--clients N[,N...]] [--gpuhostd PATH]
  *                       [--worker PATH] [--plugins DIR] [--log-level LEVEL]
  *                       [--cpu-threads N] [--jobs-per-device N]
+ *   gpuhost-bench sd [--parts unet,e2e] [--iters N] [--jobs N] [--steps N]
+ *                    [--profile] [--work DIR] [--small] [...]
+ *   gpuhost-bench --help
  *
  * sched (bench-sched.c) measures the daemon's overhead per job around the
- * worker's steps, against the Ping round trip; see that file. This file
- * holds main() and load:
+ * worker's steps, against the Ping round trip; see that file.
+ *
+ * sd runs bench/bench-sd.py (full-size SD 1.5 on a GPU: the UNet, a whole
+ * 512x512 picture through gpuhostd, through the plugin's runtime alone and
+ * through PyTorch, device memory per job and for three jobs sharing the
+ * device; see that file) with the python3 found at configure time
+ * (-DPYTHON3=...; it needs torch with CUDA, and numpy) and this build's
+ * gpuhost-sd, gpuhostd, gpuhostctl, gpuhost-worker, plugin folder and the
+ * demo model's tokenizer; its own arguments follow. --small checks it on
+ * the CPU.
+ *
+ * This file holds main(), sd and load:
  *
  * Writes a safetensors model of N MiB (default 2048) into DIR (default
  * /tmp), reads it once so it is in the page cache, then measures:
@@ -25,6 +38,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -212,6 +226,37 @@ static double attach_in_child(bench *b, gh_resident *res, const char *argv0) {
         return atof(buf);
 }
 
+/* ---- sd ---- */
+
+/* Replaces this process with the Python benchmark; returns only on error. */
+static int bench_sd(int argc, char **argv) {
+#ifdef GH_BENCH_PYTHON3
+        const char *fixed[] = {
+                GH_BENCH_PYTHON3,   GH_BENCH_SD_SCRIPT, "--sd",      GH_BENCH_GPUHOST_SD,
+                "--gpuhostd",       GH_BENCH_GPUHOSTD,  "--gpuhostctl", GH_BENCH_GPUHOSTCTL,
+                "--worker",         GH_BENCH_WORKER,    "--plugins", GH_BENCH_PLUGIN_DIR,
+                "--tokenizer",      GH_BENCH_TOKENIZER,
+        };
+        size_t n = sizeof(fixed) / sizeof(fixed[0]);
+        char **args = calloc(n + (size_t) argc + 1, sizeof(char *));
+
+        if (!args)
+                return die("sd", ENOMEM);
+        memcpy(args, fixed, sizeof(fixed));
+        for (int i = 1; i < argc; i++) /* argv[0] is "sd" */
+                args[n++] = argv[i];
+        execv(GH_BENCH_PYTHON3, args);
+        fprintf(stderr, "gpuhost-bench sd: %s: %s\n", GH_BENCH_PYTHON3, strerror(errno));
+        free(args);
+        return 1;
+#else
+        (void) argc;
+        (void) argv;
+        fprintf(stderr, "gpuhost-bench sd: no python3 was found when this build was configured (-DPYTHON3=PATH)\n");
+        return 1;
+#endif
+}
+
 /* ---- main ---- */
 
 static void setup(bench *b) {
@@ -307,12 +352,24 @@ int main(int argc, char **argv) {
                 return attach_child(atoi(argv[2]));
         if (argc >= 2 && strcmp(argv[1], "sched") == 0)
                 return bench_sched(argc - 1, argv + 1);
-        if (argc < 2 || strcmp(argv[1], "load") != 0) {
-                fprintf(stderr, "Usage: gpuhost-bench load [--size-mib N] [--dir DIR] [--device I]\n"
-                                "       gpuhost-bench sched [--jobs N] [--clients N[,N...]] [--gpuhostd PATH]\n"
-                                "                           [--worker PATH] [--plugins DIR] [--log-level LEVEL]\n"
-                                "                           [--cpu-threads N] [--jobs-per-device N]\n");
-                return 2;
+        if (argc >= 2 && strcmp(argv[1], "sd") == 0)
+                return bench_sd(argc - 1, argv + 1);
+        bool help = argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0);
+        if (help || argc < 2 || strcmp(argv[1], "load") != 0) {
+                fprintf(help ? stdout : stderr,
+                        "Usage: gpuhost-bench load [--size-mib N] [--dir DIR] [--device I]\n"
+                        "       gpuhost-bench sched [--jobs N] [--clients N[,N...]] [--gpuhostd PATH]\n"
+                        "                           [--worker PATH] [--plugins DIR] [--log-level LEVEL]\n"
+                        "                           [--cpu-threads N] [--jobs-per-device N]\n"
+                        "       gpuhost-bench sd [--parts unet,e2e] [--iters N] [--jobs N] [--steps N]\n"
+                        "                        [--profile] [--work DIR] [--small]\n"
+                        "\n"
+                        "load: model load time against read and copy ceilings. sched: the daemon's\n"
+                        "overhead per job against the Ping round trip. sd: full-size SD 1.5 on a GPU\n"
+                        "against PyTorch (bench/bench-sd.py, run with this build's programs; needs\n"
+                        "torch with CUDA; --small checks it on the CPU; 'gpuhost-bench sd --help'\n"
+                        "lists its options).\n");
+                return help ? 0 : 2;
         }
         snprintf(b.dir, sizeof(b.dir), "/tmp");
         optind = 2;

@@ -4,7 +4,8 @@
 # loader (gpuhostd/cuda.c). A static library with hidden symbols, like
 # gh-dbackend-cpu; only built where nvcc is found, and then it defines
 # GH_HAVE_CUDA_BACKEND for whoever links it. Exact math: no --use_fast_math.
-# cuBLASLt (for the GEMMs) is found here but loaded at run time.
+# cuBLASLt (for the GEMMs) and cuDNN (for 3x3 convolutions, where its
+# headers are found) are found here but loaded at run time.
 get_filename_component(GH_DCUDA_ROOT "${GH_CUDA_INCLUDE_DIR}" DIRECTORY)
 find_program(GH_NVCC nvcc HINTS ${GH_DCUDA_ROOT}/bin)
 if(GH_NVCC)
@@ -38,9 +39,29 @@ if(GH_NVCC)
     endforeach()
   endif()
 
+  # cuDNN likewise (dnn.c), where its headers are in the toolkit.
+  find_path(GH_CUDNN_INCLUDE_DIR cudnn.h HINTS ${GH_CUDA_INCLUDE_DIR} ${GH_DCUDA_ROOT}/include)
+  find_library(GH_CUDNN_LIBRARY cudnn HINTS ${GH_DCUDA_ROOT}/lib64 ${GH_DCUDA_ROOT}/lib)
+  set(GH_CUDNN_SOURCES "")
+  set(GH_CUDNN_DEFS "")
+  if(GH_CUDNN_INCLUDE_DIR)
+    set(GH_CUDNN_SOURCES ${CMAKE_CURRENT_LIST_DIR}/dnn.c)
+    file(STRINGS "${GH_CUDNN_INCLUDE_DIR}/cudnn_version.h" GH_CUDNN_MAJOR_LINE REGEX "^#define CUDNN_MAJOR [0-9]+")
+    string(REGEX REPLACE ".* ([0-9]+)$" "\\1" GH_CUDNN_MAJOR "${GH_CUDNN_MAJOR_LINE}")
+    list(APPEND GH_CUDNN_DEFS GH_HAVE_CUDNN=1 GH_CUDNN_SONAME="libcudnn.so.${GH_CUDNN_MAJOR}")
+    if(GH_CUDNN_LIBRARY)
+      get_filename_component(GH_CUDNN_DIR "${GH_CUDNN_LIBRARY}" DIRECTORY)
+      list(APPEND GH_CUDNN_DEFS GH_CUDNN_PATH="${GH_CUDNN_DIR}/libcudnn.so.${GH_CUDNN_MAJOR}")
+    endif()
+    message(STATUS "CUDA backend: cuDNN ${GH_CUDNN_MAJOR} headers in ${GH_CUDNN_INCLUDE_DIR}")
+  else()
+    message(STATUS "CUDA backend: no cuDNN headers; convolutions on im2col and cuBLASLt only")
+  endif()
+
   add_library(gh-dbackend-cuda STATIC
     ${CMAKE_CURRENT_LIST_DIR}/backend-cuda.c
     ${CMAKE_CURRENT_LIST_DIR}/cublaslt.c
+    ${GH_CUDNN_SOURCES}
     ${PROJECT_SOURCE_DIR}/daemon/gpuhostd/cuda.c
     ${GH_DCUDA_FATBIN_C})
   set_target_properties(gh-dbackend-cuda PROPERTIES POSITION_INDEPENDENT_CODE ON C_VISIBILITY_PRESET hidden)
@@ -48,6 +69,9 @@ if(GH_NVCC)
                              ${CMAKE_CURRENT_LIST_DIR})
   target_include_directories(gh-dbackend-cuda SYSTEM PUBLIC ${GH_CUDA_INCLUDE_DIR})
   target_compile_definitions(gh-dbackend-cuda PUBLIC GH_HAVE_CUDA_BACKEND=1)
-  target_compile_definitions(gh-dbackend-cuda PRIVATE ${GH_CUBLASLT_DEFS})
+  target_compile_definitions(gh-dbackend-cuda PRIVATE ${GH_CUBLASLT_DEFS} ${GH_CUDNN_DEFS})
+  if(GH_CUDNN_INCLUDE_DIR)
+    target_include_directories(gh-dbackend-cuda SYSTEM PRIVATE ${GH_CUDNN_INCLUDE_DIR})
+  endif()
   target_link_libraries(gh-dbackend-cuda PUBLIC m ${CMAKE_DL_LIBS} Threads::Threads)
 endif()

@@ -3,6 +3,10 @@
  * driver table of gpuhostd/cuda.h. Tensors' |data| are device pointers
  * (CUdeviceptr values).
  *
+ * In the tensor-core mode, convolutions wider than 1x1 go through cuDNN
+ * (dnn.h) where it loaded: implicit GEMM on fp16 (or bf16) copies of
+ * the activations.
+ *
  * Its state, a gh_dcuda, holds the loaded kernels and a small fixed
  * scratch buffer (device, and pinned host staging of the same size) for
  * the host arrays that ops take (token ids, scale factors, timesteps) and
@@ -14,7 +18,7 @@
 #include "backend.h"
 #include "gpuhostd/cuda.h"
 
-#define GH_DCUDA_KERNELS 29
+#define GH_DCUDA_KERNELS 34
 #define GH_DCUDA_SCRATCH_SIZE (256u * 1024u)
 /* The work buffer (gh_dcuda_set_work): cuBLASLt's workspace, then the
  * GEMMs' operands converted to their type (im2col matrices, fp16 copies
@@ -39,6 +43,8 @@ typedef struct gh_dcuda_graph {
 } gh_dcuda_graph;
 
 typedef struct gh_dcuda_gemm gh_dcuda_gemm;
+typedef struct gh_dcuda_conv gh_dcuda_conv;
+#define GH_DCUDA_CONV_CACHE 64 /* cuDNN plans kept, one per convolution shape */
 
 typedef struct gh_dcuda {
         const gh_cuda *cu;             /* driver table */
@@ -53,6 +59,10 @@ typedef struct gh_dcuda {
         void *lt_handle;               /* its cublasLtHandle_t */
         char lt_error[160];            /* why lt is NULL */
         bool lt_no_bias;               /* cuBLASLt refused the bias epilogue once: biases apart */
+        const struct gh_cudnn *dnn;    /* cuDNN, once gh_dcuda_use_cudnn loaded it */
+        void *dnn_handle;              /* its cudnnHandle_t, on |stream|: 3x3 convolutions through cuDNN */
+        gh_dcuda_conv *conv;           /* GH_DCUDA_CONV_CACHE planned convolutions */
+        uint32_t n_conv, next_conv;
         CUdeviceptr work;              /* the work buffer (0: none yet) */
         size_t work_size;
         bool own_work;                 /* allocated by gh_dcuda_alloc_work */
@@ -67,6 +77,15 @@ typedef struct gh_dcuda {
          * throughout (the default, within 1e-6 of the CPU backend). */
         bool fp16;
         bool no_lt; /* GEMMs on the fallback kernels even with cuBLASLt (tests) */
+        /* The last linear's activations as converted for its GEMM, reused
+         * by the next linear on the same input (q, k and v of one input);
+         * any kernel launch or copy in between forgets it. */
+        struct {
+                CUdeviceptr src, dst;
+                long long count;
+                int type;
+                bool valid;
+        } cast;
         CUevent *marks; /* GH_DBACKEND_MARKS events, made on the first mark() */
         gh_dcuda_graph graphs[GH_DCUDA_GRAPHS];
         uint32_t n_graphs, next_graph;
@@ -83,11 +102,17 @@ int gh_dcuda_init(gh_dcuda *s, const gh_cuda *cu, CUstream stream, char *err, si
  * stay the caller's. Without one, GEMMs run on the fallback kernels. The
  * backend keeps F32 copies of biases there, by the bias's address: the
  * weights must not change while it is set (calling this again forgets
- * them). */
+ * them, and the converted input of the last linear). */
 void gh_dcuda_set_work(gh_dcuda *s, CUdeviceptr work, size_t size);
 /* Allocates a work buffer of GH_DCUDA_WORK_SIZE bytes itself (tools and
  * tests; jobs take theirs from their workspace). */
 int gh_dcuda_alloc_work(gh_dcuda *s, char *err, size_t err_size);
+/* Sends the tensor-core mode's convolutions wider than 1x1 through cuDNN
+ * from now on (to compare; im2col and cuBLASLt are faster where
+ * measured): loads it and makes its handle. -ENOENT where it cannot be
+ * loaded, -EOPNOTSUPP where built without its headers; the reason goes to
+ * |err|. Call it outside graph recording. */
+int gh_dcuda_use_cudnn(gh_dcuda *s, char *err, size_t err_size);
 /* Frees what gh_dcuda_init made; accepts a zeroed or finished state. */
 void gh_dcuda_fini(gh_dcuda *s);
 

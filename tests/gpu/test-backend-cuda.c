@@ -211,6 +211,7 @@ static void conv2d_cases(double tol, const char *mode) {
                 {2, 64, 12, 10, 32, 1, 1, {0, 0, 0, 0}, "1x1"},
                 {1, 32, 17, 16, 32, 3, 2, {0, 1, 0, 1}, "3x3 s2 pad {0,1,0,1} (VAE down)"},
                 {1, 4, 32, 32, 320, 3, 1, {1, 1, 1, 1}, "3x3 conv_in 4->320"},
+                {1, 4, 6, 2100, 8, 3, 2, {1, 1, 1, 1}, "3x3 s2 2100 wide (im2col untiled)"},
         };
 
         for (size_t ci = 0; ci < ELEMENTSOF(cases); ci++) {
@@ -276,6 +277,30 @@ static void test_fp16(void **state) {
         fx.gpu.fp16 = false;
 }
 
+/* The convolutions through cuDNN, where it loads (GH_TEST_REQUIRE_CUDNN=1:
+ * it must); in pieces with a small work buffer too. Last: the backend
+ * keeps using cuDNN once asked. */
+static void test_cudnn(void **state) {
+        const size_t full = fx.gpu.work_size;
+        const char *need = getenv("GH_TEST_REQUIRE_CUDNN");
+        char err[256] = "";
+        int r = gh_dcuda_use_cudnn(&fx.gpu, err, sizeof(err));
+
+        if (r < 0) {
+                print_message("cuDNN: %s\n", err);
+                if (need && strcmp(need, "1") == 0)
+                        fail_msg("cuDNN required: %s", err);
+                skip();
+        }
+        fx.gpu.fp16 = true;
+        conv2d_cases(FP16, " (fp16, cuDNN)");
+        fx.gpu.work_size = GH_DCUDA_LT_WORKSPACE + 64 * 1024;
+        conv2d_cases(FP16, " (fp16, cuDNN, in pieces)");
+        fx.gpu.work_size = full;
+        fx.gpu.fp16 = false;
+        conv2d_cases(SUMS, " (fp32: not cuDNN)");
+}
+
 /* A work buffer too small for whole operands: the GEMMs go in pieces (of
  * images, of pixels of one image, of rows), in both modes. */
 static void test_pieces(void **state) {
@@ -293,8 +318,11 @@ static void test_pieces(void **state) {
 
 /* ---- norms ---- */
 
+/* Partial sums over one chunk, and over several (64x64, 63x63 whose
+ * chunks start off 16-byte boundaries), and batch items in two launches. */
 static void test_group_norm(void **state) {
-        static const int64_t shapes[][4] = {{2, 320, 16, 16}, {1, 64, 9, 7}};
+        static const int64_t shapes[][4] = {
+                {2, 320, 16, 16}, {1, 64, 9, 7}, {2, 320, 64, 64}, {1, 320, 63, 63}, {300, 32, 16, 16}};
 
         for (size_t si = 0; si < ELEMENTSOF(shapes); si++) {
                 const int64_t *sh = shapes[si];
@@ -316,15 +344,21 @@ static void test_group_norm(void **state) {
         }
 }
 
+/* Rows on a warp (up to 512 and up to 1536 wide, and not a multiple of
+ * 32), and on a block (wider). */
 static void test_layer_norm(void **state) {
-        pair x = f32(rnd(2 * 77 * 768, -2.0, 3.0), SHAPE(2, 77, 768));
+        static const int64_t widths[] = {768, 320, 1280, 77, 1536, 2048};
 
-        for (size_t t = 0; t < ELEMENTSOF(wtypes); t++) {
-                pair g = rweight(wtypes[t], 1.5, SHAPE(768)), b = rweight(wtypes[t], 0.5, SHAPE(768));
-                pair y = f32(NULL, SHAPE(2, 77, 768));
-                assert_int_equal(gh_dbackend_cpu.layer_norm(&cpu1, &x.h, &g.h, &b.h, 1e-5f, &y.h), 0);
-                assert_int_equal(gh_dbackend_cuda.layer_norm(&fx.gpu, &x.d, &g.d, &b.d, 1e-5f, &y.d), 0);
-                compare(&y, SUMS, "layer_norm [2,77,768] %s", wnames[t]);
+        for (size_t wi = 0; wi < ELEMENTSOF(widths); wi++) {
+                const int64_t n = widths[wi];
+                pair x = f32(rnd(2 * 77 * n, -2.0, 3.0), SHAPE(2, 77, n));
+                for (size_t t = 0; t < ELEMENTSOF(wtypes); t++) {
+                        pair g = rweight(wtypes[t], 1.5, SHAPE(n)), b = rweight(wtypes[t], 0.5, SHAPE(n));
+                        pair y = f32(NULL, SHAPE(2, 77, n));
+                        assert_int_equal(gh_dbackend_cpu.layer_norm(&cpu1, &x.h, &g.h, &b.h, 1e-5f, &y.h), 0);
+                        assert_int_equal(gh_dbackend_cuda.layer_norm(&fx.gpu, &x.d, &g.d, &b.d, 1e-5f, &y.d), 0);
+                        compare(&y, SUMS, "layer_norm [2,77,%lld] %s", (long long)n, wnames[t]);
+                }
         }
 }
 
@@ -433,19 +467,27 @@ static void test_flash_attention(void **state) {
         attention_case_tol(2, 4096, 4096, 320, 8, false, FP16, " (flash)");
         attention_case_tol(1, 77, 77, 128, 2, true, FP16, " (fp16 mode, causal)");
         attention_case_tol(1, 50, 60, 3 * 48, 3, false, FP16, " (fp16 mode, d 48)");
+        /* K and V in fp16 in the work buffer: 4 batch items at a time of 5, or none (the exact kernel) */
+        const size_t full = fx.gpu.work_size;
+        fx.gpu.work_size = GH_DCUDA_LT_WORKSPACE + 64 * 1024;
+        attention_case_tol(5, 70, 64, 64, 2, false, FP16, " (flash, K/V in pieces)");
+        attention_case_tol(2, 70, 77, 320, 8, false, FP16, " (no room for K/V: exact kernel)");
+        fx.gpu.work_size = full;
         fx.gpu.fp16 = false;
 }
 
 /* ---- data movement ---- */
 
-static void test_movement(void **state) {
-        pair x = rf32(SHAPE(2, 6, 5, 7)), z = rf32(SHAPE(2, 3, 5, 7));
-        pair up = f32(NULL, SHAPE(2, 6, 10, 14)), cat = f32(NULL, SHAPE(2, 9, 5, 7));
-        pair nlc = f32(NULL, SHAPE(2, 35, 6)), back = f32(NULL, SHAPE(2, 6, 5, 7));
+/* Small shapes, and shapes over several of the transposes' 32x32 tiles
+ * with partial ones at the edges. */
+static void movement_case(int64_t b, int64_t c, int64_t h, int64_t w) {
+        pair x = rf32(SHAPE(b, c, h, w)), z = rf32(SHAPE(b, c / 2, h, w));
+        pair up = f32(NULL, SHAPE(b, c, 2 * h, 2 * w)), cat = f32(NULL, SHAPE(b, c + c / 2, h, w));
+        pair nlc = f32(NULL, SHAPE(b, h * w, c)), back = f32(NULL, SHAPE(b, c, h, w));
 
         assert_int_equal(gh_dbackend_cpu.upsample2x(&cpu1, &x.h, &up.h), 0);
         assert_int_equal(gh_dbackend_cuda.upsample2x(&fx.gpu, &x.d, &up.d), 0);
-        compare(&up, 0.0, "upsample2x");
+        compare(&up, 0.0, "upsample2x [%lld,%lld,%lld,%lld]", (long long)b, (long long)c, (long long)h, (long long)w);
         assert_int_equal(gh_dbackend_cpu.concat(&cpu1, &x.h, &z.h, &cat.h), 0);
         assert_int_equal(gh_dbackend_cuda.concat(&fx.gpu, &x.d, &z.d, &cat.d), 0);
         compare(&cat, 0.0, "concat");
@@ -455,6 +497,11 @@ static void test_movement(void **state) {
         assert_int_equal(gh_dbackend_cpu.nlc_to_nchw(&cpu1, &nlc.h, &back.h), 0);
         assert_int_equal(gh_dbackend_cuda.nlc_to_nchw(&fx.gpu, &nlc.d, &back.d), 0);
         compare(&back, 0.0, "nlc_to_nchw");
+}
+
+static void test_movement(void **state) {
+        movement_case(2, 6, 5, 7);
+        movement_case(3, 70, 33, 35);
 }
 
 static void test_timestep_embedding(void **state) {
@@ -573,7 +620,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 T(test_conv2d), T(test_linear), T(test_fp16), T(test_pieces), T(test_group_norm), T(test_layer_norm), T(test_act),
                 T(test_geglu), T(test_add), T(test_lincomb), T(test_scale_dim), T(test_attention), T(test_flash_attention),
-                T(test_movement), T(test_timestep_embedding), T(test_embedding), T(test_sum_and_copies),
+                T(test_movement), T(test_timestep_embedding), T(test_embedding), T(test_sum_and_copies), T(test_cudnn),
         };
         int r = open_driver();
 

@@ -403,10 +403,11 @@ def encode_prompt(clip, tok, text, clip_skip=1):
     (`z *= w`, then rescaled to the chunk's original mean), concatenated."""
     outs = []
     dtype = clip.text_model.final_layer_norm.weight.dtype
+    device = clip.text_model.final_layer_norm.weight.device
     for ids, ws in prompt_chunks(tok, text):
-        z = clip(torch.tensor([ids]), clip_skip)
+        z = clip(torch.tensor([ids], device=device), clip_skip)
         mean_before = z.mean()
-        z = z * torch.tensor(ws, dtype=dtype)[None, :, None]
+        z = z * torch.tensor(ws, dtype=dtype, device=device)[None, :, None]
         z = z * (mean_before / z.mean())
         outs.append(z)
     return torch.cat(outs, dim=1)
@@ -1202,10 +1203,11 @@ def noise(seed, stream, shape):
     return val.astype(np.float32).reshape(shape)
 
 
-def batch_noise(seed, stream, shape, dtype=torch.float64):
+def batch_noise(seed, stream, shape, dtype=torch.float64, device=None):
     """[B, C, H, W] noise: batch item b uses seed + b."""
     return torch.stack([torch.from_numpy(noise(seed + b, stream, shape[1:]))
-                        for b in range(shape[0])]).to(dtype)
+                        for b in range(shape[0])]).to(device=device,
+                                                       dtype=dtype)
 
 
 # ================================================================== samplers
@@ -1217,7 +1219,7 @@ def guided_model(unet, cond, uncond, cfg):
 
     def run(x, t):
         b = x.shape[0]
-        tt = torch.full((b,), float(t), dtype=x.dtype)
+        tt = torch.full((b,), float(t), dtype=x.dtype, device=x.device)
         if cfg == 1:
             return unet(x, tt, cond.expand(b, -1, -1))
         ctx = torch.cat([uncond.expand(b, -1, -1), cond.expand(b, -1, -1)])
@@ -1310,10 +1312,11 @@ def generate(unet, schedule, sampler, cond, uncond, cfg, steps, seed,
     txt2img when `init` is None; img2img from `init` (a latent) otherwise,
     running the last floor(strength * steps + 1e-6) steps. Noise: stream 0
     of `seed` (+ b per batch item); euler_a's step i uses stream 1 + i,
-    i counted from the first step actually run.
+    i counted from the first step actually run. Runs on `cond`'s device.
     """
+    device = cond.device
     model = guided_model(unet, cond.to(dtype), uncond.to(dtype), cfg)
-    x0 = batch_noise(seed, 0, shape, dtype)
+    x0 = batch_noise(seed, 0, shape, dtype, device)
     k = steps if init is None else img2img_steps(steps, strength)
     if init is not None and k == 0:
         return init.to(dtype)
@@ -1331,4 +1334,5 @@ def generate(unet, schedule, sampler, cond, uncond, cfg, steps, seed,
         init.to(dtype) + x0 * float(sigmas[0])
     return sample_k(sampler, k_denoiser(model, schedule, prediction),
                     sigmas, x,
-                    lambda i: batch_noise(seed, 1 + i, shape, dtype))
+                    lambda i: batch_noise(seed, 1 + i, shape, dtype,
+                                          device))

@@ -176,6 +176,68 @@ extern "C" __global__ void gh_im2col(const float *x, void *col, int ct, int ci, 
         }
 }
 
+/* The same matrix through shared memory: a block takes blockDim.x *
+ * IM2COL_RUN output pixels of one image and, channel by channel, loads
+ * the input rows their windows cover once (coalesced; zeros above and
+ * below the image), then writes that channel's kh * kw rows of col from
+ * there. Grid: x over runs of pixels, y over channels (looping past
+ * 65535), z over images; dynamic shared memory for the most rows a block
+ * needs (the caller's |rows| x w floats). */
+extern "C" __global__ void gh_im2col_tile(const float *x, void *col, int ct, int ci, int h, int w, int kh, int kw,
+                                          int stride, int pad_top, int pad_left, int wo, int p0, int np) {
+        extern __shared__ float rows[];
+        const int khw = kh * kw, kdim = ci * khw, img = blockIdx.z;
+        const int pb = blockIdx.x * blockDim.x * IM2COL_RUN, pe = min(np, pb + (int)blockDim.x * IM2COL_RUN);
+        const int oy0 = (p0 + pb) / wo, iy0 = oy0 * stride - pad_top;
+        const int nrows = ((p0 + pe - 1) / wo - oy0) * stride + kh;
+        const int p = pb + threadIdx.x * IM2COL_RUN;
+        const bool vec = ct == DT_F16 && np % IM2COL_RUN == 0;
+        int off[IM2COL_RUN], ixb[IM2COL_RUN];
+
+        if (pb >= np)
+                return;
+        { /* each of the thread's pixels: its window's top-left in rows[] and its first column */
+                int pix = p0 + p, oy = pix / wo, ox = pix - oy * wo;
+                for (int j = 0; j < IM2COL_RUN; j++) {
+                        ixb[j] = p + j < pe ? ox * stride - pad_left : -kw - w; /* past the end: never valid */
+                        off[j] = (oy - oy0) * stride * w + ixb[j];
+                        if (++ox == wo) {
+                                ox = 0;
+                                oy++;
+                        }
+                }
+        }
+        for (int c = blockIdx.y; c < ci; c += gridDim.y) {
+                const float *xc = x + ((long long)img * ci + c) * h * w;
+                __syncthreads(); /* the previous channel's reads are done */
+                for (int i = threadIdx.x; i < nrows * w; i += blockDim.x) {
+                        const int r = i / w, iy = iy0 + r;
+                        rows[i] = iy >= 0 && iy < h ? xc[iy * w + (i - r * w)] : 0.0f;
+                }
+                __syncthreads();
+                if (p >= pe)
+                        continue;
+                for (int ky = 0; ky < kh; ky++)
+                        for (int kx = 0; kx < kw; kx++) {
+                                const long long row = ((long long)img * kdim + (long long)c * khw + ky * kw + kx) * np;
+                                float v[IM2COL_RUN];
+                                for (int j = 0; j < IM2COL_RUN; j++) {
+                                        const int ix = ixb[j] + kx;
+                                        v[j] = ix >= 0 && ix < w ? rows[off[j] + ky * w + kx] : 0.0f;
+                                }
+                                if (vec) {
+                                        uint4 o;
+                                        __half2 hv[4] = {__floats2half2_rn(v[0], v[1]), __floats2half2_rn(v[2], v[3]),
+                                                         __floats2half2_rn(v[4], v[5]), __floats2half2_rn(v[6], v[7])};
+                                        memcpy(&o, hv, sizeof(o));
+                                        *(uint4 *)((__half *)col + row + p) = o;
+                                } else
+                                        for (int j = 0; j < IM2COL_RUN && p + j < pe; j++)
+                                                st(col, ct, row + p + j, v[j]);
+                        }
+        }
+}
+
 /* dst[i] = src[i] converted from dtype st_ to dt (a weight into the GEMM's
  * operand type, or activations into it). */
 extern "C" __global__ void gh_cast(const void *src, int stype, void *dst, int dtype, long long n) {
@@ -213,40 +275,129 @@ extern "C" __global__ void gh_bias_cols(float *y, const void *b, int bt, long lo
                         y[r * n + i] += ld(b, bt, i);
 }
 
+/* y[r, i] = x[r, i] + b[r % len]: a convolution's 16-bit (dtype xt) NCHW
+ * output back to F32 with its bias (b may be NULL). Grid: x over a row
+ * (4 elements a thread), y over rows (looping past 65535). */
+extern "C" __global__ void gh_from16_bias(const void *x, int xt, const void *b, int bt, float *y, long long rows,
+                                          int inner, int len) {
+        const bool vec = xt == DT_F16 && inner % 4 == 0 && (((unsigned long long)x & 7) | ((unsigned long long)y & 15)) == 0;
+        for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+                const float v = b ? ld(b, bt, r % len) : 0.0f;
+                const long long base = r * inner;
+                float *yr = y + base;
+                if (vec) {
+                        const uint2 *xr = (const uint2 *)((const __half *)x + base);
+                        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < inner / 4; i += gridDim.x * blockDim.x) {
+                                const uint2 u = xr[i];
+                                const float2 a = __half22float2(*(const __half2 *)&u.x);
+                                const float2 c = __half22float2(*(const __half2 *)&u.y);
+                                ((float4 *)yr)[i] = make_float4(a.x + v, a.y + v, c.x + v, c.y + v);
+                        }
+                } else
+                        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < inner; i += gridDim.x * blockDim.x)
+                                yr[i] = ld(x, xt, base + i) + v;
+        }
+}
+
 /* ---- norms: statistics in double, two passes ---- */
 
-/* One block per (batch item, group): x[B, C, inner]. */
-extern "C" __global__ void gh_group_norm(const float *x, float *y, const void *gamma, int gt, const void *beta,
-                                         int bt, int c, int groups, long long inner, float eps, int use_silu) {
-        const int len = c / groups, g = blockIdx.x % groups;
-        const long long n = (long long)len * inner, base = (long long)blockIdx.x * n;
-        const bool vec = inner % 4 == 0 && (((unsigned long long)(x + base) | (unsigned long long)(y + base)) & 15) == 0;
+/* Sum of v over the warp, in every lane. */
+__device__ __forceinline__ double warp_sum(double v) {
+        for (int o = 16; o > 0; o /= 2)
+                v += __shfl_xor_sync(0xffffffffu, v, o);
+        return v;
+}
+
+/* Sums of v and w over the block (any multiple of 32 threads, at most
+ * RED), in every thread. */
+__device__ double2 block_sum2(double v, double w) {
+        __shared__ double2 red[RED / 32];
+        const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+        v = warp_sum(v);
+        w = warp_sum(w);
+        if (lane == 0)
+                red[warp] = make_double2(v, w);
+        __syncthreads();
+        double2 r = make_double2(0.0, 0.0);
+        for (int i = 0; i < warps; i++) {
+                r.x += red[i].x;
+                r.y += red[i].y;
+        }
+        __syncthreads();
+        return r;
+}
+
+/* Group norm in two kernels, so that every SM works on it: partial sums
+ * of x and x^2 (double) over |splits| chunks of each (batch item, group)
+ * of x[B, C, inner] (grid x: B * groups, y: splits), then gh_gn_apply. */
+extern "C" __global__ void gh_gn_stats(const float *x, double2 *part, long long n, int splits) {
+        const long long base = (long long)blockIdx.x * n;
+        const long long chunk = (n / splits + 3) / 4 * 4, b0 = blockIdx.y * chunk;
+        const long long e0 = b0 < n ? b0 : n, e1 = b0 + chunk < n ? b0 + chunk : n;
+        const float *xg = x + base;
         double s = 0.0, q = 0.0;
 
-        /* One pass for both moments, in double: var = E[x^2] - mean^2. */
-        if (vec)
-                for (long long i = threadIdx.x; i < n / 4; i += blockDim.x) {
-                        const float4 v = ((const float4 *)(x + base))[i];
+        if ((((unsigned long long)(xg + e0)) & 15) == 0) {
+                const long long nv = (e1 - e0) / 4;
+                const float4 *xv = (const float4 *)(xg + e0);
+                for (long long i = threadIdx.x; i < nv; i += blockDim.x) {
+                        const float4 v = xv[i];
                         s += (double)v.x + v.y + v.z + v.w;
                         q += (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
                 }
-        else
-                for (long long i = threadIdx.x; i < n; i += blockDim.x) {
-                        const double v = x[base + i];
+                for (long long i = e0 + nv * 4 + threadIdx.x; i < e1; i += blockDim.x) {
+                        const double v = xg[i];
                         s += v;
                         q += v * v;
                 }
-        const double mean = block_sum(s) / (double)n, var = fmax(block_sum(q) / (double)n - mean * mean, 0.0);
-        const double rstd = 1.0 / sqrt(var + eps);
-        for (int k = 0; k < len; k++) { /* channel by channel: no division per element */
-                const int ch = g * len + k;
-                const float scale = (float)(rstd * (gamma ? ld(gamma, gt, ch) : 1.0f));
-                const float shift = (beta ? ld(beta, bt, ch) : 0.0f) - (float)mean * scale;
-                const float *xc = x + base + k * inner;
-                float *yc = y + base + k * inner;
+        } else
+                for (long long i = e0 + threadIdx.x; i < e1; i += blockDim.x) {
+                        const double v = xg[i];
+                        s += v;
+                        q += v * v;
+                }
+        const double2 r = block_sum2(s, q);
+        if (threadIdx.x == 0)
+                part[(long long)blockIdx.x * splits + blockIdx.y] = r;
+}
+
+/* y = (x - mean) rstd gamma + beta (then SiLU) for rows (batch item,
+ * channel) of |inner| elements: grid x over a row (4 elements a thread),
+ * y over rows (looping past 65535). */
+extern "C" __global__ void gh_gn_apply(const float *x, float *y, const double2 *part, int splits, const void *gamma,
+                                       int gt, const void *beta, int bt, int c, int groups, long long inner,
+                                       float eps, int use_silu, long long rows) {
+        __shared__ float coef[2];
+        const int len = c / groups;
+        const bool vec = inner % 4 == 0 && (((unsigned long long)x | (unsigned long long)y) & 15) == 0;
+
+        for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+                const int ch = (int)(r % c);
+                if (threadIdx.x < 32) {
+                        const long long bg = r / c * groups + ch / len;
+                        double s = 0.0, q = 0.0;
+                        for (int i = threadIdx.x; i < splits; i += 32) {
+                                s += part[bg * splits + i].x;
+                                q += part[bg * splits + i].y;
+                        }
+                        s = warp_sum(s);
+                        q = warp_sum(q);
+                        if (threadIdx.x == 0) {
+                                const double cnt = (double)len * inner, mean = s / cnt;
+                                const double rstd = 1.0 / sqrt(fmax(q / cnt - mean * mean, 0.0) + eps);
+                                const float scale = (float)(rstd * (gamma ? ld(gamma, gt, ch) : 1.0f));
+                                coef[0] = scale;
+                                coef[1] = (beta ? ld(beta, bt, ch) : 0.0f) - (float)mean * scale;
+                        }
+                }
+                __syncthreads();
+                const float scale = coef[0], shift = coef[1];
+                const float *xr = x + r * inner;
+                float *yr = y + r * inner;
                 if (vec)
-                        for (long long i = threadIdx.x; i < inner / 4; i += blockDim.x) {
-                                float4 v = ((const float4 *)xc)[i];
+                        for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < inner / 4;
+                             i += (long long)gridDim.x * blockDim.x) {
+                                float4 v = ((const float4 *)xr)[i];
                                 v.x = v.x * scale + shift;
                                 v.y = v.y * scale + shift;
                                 v.z = v.z * scale + shift;
@@ -257,17 +408,67 @@ extern "C" __global__ void gh_group_norm(const float *x, float *y, const void *g
                                         v.z = silu(v.z);
                                         v.w = silu(v.w);
                                 }
-                                ((float4 *)yc)[i] = v;
+                                ((float4 *)yr)[i] = v;
                         }
                 else
-                        for (long long i = threadIdx.x; i < inner; i += blockDim.x) {
-                                const float v = xc[i] * scale + shift;
-                                yc[i] = use_silu ? silu(v) : v;
+                        for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < inner;
+                             i += (long long)gridDim.x * blockDim.x) {
+                                const float v = xr[i] * scale + shift;
+                                yr[i] = use_silu ? silu(v) : v;
                         }
+                __syncthreads();
         }
 }
 
-/* One block per row of length n. */
+/* Layer norm, a warp per row of n <= 32 * VPL elements held in registers:
+ * the mean, then the variance of the centred values (two passes over the
+ * registers, one over memory). Rows on warps of 256-thread blocks. */
+template <int VPL>
+__device__ void layer_norm_warp(const float *x, float *y, const void *gamma, int gt, const void *beta, int bt,
+                                long long rows, int n, float eps) {
+        const int lane = threadIdx.x % 32;
+        const long long row = blockIdx.x * (long long)(blockDim.x / 32) + threadIdx.x / 32;
+        float v[VPL];
+
+        if (row >= rows)
+                return;
+        const float *xr = x + row * n;
+        float s = 0.0f;
+#pragma unroll
+        for (int j = 0; j < VPL; j++) {
+                const int i = j * 32 + lane;
+                v[j] = i < n ? xr[i] : 0.0f;
+                s += v[j];
+        }
+        const float mean = (float)(warp_sum((double)s) / n);
+        float q = 0.0f;
+#pragma unroll
+        for (int j = 0; j < VPL; j++) {
+                const int i = j * 32 + lane;
+                const float d = i < n ? v[j] - mean : 0.0f;
+                q += d * d;
+        }
+        const float rstd = (float)(1.0 / sqrt(warp_sum((double)q) / n + eps));
+        float *yr = y + row * n;
+#pragma unroll
+        for (int j = 0; j < VPL; j++) {
+                const int i = j * 32 + lane;
+                if (i < n)
+                        yr[i] = (v[j] - mean) * rstd * (gamma ? ld(gamma, gt, i) : 1.0f) + (beta ? ld(beta, bt, i) : 0.0f);
+        }
+}
+
+extern "C" __global__ void gh_layer_norm_w16(const float *x, float *y, const void *gamma, int gt, const void *beta,
+                                             int bt, long long rows, int n, float eps) {
+        layer_norm_warp<16>(x, y, gamma, gt, beta, bt, rows, n, eps);
+}
+
+extern "C" __global__ void gh_layer_norm_w48(const float *x, float *y, const void *gamma, int gt, const void *beta,
+                                             int bt, long long rows, int n, float eps) {
+        layer_norm_warp<48>(x, y, gamma, gt, beta, bt, rows, n, eps);
+}
+
+/* One block per row of length n (rows longer than the warp kernels take). */
 extern "C" __global__ void gh_layer_norm(const float *x, float *y, const void *gamma, int gt, const void *beta,
                                          int bt, long long n, float eps) {
         const long long base = (long long)blockIdx.x * n;
@@ -298,11 +499,13 @@ extern "C" __global__ void gh_act(const float *x, float *y, long long n, int act
         }
 }
 
-/* x[rows, 2N] -> y[rows, N]; n = rows * N. */
-extern "C" __global__ void gh_geglu(const float *x, float *y, long long n, long long half) {
-        GRID_STRIDE(i, n) {
-                long long r = i / half, c = i % half;
-                y[i] = x[r * 2 * half + c] * gelu(x[r * 2 * half + half + c]);
+/* x[rows, 2N] -> y[rows, N]: grid x over a row, y over rows (looping). */
+extern "C" __global__ void gh_geglu(const float *x, float *y, long long rows, int half) {
+        for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+                const float *xr = x + r * 2 * half;
+                float *yr = y + r * half;
+                for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < half; c += gridDim.x * blockDim.x)
+                        yr[c] = xr[c] * gelu(xr[half + c]);
         }
 }
 
@@ -311,10 +514,14 @@ extern "C" __global__ void gh_add(const float *a, const float *b, float *y, long
                 y[i] = a[i] + b[i];
 }
 
-/* y[p, i] = x[p, i] + v[p] over planes of hw elements. */
-extern "C" __global__ void gh_add_channel(const float *x, const float *v, float *y, long long n, long long hw) {
-        GRID_STRIDE(i, n)
-                y[i] = x[i] + v[i / hw];
+/* y[p, i] = x[p, i] + v[p] over planes of hw elements: grid x over a
+ * plane, y over planes (looping). */
+extern "C" __global__ void gh_add_channel(const float *x, const float *v, float *y, long long planes, int hw) {
+        for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
+                const float a = v[p];
+                for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < hw; i += gridDim.x * blockDim.x)
+                        y[p * hw + i] = x[p * hw + i] + a;
+        }
 }
 
 extern "C" __global__ void gh_lincomb(float *y, long long n, int cnt, float c0, float c1, float c2, float c3,
@@ -341,37 +548,56 @@ extern "C" __global__ void gh_scale_dim(float *y, const float *w, long long n, l
 
 /* ---- data movement ---- */
 
-/* x[planes, h, w] -> y[planes, 2h, 2w]; n = elements of y. */
-extern "C" __global__ void gh_upsample2x(const float *x, float *y, long long n, long long h, long long w) {
-        GRID_STRIDE(i, n) {
-                long long ox = i % (2 * w), oy = i / (2 * w) % (2 * h), p = i / (4 * h * w);
-                y[i] = x[(p * h + oy / 2) * w + ox / 2];
-        }
+/* x[planes, h, w] -> y[planes, 2h, 2w]: grid x over an output plane, y
+ * over planes (looping). */
+extern "C" __global__ void gh_upsample2x(const float *x, float *y, long long planes, int h, int w) {
+        const int n = 4 * h * w, w2 = 2 * w;
+        for (long long p = blockIdx.y; p < planes; p += gridDim.y)
+                for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+                        const int oy = i / w2, ox = i - oy * w2;
+                        y[p * n + i] = x[(p * h + oy / 2) * w + ox / 2];
+                }
 }
 
-/* Along dimension 1: na, nb elements per batch item of a and b. */
-extern "C" __global__ void gh_concat(const float *a, const float *b, float *y, long long n, long long na,
-                                     long long nb) {
-        GRID_STRIDE(i, n) {
-                long long row = na + nb, bi = i / row, off = i % row;
-                y[i] = off < na ? a[bi * na + off] : b[bi * nb + off - na];
-        }
+/* Along dimension 1: na, nb elements per batch item of a and b; grid x
+ * over a row of y, y over batch items (looping). */
+extern "C" __global__ void gh_concat(const float *a, const float *b, float *y, long long batches, int na, int nb) {
+        const int row = na + nb;
+        for (long long bi = blockIdx.y; bi < batches; bi += gridDim.y)
+                for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < row; i += gridDim.x * blockDim.x)
+                        y[bi * row + i] = i < na ? a[bi * na + i] : b[bi * nb + i - na];
 }
 
-/* [B,C,HW] -> [B,HW,C]; i indexes y. */
-extern "C" __global__ void gh_nchw_to_nlc(const float *x, float *y, long long n, long long c, long long hw) {
-        GRID_STRIDE(i, n) {
-                long long ch = i % c, p = i / c % hw, bi = i / (c * hw);
-                y[i] = x[(bi * c + ch) * hw + p];
-        }
+/* Transposes through 32x32 tiles in shared memory: [B, C, HW] <-> [B, HW,
+ * C]. Grid: x over tiles of HW, y over tiles of C, z over batch items;
+ * blocks of 32 x 8 threads. */
+#define TT 32
+extern "C" __global__ void gh_nchw_to_nlc(const float *x, float *y, int c, int hw) {
+        __shared__ float t[TT][TT + 1];
+        const int p0 = blockIdx.x * TT, c0 = blockIdx.y * TT;
+        const float *xb = x + (long long)blockIdx.z * c * hw;
+        float *yb = y + (long long)blockIdx.z * c * hw;
+        for (int j = threadIdx.y; j < TT; j += blockDim.y)
+                if (c0 + j < c && p0 + threadIdx.x < hw)
+                        t[j][threadIdx.x] = xb[(long long)(c0 + j) * hw + p0 + threadIdx.x];
+        __syncthreads();
+        for (int j = threadIdx.y; j < TT; j += blockDim.y)
+                if (p0 + j < hw && c0 + threadIdx.x < c)
+                        yb[(long long)(p0 + j) * c + c0 + threadIdx.x] = t[threadIdx.x][j];
 }
 
-/* [B,HW,C] -> [B,C,HW]; i indexes y. */
-extern "C" __global__ void gh_nlc_to_nchw(const float *x, float *y, long long n, long long c, long long hw) {
-        GRID_STRIDE(i, n) {
-                long long p = i % hw, ch = i / hw % c, bi = i / (c * hw);
-                y[i] = x[(bi * hw + p) * c + ch];
-        }
+extern "C" __global__ void gh_nlc_to_nchw(const float *x, float *y, int c, int hw) {
+        __shared__ float t[TT][TT + 1];
+        const int p0 = blockIdx.x * TT, c0 = blockIdx.y * TT;
+        const float *xb = x + (long long)blockIdx.z * c * hw;
+        float *yb = y + (long long)blockIdx.z * c * hw;
+        for (int j = threadIdx.y; j < TT; j += blockDim.y)
+                if (p0 + j < hw && c0 + threadIdx.x < c)
+                        t[j][threadIdx.x] = xb[(long long)(p0 + j) * c + c0 + threadIdx.x];
+        __syncthreads();
+        for (int j = threadIdx.y; j < TT; j += blockDim.y)
+                if (c0 + j < c && p0 + threadIdx.x < hw)
+                        yb[(long long)(c0 + j) * hw + p0 + threadIdx.x] = t[threadIdx.x][j];
 }
 
 /* y[r, k] = table[ids[r], k] + pos[r % pos_rows, k]. */
@@ -475,8 +701,9 @@ extern "C" __global__ void gh_attention(const float *q, const float *k, const fl
  * base-2 domain), and the probabilities, rounded to fp16, are multiplied
  * by V straight from the score registers: the accumulator layout of one
  * mma is the operand layout of the next. Nothing of size Tq x Tk is ever
- * stored. q, k, v and y are F32 [B, T, C] with the heads side by side in
- * C; d = C / heads is the template's D. */
+ * stored. q and y are F32 [B, T, C] with the heads side by side in C, k
+ * and v the same in fp16 (the caller converts them once, rather than each
+ * block each tile); d = C / heads is the template's D. */
 
 #define FA_BQ 64
 #define FA_THREADS 128
@@ -515,8 +742,22 @@ __device__ __forceinline__ void fa_load(__half *dst, const float *src, long long
         }
 }
 
+/* The same from fp16 rows (K and V, converted once by the caller): 16
+ * bytes a load, no conversion. D is a multiple of 8, and so is c. */
+template <int D, int DK, int STR>
+__device__ __forceinline__ void fa_load16(__half *dst, const __half *src, long long r0, int rows, int t, int c) {
+        constexpr int V8 = DK / 8;
+        for (int e = threadIdx.x; e < rows * V8; e += FA_THREADS) {
+                const int r = e / V8, d = e % V8 * 8;
+                uint4 v = make_uint4(0u, 0u, 0u, 0u);
+                if (d < D && r0 + r < t)
+                        v = *(const uint4 *)(src + (r0 + r) * (long long)c + d);
+                *(uint4 *)(dst + r * STR + d) = v;
+        }
+}
+
 template <int D, int BK>
-__device__ __forceinline__ void flash_attention(const float *q, const float *k, const float *v, float *y, int tq,
+__device__ __forceinline__ void flash_attention(const float *q, const __half *k, const __half *v, float *y, int tq,
                                                 int tk, int c, float scale_log2) {
         constexpr int DK = (D + 15) / 16 * 16, STR = DK + 8, NT = BK / 8, DT = D / 8, KS = DK / 16;
         __shared__ __align__(16) __half qs[FA_BQ * STR];
@@ -525,7 +766,8 @@ __device__ __forceinline__ void flash_attention(const float *q, const float *k, 
         const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
         const long long q0 = (long long)blockIdx.x * FA_BQ, hoff = (long long)blockIdx.y * D;
         const long long bi = blockIdx.z;
-        const float *qb = q + bi * tq * c + hoff, *kb = k + bi * tk * c + hoff, *vb = v + bi * tk * c + hoff;
+        const float *qb = q + bi * tq * c + hoff;
+        const __half *kb = k + bi * tk * c + hoff, *vb = v + bi * tk * c + hoff;
         unsigned qa[KS][4];
         float o[DT][4], mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
 
@@ -543,8 +785,8 @@ __device__ __forceinline__ void flash_attention(const float *q, const float *k, 
         for (int j0 = 0; j0 < tk; j0 += BK) {
                 float sc[NT][4], mx[2] = {mrow[0], mrow[1]}, alpha[2];
                 __syncthreads(); /* the last tile's readers are done */
-                fa_load<D, DK, STR>(ks, kb, j0, BK, tk, c);
-                fa_load<D, DK, STR>(vs, vb, j0, BK, tk, c);
+                fa_load16<D, DK, STR>(ks, kb, j0, BK, tk, c);
+                fa_load16<D, DK, STR>(vs, vb, j0, BK, tk, c);
                 __syncthreads();
                 for (int n = 0; n < NT; n++) {
                         const __half *kr = ks + (n * 8 + g) * STR + 2 * t4;
@@ -608,7 +850,7 @@ __device__ __forceinline__ void flash_attention(const float *q, const float *k, 
  * memory); backend-cuda.c's FA_DIMS lists them. */
 #define FA_KERNEL(D, BK)                                                                                          \
         extern "C" __global__ void __launch_bounds__(FA_THREADS)                                                  \
-                gh_flash_attention_##D(const float *q, const float *k, const float *v, float *y, int tq, int tk, \
+                gh_flash_attention_##D(const float *q, const __half *k, const __half *v, float *y, int tq, int tk, \
                                        int c, float scale_log2) {                                                 \
                 flash_attention<D, BK>(q, k, v, y, tq, tk, c, scale_log2);                                        \
         }

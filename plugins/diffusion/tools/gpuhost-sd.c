@@ -27,7 +27,9 @@
  * --cuda runs on GPU 0 through the CUDA backend (where it was built; with
  * --fp16, its convolutions and GEMMs run on tensor cores in fp16, and
  * attention on the flash kernel; UNet evaluations are recorded once as a
- * CUDA graph and replayed, unless --no-graphs): the
+ * CUDA graph and replayed, unless --no-graphs; --cudnn sends the fp16
+ * convolutions wider than 1x1 through cuDNN instead of im2col and
+ * cuBLASLt, to compare): the
  * weights are copied to device memory once, the workspace is device memory,
  * and the work runs on one stream (the phase times then count queued work
  * where it finishes; the total is exact). */
@@ -296,7 +298,7 @@ typedef struct opts {
         int threads, clip_skip, steps, width, height, batch, repeat;
         double cfg, strength;
         uint64_t seed;
-        bool v_pred, img2img, cuda, profile, fp16, no_graphs;
+        bool v_pred, img2img, cuda, profile, fp16, no_graphs, cudnn;
 } opts;
 
 static double now(void) {
@@ -565,6 +567,7 @@ int main(int argc, char **argv) {
                 {"strength", 1, NULL, 'r'},  {"ppm", 1, NULL, 'P'},       {"img2img", 0, NULL, 'M'},
                 {"cuda", 0, NULL, 'C'},      {"repeat", 1, NULL, 'R'},    {"profile", 0, NULL, 'F'},
                 {"fp16", 0, NULL, 'B'},      {"no-graphs", 0, NULL, 'G'},
+                {"cudnn", 0, NULL, 'D'},
                 {NULL, 0, NULL, 0},
         };
         opts o = {.threads = 1, .clip_skip = 1, .steps = 20, .width = 64, .height = 64, .batch = 1, .cfg = 7.5,
@@ -610,6 +613,7 @@ int main(int argc, char **argv) {
                 case 'F': o.profile = true; break;
                 case 'B': o.fp16 = true; break;
                 case 'G': o.no_graphs = true; break;
+                case 'D': o.cudnn = true; break;
                 default: usage();
                 }
         if (!o.model || optind >= argc || o.threads < 1 || o.threads > 64 || gh_sampler_from_name(o.sampler) < 0)
@@ -630,6 +634,8 @@ int main(int argc, char **argv) {
                         return fprintf(stderr, "gpuhost-sd: %s\n", err), 1;
                 g.be.fp16 = o.fp16;
                 g.be.no_graphs = o.no_graphs;
+                if (o.cudnn && gh_dcuda_use_cudnn(&g.be, err, sizeof(err)) < 0)
+                        return fprintf(stderr, "gpuhost-sd: --cudnn: %s\n", err), 1;
                 src = &g.source;
         }
 #else
