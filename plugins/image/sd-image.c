@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 
 #include <gpuhost/plugin.h>
 
@@ -228,6 +229,7 @@ typedef struct job {
         bool run_ready;
         float *init;
         uint8_t *preview;
+        uint64_t preview_usec; /* when the last preview went (CLOCK_MONOTONIC) */
         gh_image out[GH_SD_MAX_BATCH];
 } job;
 
@@ -458,18 +460,37 @@ static int decode(job *j) {
         return 0;
 }
 
+#define PREVIEW_USEC 250000 /* previews at most this often */
+
+static uint64_t now_usec(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
+}
+
+/* Progress after every step; a preview with it at most every PREVIEW_USEC
+ * (making one waits for the device, which would otherwise stall a fast
+ * GPU's queue at every step). */
 static void progress(job *j, uint32_t step, uint32_t steps) {
         int64_t f = gh_vae_factor(&j->m.vae);
         gh_image im = {.width = j->st.p.width / (uint32_t) f, .height = j->st.p.height / (uint32_t) f,
                        .format = GH_IMAGE_RGB8};
+        uint64_t now = now_usec();
 
+        if (j->preview_usec && now - j->preview_usec < PREVIEW_USEC) {
+                j->host->progress(j->job, step, steps, NULL);
+                return;
+        }
+        j->preview_usec = now;
         im.stride = im.width * 3;
         if (!j->preview)
                 j->preview = malloc((size_t) im.stride * im.height);
         if (j->preview && gh_sd_run_preview(&j->run, j->preview) >= 0) {
                 im.pixels = j->preview;
                 j->host->progress(j->job, step, steps, &im);
-        }
+        } else
+                j->host->progress(j->job, step, steps, NULL);
 }
 
 /* The sampler's UNet on tensor cores in fp16 (precision=fp16, GPU only). */
