@@ -319,10 +319,11 @@ static void test_pieces(void **state) {
 /* ---- norms ---- */
 
 /* Partial sums over one chunk, and over several (64x64, 63x63 whose
- * chunks start off 16-byte boundaries), and batch items in two launches. */
+ * chunks start off 16-byte boundaries, and 64 chunks of a group that does
+ * not divide evenly), and batch items in two launches. */
 static void test_group_norm(void **state) {
-        static const int64_t shapes[][4] = {
-                {2, 320, 16, 16}, {1, 64, 9, 7}, {2, 320, 64, 64}, {1, 320, 63, 63}, {300, 32, 16, 16}};
+        static const int64_t shapes[][4] = {{2, 320, 16, 16},  {1, 64, 9, 7},     {2, 320, 64, 64},
+                                            {1, 320, 63, 63},  {300, 32, 16, 16}, {1, 32, 1, 524351}};
 
         for (size_t si = 0; si < ELEMENTSOF(shapes); si++) {
                 const int64_t *sh = shapes[si];

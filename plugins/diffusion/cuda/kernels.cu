@@ -332,7 +332,7 @@ __device__ double2 block_sum2(double v, double w) {
  * of x[B, C, inner] (grid x: B * groups, y: splits), then gh_gn_apply. */
 extern "C" __global__ void gh_gn_stats(const float *x, double2 *part, long long n, int splits) {
         const long long base = (long long)blockIdx.x * n;
-        const long long chunk = (n / splits + 3) / 4 * 4, b0 = blockIdx.y * chunk;
+        const long long chunk = ((n + splits - 1) / splits + 3) / 4 * 4, b0 = blockIdx.y * chunk;
         const long long e0 = b0 < n ? b0 : n, e1 = b0 + chunk < n ? b0 + chunk : n;
         const float *xg = x + base;
         double s = 0.0, q = 0.0;
