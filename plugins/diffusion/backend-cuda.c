@@ -35,7 +35,7 @@
 #define GN_CHUNK 8192     /* group norm: elements per partial sum, at least */
 #define GN_SPLITS 64      /* group norm: partial sums per group, at most */
 #define LN_WARP_MAX 1536  /* layer norm: rows up to this long on a warp each (48 per lane) */
-#define TILE 32           /* TT in kernels.cu: the transposes' tiles */
+#define TILE 32           /* TT in kernels.cu: the transpose's tiles */
 #define MAX_BLOCKS 65536  /* 1-D grids; the kernels loop over the rest */
 #define LINEAR_TILE 16    /* LT in kernels.cu */
 #define FA_QUERIES 64     /* FA_BQ in kernels.cu */
@@ -65,8 +65,7 @@ enum {
         K_ADD,
         K_ADD_CHANNEL,
         K_CONCAT,
-        K_NCHW_TO_NLC,
-        K_NLC_TO_NCHW,
+        K_TRANSPOSE,
         K_EMBEDDING,
         K_LINCOMB,
         K_SCALE_DIM,
@@ -100,8 +99,7 @@ static const char *const kernel_names[K_COUNT] = {
         [K_ADD] = "gh_add",
         [K_ADD_CHANNEL] = "gh_add_channel",
         [K_CONCAT] = "gh_concat",
-        [K_NCHW_TO_NLC] = "gh_nchw_to_nlc",
-        [K_NLC_TO_NCHW] = "gh_nlc_to_nchw",
+        [K_TRANSPOSE] = "gh_transpose",
         [K_EMBEDDING] = "gh_embedding",
         [K_LINCOMB] = "gh_lincomb",
         [K_SCALE_DIM] = "gh_scale_dim",
@@ -257,27 +255,38 @@ static int gemm_plan_make(gh_dcuda *s, const gemm_key *key, gh_dcuda_gemm *g) {
         return found > 0 ? 0 : -EOPNOTSUPP;
 }
 
-/* The cached plan for |key|, made on first use (the oldest goes when the
- * cache is full). */
-static int gemm_plan(gh_dcuda *s, const gemm_key *key, gh_dcuda_gemm **ret) {
-        gh_dcuda_gemm g = {0}, *slot;
-        int r;
+/* The plan caches (GEMMs, cuDNN convolutions): |n| entries of |size|
+ * bytes, each starting with its key. The index of |key|'s, or -1. */
+static int cache_find(const void *entries, uint32_t n, size_t size, const void *key, size_t key_size) {
+        for (uint32_t i = 0; i < n; i++)
+                if (!memcmp((const char *)entries + i * size, key, key_size))
+                        return (int)i;
+        return -1;
+}
 
-        for (uint32_t i = 0; i < s->n_gemm; i++)
-                if (!memcmp(&s->gemm[i].key, key, sizeof(*key)))
-                        return *ret = &s->gemm[i], 0;
+/* Where a new entry goes: the next unused one, else the oldest, whose plan
+ * the caller frees first (*ret_evict). */
+static uint32_t cache_slot(uint32_t *n, uint32_t *next, uint32_t cap, bool *ret_evict) {
+        *ret_evict = *n == cap;
+        return *n < cap ? (*n)++ : (*next)++ % cap;
+}
+
+/* The cached plan for |key|, made on first use. */
+static int gemm_plan(gh_dcuda *s, const gemm_key *key, gh_dcuda_gemm **ret) {
+        gh_dcuda_gemm g = {0};
+        int i = cache_find(s->gemm, s->n_gemm, sizeof(g), key, sizeof(*key)), r;
+        bool evict;
+
+        if (i >= 0)
+                return *ret = &s->gemm[i], 0;
         if ((r = gemm_plan_make(s, key, &g)) < 0) {
                 gemm_plan_free(s->lt, &g);
                 return r;
         }
-        if (s->n_gemm < GH_DCUDA_GEMM_CACHE)
-                slot = &s->gemm[s->n_gemm++];
-        else {
-                slot = &s->gemm[s->next_gemm++ % GH_DCUDA_GEMM_CACHE];
-                gemm_plan_free(s->lt, slot);
-        }
-        *slot = g;
-        *ret = slot;
+        *ret = &s->gemm[cache_slot(&s->n_gemm, &s->next_gemm, GH_DCUDA_GEMM_CACHE, &evict)];
+        if (evict)
+                gemm_plan_free(s->lt, *ret);
+        **ret = g;
         return 0;
 }
 
@@ -567,27 +576,22 @@ static int conv_plan_make(gh_dcuda *s, const conv_key *k, gh_dcuda_conv *p) {
         return found > 0 ? -E2BIG : -EOPNOTSUPP;
 }
 
-/* The cached plan for |k|, made on first use (the oldest goes when the
- * cache is full). */
+/* The cached plan for |k|, made on first use. */
 static int conv_plan(gh_dcuda *s, const conv_key *k, gh_dcuda_conv **ret) {
-        gh_dcuda_conv p = {0}, *slot;
-        int r;
+        gh_dcuda_conv p = {0};
+        int i = cache_find(s->conv, s->n_conv, sizeof(p), k, sizeof(*k)), r;
+        bool evict;
 
-        for (uint32_t i = 0; i < s->n_conv; i++)
-                if (!memcmp(&s->conv[i].key, k, sizeof(*k)))
-                        return *ret = &s->conv[i], 0;
+        if (i >= 0)
+                return *ret = &s->conv[i], 0;
         if ((r = conv_plan_make(s, k, &p)) < 0) {
                 conv_plan_free(s->dnn, &p);
                 return r;
         }
-        if (s->n_conv < GH_DCUDA_CONV_CACHE)
-                slot = &s->conv[s->n_conv++];
-        else {
-                slot = &s->conv[s->next_conv++ % GH_DCUDA_CONV_CACHE];
-                conv_plan_free(s->dnn, slot);
-        }
-        *slot = p;
-        *ret = slot;
+        *ret = &s->conv[cache_slot(&s->n_conv, &s->next_conv, GH_DCUDA_CONV_CACHE, &evict)];
+        if (evict)
+                conv_plan_free(s->dnn, *ret);
+        **ret = p;
         return 0;
 }
 
@@ -982,24 +986,26 @@ static int cuda_concat(void *be, const gh_dt *a, const gh_dt *b, gh_dt *y) {
         return launch_rows(be, K_CONCAT, batches, (int64_t)na + nb, params);
 }
 
-static int transpose(gh_dcuda *s, int k, const gh_dt *x, const gh_dt *nchw, gh_dt *y) {
-        const int64_t b = nchw->shape[0], c = nchw->shape[1], hw = nchw->shape[2] * nchw->shape[3];
-        int ci = (int)c, hwi = (int)hw;
-        void *params[] = {ARG(x->data), ARG(y->data), &ci, &hwi};
+/* y[b] = x[b]^T for x[B, rows, cols]. */
+static int transpose(gh_dcuda *s, const gh_dt *x, int64_t rows, int64_t cols, gh_dt *y) {
+        const int64_t b = x->shape[0];
+        int ri = (int)rows, ci = (int)cols;
+        void *params[] = {ARG(x->data), ARG(y->data), &ri, &ci};
 
-        if (b <= 0 || c <= 0 || hw <= 0)
+        if (b <= 0 || rows <= 0 || cols <= 0)
                 return 0;
-        if (c * hw > INT32_MAX || div_up(c, TILE) > MAX_GRID_Y || b > MAX_GRID_Y)
+        if (rows * cols > INT32_MAX || div_up(rows, TILE) > MAX_GRID_Y || b > MAX_GRID_Y)
                 return -E2BIG;
-        return launch(s, k, (unsigned)div_up(hw, TILE), (unsigned)div_up(c, TILE), (unsigned)b, TILE, 8, 0, params);
+        return launch(s, K_TRANSPOSE, (unsigned)div_up(cols, TILE), (unsigned)div_up(rows, TILE), (unsigned)b, TILE,
+                      8, 0, params);
 }
 
 static int cuda_nchw_to_nlc(void *be, const gh_dt *x, gh_dt *y) {
-        return transpose(be, K_NCHW_TO_NLC, x, x, y);
+        return transpose(be, x, x->shape[1], x->shape[2] * x->shape[3], y);
 }
 
 static int cuda_nlc_to_nchw(void *be, const gh_dt *x, gh_dt *y) {
-        return transpose(be, K_NLC_TO_NCHW, x, y, y);
+        return transpose(be, x, y->shape[2] * y->shape[3], y->shape[1], y);
 }
 
 /* On the device in double, like the CPU backend; the timesteps go as a

@@ -568,36 +568,23 @@ extern "C" __global__ void gh_concat(const float *a, const float *b, float *y, l
                         y[bi * row + i] = i < na ? a[bi * na + i] : b[bi * nb + i - na];
 }
 
-/* Transposes through 32x32 tiles in shared memory: [B, C, HW] <-> [B, HW,
- * C]. Grid: x over tiles of HW, y over tiles of C, z over batch items;
- * blocks of 32 x 8 threads. */
+/* y[b] = x[b]^T for x[B, rows, cols] (so [B, C, HW] -> [B, HW, C] and
+ * back), through 32x32 tiles in shared memory. Grid: x over tiles of
+ * cols, y over tiles of rows, z over batch items; blocks of 32 x 8
+ * threads. */
 #define TT 32
-extern "C" __global__ void gh_nchw_to_nlc(const float *x, float *y, int c, int hw) {
+extern "C" __global__ void gh_transpose(const float *x, float *y, int rows, int cols) {
         __shared__ float t[TT][TT + 1];
-        const int p0 = blockIdx.x * TT, c0 = blockIdx.y * TT;
-        const float *xb = x + (long long)blockIdx.z * c * hw;
-        float *yb = y + (long long)blockIdx.z * c * hw;
+        const int c0 = blockIdx.x * TT, r0 = blockIdx.y * TT;
+        const float *xb = x + (long long)blockIdx.z * rows * cols;
+        float *yb = y + (long long)blockIdx.z * rows * cols;
         for (int j = threadIdx.y; j < TT; j += blockDim.y)
-                if (c0 + j < c && p0 + threadIdx.x < hw)
-                        t[j][threadIdx.x] = xb[(long long)(c0 + j) * hw + p0 + threadIdx.x];
+                if (r0 + j < rows && c0 + threadIdx.x < cols)
+                        t[j][threadIdx.x] = xb[(long long)(r0 + j) * cols + c0 + threadIdx.x];
         __syncthreads();
         for (int j = threadIdx.y; j < TT; j += blockDim.y)
-                if (p0 + j < hw && c0 + threadIdx.x < c)
-                        yb[(long long)(p0 + j) * c + c0 + threadIdx.x] = t[threadIdx.x][j];
-}
-
-extern "C" __global__ void gh_nlc_to_nchw(const float *x, float *y, int c, int hw) {
-        __shared__ float t[TT][TT + 1];
-        const int p0 = blockIdx.x * TT, c0 = blockIdx.y * TT;
-        const float *xb = x + (long long)blockIdx.z * c * hw;
-        float *yb = y + (long long)blockIdx.z * c * hw;
-        for (int j = threadIdx.y; j < TT; j += blockDim.y)
-                if (p0 + j < hw && c0 + threadIdx.x < c)
-                        t[j][threadIdx.x] = xb[(long long)(p0 + j) * c + c0 + threadIdx.x];
-        __syncthreads();
-        for (int j = threadIdx.y; j < TT; j += blockDim.y)
-                if (c0 + j < c && p0 + threadIdx.x < hw)
-                        yb[(long long)(c0 + j) * hw + p0 + threadIdx.x] = t[threadIdx.x][j];
+                if (c0 + j < cols && r0 + threadIdx.x < rows)
+                        yb[(long long)(c0 + j) * rows + r0 + threadIdx.x] = t[threadIdx.x][j];
 }
 
 /* y[r, k] = table[ids[r], k] + pos[r % pos_rows, k]. */
