@@ -72,12 +72,17 @@ def main():
         run_checks(tmp, sock)
     finally:
         daemon.send_signal(signal.SIGTERM)
-        daemon.wait(30)
+        code = daemon.wait(30)
         log.close()
+        with open(os.path.join(tmp, "daemon.log")) as f:
+            tail = f.readlines()[-30:]
         if os.environ.get("GH_KEEP"):
             print("kept", tmp)
         else:
             shutil.rmtree(tmp)
+    # a clean exit: nothing leaked (sanitizer builds exit non-zero on a leak)
+    if code != 0:
+        fail("gpuhostd exited with %d:\n%s" % (code, "".join(tail)))
 
 
 def ctl(sock, *args, check=True):

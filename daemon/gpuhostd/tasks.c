@@ -840,7 +840,7 @@ int gh_tasks_worker_message(gh_worker *w, const char *type, json_object *m, int 
                 gh_close_many(fds, n_fds);
                 on_estimated(t, m);
         } else if (gh_streq(type, "progress"))
-                on_progress(t, m, TAKE_PTR(fds), n_fds);
+                on_progress(t, m, fds, n_fds); /* closes the fds; the array is freed below */
         else if (gh_streq(type, "sliced")) {
                 gh_close_many(fds, n_fds);
                 on_sliced(t, m);
