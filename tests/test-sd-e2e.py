@@ -65,10 +65,14 @@ def main():
     log = open(os.path.join(tmp, "daemon.log"), "w")
     daemon = subprocess.Popen([GPUHOSTD, "-c", conf], stderr=log)
     try:
-        for _ in range(100):
-            if os.path.exists(sock):
+        # up once its worker has announced the pipelines (the socket alone
+        # comes first: a job then would find no txt2img yet)
+        for _ in range(600):
+            if os.path.exists(sock) and "txt2img" in ctl(sock, "pipelines", check=False).stdout:
                 break
-            time.sleep(0.1)
+            if daemon.poll() is not None:
+                break
+            time.sleep(0.05)
         run_checks(tmp, sock)
     finally:
         daemon.send_signal(signal.SIGTERM)
