@@ -298,8 +298,10 @@ static json_object *slice_json(const gh_task *t) {
         json_object_object_add(o, "units", json_object_new_int64(n));
         json_object_object_add(o, "of", json_object_new_int64(t->w->units));
         json_object_object_add(o, "mask", json_object_new_int64((int64_t) t->units));
-        if (t->w->cuda && t->w->unit_sms)
-                json_object_object_add(o, "sms", json_object_new_int64((int64_t) n * t->w->unit_sms));
+        if (t->w->cuda && t->w->unit_sms) /* every unit: the whole device, the split's remainder too */
+                json_object_object_add(o, "sms", json_object_new_int64(n == t->w->units && t->w->info->sm_count > 0
+                                                                               ? (int64_t) t->w->info->sm_count
+                                                                               : (int64_t) n * t->w->unit_sms));
         else if (!t->w->cuda)
                 json_object_object_add(o, "threads", json_object_new_int64(n));
         return o;

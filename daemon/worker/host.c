@@ -10,12 +10,14 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 
 #include "../common/log.h"
 #include "../common/safetensors.h"
 #include "../common/util.h"
 #include "../common/worker-proto.h"
 #include "image.h"
+#include "tindex.h"
 #include "worker.h"
 
 #define JOB_META_MAX_BYTES (64u << 10)
@@ -27,6 +29,7 @@ struct gh_params {
         json_object *values;  /* normalized by the daemon: every parameter */
         gh_job *job;          /* NULL in estimate() */
         json_object *models;  /* estimate(): [{name, tensors?: [[name, dtype, dim...]]}] */
+        gh_tindex *index;     /* estimate(): one per entry of models */
 };
 
 typedef struct job_alloc {
@@ -65,6 +68,7 @@ struct gh_job {
         const gh_plugin *p;
         gh_params params;
         json_object *models;  /* [{name, tensors}] */
+        gh_tindex *index;     /* one per entry of models */
         uint64_t ws_limit, ws_used, out_limit, out_used;
         job_alloc *allocs;
         size_t n_allocs, cap_allocs;
@@ -305,27 +309,60 @@ static size_t array_len(json_object *a) {
         return json_object_is_type(a, json_type_array) ? json_object_array_length(a) : 0;
 }
 
+/* The position of |model| in |models| ([{name, ...}]); -1 if none. */
+static ssize_t model_at(json_object *models, const char *model) {
+        for (size_t i = 0, n = array_len(models); model && i < n; i++) {
+                json_object *m = json_object_array_get_idx(models, i);
+                if (gh_streq(json_object_get_string(json_object_object_get(m, "name")), model))
+                        return (ssize_t) i;
+        }
+        return -1;
+}
+
+/* An index of each model's "tensors" in |models|, by name (|rows|: an
+ * estimate's [name, dtype, dim...]). */
+static int models_index(json_object *models, bool rows, gh_tindex **ret) {
+        size_t n = array_len(models);
+        gh_tindex *ix = n ? calloc(n, sizeof(*ix)) : NULL;
+
+        *ret = NULL;
+        if (n && !ix)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                json_object *m = json_object_array_get_idx(models, i);
+                json_object *ts = json_object_is_type(m, json_type_object) ? json_object_object_get(m, "tensors") : NULL;
+                int r = gh_tindex_build(ts, rows, &ix[i]);
+                if (r < 0) {
+                        while (i > 0)
+                                gh_tindex_free(&ix[--i]);
+                        free(ix);
+                        return r;
+                }
+        }
+        *ret = ix;
+        return 0;
+}
+
+static void models_unindex(json_object *models, gh_tindex *ix) {
+        for (size_t i = 0, n = array_len(models); ix && i < n; i++)
+                gh_tindex_free(&ix[i]);
+        free(ix);
+}
+
 /* One of the job's models as the "run" message has it: {name, tensors,
  * sha256, bytes}; NULL if the job has no such model. */
 static json_object *job_model(gh_job *job, const char *model) {
-        for (size_t i = 0, n = array_len(job->models); model && i < n; i++) {
-                json_object *m = json_object_array_get_idx(job->models, i);
-                if (gh_streq(json_object_get_string(json_object_object_get(m, "name")), model))
-                        return m;
-        }
-        return NULL;
+        ssize_t i = model_at(job->models, model);
+
+        return i < 0 ? NULL : json_object_array_get_idx(job->models, (size_t) i);
 }
 
-/* Tensor |name| of such a model: {name, dtype, shape, offset, bytes}. */
-static json_object *job_model_tensor(json_object *m, const char *name) {
-        json_object *ts = json_object_object_get(m, "tensors");
+/* The entry {name, dtype, shape, offset, bytes} of tensor |name| of one of
+ * the job's models; NULL if there is none. */
+static json_object *job_model_tensor(gh_job *job, const char *model, const char *name) {
+        ssize_t i = model_at(job->models, model);
 
-        for (size_t k = 0, nt = array_len(ts); name && k < nt; k++) {
-                json_object *t = json_object_array_get_idx(ts, k);
-                if (gh_streq(json_object_get_string(json_object_object_get(t, "name")), name))
-                        return t;
-        }
-        return NULL;
+        return i < 0 ? NULL : gh_tindex_find(&job->index[i], name);
 }
 
 /* The dtype, shape and bytes of such a tensor (no data). */
@@ -346,7 +383,7 @@ static int tensor_shape(json_object *t, gh_tensor *ret) {
 }
 
 static int host_tensor(gh_job *job, const char *model, const char *name, gh_tensor *ret) {
-        json_object *t = job_model_tensor(job_model(job, model), name);
+        json_object *t = job_model_tensor(job, model, name);
 
         if (!t)
                 return -ENOENT;
@@ -389,20 +426,10 @@ static int estimate_row(json_object *row, gh_tensor *ret) {
 }
 
 static int estimate_tensor(const gh_params *p, const char *model, const char *name, gh_tensor *ret) {
-        for (size_t i = 0, n = array_len(p->models); i < n; i++) {
-                json_object *m = json_object_array_get_idx(p->models, i);
-                if (!gh_streq(json_object_get_string(json_object_object_get(m, "name")), model))
-                        continue;
-                json_object *ts = json_object_object_get(m, "tensors");
-                for (size_t k = 0, nt = array_len(ts); k < nt; k++) {
-                        json_object *row = json_object_array_get_idx(ts, k);
-                        json_object *row_name = array_len(row) > 0 ? json_object_array_get_idx(row, 0) : NULL;
-                        if (gh_streq(json_object_get_string(row_name), name))
-                                return estimate_row(row, ret);
-                }
-                return -ENOENT;
-        }
-        return -ENOENT;
+        ssize_t i = model_at(p->models, model);
+        json_object *row = i < 0 || !p->index ? NULL : gh_tindex_find(&p->index[i], name);
+
+        return row ? estimate_row(row, ret) : -ENOENT;
 }
 
 /* ABI 1.2: in estimate() from the catalogue's plan the daemon sent with
@@ -412,7 +439,7 @@ static int host_model_tensor(const gh_params *p, const char *model, const char *
                 return -EINVAL;
         if (!p->job)
                 return estimate_tensor(p, model, name, ret);
-        json_object *t = job_model_tensor(job_model(p->job, model), name);
+        json_object *t = job_model_tensor(p->job, model, name);
         return t ? tensor_shape(t, ret) : -ENOENT;
 }
 
@@ -717,11 +744,17 @@ int gh_job_estimate(gh_wk *w, const gh_loaded_plugin *lp, json_object *params, j
                     json_object **ret_needs, char *err, size_t err_size) {
         gh_params p = {.plugin = lp->plugin, .values = params, .models = tables};
         gh_plugin_needs needs = {.struct_size = sizeof(needs)};
+        int r = models_index(tables, true, &p.index);
 
+        if (r < 0) {
+                gh_set_error(err, err_size, "indexing the model tables: %s", strerror(-r));
+                return r;
+        }
         current_plugin = lp->plugin;
         estimate_error[0] = 0;
-        int r = lp->plugin->estimate(&gh_wk_host, &p, &needs);
+        r = lp->plugin->estimate(&gh_wk_host, &p, &needs);
         current_plugin = NULL;
+        models_unindex(tables, p.index);
         if (r < 0) {
                 gh_set_error(err, err_size, "estimate() failed: %s%s%s", strerror(-r), estimate_error[0] ? "; " : "",
                              estimate_error);
@@ -810,7 +843,11 @@ int gh_job_new(gh_wk *w, json_object *msg, int *fds, size_t n_fds, gh_job **ret,
         job->params = (gh_params) {.plugin = lp->plugin, .values = params, .job = job};
         if (!job->id)
                 job->id = "?";
-        r = map_images(job, fds, n_fds, err, err_size);
+        r = models_index(models, false, &job->index);
+        if (r < 0)
+                gh_set_error(err, err_size, "indexing the model tables: %s", strerror(-r));
+        else
+                r = map_images(job, fds, n_fds, err, err_size);
         gh_close_many(fds, n_fds);
         free(fds);
         if (r < 0) {
@@ -1070,6 +1107,7 @@ void gh_job_free(gh_job *job) {
         for (size_t i = 0; i < job->n_images; i++)
                 munmap(job->images[i].map, job->images[i].size);
         json_object_put(job->metadata);
+        models_unindex(job->models, job->index);
         json_object_put(job->msg);
         free(job);
 }

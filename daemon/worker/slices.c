@@ -139,6 +139,10 @@ static int split_device(gh_slices *s, unsigned unit_sms, char *err, size_t err_s
         return 0;
 }
 
+static uint64_t all_units(const gh_slices *s) {
+        return s->n_units >= 64 ? UINT64_MAX : (UINT64_C(1) << s->n_units) - 1;
+}
+
 static void slice_clear(const gh_slices *s, slice *e) {
         if (e->stream)
                 s->cu->StreamDestroy(e->stream);
@@ -187,6 +191,8 @@ unsigned gh_slices_count(const gh_slices *s) {
 unsigned gh_slices_sms(const gh_slices *s, uint64_t mask) {
         unsigned sms = 0;
 
+        if ((mask & all_units(s)) == all_units(s))
+                return s->device_sms;
         for (unsigned i = 0; i < s->n_units; i++)
                 if (mask & (UINT64_C(1) << i))
                         sms += s->units[i].sm.smCount;
@@ -198,7 +204,7 @@ unsigned gh_slices_device_sms(const gh_slices *s) {
 }
 
 static bool mask_valid(const gh_slices *s, uint64_t mask) {
-        return mask != 0 && (s->n_units >= 64 || (mask >> s->n_units) == 0);
+        return mask != 0 && (mask & ~all_units(s)) == 0;
 }
 
 static slice *cache_find(gh_slices *s, uint64_t mask) {
@@ -222,14 +228,43 @@ static slice *cache_victim(gh_slices *s) {
         return victim;
 }
 
+/* The whole device: the primary context, with a stream of its own made
+ * in it (the caller's current context is put back). */
+static CUresult whole_make(gh_slices *s, slice *e) {
+        const gh_cuda *cu = s->cu;
+        CUcontext current = NULL;
+        CUresult r = cu->CtxGetCurrent(&current);
+
+        if (r == CUDA_SUCCESS)
+                r = cu->CtxSetCurrent(s->primary);
+        if (r == CUDA_SUCCESS) {
+                e->context = s->primary;
+                r = cu->StreamCreate(&e->stream, CU_STREAM_NON_BLOCKING);
+                CUresult back = cu->CtxSetCurrent(current);
+                if (r == CUDA_SUCCESS)
+                        r = back;
+        }
+        return r;
+}
+
 /* A green context over the units of |mask|, and a stream in it, into the
- * empty entry |e|. On failure |e| stays empty. */
+ * empty entry |e|; every unit is the whole device instead. On failure |e|
+ * stays empty. */
 static int slice_make(gh_slices *s, slice *e, uint64_t mask) {
         const gh_cuda *cu = s->cu;
         CUdevResourceDesc desc = NULL;
         unsigned n = 0;
         CUresult r;
 
+        if (mask == all_units(s)) {
+                r = whole_make(s, e);
+                if (r != CUDA_SUCCESS) {
+                        slice_clear(s, e);
+                        return gh_cuda_errno(cu, r, NULL);
+                }
+                e->mask = mask;
+                return 0;
+        }
         for (unsigned i = 0; i < s->n_units; i++)
                 if (mask & (UINT64_C(1) << i))
                         s->scratch[n++] = s->units[i];

@@ -5,14 +5,16 @@
  * group the driver allows (8 SMs on compute capability 9.0) or of
  * |unit_sms| if that is larger; at most 64 units (the group is made larger
  * on GPUs that would give more). SMs that the split leaves over are left
- * out of every slice: the driver gives that remainder no performance or
- * functional guarantee. It can be more than one unit's worth: an H200's
- * 132 SMs give 15 units of 8 (12 left out), or 8 units of 16 (4 left out);
- * gh_slices_sms() and gh_slices_device_sms() tell.
+ * out of every partial slice: the driver gives that remainder no
+ * performance or functional guarantee. It can be more than one unit's
+ * worth: an H200's 132 SMs give 15 units of 8 (12 left out), or 8 units of
+ * 16 (4 left out). The slice of every unit is the whole device instead,
+ * the remainder included: the primary context. gh_slices_sms() and
+ * gh_slices_device_sms() tell.
  *
  * A job runs in a slice named by a mask of units (bit i: unit i).
- * gh_slices_get() hands out a green context over exactly those units and a
- * stream of its own in it, made on first use (about 1 ms on an H200) and
+ * gh_slices_get() hands out a green context over exactly those units (the
+ * primary context for all of them) and a stream of its own in it, made on first use (about 1 ms on an H200) and
  * cached: at most GH_SLICES_CACHE masks, the least recently used one
  * evicted (its stream and green context destroyed) when another is needed.
  * A mask is held by one caller from gh_slices_get() until gh_slices_put():
@@ -25,7 +27,7 @@
  * Thread-safe: a mutex guards the cache (held while a green context is
  * made). The device's primary context is retained from gh_slices_new() to
  * gh_slices_free(), so creating green contexts never initialises it anew.
- * Nothing here makes a context current. */
+ * Nothing here leaves a context current. */
 #pragma once
 
 #include <stddef.h>
@@ -59,14 +61,16 @@ static inline void gh_slices_freep(gh_slices **s) {
 /* Units, 1 to GH_SLICES_MAX_UNITS. */
 unsigned gh_slices_count(const gh_slices *s);
 
-/* SMs in the units of |mask| (bits beyond the last unit are ignored). */
+/* SMs in the units of |mask| (bits beyond the last unit are ignored); the
+ * device's for a mask of every unit. */
 unsigned gh_slices_sms(const gh_slices *s, uint64_t mask);
 
 /* SMs of the device, those left out of every unit included. */
 unsigned gh_slices_device_sms(const gh_slices *s);
 
-/* A green context over exactly the units in |mask| and a non-blocking
- * stream in it, created on first use and cached; marks |mask| held.
+/* A green context over exactly the units in |mask| (the primary context
+ * when |mask| has every unit) and a non-blocking stream in it, created on
+ * first use and cached; marks |mask| held.
  * |ret_ctx| is the CUcontext (cuCtxFromGreenCtx) to make current on the
  * job's thread. -EINVAL for an empty mask or one naming units that do not
  * exist, -EBUSY when |mask| is held, -ENOSPC when every cache entry is

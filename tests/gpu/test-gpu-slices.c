@@ -8,7 +8,8 @@
  * then times a spin kernel (tests/gpu/spin-kernel.cu: every block spins a
  * fixed number of clock cycles, and writes its tag and the SM it ran on)
  * over one grid: on half the units alone (A, then B), on A and B at once
- * from two threads, and on every unit. The two halves at once must take well under
+ * from two threads, and on every unit (the whole device, the SMs no unit
+ * has included). The two halves at once must take well under
  * the sum of the solo runs (wall clock), a half must take about twice as
  * long as the whole (events), every block must have written its value,
  * and the SMs a run used must fit its slice (the two halves': disjoint).
@@ -207,18 +208,27 @@ static void test_units(void **state) {
         unsigned n = gh_slices_count(fx.slices), unit = gh_slices_sms(fx.slices, 1);
         unsigned all = gh_slices_sms(fx.slices, low_units(n)), device = gh_slices_device_sms(fx.slices);
 
-        print_message("device SMs %u: %u units of %u SMs (%u SMs in units, %u left out)\n", device, n, unit, all,
-                      device - all);
+        print_message("device SMs %u: %u units of %u SMs (%u SMs in units, %u left out of partial slices)\n", device,
+                      n, unit, n * unit, device - n * unit);
         assert_true(n >= 2 && n <= GH_SLICES_MAX_UNITS);
         assert_true(unit >= 1);
         for (unsigned i = 0; i < n; i++)
                 assert_int_equal(gh_slices_sms(fx.slices, UINT64_C(1) << i), unit);
-        assert_int_equal(all, n * unit);
-        assert_true(all <= device);
-        assert_int_equal(gh_slices_sms(fx.slices, UINT64_MAX), all);
+        assert_int_equal(gh_slices_sms(fx.slices, low_units(n - 1)), (n - 1) * unit);
+        assert_true(n * unit <= device);
+        assert_int_equal(all, device); /* every unit: the whole device */
+        assert_int_equal(gh_slices_sms(fx.slices, UINT64_MAX), device);
 
-        CUcontext ctx;
+        /* every unit is the primary context, which stays current nowhere */
+        CUcontext ctx, before = NULL, after = NULL;
         CUstream stream;
+        assert_int_equal(fx.cu->CtxGetCurrent(&before), CUDA_SUCCESS);
+        assert_int_equal(gh_slices_get(fx.slices, low_units(n), &ctx, &stream), 0);
+        assert_int_equal(fx.cu->CtxGetCurrent(&after), CUDA_SUCCESS);
+        assert_ptr_equal(ctx, fx.primary);
+        assert_ptr_equal(after, before);
+        assert_non_null(stream);
+        assert_int_equal(gh_slices_put(fx.slices, low_units(n)), 0);
         assert_int_equal(gh_slices_get(fx.slices, 0, &ctx, &stream), -EINVAL);
         if (n < 64)
                 assert_int_equal(gh_slices_get(fx.slices, UINT64_C(1) << n, &ctx, &stream), -EINVAL);
@@ -241,8 +251,8 @@ static void test_unit_sizes(void **state) {
                         fail_msg("gh_slices_new(%u SMs): %s", sizes[i], err);
                 unsigned n = gh_slices_count(s), unit = gh_slices_sms(s, 1), all = gh_slices_sms(s, low_units(n));
                 print_message("units of at least %3u SMs: %2u units of %3u SMs, %3u left out (%.2f ms)\n", sizes[i], n,
-                              unit, device - all, t1 - t0);
-                assert_true(n >= 1 && unit >= sizes[i] && all == n * unit && all <= device);
+                              unit, device - n * unit, t1 - t0);
+                assert_true(n >= 1 && unit >= sizes[i] && n * unit <= device && all == device);
                 s = gh_slices_free(s);
         }
         /* the whole device as one unit: only if the driver's alignment allows */
@@ -377,6 +387,10 @@ static void test_scaling(void **state) {
                       all.end_ms - all.start_ms, all.event_ms, all.sms_used, ratio);
 
         assert_true(a.sms_used <= sms_a && b.sms_used <= sms_a && all.sms_used <= sms_all);
+        /* the whole device: the SMs the split leaves out of units run too */
+        assert_int_equal(sms_all, gh_slices_device_sms(fx.slices));
+        if (sms_all > n * gh_slices_sms(fx.slices, 1))
+                assert_true(all.sms_used > n * gh_slices_sms(fx.slices, 1));
         assert_true(both_a.sms_used <= sms_a && both_b.sms_used <= sms_a);
         assert_int_equal(common_sms(&both_a, &both_b), 0);
         assert_true(both < 0.7 * (solo_a + solo_b));
