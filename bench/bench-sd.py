@@ -43,10 +43,11 @@ e2e (part 2): one 512x512 picture, 30 steps, euler_a, CFG 7.5, the same
      --jobs runs after a warm-up, in a process of its own. Ratios:
      daemon / runtime (the daemon's overhead, expected within 3%) and
      gpuhost / PyTorch; the final latents of (b) and (c) are compared too.
-     Two differences the ratio carries: a daemon job runs in a slice of
-     whole units (an H200 leaves 4 of its 132 SMs out with the default
-     unit_sms; the slice is printed), and gpuhost-sd starts its clock
-     after tokenizing and planning, which a daemon job does in start().
+     The daemon's phases are printed too (received to the first step,
+     the steps, the last step to the reply, from the reply's timing).
+     What the ratio carries besides: gpuhost-sd starts its clock after
+     tokenizing and planning, which a daemon job does in start(); the
+     slice the job ran in is printed (a lone job has the whole device).
    - Peak device memory of one job: PyTorch's max_memory_allocated over
      the generation (weights included) and the device memory its process
      took (cuMemGetInfo, sampled every ~5 ms from this process: context,
@@ -366,7 +367,8 @@ def run_daemon(args, ckpt, dev):
     d = ghdaemon.Daemon(args.gpuhostd, args.gpuhostctl, args.worker,
                         args.plugins, os.path.join(args.work, "daemon"),
                         devices=devices, scheduler="jobs_per_device = 3\n",
-                        workers=workers, models=model)
+                        workers=workers, models=model,
+                        daemon="log_level = debug\n")
     try:
         devs = {x["index"]: x for x in d.devices()}
         kinds = {i: x["kind"] for i, x in devs.items()}
@@ -380,7 +382,7 @@ def run_daemon(args, ckpt, dev):
         check_png(warm, args.size)
         res["loaded"] = S.free_memory(dev)
         res["ledger_weights"] = d.ledger(index).get("weights", 0)
-        walls, own = [], []
+        walls, own, phases = [], [], []
         for _ in range(args.jobs):
             t0 = time.perf_counter()
             reply = json.loads(d.ctl("generate", "txt2img", *job, "--json"))
@@ -388,13 +390,29 @@ def run_daemon(args, ckpt, dev):
             tm = reply.get("timing") or {}
             if tm:
                 own.append((tm["replied_usec"] - tm["received_usec"]) / 1e6)
+                phases.append([(tm[b] - tm[a]) / 1e6 for a, b in (
+                    ("received_usec", "first_step_usec"),
+                    ("first_step_usec", "last_step_usec"),
+                    ("last_step_usec", "replied_usec"))])
         res.update(median=statistics.median(walls), seconds=walls,
-                   own=statistics.median(own) if own else None)
+                   own=statistics.median(own) if own else None,
+                   phases=[statistics.median(p) for p in zip(*phases)]
+                   if phases else None)
         print("gpuhostd: %s s wall time per job (median of %d); the daemon's "
               "own (received to replied): %s" % (
                   " ".join("%.3f" % s for s in walls), len(walls),
                   "%.3f s" % res["own"] if own else "not reported"),
               flush=True)
+        starts = d.log_lines("start: ")
+        if starts:
+            print("gpuhostd's log, the plugin's start() of the last job: "
+                  + starts[-1].strip(), flush=True)
+        if res["phases"]:
+            print("gpuhostd, medians: request received to the first step "
+                  "(queue, worker, start(): setup and planning) %.4f s; the "
+                  "steps (prompts, sampling, decode) %.4f s; the last step "
+                  "to the reply (finish(), outputs) %.4f s"
+                  % tuple(res["phases"]), flush=True)
 
         # One job with the memory sampled, the ledger and the job's slice
         # (SMs, or threads on the CPU) polled.
@@ -484,6 +502,13 @@ def e2e_part(args, ckpt, dev):
     for what, s, n in rows:
         print("| %s | %.3f | %d | %.3f | %.3f |"
               % (what, s, n, s / rt["median"], s / pt["median"]))
+    if dm.get("phases"):
+        print("\nWhere the daemon's extra time goes: its steps (prompts, "
+              "sampling, decode) took %.4f s against gpuhost-sd's %.4f s "
+              "(%.3f); before them %.4f s, after them %.4f s."
+              % (dm["phases"][1], rt["median"],
+                 dm["phases"][1] / rt["median"], dm["phases"][0],
+                 dm["phases"][2]))
     over = dm["median"] / rt["median"]
     finite = [what for what, lat in (("gpuhost-sd's", rt["latent"]),
                                      ("PyTorch's", pt["latent"]))

@@ -12,7 +12,8 @@
  * Always: small vocabularies built here (the 512 byte tokens, a few
  * merges, the special tokens) for BPE's merge order, the quirks of the
  * attention syntax, limits, and malformed vocab.json / merges.txt, each
- * refused with its code and a reason that names the problem. */
+ * refused with its code and a reason that names the problem; and the
+ * process's shared tokenizers (tokcache.c). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -27,6 +28,7 @@
 #include <time.h>
 
 #include "prompt.h"
+#include "tokcache.h"
 #include "tokenizer.h"
 
 #define BOS_ID 49406
@@ -580,6 +582,72 @@ static void test_bpe_order(void **state) {
         gh_tokenizer_free(t);
 }
 
+/* The process's shared tokenizers: the same bytes give the same one, a
+ * copy of them at another address too; one byte more gives another; the
+ * least recently used free entry goes when the cache is full; with every
+ * entry held, a new one is the caller's alone; malformed files are
+ * refused as gh_tokenizer_new() refuses them, and nothing is kept. */
+static void test_cache(void **state) {
+        const char *merges = "#version: 0.2\na a\na a</w>\n"; /* less its last line: no "aa</w>" */
+        char *vocab = tiny_vocab((const char *[]) {"aa", "aa</w>", NULL}), *again = strdup(vocab);
+        const gh_tokenizer *t[GH_TOKCACHE_MAX + 2], *u, *v;
+        size_t len = strlen(vocab);
+        unsigned before = gh_tokcache_size();
+
+        assert_int_equal(gh_tokcache_get(vocab, len, merges, strlen(merges), &t[0], err, sizeof(err)), 0);
+        assert_int_equal(gh_tokcache_get(again, len, merges, strlen(merges), &u, err, sizeof(err)), 0);
+        assert_ptr_equal(t[0], u);
+        expect_prompt(u, "aa", "aa</w>");
+        gh_tokcache_put(u);
+        /* another merges file: another tokenizer, which does not merge */
+        assert_int_equal(gh_tokcache_get(vocab, len, merges, strlen(merges) - 8, &v, err, sizeof(err)), 0);
+        assert_ptr_not_equal(v, t[0]);
+        expect_prompt(v, "aa", "a a</w>");
+        gh_tokcache_put(v);
+        assert_int_equal(gh_tokcache_get("{}", 2, "", 0, &u, err, sizeof(err)), -EINVAL);
+        assert_err("no tokens");
+
+        /* t[0] and five more, held (vocabularies with one more token each): the
+         * free entry of v goes to t[3], and t[4] and t[5] are not kept */
+        char *vs[GH_TOKCACHE_MAX + 2];
+        for (int i = 1; i < GH_TOKCACHE_MAX + 2; i++) {
+                char tok[16];
+                snprintf(tok, sizeof(tok), "b%d</w>", i);
+                vs[i] = tiny_vocab((const char *[]) {"aa", "aa</w>", tok, NULL});
+                assert_int_equal(gh_tokcache_get(vs[i], strlen(vs[i]), merges, strlen(merges), &t[i], err, sizeof(err)),
+                                 0);
+        }
+        assert_int_equal(gh_tokcache_size(), GH_TOKCACHE_MAX);
+        /* every entry held: the last one is not kept, and a get of it again makes another */
+        assert_int_equal(gh_tokcache_get(vs[GH_TOKCACHE_MAX + 1], strlen(vs[GH_TOKCACHE_MAX + 1]), merges,
+                                         strlen(merges), &u, err, sizeof(err)),
+                         0);
+        assert_ptr_not_equal(u, t[GH_TOKCACHE_MAX + 1]);
+        gh_tokcache_put(u);
+        gh_tokcache_put(t[GH_TOKCACHE_MAX + 1]);
+        /* the kept ones are still the same */
+        assert_int_equal(gh_tokcache_get(vs[1], strlen(vs[1]), merges, strlen(merges), &u, err, sizeof(err)), 0);
+        assert_ptr_equal(u, t[1]);
+        gh_tokcache_put(u);
+        for (int i = 0; i <= GH_TOKCACHE_MAX; i++)
+                gh_tokcache_put(t[i]);
+        /* all free now: a new one evicts the least recently used (t[0]'s);
+         * t[1], asked for again just now, stays */
+        assert_int_equal(gh_tokcache_get(vs[GH_TOKCACHE_MAX + 1], strlen(vs[GH_TOKCACHE_MAX + 1]), merges,
+                                         strlen(merges), &u, err, sizeof(err)),
+                         0);
+        assert_int_equal(gh_tokcache_size(), GH_TOKCACHE_MAX);
+        assert_int_equal(gh_tokcache_get(vs[1], strlen(vs[1]), merges, strlen(merges), &v, err, sizeof(err)), 0);
+        assert_ptr_equal(v, t[1]);
+        gh_tokcache_put(v);
+        gh_tokcache_put(u);
+        assert_true(before <= GH_TOKCACHE_MAX);
+        for (int i = 1; i < GH_TOKCACHE_MAX + 2; i++)
+                free(vs[i]);
+        free(vocab);
+        free(again);
+}
+
 static void test_bad_vocab(void **state) {
         expect_bad_vocab("", -EINVAL, "vocab.json: empty");
         expect_bad(NULL, 0, NULL, 0, -EINVAL, "vocab.json: empty");
@@ -768,7 +836,7 @@ int main(void) {
                 cmocka_unit_test(test_threads),     cmocka_unit_test(test_timing),
                 cmocka_unit_test(test_bpe_order),   cmocka_unit_test(test_bad_vocab),
                 cmocka_unit_test(test_bad_merges),  cmocka_unit_test(test_bad_prompt),
-                cmocka_unit_test(test_syntax_quirks),
+                cmocka_unit_test(test_syntax_quirks), cmocka_unit_test(test_cache),
         };
 
         return cmocka_run_group_tests(tests, setup, teardown);

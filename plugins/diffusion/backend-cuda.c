@@ -19,6 +19,8 @@
  * download and sum wait for their copies. Everything else is asynchronous. */
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1132,25 +1134,59 @@ static int fail(gh_dcuda *s, CUresult r, const char *call, const char *what, cha
         return e;
 }
 
-static int load_kernels(gh_dcuda *s, char *err, size_t err_size) {
+/* The kernels: one library for the process, loaded by the first state
+ * and kept until the process exits (a cuLibrary is context-independent).
+ * So a job's setup loads no image, and each context loads a kernel on its
+ * first launch there once, not once per job. */
+static struct {
+        pthread_mutex_t lock;
+        bool loaded;
+        void *image; /* the fatbin, aligned: the driver wants it so */
+        CUlibrary lib;
+        CUkernel k[K_COUNT];
+} kernels = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* Called with kernels.lock held. */
+static int kernels_load(const gh_cuda *cu, char *err, size_t err_size) {
         size_t size = (gh_dcuda_fatbin_size + 63) / 64 * 64;
+        const char *name;
         CUresult r;
 
-        s->image = aligned_alloc(64, size); /* the driver wants the image aligned */
-        if (!s->image) {
-                gh_dcuda_fini(s);
+        if (kernels.loaded)
+                return 0;
+        if (!kernels.image && !(kernels.image = aligned_alloc(64, size)))
                 return -ENOMEM;
+        memcpy(kernels.image, gh_dcuda_fatbin, gh_dcuda_fatbin_size);
+        r = cu->LibraryLoadData(&kernels.lib, kernels.image, NULL, NULL, 0, NULL, NULL, 0);
+        if (r != CUDA_SUCCESS) {
+                int e = gh_cuda_errno(cu, r, &name);
+                gh_set_error(err, err_size, "cuLibraryLoadData: %s", name);
+                return e;
         }
-        memcpy(s->image, gh_dcuda_fatbin, gh_dcuda_fatbin_size);
-        r = s->cu->LibraryLoadData(&s->lib, s->image, NULL, NULL, 0, NULL, NULL, 0);
-        if (r != CUDA_SUCCESS)
-                return fail(s, r, "cuLibraryLoadData", NULL, err, err_size);
         for (int i = 0; i < K_COUNT; i++) {
-                r = s->cu->LibraryGetKernel(&s->k[i], s->lib, kernel_names[i]);
-                if (r != CUDA_SUCCESS)
-                        return fail(s, r, "cuLibraryGetKernel", kernel_names[i], err, err_size);
+                r = cu->LibraryGetKernel(&kernels.k[i], kernels.lib, kernel_names[i]);
+                if (r != CUDA_SUCCESS) {
+                        int e = gh_cuda_errno(cu, r, &name);
+                        gh_set_error(err, err_size, "cuLibraryGetKernel %s: %s", kernel_names[i], name);
+                        cu->LibraryUnload(kernels.lib);
+                        return e;
+                }
         }
+        kernels.loaded = true;
         return 0;
+}
+
+static int load_kernels(gh_dcuda *s, char *err, size_t err_size) {
+        int r;
+
+        pthread_mutex_lock(&kernels.lock);
+        r = kernels_load(s->cu, err, err_size);
+        if (r >= 0)
+                memcpy(s->k, kernels.k, sizeof(kernels.k));
+        pthread_mutex_unlock(&kernels.lock);
+        if (r < 0)
+                gh_dcuda_fini(s);
+        return r;
 }
 
 /* cuBLASLt where it loads; its absence is not an error (fallback kernels). */
@@ -1269,9 +1305,6 @@ void gh_dcuda_fini(gh_dcuda *s) {
                 s->cu->MemFreeHost(s->host);
         if (s->scratch)
                 s->cu->MemFree(s->scratch);
-        if (s->lib)
-                s->cu->LibraryUnload(s->lib);
-        free(s->image);
         *s = (gh_dcuda){0};
 }
 

@@ -7,7 +7,8 @@
  * (dnn.h) where it loaded: implicit GEMM on fp16 (or bf16) copies of
  * the activations.
  *
- * Its state, a gh_dcuda, holds the loaded kernels and a small fixed
+ * The kernels are loaded once per process (the first gh_dcuda_init) and
+ * kept until it exits. Its state, a gh_dcuda, holds them and a small fixed
  * scratch buffer (device, and pinned host staging of the same size) for
  * the host arrays that ops take (token ids, scale factors, timesteps) and
  * for results that come back (sum). Nothing grows with the tensors. */
@@ -49,12 +50,10 @@ typedef struct gh_dcuda_conv gh_dcuda_conv;
 typedef struct gh_dcuda {
         const gh_cuda *cu;             /* driver table */
         CUstream stream;               /* the job's stream (NULL: the default one) */
-        CUlibrary lib;                 /* the loaded kernels */
-        CUkernel k[GH_DCUDA_KERNELS];  /* resolved kernels, by backend-cuda.c's index */
+        CUkernel k[GH_DCUDA_KERNELS];  /* the process's kernels, by backend-cuda.c's index */
         CUdeviceptr scratch;           /* device buffer for host arrays and results */
         size_t scratch_size;
         float *host;                   /* pinned host staging of scratch_size bytes */
-        void *image;                   /* the fatbin, aligned, while lib is loaded */
         const struct gh_cublaslt *lt;  /* cuBLASLt, or NULL: GEMMs on the fallback kernels */
         void *lt_handle;               /* its cublasLtHandle_t */
         char lt_error[160];            /* why lt is NULL */

@@ -6,7 +6,8 @@
  * estimate() loads the checkpoint's shapes (host->model_tensor), checks
  * the parameters against them and plans the workspace by running the whole
  * job dry, with as many prompt chunks as the prompts could need at most.
- * start() loads the views onto the pool, tokenizes, plans again with the
+ * start() loads the views onto the pool, tokenizes (with the process's
+ * tokenizer of those files, made by the first job), plans again with the
  * real chunk count and takes exactly that arena. Step 0 also encodes the
  * prompts (and the input image); the last step decodes into the outputs.
  * On a GPU the workspace is device memory, the weights are the pool's
@@ -25,6 +26,7 @@
 
 #include "pipeline.h"
 #include "prompt.h"
+#include "tokcache.h"
 
 #ifdef GH_HAVE_CUDA_BACKEND
 #include <pthread.h>
@@ -215,7 +217,7 @@ typedef struct job {
         source src;
         setup st;
         gh_sd_models m;
-        gh_tokenizer *tok;
+        const gh_tokenizer *tok; /* the process's, shared (tokcache.h) */
         gh_prompt_tokens cond, uncond;
         gh_dcpu cpu;
 #ifdef GH_HAVE_CUDA_BACKEND
@@ -251,7 +253,7 @@ static void job_free(job *j) {
         if (j->ws)
                 j->host->workspace_free(j->job, j->ws);
         gh_sd_models_unload(&j->m);
-        gh_tokenizer_free(j->tok);
+        gh_tokcache_put(j->tok);
         free(j->init);
         free(j->preview);
         free(j);
@@ -305,7 +307,7 @@ static int tokenizer_load(job *j, char *err, size_t n) {
                                 j->st.model),
                        -ENOENT;
         if ((r = host_bytes(j, &v, &vocab, &vcopy)) >= 0 && (r = host_bytes(j, &m, &merges, &mcopy)) >= 0)
-                r = gh_tokenizer_new(vocab, (size_t) v.bytes, merges, (size_t) m.bytes, &j->tok, err, n);
+                r = gh_tokcache_get(vocab, (size_t) v.bytes, merges, (size_t) m.bytes, &j->tok, err, n);
         else
                 snprintf(err, n, "cannot read the tokenizer from the device: %s", strerror(-r));
         free(vcopy);
@@ -374,22 +376,50 @@ static int workspace(job *j, char *err, size_t n) {
         return 0;
 }
 
+static uint64_t now_usec(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
+}
+
+/* The debug log's account of start(), in microseconds. */
+typedef struct setup_times {
+        uint64_t t0, device, models, tokenizer, plan, workspace;
+} setup_times;
+
+static uint64_t lap(uint64_t *last) {
+        uint64_t now = now_usec(), d = now - *last;
+
+        *last = now;
+        return d;
+}
+
 static int job_setup(job *j, char *err, size_t n) {
         gh_job_device dev = {.struct_size = sizeof(dev)};
         uint32_t chunks;
         int r;
 
+        uint64_t last = now_usec();
+        setup_times t = {.t0 = last};
+
         if ((r = j->host->device(j->job, &dev)) < 0 ||
             (dev.kind == GH_DEVICE_KIND_CUDA && (r = use_cuda(j, &dev, err, n)) < 0))
                 return r;
-        if ((r = load_models(&j->src, &j->m, &j->st, err, n)) < 0 || (r = tokenizer_load(j, err, n)) < 0 ||
-            (r = image_input(j)) < 0)
+        t.device = lap(&last);
+        if ((r = load_models(&j->src, &j->m, &j->st, err, n)) < 0)
                 return r;
+        t.models = lap(&last);
+        if ((r = tokenizer_load(j, err, n)) < 0 || (r = image_input(j)) < 0)
+                return r;
+        t.tokenizer = lap(&last);
         chunks = j->cond.n_chunks > j->uncond.n_chunks ? j->cond.n_chunks : j->uncond.n_chunks;
         if ((r = gh_sd_plan(&j->m, &j->st.p, chunks, &j->planned, err, n)) < 0)
                 return r;
+        t.plan = lap(&last);
         if ((r = workspace(j, err, n)) < 0)
                 return r;
+        t.workspace = lap(&last);
         if ((r = gh_arena_new(j->ws, j->planned, &j->c.arena)) < 0)
                 return r;
         j->cpu = (gh_dcpu){.parallel_for = job_parallel, .pctx = j, .threads = 1};
@@ -406,6 +436,11 @@ static int job_setup(job *j, char *err, size_t n) {
                 return snprintf(err, n, "%s", j->c.err), r;
         }
         j->run_ready = true;
+        j->host->log(j->job, GH_LOG_DEBUG,
+                     "start: %.2f ms (backend %.2f, models %.2f, tokenizer and prompts %.2f, plan %.2f, workspace of "
+                     "%zu bytes %.2f, run %.2f)",
+                     (now_usec() - t.t0) / 1e3, t.device / 1e3, t.models / 1e3, t.tokenizer / 1e3, t.plan / 1e3,
+                     j->planned, t.workspace / 1e3, lap(&last) / 1e3);
         return 0;
 }
 
@@ -461,13 +496,6 @@ static int decode(job *j) {
 }
 
 #define PREVIEW_USEC 250000 /* previews at most this often */
-
-static uint64_t now_usec(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
-}
 
 /* Progress after every step; a preview with it at most every PREVIEW_USEC
  * (making one waits for the device, which would otherwise stall a fast

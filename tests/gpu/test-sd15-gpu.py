@@ -20,8 +20,10 @@ with CUDA, and numpy).
 without --cuda, the daemon's CPU device, 64x64 pictures): it checks this
 script where there is no GPU.
 
-Exits 77 (skipped) without torch, without CUDA in torch, or when
-gpuhost-sd has no CUDA backend or finds no GPU.
+Where the python3 running it has no torch, it runs itself again under
+$GH_TORCH_PYTHON or else the python3 on PATH. Exits 77 (skipped) without
+torch, without CUDA in torch, or when gpuhost-sd has no CUDA backend or
+finds no GPU.
 
 Usage: test-sd15-gpu.py GPUHOSTD GPUHOSTCTL WORKER PLUGIN_DIR GPUHOST_SD TOKENIZER_DIR [--small]
 """
@@ -61,10 +63,29 @@ if len(args) != 6:
     sys.exit(2)
 GPUHOSTD, CTL, WORKER, PLUGINS, SD, TOK = (os.path.abspath(a) for a in args)
 
+def torch_python():
+    """Another python3 to run this under when this one lacks torch:
+    $GH_TORCH_PYTHON, else the python3 on PATH (ctest runs the python3
+    found at configure time, often the system's, while torch lives in a
+    virtual environment). Once only (GH_TORCH_REEXEC)."""
+    if os.environ.get("GH_TORCH_REEXEC"):
+        return None
+    for cand in (os.environ.get("GH_TORCH_PYTHON"), shutil.which("python3")):
+        if cand and os.path.abspath(cand) != os.path.abspath(sys.executable):
+            return cand
+    return None
+
+
 try:
     import numpy as np
     import torch
 except ImportError as e:
+    other = torch_python()
+    if other:
+        print("no torch in %s (%s): running under %s"
+              % (sys.executable, e, other), flush=True)
+        os.environ["GH_TORCH_REEXEC"] = "1"
+        os.execv(other, [other] + sys.argv)
     skip("needs torch and numpy: %s" % e)
 if not SMALL and not torch.cuda.is_available():
     skip("torch %s has no CUDA device" % torch.__version__)

@@ -21,7 +21,8 @@ class DaemonError(Exception):
 
 class Daemon:
     def __init__(self, gpuhostd, ctl, worker, plugins, tmp, devices="",
-                 scheduler="", workers="", models="", ready_sec=120):
+                 scheduler="", workers="", models="", ready_sec=120,
+                 daemon=""):
         self.ctl_path, self.tmp = ctl, tmp
         plugin_dir = os.path.join(tmp, "plugins")
         os.makedirs(plugin_dir)
@@ -31,10 +32,11 @@ class Daemon:
         self.sock = os.path.join(tmp, "gpuhost.sock")
         self.conf = os.path.join(tmp, "gpuhost.conf")
         with open(self.conf, "w") as f:
-            f.write("[socket]\npath = %s\n[devices]\n%s\n[scheduler]\n%s\n"
-                    "[workers]\nexecutable = %s\nplugin_directory = %s\n%s\n"
-                    "%s" % (self.sock, devices, scheduler, worker,
-                            plugin_dir, workers, models))
+            f.write("[daemon]\n%s\n[socket]\npath = %s\n[devices]\n%s\n"
+                    "[scheduler]\n%s\n[workers]\nexecutable = %s\n"
+                    "plugin_directory = %s\n%s\n%s" % (
+                        daemon, self.sock, devices, scheduler, worker,
+                        plugin_dir, workers, models))
         self.log_path = os.path.join(tmp, "daemon.log")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen([gpuhostd, "-c", self.conf],
@@ -110,6 +112,14 @@ class Daemon:
                 return "".join(f.readlines()[-n:])
         except OSError:
             return ""
+
+    def log_lines(self, text):
+        """The lines of the daemon's log that contain |text|."""
+        try:
+            with open(self.log_path) as f:
+                return [line for line in f if text in line]
+        except OSError:
+            return []
 
     def stop(self):
         """SIGTERM, then waits (kills it after 30 s); True if it exited 0."""
