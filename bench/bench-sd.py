@@ -565,6 +565,10 @@ def e2e_part(args, ckpt, dev):
         ("the daemon's ledger: workspaces reserved at the peak (3 jobs)",
          dm["share_reserved"]),
         ("one copy of the weights + 3 x the per-job workspace", ideal),
+        ("the three jobs' increase over the loaded daemon: peak - loaded",
+         dm["share_used"] - loaded),
+        ("3 x the per-job workspace (admission estimate)",
+         3 * dm["estimate"]),
         ("3 PyTorch processes: 3 x max_memory_allocated (weights included)",
          torch3),
         ("3 PyTorch processes: 3 x the device memory one process took",
@@ -572,9 +576,13 @@ def e2e_part(args, ckpt, dev):
     ]
     for what, b in share_rows:
         print("| %s | %s |" % (what, mib(b)))
-    print("\nused / (weights + 3 x workspace): %s; used / 3 PyTorch "
-          "processes: %s (max_memory_allocated), %s (measured)" % (
-              ratio(dm["share_used"], ideal), ratio(dm["share_used"], torch3),
+    print("\nused / (weights + 3 x workspace): %s (the loaded daemon's "
+          "contexts beyond its weights: %s MiB); the jobs' increase / 3 x "
+          "workspace: %s; used / 3 PyTorch processes: %s "
+          "(max_memory_allocated), %s (measured)" % (
+              ratio(dm["share_used"], ideal), mib(loaded - wsum),
+              ratio(dm["share_used"] - loaded, 3 * dm["estimate"]),
+              ratio(dm["share_used"], torch3),
               ratio(dm["share_used"], 3 * pt["process"])))
     print("the three jobs %s: %.2f s wall time for all three (one alone: "
           "%.3f s); each ran %s s on device %s; overlap %.2f s" % (
