@@ -28,7 +28,7 @@
 #define TOL 1e-4
 
 static char dir[4096];
-static gh_dfiles *expected;
+static gh_dfiles *expected, *motion_expected;
 
 /* ---- fixtures ---- */
 
@@ -60,12 +60,12 @@ static size_t numel(const gh_tensor *t) {
         return n;
 }
 
-/* A fixture tensor as floats (freed by the caller). */
-static float *fx(const char *name, size_t *ret_n) {
+/* A fixture tensor of |file| as floats (freed by the caller). */
+static float *fx_of(gh_dfiles *file, const char *name, size_t *ret_n) {
         gh_tensor t;
         float *v;
 
-        if (gh_dfiles_source(expected)->lookup(gh_dfiles_source(expected)->ctx, name, &t) < 0)
+        if (gh_dfiles_source(file)->lookup(gh_dfiles_source(file)->ctx, name, &t) < 0)
                 fail_msg("fixture %s missing", name);
         v = malloc(numel(&t) * sizeof(float));
         assert_non_null(v);
@@ -74,6 +74,10 @@ static float *fx(const char *name, size_t *ret_n) {
         if (ret_n)
                 *ret_n = numel(&t);
         return v;
+}
+
+static float *fx(const char *name, size_t *ret_n) {
+        return fx_of(expected, name, ret_n);
 }
 
 static void expect_close(const char *what, const float *got, const float *want, size_t n) {
@@ -528,9 +532,10 @@ static void test_prompts(void **state) {
 
 typedef enum damage { DROP, RESHAPE, RETYPE } damage;
 
-/* A copy of the single-file fixture with |victim| damaged; loading it must
- * fail naming |victim|. */
-static void refuse(const char *victim, damage how) {
+/* A copy of fixture |file| (the single-file checkpoint, or with |motion|
+ * a motion module) with |victim| damaged; loading it must fail naming
+ * |victim|. */
+static void refuse_in(const char *file, bool motion, const char *victim, damage how) {
         char src[4200], dst[] = "/tmp/gh-test-sd-XXXXXX.safetensors", err[1024];
         gh_st_file *st;
         gh_tensor t;
@@ -540,7 +545,7 @@ static void refuse(const char *victim, damage how) {
         size_t n = 0;
         int fd, r;
 
-        fixture_path(src, sizeof(src), "sd-tiny.safetensors");
+        fixture_path(src, sizeof(src), file);
         assert_int_equal(gh_st_open(AT_FDCWD, src, NULL, &st, NULL, err, sizeof(err)), 0);
         assert_int_equal(gh_dfiles_open(src, NULL, &in, err, sizeof(err)), 0);
         tt = calloc(st->n_tensors, sizeof(*tt));
@@ -564,7 +569,13 @@ static void refuse(const char *victim, damage how) {
         close(fd);
         assert_int_equal(gh_test_write_safetensors(dst, tt, n, NULL, 8), 0);
         assert_int_equal(gh_dfiles_open(dst, NULL, &bad, err, sizeof(err)), 0);
-        r = gh_sd_models_load(&m, gh_dfiles_source(bad));
+        if (motion) {
+                gh_dfiles *sd = open_model(layouts[0]);
+                load(sd, &m);
+                r = gh_sd_motion_load(&m, gh_dfiles_source(bad));
+                gh_dfiles_close(sd);
+        } else
+                r = gh_sd_models_load(&m, gh_dfiles_source(bad));
         print_message("refused (%d): %s\n", r, m.err);
         assert_true(r < 0);
         assert_non_null(strstr(m.err, victim));
@@ -576,12 +587,143 @@ static void refuse(const char *victim, damage how) {
         gh_st_free(st);
 }
 
+static void refuse(const char *victim, damage how) {
+        refuse_in("sd-tiny.safetensors", false, victim, how);
+}
+
 static void test_malformed(void **state) {
         refuse("model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", DROP);
         refuse("model.diffusion_model.output_blocks.2.0.skip_connection.weight", RESHAPE);
         refuse("first_stage_model.decoder.mid.attn_1.q.weight", RETYPE);
         refuse("cond_stage_model.transformer.text_model.encoder.layers.1.mlp.fc2.bias", DROP);
         refuse("first_stage_model.encoder.down.0.downsample.conv.weight", RESHAPE);
+        refuse_in("motion-tiny.safetensors", true,
+                  "up_blocks.1.motion_modules.1.temporal_transformer.transformer_blocks.0.attention_blocks.1.to_v.weight",
+                  DROP);
+        refuse_in("motion-tiny.safetensors", true,
+                  "down_blocks.2.motion_modules.0.temporal_transformer.transformer_blocks.0.ff.net.0.proj.weight",
+                  RESHAPE);
+        refuse_in("motion-tiny.safetensors", true, "mid_block.motion_modules.0.temporal_transformer.norm.bias", RETYPE);
+        refuse_in("motion-tiny-diffusers.safetensors", true, "down_blocks.0.motion_modules.0.transformer_blocks.0.norm3.weight",
+                  DROP);
+        refuse_in("motion-tiny.safetensors", true,
+                  "down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.pos_encoder.pe",
+                  RESHAPE);
+}
+
+/* ---- motion modules (AnimateDiff) ---- */
+
+static const char *const motion_layouts[] = {"motion-tiny.safetensors", "motion-tiny-diffusers.safetensors"};
+
+static gh_dfiles *load_motion(gh_sd_models *m, gh_dfiles **ret_sd, const char *layout) {
+        gh_dfiles *f = open_model(layout);
+
+        *ret_sd = open_model(layouts[0]);
+        load(*ret_sd, m);
+        if (gh_sd_motion_load(m, gh_dfiles_source(f)) < 0)
+                fail_msg("%s", m->err);
+        return f;
+}
+
+/* One UNet evaluation with the modules, two videos of 8 frames, in both
+ * layouts; the stored position encodings tell 32 frames, the diffusers
+ * file (none stored) gets its default 32. */
+static void test_motion_unet(void **state) {
+        for (size_t l = 0; l < 2; l++) {
+                size_t nx, nt, nc, n;
+                float *xv = fx_of(motion_expected, "motion.unet.x", &nx), *tv = fx_of(motion_expected, "motion.unet.t", &nt),
+                      *cv = fx_of(motion_expected, "motion.unet.context", &nc),
+                      *want = fx_of(motion_expected, "motion.unet.out", &n), *got = malloc(n * sizeof(float));
+                gh_dfiles *sd, *f;
+                gh_sd_models m;
+                gh_motion_pe pe;
+                gh_dt X, C, O;
+                ctx x;
+                char what[96];
+
+                f = load_motion(&m, &sd, motion_layouts[l]);
+                assert_true(m.motion.has_mid);
+                assert_int_equal(m.motion.max_frames, 32);
+                int64_t B = (int64_t) nt, h = (int64_t) sqrt((double) nx / (double) B / 4.0);
+                ctx_open(&x, 64u << 20);
+                OK(&x.c, gh_motion_pe_new(&x.c, &m.unet, 8, &pe));
+                OK(&x.c, gh_dt_new(&x.c, &X, B, 4, h, h));
+                OK(&x.c, gh_op_upload(&x.c, xv, &X));
+                OK(&x.c, gh_dt_new(&x.c, &C, B, (int64_t) nc / B / m.unet.cfg.ctx, m.unet.cfg.ctx));
+                OK(&x.c, gh_op_upload(&x.c, cv, &C));
+                OK(&x.c, gh_dt_new(&x.c, &O, B, 4, h, h));
+                OK(&x.c, gh_unet_eval_video(&x.c, &m.unet, &m.motion, &pe, &X, tv, &C, &O));
+                OK(&x.c, gh_op_download(&x.c, &O, got));
+                snprintf(what, sizeof(what), "unet + motion (%s)", motion_layouts[l]);
+                expect_close(what, got, want, n);
+                /* a batch that is not whole videos is refused */
+                gh_motion_pe p7;
+                OK(&x.c, gh_motion_pe_new(&x.c, &m.unet, 7, &p7));
+                assert_int_equal(gh_unet_eval_video(&x.c, &m.unet, &m.motion, &p7, &X, tv, &C, &O), -EINVAL);
+                assert_non_null(strstr(x.c.err, "not whole videos"));
+                ctx_close(&x);
+                gh_sd_models_unload(&m);
+                gh_dfiles_close(f);
+                gh_dfiles_close(sd);
+                free(xv);
+                free(tv);
+                free(cv);
+                free(want);
+                free(got);
+        }
+}
+
+/* 8 frames, euler, 3 steps, CFG 7.5 through the pipeline; frames past the
+ * module's encoding, or a batch other than the frames, are refused. */
+static void test_motion_sample(void **state) {
+        gh_sd_params p = {.width = 64, .height = 64, .batch = 8, .frames = 8, .steps = 3, .clip_skip = 1, .cfg = 7.5f,
+                          .sampler = GH_SAMPLER_EULER, .seed = 1234};
+        size_t n, nh;
+        float *want = fx_of(motion_expected, "motion.sample.latent", &n), *hidden = fx("text.hidden", &nh),
+              *got = malloc(n * sizeof(float));
+        gh_dfiles *sd, *f;
+        gh_sd_models m;
+        gh_sd_run r;
+        char err[512];
+        size_t plan;
+        ctx x;
+
+        f = load_motion(&m, &sd, motion_layouts[0]);
+        assert_int_equal(gh_sd_params_check(&m, &p, err, sizeof(err)), 0);
+        assert_int_equal(gh_sd_plan(&m, &p, 1, &plan, err, sizeof(err)), 0);
+        ctx_open(&x, plan);
+        OK(&x.c, gh_sd_run_init(&r, &m, &p, &x.c, 1, NULL, NULL, NULL));
+        OK(&x.c, gh_sd_run_set_context(&r, hidden + nh / 2, hidden));
+        OK(&x.c, gh_sd_run_start(&r));
+        for (uint32_t i = 0; i < p.steps; i++)
+                OK(&x.c, gh_sd_run_step(&r, i));
+        assert_int_equal((size_t) gh_dt_numel(&r.x), n);
+        OK(&x.c, gh_op_download(&x.c, &r.x, got));
+        expect_close("sample, 8 frames + motion", got, want, n);
+        print_message("plan %zu bytes, peak %zu\n", plan, gh_arena_peak(x.c.arena));
+        assert_true(gh_arena_peak(x.c.arena) <= plan);
+        gh_sd_run_free(&r);
+        ctx_close(&x);
+
+        gh_sd_params bad = p;
+        bad.frames = bad.batch = 33;
+        assert_int_equal(gh_sd_params_check(&m, &bad, err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "frames 1..32"));
+        bad = p;
+        bad.batch = 4;
+        assert_int_equal(gh_sd_params_check(&m, &bad, err, sizeof(err)), -EINVAL);
+        gh_sd_models_unload(&m);
+        gh_dfiles_close(f);
+        gh_dfiles_close(sd);
+        /* no motion module: frames refused */
+        f = open_model(layouts[0]);
+        load(f, &m);
+        assert_int_equal(gh_sd_params_check(&m, &p, err, sizeof(err)), -EINVAL);
+        gh_sd_models_unload(&m);
+        gh_dfiles_close(f);
+        free(want);
+        free(hidden);
+        free(got);
 }
 
 /* ---- workspace: the plan is the peak, and the arena holds it to that ---- */
@@ -654,7 +796,8 @@ int main(void) {
                 cmocka_unit_test(test_v_prediction),  cmocka_unit_test(test_img2img),
                 cmocka_unit_test(test_txt2img),       cmocka_unit_test(test_prompts),
                 cmocka_unit_test(test_malformed),
-                cmocka_unit_test(test_workspace),
+                cmocka_unit_test(test_workspace),     cmocka_unit_test(test_motion_unet),
+                cmocka_unit_test(test_motion_sample),
         };
         int r;
 
@@ -664,7 +807,14 @@ int main(void) {
                 fprintf(stderr, "fixtures: %s\n", err);
                 return 1;
         }
+        fixture_path(path, sizeof(path), "motion-expected.safetensors");
+        if (gh_dfiles_open(path, NULL, &motion_expected, err, sizeof(err)) < 0) {
+                fprintf(stderr, "fixtures: %s\n", err);
+                gh_dfiles_close(expected);
+                return 1;
+        }
         r = cmocka_run_group_tests(tests, NULL, NULL);
+        gh_dfiles_close(motion_expected);
         gh_dfiles_close(expected);
         return r;
 }

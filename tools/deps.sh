@@ -4,7 +4,8 @@
 set -euo pipefail
 
 pkgs=(cmake gcc make pkg-config libinih-dev libjson-c-dev libsystemd-dev libcmocka-dev libpng-dev
-      libmicrohttpd-dev libpcre2-dev libssl-dev python3 systemd valgrind)
+      libmicrohttpd-dev libpcre2-dev libssl-dev libavcodec-dev libavformat-dev libavutil-dev libswscale-dev
+      python3 systemd valgrind)
 missing=()
 for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -420,6 +420,23 @@ static int cpu_add_channel(void *be, const gh_dt *x, const gh_dt *v, gh_dt *y) {
         return run_range(be, planes, max64(1, GRAIN / j.n), add_channel_range, &j);
 }
 
+static void add_rows_range(const void *arg, int64_t lo, int64_t hi) {
+        const ew_job *j = arg;
+
+        for (int64_t p = lo; p < hi; p++) {
+                const float *x = j->a + p * j->n;
+                float *y = j->y + p * j->n;
+                for (int64_t i = 0; i < j->n; i++)
+                        y[i] = x[i] + j->b[i];
+        }
+}
+
+static int cpu_add_rows(void *be, const gh_dt *x, const gh_dt *v, gh_dt *y) {
+        ew_job j = {.a = x->data, .b = v->data, .y = y->data, .n = gh_dt_numel(v)};
+
+        return run_range(be, gh_dt_numel(x) / j.n, max64(1, GRAIN / j.n), add_rows_range, &j);
+}
+
 /* ---- data movement ---- */
 
 typedef struct move_job {
@@ -723,6 +740,7 @@ const gh_dbackend gh_dbackend_cpu = {
         .upsample2x = cpu_upsample2x,
         .add = cpu_add,
         .add_channel = cpu_add_channel,
+        .add_rows = cpu_add_rows,
         .concat = cpu_concat,
         .nchw_to_nlc = cpu_nchw_to_nlc,
         .nlc_to_nchw = cpu_nlc_to_nchw,

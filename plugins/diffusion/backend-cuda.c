@@ -66,6 +66,7 @@ enum {
         K_UPSAMPLE2X,
         K_ADD,
         K_ADD_CHANNEL,
+        K_ADD_ROWS,
         K_CONCAT,
         K_TRANSPOSE,
         K_EMBEDDING,
@@ -100,6 +101,7 @@ static const char *const kernel_names[K_COUNT] = {
         [K_UPSAMPLE2X] = "gh_upsample2x",
         [K_ADD] = "gh_add",
         [K_ADD_CHANNEL] = "gh_add_channel",
+        [K_ADD_ROWS] = "gh_add_rows",
         [K_CONCAT] = "gh_concat",
         [K_TRANSPOSE] = "gh_transpose",
         [K_EMBEDDING] = "gh_embedding",
@@ -853,6 +855,16 @@ static int cuda_add_channel(void *be, const gh_dt *x, const gh_dt *v, gh_dt *y) 
         return launch_rows(be, K_ADD_CHANNEL, planes, hw, params);
 }
 
+static int cuda_add_rows(void *be, const gh_dt *x, const gh_dt *v, gh_dt *y) {
+        long long m = gh_dt_numel(v), rows = gh_dt_numel(x) / m;
+        int mi = (int)m;
+        void *params[] = {ARG(x->data), ARG(v->data), ARG(y->data), &rows, &mi};
+
+        if (m > INT32_MAX)
+                return -E2BIG;
+        return launch_rows(be, K_ADD_ROWS, rows, m, params);
+}
+
 static int cuda_lincomb(void *be, uint32_t n, const float *coef, const gh_dt *const *x, gh_dt *y) {
         gh_dcuda *s = be;
         long long count = gh_dt_numel(y);
@@ -1417,6 +1429,7 @@ const gh_dbackend gh_dbackend_cuda = {
         .upsample2x = cuda_upsample2x,
         .add = cuda_add,
         .add_channel = cuda_add_channel,
+        .add_rows = cuda_add_rows,
         .concat = cuda_concat,
         .nchw_to_nlc = cuda_nchw_to_nlc,
         .nlc_to_nchw = cuda_nlc_to_nchw,

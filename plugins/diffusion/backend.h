@@ -75,6 +75,9 @@ typedef struct gh_dbackend {
         int (*add)(void *be, const gh_dt *a, const gh_dt *b, gh_dt *y);
         /* y[B,C,H,W] = x + v[B,C] broadcast over H, W; y may alias x. */
         int (*add_channel)(void *be, const gh_dt *x, const gh_dt *v, gh_dt *y);
+        /* y[N,M] = x + v[M] broadcast over N (x, y viewed as N rows of the
+         * M elements of v); y may alias x. */
+        int (*add_rows)(void *be, const gh_dt *x, const gh_dt *v, gh_dt *y);
         /* Along dimension 1: a[B,Ca,...], b[B,Cb,...] -> y[B,Ca+Cb,...]. */
         int (*concat)(void *be, const gh_dt *a, const gh_dt *b, gh_dt *y);
         /* [B,C,H,W] <-> [B,H*W,C]. */

@@ -33,11 +33,23 @@ static const name_pair vae_attention[] = {
         {"group_norm", "norm"}, {"to_q", "q"}, {"to_k", "k"}, {"to_v", "v"}, {"to_out.0", "proj_out"}, {NULL, NULL},
 };
 
+/* AnimateDiff's own names ("mm_sd_v15_v2" checkpoints) inside
+ * "temporal_transformer" of a module, for the diffusers MotionAdapter's. */
+static const name_pair motion[] = {
+        {"transformer_blocks.0.attn1", "transformer_blocks.0.attention_blocks.0"},
+        {"transformer_blocks.0.attn2", "transformer_blocks.0.attention_blocks.1"},
+        {"transformer_blocks.0.norm1", "transformer_blocks.0.norms.0"},
+        {"transformer_blocks.0.norm2", "transformer_blocks.0.norms.1"},
+        {"transformer_blocks.0.norm3", "transformer_blocks.0.ff_norm"},
+        {NULL, NULL},
+};
+
 static const name_pair *const suffix_tables[] = {
         [GH_DNAMES_SAME] = NULL,
         [GH_DNAMES_UNET_RESNET] = unet_resnet,
         [GH_DNAMES_VAE_RESNET] = vae_resnet,
         [GH_DNAMES_VAE_ATTENTION] = vae_attention,
+        [GH_DNAMES_MOTION] = motion,
 };
 
 typedef struct layout {
@@ -49,12 +61,15 @@ static const layout layouts[][2] = {
                            {"text_encoder/", "text_model.embeddings.token_embedding.weight"}},
         [GH_DPART_UNET] = {{"model.diffusion_model.", "input_blocks.0.0.weight"}, {"unet/", "conv_in.weight"}},
         [GH_DPART_VAE] = {{"first_stage_model.", "decoder.conv_in.weight"}, {"vae/", "decoder.conv_in.weight"}},
+        [GH_DPART_MOTION] = {{"", "down_blocks.0.motion_modules.0.temporal_transformer.proj_in.weight"},
+                             {"", "down_blocks.0.motion_modules.0.proj_in.weight"}},
 };
 
 static const char *const part_names[] = {
         [GH_DPART_CLIP] = "text encoder",
         [GH_DPART_UNET] = "UNet",
         [GH_DPART_VAE] = "VAE",
+        [GH_DPART_MOTION] = "motion module",
 };
 
 static int lookup(gh_dpart *p, const char *file_name, gh_tensor *ret) {

@@ -6,4 +6,5 @@ enum {
         GH_DNAMES_UNET_RESNET,
         GH_DNAMES_VAE_RESNET,
         GH_DNAMES_VAE_ATTENTION,
+        GH_DNAMES_MOTION, /* an AnimateDiff motion module's members */
 };

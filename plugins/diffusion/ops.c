@@ -265,6 +265,17 @@ int gh_op_add_channel(gh_dctx *c, const gh_dt *x, const gh_dt *v, gh_dt *y) {
         return RUN("add_channel", add_channel(c->be_state, x, v, y));
 }
 
+int gh_op_add_rows(gh_dctx *c, const gh_dt *x, const gh_dt *v, gh_dt *y) {
+        int64_t m = gh_dt_numel(v);
+
+        GH_TRY(want_f32(c, "add_rows", "input", x, 0));
+        GH_TRY(want_f32(c, "add_rows", "vector", v, 0));
+        if (m == 0 || gh_dt_numel(x) % m)
+                return gh_dctx_fail(c, -EINVAL, "add_rows: the input is not whole rows of the vector");
+        GH_TRY(want_same(c, "add_rows", x, y));
+        return RUN("add_rows", add_rows(c->be_state, x, v, y));
+}
+
 int gh_op_concat(gh_dctx *c, const gh_dt *a, const gh_dt *b, gh_dt *y) {
         GH_TRY(want_f32(c, "concat", "input", a, 0));
         GH_TRY(want_f32(c, "concat", "input", b, a->n_dims));

@@ -48,6 +48,23 @@ void gh_sd_models_unload(gh_sd_models *m) {
         gh_dpart_close(&m->clip_part);
         gh_dpart_close(&m->unet_part);
         gh_dpart_close(&m->vae_part);
+        gh_dpart_close(&m->motion_part);
+        m->has_motion = false;
+}
+
+int gh_sd_motion_load(gh_sd_models *m, const gh_dsource *src) {
+        int r = gh_dpart_open(&m->motion_part, GH_DPART_MOTION, src);
+
+        if (r >= 0)
+                r = gh_motion_load(&m->motion_part, &m->unet, &m->motion);
+        if (r < 0) {
+                snprintf(m->err, sizeof(m->err), "%s",
+                         m->motion_part.err[0] ? m->motion_part.err : "cannot load the motion module");
+                gh_dpart_close(&m->motion_part);
+                return r;
+        }
+        m->has_motion = true;
+        return 0;
 }
 
 uint32_t gh_sd_steps_run(const gh_sd_params *p) {
@@ -66,7 +83,16 @@ int gh_sd_params_check(const gh_sd_models *m, const gh_sd_params *p, char *err, 
                          (long long) f, p->width, p->height);
                 return -EINVAL;
         }
-        if (p->batch < 1 || p->batch > GH_SD_MAX_BATCH || p->steps < 1 || p->steps > GH_SAMPLER_MAX_STEPS) {
+        if (p->frames && (!m->has_motion || p->batch != p->frames || p->frames > GH_SD_MAX_FRAMES ||
+                          (int64_t) p->frames > m->motion.max_frames)) {
+                snprintf(err, err_size, "frames 1..%lld, with a motion module (%u asked for)",
+                         (long long) (m->has_motion && m->motion.max_frames < GH_SD_MAX_FRAMES ? m->motion.max_frames
+                                                                                                 : GH_SD_MAX_FRAMES),
+                         p->frames);
+                return -EINVAL;
+        }
+        if (p->batch < 1 || (!p->frames && p->batch > GH_SD_MAX_BATCH) || p->steps < 1 ||
+            p->steps > GH_SAMPLER_MAX_STEPS) {
                 snprintf(err, err_size, "batch 1..%d and steps 1..%d", GH_SD_MAX_BATCH, GH_SAMPLER_MAX_STEPS);
                 return -EINVAL;
         }
@@ -117,6 +143,8 @@ int gh_sd_run_init(gh_sd_run *r, const gh_sd_models *m, const gh_sd_params *p, g
                 return -ENOMEM;
         GH_TRY(gh_dt_new(c, &r->ctx, 2 * B, TOKENS * (int64_t) chunks, m->clip.width));
         GH_TRY(gh_dt_new(c, &r->x, B, z, lat_h(r), lat_w(r)));
+        if (p->frames)
+                GH_TRY(gh_motion_pe_new(c, &m->unet, p->frames, &r->pe));
         return 0;
 }
 
@@ -127,6 +155,7 @@ void gh_sd_run_free(gh_sd_run *r) {
                 gh_dt_drop(r->c, &r->noise);
                 gh_dt_drop(r->c, &r->x);
                 gh_dt_drop(r->c, &r->ctx);
+                gh_motion_pe_drop(r->c, &r->pe);
         }
         free(r->host_noise);
         r->host_noise = NULL;
@@ -246,20 +275,29 @@ int gh_sd_run_prepare(gh_sd_run *r) {
 
 /* ---- steps ---- */
 
+_Static_assert(GH_SD_MAX_FRAMES >= GH_SD_MAX_BATCH, "the time steps array holds either");
+
+/* The UNet, with the motion modules for a video. */
+static int unet(gh_sd_run *r, gh_dctx *c, const gh_dt *x, const float *ts, const gh_dt *ctx, gh_dt *out) {
+        if (r->p.frames)
+                return gh_unet_eval_video(c, &r->m->unet, &r->m->motion, &r->pe, x, ts, ctx, out);
+        return gh_unet_eval(c, &r->m->unet, x, ts, ctx, out);
+}
+
 /* The guided model output: one UNet batch of 2B (unconditional first),
  * or of B (conditional only) when cfg is 1. */
 static int guided(void *userdata, gh_dctx *c, const gh_dt *x, float t, gh_dt *out) {
         gh_sd_run *r = userdata;
         int64_t B = r->p.batch;
         const int64_t *s = x->shape;
-        float ts[2 * GH_SD_MAX_BATCH];
+        float ts[2 * GH_SD_MAX_FRAMES];
         gh_dt xx, oo, cond_ctx;
 
         for (int i = 0; i < 2 * B; i++)
                 ts[i] = t;
         if (r->p.cfg == 1.0f) {
                 cond_ctx = gh_dt_slice0(&r->ctx, B, B);
-                return gh_unet_eval(c, &r->m->unet, x, ts, &cond_ctx, out);
+                return unet(r, c, x, ts, &cond_ctx, out);
         }
         GH_TRY(gh_dt_new(c, &xx, 2 * B, s[1], s[2], s[3]));
         for (int h = 0; h < 2; h++) {
@@ -267,7 +305,7 @@ static int guided(void *userdata, gh_dctx *c, const gh_dt *x, float t, gh_dt *ou
                 GH_TRY(gh_op_copy(c, x, &half));
         }
         GH_TRY(gh_dt_new(c, &oo, 2 * B, s[1], s[2], s[3]));
-        GH_TRY(gh_unet_eval(c, &r->m->unet, &xx, ts, &r->ctx, &oo));
+        GH_TRY(unet(r, c, &xx, ts, &r->ctx, &oo));
         gh_dt_drop(c, &xx);
         {
                 gh_dt u = gh_dt_slice0(&oo, 0, B), k = gh_dt_slice0(&oo, B, B);

@@ -17,6 +17,10 @@ typedef struct gh_sd_models {
         gh_clip clip;
         gh_unet unet;
         gh_vae vae;
+        /* A motion module, for videos (gh_sd_motion_load). */
+        gh_dpart motion_part;
+        gh_motion motion;
+        bool has_motion;
         char err[1024];
 } gh_sd_models;
 
@@ -24,6 +28,9 @@ typedef struct gh_sd_models {
  * missing or mismatched tensor in |err|. */
 int gh_sd_models_load(gh_sd_models *m, const gh_dsource *src);
 void gh_sd_models_unload(gh_sd_models *m);
+/* Loads a motion module (its own checkpoint, |src|) for the loaded UNet;
+ * the first missing or mismatched tensor in m->err. */
+int gh_sd_motion_load(gh_sd_models *m, const gh_dsource *src);
 
 typedef struct gh_sd_params {
         uint32_t width, height, batch, steps, clip_skip;
@@ -33,6 +40,9 @@ typedef struct gh_sd_params {
         uint64_t seed;
         bool img2img;
         double strength; /* img2img */
+        /* A video: |batch| frames of one clip through the motion module
+         * (batch == frames); 0: pictures. */
+        uint32_t frames;
 } gh_sd_params;
 
 /* Sampler steps an img2img strength runs out of |steps|. */
@@ -55,6 +65,7 @@ typedef struct gh_sd_run {
         gh_dt init_latent;   /* img2img: [1, z, h, w] */
         float *host_noise;   /* B * z * h * w */
         gh_sampler sampler;
+        gh_motion_pe pe;     /* videos: the position encodings */
 } gh_sd_run;
 
 /* Sets up a run in context |c| (dry or real); prompts are tokenized by the

@@ -78,6 +78,8 @@ int gh_op_layer_norm(gh_dctx *c, const gh_dt *x, const gh_dt *gamma, const gh_dt
 int gh_op_act(gh_dctx *c, gh_dact act, const gh_dt *x, gh_dt *y);
 int gh_op_geglu(gh_dctx *c, const gh_dt *x, gh_dt *y);
 int gh_op_attention(gh_dctx *c, const gh_dt *q, const gh_dt *k, const gh_dt *v, int heads, bool causal, gh_dt *y);
+/* y = x + v, v repeated over x's rows of numel(v) elements. */
+int gh_op_add_rows(gh_dctx *c, const gh_dt *x, const gh_dt *v, gh_dt *y);
 int gh_op_upsample2x(gh_dctx *c, const gh_dt *x, gh_dt *y);
 int gh_op_add(gh_dctx *c, const gh_dt *a, const gh_dt *b, gh_dt *y);
 int gh_op_add_channel(gh_dctx *c, const gh_dt *x, const gh_dt *v, gh_dt *y);
@@ -107,7 +109,7 @@ typedef struct gh_dsource {
 /* One part of a checkpoint (text encoder, UNet, VAE), in either naming
  * layout: maps the runtime's names (the diffusers names of the part,
  * without its folder) to the file's, by table (see names.c). */
-typedef enum gh_dpart_kind { GH_DPART_CLIP, GH_DPART_UNET, GH_DPART_VAE } gh_dpart_kind;
+typedef enum gh_dpart_kind { GH_DPART_CLIP, GH_DPART_UNET, GH_DPART_VAE, GH_DPART_MOTION } gh_dpart_kind;
 typedef enum gh_dlayout { GH_DLAYOUT_ORIGINAL, GH_DLAYOUT_DIFFUSERS } gh_dlayout;
 
 typedef struct gh_dmap_entry {

@@ -73,11 +73,65 @@ typedef struct gh_unet {
         gh_dlin upsample[GH_SD_MAX_LEVELS];
 } gh_unet;
 
+/* ---- AnimateDiff motion modules (motion.c) ---- */
+
+#define GH_SD_MAX_FRAMES 32
+#define GH_MOTION_HEADS 8
+
+/* One motion module: a temporal transformer (per-frame group norm,
+ * proj_in, two self-attentions across frames with the sinusoidal position
+ * encoding added after their layer norms, a GEGLU feed-forward, proj_out)
+ * added to its input. */
+typedef struct gh_motion_block {
+        int64_t ch;
+        gh_dnorm norm, ln1, ln2, ln3;
+        gh_dlin proj_in, proj_out, q1, k1, v1, o1, q2, k2, v2, o2, ff1, ff2;
+} gh_motion_block;
+
+/* A motion module checkpoint for a UNet: one module after each res block
+ * (and its attention) of every down and up block, and in the mid block
+ * between the attention and the second res block where it has one (v2). */
+typedef struct gh_motion {
+        int64_t max_frames; /* the position encoding's length: 24 (v1), 32 (v2) */
+        bool has_mid;
+        gh_motion_block down[GH_SD_MAX_LEVELS][GH_SD_MAX_RES];
+        gh_motion_block mid;
+        gh_motion_block up[GH_SD_MAX_LEVELS][GH_SD_MAX_RES + 1];
+} gh_motion;
+
+/* The position encodings of |frames| frames, [frames, C] for each channel
+ * count of the UNet's levels, in the arena. */
+typedef struct gh_motion_pe {
+        int64_t frames, n;
+        int64_t ch[GH_SD_MAX_LEVELS];
+        gh_dt pe[GH_SD_MAX_LEVELS];
+} gh_motion_pe;
+
+/* Loads the modules from |p| (either layout) with every shape checked
+ * against |unet|'s channels; the first missing or mismatched tensor goes
+ * to p->err. */
+int gh_motion_load(gh_dpart *p, const gh_unet *unet, gh_motion *ret);
+int gh_motion_pe_new(gh_dctx *c, const gh_unet *unet, int64_t frames, gh_motion_pe *ret);
+void gh_motion_pe_drop(gh_dctx *c, gh_motion_pe *pe);
+/* ret = x + module(x), new; x[(N frames), C, H, W], videos after each
+ * other, frames inner. */
+int gh_motion_eval(gh_dctx *c, const gh_motion_block *b, const gh_motion_pe *pe, const gh_dt *x, gh_dt *ret);
+
+/* Pieces of the transformer blocks that motion modules share (unet.c):
+ * x += o(attention(q(n), k(kv), v(kv))); x += ff(layer_norm(x)). */
+int gh_sd_attend(gh_dctx *c, const gh_dt *x, const gh_dt *n, const gh_dt *kv, const gh_dlin *wq, const gh_dlin *wk,
+                 const gh_dlin *wv, const gh_dlin *wo, int64_t heads);
+int gh_sd_feed_forward(gh_dctx *c, const gh_dnorm *ln, const gh_dlin *ff1, const gh_dlin *ff2, gh_dt *x);
+
 int gh_unet_load(gh_dpart *p, gh_unet *ret);
 /* The factor height and width of the latent must be multiples of. */
 int64_t gh_unet_multiple(const gh_unet *m);
 /* out[B,out_ch,H,W] = unet(x[B,in_ch,H,W], t (B floats, host), ctx[B,T,ctx]). */
 int gh_unet_eval(gh_dctx *c, const gh_unet *m, const gh_dt *x, const float *t, const gh_dt *ctx, gh_dt *out);
+/* The same with the motion modules |mm| inserted: the batch is videos of
+ * pe->frames frames each. */
+int gh_unet_eval_video(gh_dctx *c, const gh_unet *m, const gh_motion *mm, const gh_motion_pe *pe, const gh_dt *x,
+                       const float *t, const gh_dt *ctx, gh_dt *out);
 
 /* ---- VAE ---- */
 

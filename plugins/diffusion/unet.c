@@ -122,7 +122,7 @@ static int transformer_load(gh_dpart *p, const gh_unet_cfg *cfg, gh_transformer 
 }
 
 /* q from x, k and v from kv (x itself for self-attention); x += o(attn). */
-static int attend(gh_dctx *c, const gh_dt *x, const gh_dt *n, const gh_dt *kv, const gh_dlin *wq, const gh_dlin *wk,
+int gh_sd_attend(gh_dctx *c, const gh_dt *x, const gh_dt *n, const gh_dt *kv, const gh_dlin *wq, const gh_dlin *wk,
                   const gh_dlin *wv, const gh_dlin *wo, int64_t heads) {
         const int64_t *s = x->shape, *ks = kv->shape;
         gh_dt q = {0}, k = {0}, v = {0}, a = {0}, o = {0};
@@ -149,30 +149,44 @@ out:
         return r;
 }
 
-static int tblock_eval(gh_dctx *c, const gh_transformer *t, const gh_tblock *b, gh_dt *x, const gh_dt *ctx) {
+/* x += ff2(geglu(ff1(layer_norm(x)))). */
+int gh_sd_feed_forward(gh_dctx *c, const gh_dnorm *ln, const gh_dlin *ff1, const gh_dlin *ff2, gh_dt *x) {
         const int64_t *s = x->shape;
         gh_dt n = {0}, f = {0}, g = {0}, o = {0};
         int r;
 
-        if ((r = gh_dt_new(c, &n, s[0], s[1], s[2])) < 0 ||
-            (r = gh_op_layer_norm(c, x, &b->ln1.g, &b->ln1.b, LN_EPS, &n)) < 0 ||
-            (r = attend(c, x, &n, &n, &b->q1, &b->k1, &b->v1, &b->o1, t->heads)) < 0 ||
-            (r = gh_op_layer_norm(c, x, &b->ln2.g, &b->ln2.b, LN_EPS, &n)) < 0 ||
-            (r = attend(c, x, &n, ctx, &b->q2, &b->k2, &b->v2, &b->o2, t->heads)) < 0 ||
-            (r = gh_op_layer_norm(c, x, &b->ln3.g, &b->ln3.b, LN_EPS, &n)) < 0 ||
-            (r = gh_dt_new(c, &f, s[0], s[1], 8 * s[2])) < 0 || (r = gh_op_linear(c, &n, &b->ff1.w, &b->ff1.b, &f)) < 0)
+        if ((r = gh_dt_new(c, &n, s[0], s[1], s[2])) < 0 || (r = gh_op_layer_norm(c, x, &ln->g, &ln->b, LN_EPS, &n)) < 0 ||
+            (r = gh_dt_new(c, &f, s[0], s[1], 8 * s[2])) < 0 || (r = gh_op_linear(c, &n, &ff1->w, &ff1->b, &f)) < 0)
                 goto out;
         gh_dt_drop(c, &n);
         if ((r = gh_dt_new(c, &g, s[0], s[1], 4 * s[2])) < 0 || (r = gh_op_geglu(c, &f, &g)) < 0)
                 goto out;
         gh_dt_drop(c, &f);
-        if ((r = gh_dt_new(c, &o, s[0], s[1], s[2])) < 0 || (r = gh_op_linear(c, &g, &b->ff2.w, &b->ff2.b, &o)) < 0)
+        if ((r = gh_dt_new(c, &o, s[0], s[1], s[2])) < 0 || (r = gh_op_linear(c, &g, &ff2->w, &ff2->b, &o)) < 0)
                 goto out;
         r = gh_op_add(c, x, &o, x);
 out:
         gh_dt_drop(c, &o);
         gh_dt_drop(c, &g);
         gh_dt_drop(c, &f);
+        gh_dt_drop(c, &n);
+        return r;
+}
+
+static int tblock_eval(gh_dctx *c, const gh_transformer *t, const gh_tblock *b, gh_dt *x, const gh_dt *ctx) {
+        const int64_t *s = x->shape;
+        gh_dt n = {0};
+        int r;
+
+        if ((r = gh_dt_new(c, &n, s[0], s[1], s[2])) < 0 ||
+            (r = gh_op_layer_norm(c, x, &b->ln1.g, &b->ln1.b, LN_EPS, &n)) < 0 ||
+            (r = gh_sd_attend(c, x, &n, &n, &b->q1, &b->k1, &b->v1, &b->o1, t->heads)) < 0 ||
+            (r = gh_op_layer_norm(c, x, &b->ln2.g, &b->ln2.b, LN_EPS, &n)) < 0 ||
+            (r = gh_sd_attend(c, x, &n, ctx, &b->q2, &b->k2, &b->v2, &b->o2, t->heads)) < 0)
+                goto out;
+        gh_dt_drop(c, &n);
+        r = gh_sd_feed_forward(c, &b->ln3, &b->ff1, &b->ff2, x);
+out:
         gh_dt_drop(c, &n);
         return r;
 }
@@ -426,6 +440,8 @@ int64_t gh_unet_multiple(const gh_unet *m) {
 typedef struct eval {
         gh_dctx *c;
         const gh_unet *m;
+        const gh_motion *mm;    /* NULL: pictures */
+        const gh_motion_pe *pe; /* with mm */
         const gh_dt *ctx, *temb;
         gh_dt stack[GH_SD_MAX_LEVELS * (GH_SD_MAX_RES + 1) + 1];
         int n;
@@ -435,9 +451,22 @@ static int check(eval *e) {
         return gh_dctx_cancelled(e->c) ? -ECANCELED : 0;
 }
 
-/* out = attn(res(in)), new; |in| stays. On failure the arena goes with
- * the job, so nothing is given back here. */
-static int res_attn(eval *e, const gh_resblock *rb, const gh_transformer *t, bool attn, const gh_dt *in, gh_dt *out) {
+/* cur = motion(cur) where the block has a module. */
+static int motion(eval *e, const gh_motion_block *mb, gh_dt *cur) {
+        gh_dt y;
+
+        if (!e->mm)
+                return 0;
+        GH_TRY(gh_motion_eval(e->c, mb, e->pe, cur, &y));
+        gh_dt_drop(e->c, cur);
+        *cur = y;
+        return 0;
+}
+
+/* out = motion(attn(res(in))), new; |in| stays. On failure the arena goes
+ * with the job, so nothing is given back here. */
+static int res_attn(eval *e, const gh_resblock *rb, const gh_transformer *t, bool attn, const gh_motion_block *mb,
+                    const gh_dt *in, gh_dt *out) {
         gh_dt r, a;
 
         GH_TRY(gh_resblock_eval(e->c, rb, RES_EPS, in, e->temb, &r));
@@ -446,6 +475,7 @@ static int res_attn(eval *e, const gh_resblock *rb, const gh_transformer *t, boo
                 gh_dt_drop(e->c, &r);
                 r = a;
         }
+        GH_TRY(motion(e, mb, &r));
         *out = r;
         return check(e);
 }
@@ -456,7 +486,8 @@ static int down(eval *e, gh_dt *cur) {
 
         for (int64_t l = 0; l < cfg->levels; l++) {
                 for (int64_t j = 0; j < cfg->res; j++) {
-                        GH_TRY(res_attn(e, &e->m->down[l][j], &e->m->down_attn[l][j], cfg->attn[l], cur, &y));
+                        GH_TRY(res_attn(e, &e->m->down[l][j], &e->m->down_attn[l][j], cfg->attn[l],
+                                        e->mm ? &e->mm->down[l][j] : NULL, cur, &y));
                         *cur = e->stack[e->n++] = y;
                 }
                 if (l + 1 < cfg->levels) {
@@ -475,6 +506,8 @@ static int mid(eval *e, gh_dt *cur) {
         GH_TRY(gh_resblock_eval(e->c, &e->m->mid0, RES_EPS, cur, e->temb, &a));
         GH_TRY(transformer_eval(e->c, &e->m->mid_attn, &a, e->ctx, &b));
         gh_dt_drop(e->c, &a);
+        if (e->mm && e->mm->has_mid)
+                GH_TRY(motion(e, &e->mm->mid, &b));
         GH_TRY(gh_resblock_eval(e->c, &e->m->mid1, RES_EPS, &b, e->temb, &a));
         gh_dt_drop(e->c, &b);
         *cur = a;
@@ -490,7 +523,8 @@ static int up_block(eval *e, int64_t i, int64_t j, gh_dt *cur) {
         GH_TRY(gh_op_concat(e->c, cur, &s, &cat));
         gh_dt_drop(e->c, cur);
         gh_dt_drop(e->c, &s);
-        GH_TRY(res_attn(e, &e->m->up[i][j], &e->m->up_attn[i][j], cfg->attn[cfg->levels - 1 - i], &cat, &y));
+        GH_TRY(res_attn(e, &e->m->up[i][j], &e->m->up_attn[i][j], cfg->attn[cfg->levels - 1 - i],
+                        e->mm ? &e->mm->up[i][j] : NULL, &cat, &y));
         gh_dt_drop(e->c, &cat);
         *cur = y;
         return 0;
@@ -565,6 +599,10 @@ static uint64_t body_key(const eval *e, const gh_dt *x, const gh_dt *out) {
         const gh_dt *ts[] = {x, out, e->ctx, e->temb};
         uint64_t h = gh_hash_mix(gh_arena_layout(e->c->arena), (uint64_t) (uintptr_t) e->m);
 
+        h = gh_hash_mix(h, (uint64_t) (uintptr_t) e->mm);
+        for (int64_t i = 0; e->mm && i < e->pe->n; i++)
+                h = gh_hash_mix(gh_hash_mix(h, (uint64_t) (uintptr_t) e->pe->pe[i].data), (uint64_t) e->pe->frames);
+
         for (size_t i = 0; i < sizeof(ts) / sizeof(ts[0]); i++) {
                 h = gh_hash_mix(h, (uint64_t) (uintptr_t) ts[i]->data);
                 for (uint32_t d = 0; d < ts[i]->n_dims; d++)
@@ -598,22 +636,38 @@ static int body_graphed(eval *e, const gh_dt *x, gh_dt *out) {
         return r < 0 ? gh_dctx_fail(c, r, "UNet graph launch: %s", strerror(-r)) : 0;
 }
 
-int gh_unet_eval(gh_dctx *c, const gh_unet *m, const gh_dt *x, const float *t, const gh_dt *ctx, gh_dt *out) {
-        const gh_unet_cfg *cfg = &m->cfg;
+static int unet_eval(eval *e, const gh_dt *x, const float *t, gh_dt *out) {
+        gh_dctx *c = e->c;
+        const gh_unet_cfg *cfg = &e->m->cfg;
         const int64_t *s = x->shape;
-        int64_t mult = gh_unet_multiple(m);
-        eval e = {.c = c, .m = m, .ctx = ctx};
+        int64_t mult = gh_unet_multiple(e->m);
         gh_dt temb;
 
         if (x->n_dims != 4 || s[1] != cfg->in_ch || s[2] % mult || s[3] % mult)
                 return gh_dctx_fail(c, -EINVAL, "UNet input must be [B,%lld,H,W] with H and W multiples of %lld",
                                     (long long) cfg->in_ch, (long long) mult);
-        if (ctx->n_dims != 3 || ctx->shape[0] != s[0] || ctx->shape[2] != cfg->ctx)
+        if (e->ctx->n_dims != 3 || e->ctx->shape[0] != s[0] || e->ctx->shape[2] != cfg->ctx)
                 return gh_dctx_fail(c, -EINVAL, "UNet context must be [%lld,T,%lld]", (long long) s[0],
                                     (long long) cfg->ctx);
-        GH_TRY(time_embedding(c, m, s[0], t, &temb));
-        e.temb = &temb;
-        GH_TRY(body_graphed(&e, x, out));
+        if (e->mm && (!e->pe || e->pe->frames < 1 || s[0] % e->pe->frames))
+                return gh_dctx_fail(c, -EINVAL, "UNet with motion modules: a batch of %lld is not whole videos",
+                                    (long long) s[0]);
+        GH_TRY(time_embedding(c, e->m, s[0], t, &temb));
+        e->temb = &temb;
+        GH_TRY(body_graphed(e, x, out));
         gh_dt_drop(c, &temb);
         return 0;
+}
+
+int gh_unet_eval(gh_dctx *c, const gh_unet *m, const gh_dt *x, const float *t, const gh_dt *ctx, gh_dt *out) {
+        eval e = {.c = c, .m = m, .ctx = ctx};
+
+        return unet_eval(&e, x, t, out);
+}
+
+int gh_unet_eval_video(gh_dctx *c, const gh_unet *m, const gh_motion *mm, const gh_motion_pe *pe, const gh_dt *x,
+                       const float *t, const gh_dt *ctx, gh_dt *out) {
+        eval e = {.c = c, .m = m, .mm = mm, .pe = pe, .ctx = ctx};
+
+        return unet_eval(&e, x, t, out);
 }

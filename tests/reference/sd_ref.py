@@ -646,6 +646,209 @@ class UNetModel(nn.Module):
         return self.out(h)
 
 
+# ========================================================= motion modules
+
+
+class PositionalEncoding(nn.Module):
+    """AnimateDiff's sinusoid over frames: pe[0, f, 2i] = sin(f w_i),
+    pe[0, f, 2i+1] = cos(f w_i), w_i = exp(2i * -ln(10000) / C). Stored
+    (a buffer) in AnimateDiff's own checkpoints."""
+
+    def __init__(self, dim, max_len):
+        super().__init__()
+        pos = torch.arange(max_len, dtype=torch.float64)[:, None]
+        div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64)
+                        * (-math.log(10000.0) / dim))
+        pe = torch.zeros(1, max_len, dim, dtype=torch.float64)
+        pe[0, :, 0::2] = torch.sin(pos * div)
+        pe[0, :, 1::2] = torch.cos(pos * div)
+        self.register_buffer("pe", pe)
+
+    def forward(self, x):
+        return x + self.pe[:, :x.shape[1]].to(x.dtype)
+
+
+class TemporalAttention(nn.Module):
+    """AnimateDiff's VersatileAttention in its temporal mode: self-attention
+    across the frames at each position; the position encoding goes onto
+    its (normed) input, which feeds q, k and v."""
+
+    def __init__(self, dim, heads, max_len):
+        super().__init__()
+        self.attn = CrossAttention(dim, dim, heads)
+        self.pos_encoder = PositionalEncoding(dim, max_len)
+
+    def forward(self, x, frames):
+        bf, d, c = x.shape  # [(b f), d, c], d = h * w
+        b = bf // frames
+        x = x.reshape(b, frames, d, c).permute(0, 2, 1, 3).reshape(
+            b * d, frames, c)
+        out = self.attn(self.pos_encoder(x))
+        return out.reshape(b, d, frames, c).permute(0, 2, 1, 3).reshape(
+            bf, d, c)
+
+
+class TemporalTransformerBlock(nn.Module):
+    def __init__(self, dim, heads, max_len):
+        super().__init__()
+        self.attention_blocks = nn.ModuleList(
+            TemporalAttention(dim, heads, max_len) for _ in range(2))
+        self.norms = nn.ModuleList(nn.LayerNorm(dim, eps=1e-5)
+                                   for _ in range(2))
+        self.ff = FeedForward(dim)
+        self.ff_norm = nn.LayerNorm(dim, eps=1e-5)
+
+    def forward(self, x, frames):
+        for attn, norm in zip(self.attention_blocks, self.norms):
+            x = attn(norm(x), frames) + x
+        return self.ff(self.ff_norm(x)) + x
+
+
+class TemporalTransformer3D(nn.Module):
+    """Group norm per frame (32 groups, eps 1e-6), proj_in, one block,
+    proj_out, plus the input."""
+
+    def __init__(self, dim, heads, max_len):
+        super().__init__()
+        self.norm = nn.GroupNorm(32, dim, eps=1e-6)
+        self.proj_in = nn.Linear(dim, dim)
+        self.transformer_blocks = nn.ModuleList(
+            [TemporalTransformerBlock(dim, heads, max_len)])
+        self.proj_out = nn.Linear(dim, dim)
+
+    def forward(self, x, frames):
+        bf, c, hh, ww = x.shape
+        h = self.norm(x).permute(0, 2, 3, 1).reshape(bf, hh * ww, c)
+        h = self.proj_in(h)
+        for blk in self.transformer_blocks:
+            h = blk(h, frames)
+        h = self.proj_out(h)
+        return x + h.reshape(bf, hh, ww, c).permute(0, 3, 1, 2)
+
+
+class MotionModule(nn.Module):
+    """AnimateDiff's VanillaTemporalModule."""
+
+    def __init__(self, dim, heads=8, max_len=32):
+        super().__init__()
+        self.temporal_transformer = TemporalTransformer3D(dim, heads, max_len)
+
+    def forward(self, x, frames):
+        return self.temporal_transformer(x, frames)
+
+
+class MotionAdapter(nn.Module):
+    """The motion modules of an SD 1.x UNet, in AnimateDiff's naming:
+    down_blocks.L.motion_modules.J (one per res block), mid_block (v2), and
+    up_blocks.I.motion_modules.J (I = 0 the deepest level)."""
+
+    def __init__(self, cfg, mid=True, max_len=32):
+        super().__init__()
+        mc = cfg.model_channels
+        chs = [mc * m for m in cfg.channel_mult]
+
+        def block(ch, n):
+            b = nn.Module()
+            b.motion_modules = nn.ModuleList(
+                MotionModule(ch, 8, max_len) for _ in range(n))
+            return b
+
+        self.down_blocks = nn.ModuleList(block(ch, cfg.num_res_blocks)
+                                         for ch in chs)
+        self.mid_block = block(chs[-1], 1) if mid else None
+        self.up_blocks = nn.ModuleList(block(ch, cfg.num_res_blocks + 1)
+                                       for ch in reversed(chs))
+
+
+def unet_video(unet, mm, x, t, context, frames):
+    """UNetModel.forward with the motion modules of `mm` inserted (the
+    batch is videos of `frames` frames, frames inner): after each res block
+    and its attention, before any down- or upsampler; in the mid block
+    between the attention and the second res block."""
+    cfg = unet.cfg
+    emb = unet.time_embed(timestep_embedding(t.to(x.dtype),
+                                             cfg.model_channels))
+
+    def run(blk, h, module):
+        for layer in blk:
+            if isinstance(layer, (Downsample, Upsample)) and module:
+                h, module = module(h, frames), None
+            if isinstance(layer, ResBlock):
+                h = layer(h, emb)
+            elif isinstance(layer, SpatialTransformer):
+                h = layer(h, context)
+            else:
+                h = layer(h)
+        return module(h, frames) if module else h
+
+    hs = []
+    h = unet.input_blocks[0](x, emb, context)
+    hs.append(h)
+    k = 1
+    for level in range(cfg.levels):
+        for j in range(cfg.num_res_blocks):
+            h = run(unet.input_blocks[k],
+                    h, mm.down_blocks[level].motion_modules[j])
+            hs.append(h)
+            k += 1
+        if level != cfg.levels - 1:
+            h = run(unet.input_blocks[k], h, None)
+            hs.append(h)
+            k += 1
+    res0, attn, res1 = unet.middle_block
+    h = attn(res0(h, emb), context)
+    if mm.mid_block is not None:
+        h = mm.mid_block.motion_modules[0](h, frames)
+    h = res1(h, emb)
+    k = 0
+    for i in range(cfg.levels):
+        for j in range(cfg.num_res_blocks + 1):
+            h = run(unet.output_blocks[k], torch.cat([h, hs.pop()], dim=1),
+                    mm.up_blocks[i].motion_modules[j])
+            k += 1
+    return unet.out(h)
+
+
+def motion_to_diffusers(sd):
+    """AnimateDiff's names -> the diffusers MotionAdapter's (its converter:
+    no temporal_transformer, attn1/attn2, norm1..3; no pos_encoder.pe)."""
+    out = {}
+    for k, v in sd.items():
+        if ".pos_encoder." in k:
+            continue
+        k = (k.replace(".temporal_transformer", "")
+             .replace(".attention_blocks.0.", ".attn1.")
+             .replace(".attention_blocks.1.", ".attn2.")
+             .replace(".norms.0.", ".norm1.").replace(".norms.1.", ".norm2.")
+             .replace(".ff_norm.", ".norm3."))
+        out[k] = v
+    return out
+
+
+def motion_state(mm):
+    """mm's parameters in AnimateDiff's own checkpoint naming (its
+    attention's layers sit directly in attention_blocks.N)."""
+    return {k.replace(".attn.", "."): v.detach()
+            for k, v in mm.state_dict().items()}
+
+
+def load_motion(sd, cfg, dtype=torch.float64):
+    """A MotionAdapter from AnimateDiff's names (with pos_encoder.pe)."""
+    mid = any(k.startswith("mid_block.") for k in sd)
+    pe = [v for k, v in sd.items() if k.endswith("pos_encoder.pe")]
+    mm = MotionAdapter(cfg, mid=mid,
+                       max_len=int(np.asarray(pe[0]).shape[1]) if pe else 32)
+    named = {}
+    for k, v in sd.items():
+        parts = k.split(".")
+        if "attention_blocks" in parts:
+            i = parts.index("attention_blocks") + 2
+            if parts[i] != "pos_encoder":
+                parts.insert(i, "attn")
+        named[".".join(parts)] = v
+    return _load(mm, named, dtype)
+
+
 # ======================================================================= VAE
 
 

@@ -524,6 +524,14 @@ extern "C" __global__ void gh_add_channel(const float *x, const float *v, float 
         }
 }
 
+/* y[p, i] = x[p, i] + v[i] over rows of m elements: grid x over a row, y
+ * over rows (looping). */
+extern "C" __global__ void gh_add_rows(const float *x, const float *v, float *y, long long rows, int m) {
+        for (long long p = blockIdx.y; p < rows; p += gridDim.y)
+                for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < m; i += gridDim.x * blockDim.x)
+                        y[p * m + i] = x[p * m + i] + v[i];
+}
+
 extern "C" __global__ void gh_lincomb(float *y, long long n, int cnt, float c0, float c1, float c2, float c3,
                                       const float *x0, const float *x1, const float *x2, const float *x3) {
         GRID_STRIDE(i, n) {

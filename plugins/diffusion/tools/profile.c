@@ -10,14 +10,14 @@
 
 enum {
         P_CONV2D, P_LINEAR, P_GROUP_NORM, P_LAYER_NORM, P_ACT, P_GEGLU, P_ATTENTION, P_UPSAMPLE2X, P_ADD,
-        P_ADD_CHANNEL, P_CONCAT, P_NCHW_TO_NLC, P_NLC_TO_NCHW, P_TIMESTEP_EMBEDDING, P_EMBEDDING, P_LINCOMB,
+        P_ADD_CHANNEL, P_ADD_ROWS, P_CONCAT, P_NCHW_TO_NLC, P_NLC_TO_NCHW, P_TIMESTEP_EMBEDDING, P_EMBEDDING, P_LINCOMB,
         P_SCALE_DIM, P_SUM, P_UPLOAD, P_DOWNLOAD, P_COUNT,
 };
 _Static_assert(P_COUNT <= GH_PROFILE_OPS, "GH_PROFILE_OPS too small");
 
 static const char *const names[P_COUNT] = {
         "conv2d", "linear", "group_norm", "layer_norm", "act", "geglu", "attention", "upsample2x", "add",
-        "add_channel", "concat", "nchw_to_nlc", "nlc_to_nchw", "timestep_embedding", "embedding", "lincomb",
+        "add_channel", "add_rows", "concat", "nchw_to_nlc", "nlc_to_nchw", "timestep_embedding", "embedding", "lincomb",
         "scale_dim", "sum", "upload", "download",
 };
 
@@ -106,6 +106,9 @@ static int add(void *be, const gh_dt *a, const gh_dt *b, gh_dt *y) {
 static int add_channel(void *be, const gh_dt *x, const gh_dt *v, gh_dt *y) {
         TIMED(P_ADD_CHANNEL, add_channel(p->state, x, v, y));
 }
+static int add_rows(void *be, const gh_dt *x, const gh_dt *v, gh_dt *y) {
+        TIMED(P_ADD_ROWS, add_rows(p->state, x, v, y));
+}
 static int concat(void *be, const gh_dt *a, const gh_dt *b, gh_dt *y) {
         TIMED(P_CONCAT, concat(p->state, a, b, y));
 }
@@ -149,6 +152,7 @@ const gh_dbackend gh_dbackend_profile = {
         .upsample2x = upsample2x,
         .add = add,
         .add_channel = add_channel,
+        .add_rows = add_rows,
         .concat = concat,
         .nchw_to_nlc = nchw_to_nlc,
         .nlc_to_nchw = nlc_to_nchw,
