@@ -361,7 +361,7 @@ int gh_sd_run_decode(gh_sd_run *r, uint32_t b, uint8_t *rgb, float *raw) {
         return k;
 }
 
-int gh_sd_run_preview(gh_sd_run *r, uint8_t *rgb) {
+int gh_sd_run_preview(gh_sd_run *r, uint32_t item, uint8_t *rgb) {
         /* SD 1.x latent channels to RGB, A1111's "Approx cheap" factors. */
         static const float f[4][3] = {
                 {0.298f, 0.207f, 0.208f},
@@ -370,15 +370,18 @@ int gh_sd_run_preview(gh_sd_run *r, uint8_t *rgb) {
                 {-0.184f, -0.271f, -0.473f},
         };
         int64_t n = lat_h(r) * lat_w(r), z = r->m->vae.z;
+        const float *x = r->host_noise + (size_t) item * (size_t) (z * n);
 
         if (z != 4 || r->c->dry)
                 return -EOPNOTSUPP;
-        GH_TRY(gh_op_download(r->c, &r->x, r->host_noise)); /* item 0 first */
+        if (item >= r->p.batch)
+                return -EINVAL;
+        GH_TRY(gh_op_download(r->c, &r->x, r->host_noise));
         for (int64_t i = 0; i < n; i++)
                 for (int ch = 0; ch < 3; ch++) {
                         float v = 0;
                         for (int k = 0; k < 4; k++)
-                                v += f[k][ch] * r->host_noise[k * n + i];
+                                v += f[k][ch] * x[k * n + i];
                         rgb[i * 3 + ch] = to_u8(v);
                 }
         return 0;

@@ -86,9 +86,9 @@ int gh_sd_run_step(gh_sd_run *r, uint32_t i);
 /* Decodes item b into rgb (H * W * 3 bytes, rows of W * 3) and, if
  * |raw| is not NULL, the decoder's raw output [3,H,W]. */
 int gh_sd_run_decode(gh_sd_run *r, uint32_t b, uint8_t *rgb, float *raw);
-/* A cheap preview of item 0's latent (h x w RGB8, the SD 1.x latent-to-RGB
- * approximation); rgb holds h * w * 3 bytes. */
-int gh_sd_run_preview(gh_sd_run *r, uint8_t *rgb);
+/* A cheap preview of item |item|'s latent (h x w RGB8, the SD 1.x
+ * latent-to-RGB approximation); rgb holds h * w * 3 bytes. */
+int gh_sd_run_preview(gh_sd_run *r, uint32_t item, uint8_t *rgb);
 
 /* Runs every phase dry: the exact arena bytes a run needs. */
 int gh_sd_plan(const gh_sd_models *m, const gh_sd_params *p, uint32_t chunks, size_t *ret_bytes, char *err,

@@ -1,5 +1,6 @@
-/* The txt2img and img2img pipelines (one source, built twice; IMG2IMG
- * selects img2img) on an SD 1.x checkpoint of the model store, through the
+/* The txt2img, img2img and video pipelines (one source, built three times;
+ * IMG2IMG selects img2img, VIDEO the video one) on an SD 1.x checkpoint of
+ * the model store, through the
  * diffusion runtime: on the CPU device, or on a GPU through the CUDA
  * backend where the plugin was built with one (GH_HAVE_CUDA_BACKEND).
  *
@@ -12,7 +13,16 @@
  * prompts (and the input image); the last step decodes into the outputs.
  * On a GPU the workspace is device memory, the weights are the pool's
  * device views, and the work runs on the job's stream (asked again at each
- * step, since the job's slice may move). */
+ * step, since the job's slice may move).
+ *
+ * video: AnimateDiff-style text to video. The frames are the batch of one
+ * run, and an AnimateDiff motion module (a second model of the store,
+ * motion_module=) is inserted into the UNet; every frame gets its own
+ * noise (seed + frame). The last step decodes every frame; finish() puts
+ * out the clip as H.264 in MP4 ("video", first, so `gpuhostctl generate
+ * video -o clip.mp4` writes it) with the parameters in its metadata, and
+ * the frames themselves ("frames", RGB8). The preview is the middle
+ * frame's latent. */
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -26,6 +36,11 @@
 
 #include "pipeline.h"
 #include "prompt.h"
+#ifdef VIDEO
+#include <json-c/json.h>
+
+#include "encode.h"
+#endif
 #include "tokcache.h"
 
 #ifdef GH_HAVE_CUDA_BACKEND
@@ -70,8 +85,6 @@ static const char *const precisions[] = {"fp32", "fp16", NULL};
          .enum_default = "euler_a", .help = "euler, euler_a, ddim, dpmpp_2m or dpmpp_2m_karras"},                  \
         {GH_PARAM_HEADER, .name = "seed", .type = GH_PARAM_INT, .int_min = -1, .int_max = 4294967295LL,           \
          .int_default = -1, .help = "noise seed; -1: random (reported in the metadata)"},                         \
-        {GH_PARAM_HEADER, .name = "batch_size", .type = GH_PARAM_INT, .int_min = 1, .int_max = GH_SD_MAX_BATCH,    \
-         .int_default = 1, .help = "images per job (seeds seed, seed+1, ...)"},                                   \
         {GH_PARAM_HEADER, .name = "clip_skip", .type = GH_PARAM_INT, .int_min = 1, .int_max = 12,                 \
          .int_default = 1, .help = "text encoder layers to skip from the end, plus one (A1111)"},                 \
         {GH_PARAM_HEADER, .name = "prediction", .type = GH_PARAM_ENUM, .choices = predictions,                     \
@@ -80,9 +93,32 @@ static const char *const precisions[] = {"fp32", "fp16", NULL};
          .enum_default = "fp32",                                                                                   \
          .help = "the UNet's convolutions and GEMMs on a GPU: fp32, or fp16 on tensor cores (fp32 sums)"}
 
-#ifdef IMG2IMG
+#define BATCH_PARAM                                                                                                \
+        {GH_PARAM_HEADER, .name = "batch_size", .type = GH_PARAM_INT, .int_min = 1, .int_max = GH_SD_MAX_BATCH,    \
+         .int_default = 1, .help = "images per job (seeds seed, seed+1, ...)"}
+#define SIZE_PARAMS                                                                                                \
+        {GH_PARAM_HEADER, .name = "width", .type = GH_PARAM_INT, .int_min = GH_SD_MIN_SIZE, .int_max = GH_SD_MAX_SIZE, \
+         .int_default = 512, .help = "pixels, a multiple of 64 for SD 1.x"},                                      \
+        {GH_PARAM_HEADER, .name = "height", .type = GH_PARAM_INT, .int_min = GH_SD_MIN_SIZE,                       \
+         .int_max = GH_SD_MAX_SIZE, .int_default = 512, .help = "pixels, a multiple of 64 for SD 1.x"}
+
+#if defined(VIDEO)
+#define VIDEO_MIN_FRAMES 8
 static const gh_plugin_param params[] = {
         COMMON_PARAMS,
+        SIZE_PARAMS,
+        {GH_PARAM_HEADER, .name = "motion_module", .type = GH_PARAM_MODEL, .required = true,
+         .help = "an AnimateDiff motion module (v1 or v2, either layout) of the model store"},
+        {GH_PARAM_HEADER, .name = "frames", .type = GH_PARAM_INT, .int_min = VIDEO_MIN_FRAMES,
+         .int_max = GH_SD_MAX_FRAMES, .int_default = 16,
+         .help = "frames of the clip (at most the motion module's length: 24 for v1, 32 for v2)"},
+        {GH_PARAM_HEADER, .name = "fps", .type = GH_PARAM_INT, .int_min = 1, .int_max = 60, .int_default = 8,
+         .help = "frames a second of the encoded clip"},
+};
+#elif defined(IMG2IMG)
+static const gh_plugin_param params[] = {
+        COMMON_PARAMS,
+        BATCH_PARAM,
         {GH_PARAM_HEADER, .name = "image", .type = GH_PARAM_IMAGE, .required = true,
          .help = "the input image (its size is the output's; multiples of 64 for SD 1.x)"},
         {GH_PARAM_HEADER, .name = "strength", .type = GH_PARAM_FLOAT, .float_min = 0, .float_max = 1,
@@ -91,10 +127,8 @@ static const gh_plugin_param params[] = {
 #else
 static const gh_plugin_param params[] = {
         COMMON_PARAMS,
-        {GH_PARAM_HEADER, .name = "width", .type = GH_PARAM_INT, .int_min = GH_SD_MIN_SIZE, .int_max = GH_SD_MAX_SIZE,
-         .int_default = 512, .help = "pixels, a multiple of 64 for SD 1.x"},
-        {GH_PARAM_HEADER, .name = "height", .type = GH_PARAM_INT, .int_min = GH_SD_MIN_SIZE, .int_max = GH_SD_MAX_SIZE,
-         .int_default = 512, .help = "pixels, a multiple of 64 for SD 1.x"},
+        BATCH_PARAM,
+        SIZE_PARAMS,
 };
 #endif
 
@@ -102,7 +136,8 @@ static const gh_plugin_param params[] = {
 
 typedef struct setup {
         const char *model, *prompt, *negative, *sampler, *prediction, *precision;
-        int64_t seed;
+        const char *motion; /* video: the motion module */
+        int64_t seed, fps;
         gh_sd_params p;
         gh_image image;
 } setup;
@@ -117,12 +152,21 @@ static int read_params(const gh_host *h, const gh_params *ps, setup *s, char *er
             (r = h->param_string(ps, "sampler", &s->sampler)) < 0 ||
             (r = h->param_string(ps, "prediction", &s->prediction)) < 0 ||
             (r = h->param_string(ps, "precision", &s->precision)) < 0 || (r = h->param_int(ps, "steps", &steps)) < 0 ||
-            (r = h->param_int(ps, "seed", &s->seed)) < 0 || (r = h->param_int(ps, "batch_size", &batch)) < 0 ||
+            (r = h->param_int(ps, "seed", &s->seed)) < 0 ||
+#ifdef VIDEO
+            (r = h->param_int(ps, "frames", &batch)) < 0 || (r = h->param_int(ps, "fps", &s->fps)) < 0 ||
+            (r = h->param_string(ps, "motion_module", &s->motion)) < 0 ||
+#else
+            (r = h->param_int(ps, "batch_size", &batch)) < 0 ||
+#endif
             (r = h->param_int(ps, "clip_skip", &skip)) < 0 || (r = h->param_float(ps, "cfg_scale", &cfg)) < 0)
                 return snprintf(err, n, "parameters: %s", strerror(-r)), r;
         s->p = (gh_sd_params){.batch = (uint32_t) batch, .steps = (uint32_t) steps, .clip_skip = (uint32_t) skip,
                               .cfg = (float) cfg, .sampler = gh_sampler_from_name(s->sampler),
                               .v_pred = strcmp(s->prediction, "v_prediction") == 0};
+#ifdef VIDEO
+        s->p.frames = (uint32_t) batch;
+#endif
 #ifdef IMG2IMG
         if ((r = h->param_image(ps, "image", &s->image)) < 0 || (r = h->param_float(ps, "strength", &s->p.strength)) < 0)
                 return snprintf(err, n, "parameters: %s", strerror(-r)), r;
@@ -158,7 +202,9 @@ static int lookup(void *ctx, const char *name, gh_tensor *ret) {
         return s->host->model_tensor(s->params, s->model, name, ret);
 }
 
-static int load_models(source *s, gh_sd_models *m, const setup *st, char *err, size_t n) {
+/* The checkpoint through |s|, and for a video the motion module through
+ * |ms| (a source of its own: another model). */
+static int load_models(source *s, source *ms, gh_sd_models *m, const setup *st, char *err, size_t n) {
         int r;
 
         s->src = (gh_dsource){lookup, s};
@@ -170,6 +216,16 @@ static int load_models(source *s, gh_sd_models *m, const setup *st, char *err, s
                 gh_sd_models_unload(m);
                 return r;
         }
+        if (st->motion) {
+                *ms = *s;
+                ms->src = (gh_dsource){lookup, ms};
+                ms->model = st->motion;
+                if ((r = gh_sd_motion_load(m, &ms->src)) < 0) {
+                        snprintf(err, n, "motion module %s: %s", st->motion, m->err);
+                        gh_sd_models_unload(m);
+                        return r;
+                }
+        }
         if ((r = gh_sd_params_check(m, &st->p, err, n)) < 0)
                 gh_sd_models_unload(m);
         return r;
@@ -178,7 +234,7 @@ static int load_models(source *s, gh_sd_models *m, const setup *st, char *err, s
 /* ---- estimate ---- */
 
 static int estimate(const gh_host *h, const gh_params *ps, gh_plugin_needs *ret) {
-        source src = {.host = h, .params = ps};
+        source src = {.host = h, .params = ps}, msrc;
         char err[1200];
         gh_sd_models m;
         setup st = {0};
@@ -186,7 +242,7 @@ static int estimate(const gh_host *h, const gh_params *ps, gh_plugin_needs *ret)
         size_t bytes;
         int r;
 
-        if ((r = read_params(h, ps, &st, err, sizeof(err))) < 0 || (r = load_models(&src, &m, &st, err, sizeof(err))) < 0) {
+        if ((r = read_params(h, ps, &st, err, sizeof(err))) < 0 || (r = load_models(&src, &msrc, &m, &st, err, sizeof(err))) < 0) {
                 h->log(NULL, GH_LOG_ERR, "%s", err);
                 return r;
         }
@@ -206,6 +262,8 @@ static int estimate(const gh_host *h, const gh_params *ps, gh_plugin_needs *ret)
         ret->steps = gh_sd_steps_run(&st.p) + 1;
         ret->models[0] = st.model;
         ret->n_models = 1;
+        if (st.motion)
+                ret->models[ret->n_models++] = st.motion;
         return 0;
 }
 
@@ -214,7 +272,7 @@ static int estimate(const gh_host *h, const gh_params *ps, gh_plugin_needs *ret)
 typedef struct job {
         const gh_host *host;
         gh_job *job;
-        source src;
+        source src, msrc;
         setup st;
         gh_sd_models m;
         const gh_tokenizer *tok; /* the process's, shared (tokcache.h) */
@@ -233,6 +291,7 @@ typedef struct job {
         uint8_t *preview;
         uint64_t preview_usec; /* when the last preview went (CLOCK_MONOTONIC) */
         gh_image out[GH_SD_MAX_BATCH];
+        uint8_t *frames; /* video: every frame, RGB8, after each other */
 } job;
 
 static void job_free(job *j) {
@@ -256,6 +315,7 @@ static void job_free(job *j) {
         gh_tokcache_put(j->tok);
         free(j->init);
         free(j->preview);
+        free(j->frames);
         free(j);
 }
 
@@ -407,7 +467,7 @@ static int job_setup(job *j, char *err, size_t n) {
             (dev.kind == GH_DEVICE_KIND_CUDA && (r = use_cuda(j, &dev, err, n)) < 0))
                 return r;
         t.device = lap(&last);
-        if ((r = load_models(&j->src, &j->m, &j->st, err, n)) < 0)
+        if ((r = load_models(&j->src, &j->msrc, &j->m, &j->st, err, n)) < 0)
                 return r;
         t.models = lap(&last);
         if ((r = tokenizer_load(j, err, n)) < 0 || (r = image_input(j)) < 0)
@@ -478,6 +538,71 @@ static int fail(job *j, int r) {
         return r;
 }
 
+#ifdef VIDEO
+/* The generation's parameters as JSON, for the clip's metadata. */
+static char *params_json(const job *j) {
+        const gh_sd_params *p = &j->st.p;
+        json_object *o = json_object_new_object();
+        char *s;
+
+        json_object_object_add(o, "pipeline", json_object_new_string("video"));
+        json_object_object_add(o, "model", json_object_new_string(j->st.model));
+        json_object_object_add(o, "motion_module", json_object_new_string(j->st.motion));
+        json_object_object_add(o, "prompt", json_object_new_string(j->st.prompt));
+        json_object_object_add(o, "negative_prompt", json_object_new_string(j->st.negative));
+        json_object_object_add(o, "width", json_object_new_int64(p->width));
+        json_object_object_add(o, "height", json_object_new_int64(p->height));
+        json_object_object_add(o, "frames", json_object_new_int64(p->frames));
+        json_object_object_add(o, "fps", json_object_new_int64(j->st.fps));
+        json_object_object_add(o, "steps", json_object_new_int64(p->steps));
+        json_object_object_add(o, "sampler", json_object_new_string(j->st.sampler));
+        json_object_object_add(o, "cfg_scale", json_object_new_double(p->cfg));
+        json_object_object_add(o, "seed", json_object_new_int64((int64_t) p->seed));
+        json_object_object_add(o, "clip_skip", json_object_new_int64(p->clip_skip));
+        s = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+        json_object_put(o);
+        return s;
+}
+
+/* Every frame, then the clip: "video" (MP4) first, then "frames". */
+static int decode(job *j) {
+        const gh_sd_params *p = &j->st.p;
+        size_t frame = (size_t) p->width * p->height * 3, size = 0;
+        uint8_t *mp4 = NULL;
+        void *out;
+        gh_image frames[GH_SD_MAX_FRAMES];
+        char err[512] = "", *meta = NULL, seed[24];
+        int r;
+
+        if (!j->frames && !(j->frames = malloc(frame * p->frames)))
+                return -ENOMEM;
+        for (uint32_t b = 0; b < p->frames; b++)
+                if ((r = gh_sd_run_decode(&j->run, b, j->frames + b * frame, NULL)) < 0)
+                        return r;
+        if (!(meta = params_json(j)))
+                return -ENOMEM;
+        snprintf(seed, sizeof(seed), "%" PRIu64, p->seed);
+        gh_video_meta tags[] = {{"comment", meta}, {"title", j->st.prompt}, {"gpuhost_seed", seed},
+                                {"gpuhost_model", j->st.model}, {"gpuhost_motion_module", j->st.motion}};
+        r = gh_video_encode_mp4(j->frames, p->width, p->height, p->frames, (uint32_t) j->st.fps, tags,
+                                GH_PLUGIN_ELEMENTS(tags), &mp4, &size, err, sizeof(err));
+        free(meta);
+        if (r < 0) {
+                j->host->log(j->job, GH_LOG_ERR, "encoding the clip: %s", err);
+                return r;
+        }
+        if ((r = j->host->output_bytes(j->job, "video", size, &out)) >= 0) {
+                memcpy(out, mp4, size);
+                r = j->host->output_frames(j->job, "frames", p->width, p->height, GH_IMAGE_RGB8, p->frames, frames);
+        }
+        free(mp4);
+        for (uint32_t b = 0; r >= 0 && b < p->frames; b++)
+                for (uint32_t y = 0; y < p->height; y++)
+                        memcpy(frames[b].pixels + (size_t) y * frames[b].stride,
+                               j->frames + b * frame + (size_t) y * p->width * 3, (size_t) p->width * 3);
+        return r;
+}
+#else
 static int decode(job *j) {
         const gh_sd_params *p = &j->st.p;
         int r;
@@ -494,6 +619,7 @@ static int decode(job *j) {
         }
         return 0;
 }
+#endif
 
 #define PREVIEW_USEC 250000 /* previews at most this often */
 
@@ -514,7 +640,7 @@ static void progress(job *j, uint32_t step, uint32_t steps) {
         im.stride = im.width * 3;
         if (!j->preview)
                 j->preview = malloc((size_t) im.stride * im.height);
-        if (j->preview && gh_sd_run_preview(&j->run, j->preview) >= 0) {
+        if (j->preview && gh_sd_run_preview(&j->run, j->st.p.frames / 2, j->preview) >= 0) {
                 im.pixels = j->preview;
                 j->host->progress(j->job, step, steps, &im);
         } else
@@ -584,7 +710,13 @@ static int finish(const gh_host *h, gh_job *gj, void *state) {
         meta_int(j, "seed", (int64_t) p->seed);
         meta_int(j, "width", p->width);
         meta_int(j, "height", p->height);
+#ifdef VIDEO
+        meta_int(j, "frames", p->frames);
+        meta_int(j, "fps", j->st.fps);
+        h->output_meta(gj, "motion_module", j->st.motion);
+#else
         meta_int(j, "batch_size", p->batch);
+#endif
         meta_int(j, "clip_skip", p->clip_skip);
         h->output_meta(gj, "prediction", j->st.prediction);
         bool fp16 = false; /* what ran: fp16 is a GPU mode */
@@ -611,7 +743,10 @@ static void abort_job(const gh_host *h, gh_job *gj, void *state) {
 
 static const gh_plugin plugin = {
         GH_PLUGIN_HEADER,
-#ifdef IMG2IMG
+#if defined(VIDEO)
+        .name = "video",
+        .description = "AnimateDiff-style text to video: Stable Diffusion 1.x with a motion module",
+#elif defined(IMG2IMG)
         .name = "img2img",
         .description = "Stable Diffusion 1.x image to image",
 #else

@@ -20,6 +20,9 @@ Writes, next to sd-tiny.safetensors (which it reads):
                                      the empty negative prompt)
       motion.sample.no_motion        the same without the modules (the
                                      modules must change the result)
+      motion.sample.frames           the sample's frames through the VAE,
+                                     RGB8 [8, 64, 64, 3] (what the video
+                                     plugin must put out for the prompt)
   motion-expected.json              the settings, and float32-vs-float64
                                     differences as tolerances.
 Deterministic: NumPy's RandomState streams; float64 references.
@@ -59,7 +62,7 @@ def rel(a, b):
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def compute(unet, mm, inputs, hidden, dtype):
+def compute(unet, mm, vae, inputs, hidden, dtype):
     sched = R.Schedule()
 
     def t(name):
@@ -80,6 +83,9 @@ def compute(unet, mm, inputs, hidden, dtype):
         out["motion.sample.no_motion"] = R.generate(
             unet, sched, SAMPLER, cond, uncond, CFG, STEPS, SEED, shape,
             dtype=dtype)
+        lat = out["motion.sample.latent"]
+        out["motion.sample.frames"] = torch.from_numpy(np.stack(
+            [R.to_rgb8(vae.decode(lat[f:f + 1])) for f in range(FRAMES)]))
     return {k: v.numpy() for k, v in out.items()}
 
 
@@ -112,8 +118,12 @@ def main():
     }
     inputs = {k: v.astype(np.float32) for k, v in inputs.items()}
 
+    vcfg = R.VAEConfig(**{k: tuple(v) if isinstance(v, list) else v
+                          for k, v in settings["config"]["vae"].items()})
+
     def models(dtype):
-        return (R.load_unet(sd, cfg, dtype), R.load_motion(w, cfg, dtype))
+        return (R.load_unet(sd, cfg, dtype), R.load_motion(w, cfg, dtype),
+                R.load_vae(sd, vcfg, dtype))
 
     ref = compute(*models(torch.float64), inputs, hidden, torch.float64)
     f32 = compute(*models(torch.float32), inputs, hidden, torch.float32)
@@ -121,7 +131,8 @@ def main():
     assert effect > 1e-2, "the motion modules hardly change the sample"
 
     tensors = {k: ("F32", v) for k, v in inputs.items()}
-    tensors.update({k: ("F32", v.astype(np.float32)) for k, v in ref.items()})
+    tensors.update({k: ("U8", v) if v.dtype == np.uint8 else
+                    ("F32", v.astype(np.float32)) for k, v in ref.items()})
     st.save(os.path.join(out, "motion-expected.safetensors"), tensors,
             exact=False)
     json.dump({
@@ -130,12 +141,17 @@ def main():
         "mid_block": True, "sample": {"sampler": SAMPLER, "steps": STEPS,
                                       "cfg": CFG, "seed": SEED},
         "motion_effect": effect,
-        "tolerances": {k: rel(f32[k], ref[k]) for k in ref},
+        "tolerances": {k: rel(f32[k], ref[k]) for k in ref
+                       if ref[k].dtype != np.uint8},
+        "frames_max_diff_f32": int(np.abs(
+            f32["motion.sample.frames"].astype(int)
+            - ref["motion.sample.frames"].astype(int)).max()),
         "notes": "Group norms per frame (AnimateDiff's); frames inner in "
                  "the batch; noise of frame b from seed + b.",
     }, open(os.path.join(out, "motion-expected.json"), "w"), indent=1)
     for k in ref:
-        print("%-28s float32 vs float64 %.2e" % (k, rel(f32[k], ref[k])))
+        if ref[k].dtype != np.uint8:
+            print("%-28s float32 vs float64 %.2e" % (k, rel(f32[k], ref[k])))
     print("the modules change the sample by %.2e (relative L2)" % effect)
 
 
