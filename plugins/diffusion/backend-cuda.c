@@ -294,11 +294,34 @@ static int gemm_plan(gh_dcuda *s, const gemm_key *key, gh_dcuda_gemm **ret) {
         return 0;
 }
 
+/* cuBLASLt's handle and plans belong to the context current when they
+ * were made (the heuristic's algorithms fit its SMs): when a job's slice
+ * moves to another context, they are made again there. */
+static int lt_follow_context(gh_dcuda *s) {
+        cublasLtHandle_t h;
+        CUcontext cur = NULL;
+
+        if (s->cu->CtxGetCurrent(&cur) != CUDA_SUCCESS || cur == s->lt_ctx)
+                return 0;
+        for (uint32_t i = 0; i < s->n_gemm; i++)
+                gemm_plan_free(s->lt, &s->gemm[i]);
+        s->n_gemm = s->next_gemm = 0;
+        s->lt->Destroy((cublasLtHandle_t)s->lt_handle);
+        s->lt_handle = NULL;
+        if (s->lt->Create(&h))
+                return -EIO;
+        s->lt_handle = h;
+        s->lt_ctx = cur;
+        return 0;
+}
+
 static int gemm(gh_dcuda *s, const gemm_key *key, CUdeviceptr a, CUdeviceptr b, CUdeviceptr d, const void *bias) {
         const float one = 1.0f, zero = 0.0f;
         gh_dcuda_gemm *g;
-        int r = gemm_plan(s, key, &g);
+        int r = lt_follow_context(s);
 
+        if (r >= 0)
+                r = gemm_plan(s, key, &g);
         if (r < 0)
                 return r;
         if (key->bias_type &&
@@ -1210,8 +1233,11 @@ static void load_cublaslt(gh_dcuda *s) {
                 snprintf(s->lt_error, sizeof(s->lt_error), "cublasLtCreate failed");
                 s->lt = NULL;
         }
-        if (s->lt)
+        if (s->lt) {
                 s->lt_handle = h;
+                if (s->cu->CtxGetCurrent(&s->lt_ctx) != CUDA_SUCCESS)
+                        s->lt_ctx = NULL;
+        }
 }
 
 int gh_dcuda_use_cudnn(gh_dcuda *s, char *err, size_t err_size) {
@@ -1302,7 +1328,7 @@ void gh_dcuda_fini(gh_dcuda *s) {
         for (uint32_t i = 0; s->gemm && i < s->n_gemm; i++)
                 gemm_plan_free(s->lt, &s->gemm[i]);
         free(s->gemm);
-        if (s->lt_handle)
+        if (s->lt && s->lt_handle)
                 s->lt->Destroy((cublasLtHandle_t)s->lt_handle);
 #ifdef GH_HAVE_CUDNN
         for (uint32_t i = 0; s->conv && i < s->n_conv; i++)

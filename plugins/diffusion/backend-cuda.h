@@ -55,7 +55,8 @@ typedef struct gh_dcuda {
         size_t scratch_size;
         float *host;                   /* pinned host staging of scratch_size bytes */
         const struct gh_cublaslt *lt;  /* cuBLASLt, or NULL: GEMMs on the fallback kernels */
-        void *lt_handle;               /* its cublasLtHandle_t */
+        void *lt_handle;               /* its cublasLtHandle_t, and the context it was made in */
+        CUcontext lt_ctx;
         char lt_error[160];            /* why lt is NULL */
         bool lt_no_bias;               /* cuBLASLt refused the bias epilogue once: biases apart */
         const struct gh_cudnn *dnn;    /* cuDNN, once gh_dcuda_use_cudnn loaded it */
