@@ -7,6 +7,7 @@
  *                       [--cpu-threads N] [--jobs-per-device N]
  *   gpuhost-bench sd [--parts unet,e2e] [--iters N] [--jobs N] [--steps N]
  *                    [--profile] [--work DIR] [--small] [...]
+ *   gpuhost-bench video [--frames N] [--steps N] [--jobs N] [--work DIR] [--small]
  *   gpuhost-bench --help
  *
  * sched (bench-sched.c) measures the daemon's overhead per job around the
@@ -19,7 +20,9 @@
  * (-DPYTHON3=...; it needs torch with CUDA, and numpy) and this build's
  * gpuhost-sd, gpuhostd, gpuhostctl, gpuhost-worker, plugin folder and the
  * demo model's tokenizer; its own arguments follow. --small checks it on
- * the CPU.
+ * the CPU. video runs bench/bench-video.py the same way (one text-to-video
+ * clip with a full-size random motion module, through gpuhostd, the
+ * plugin's runtime and PyTorch).
  *
  * This file holds main(), sd and load:
  *
@@ -228,11 +231,12 @@ static double attach_in_child(bench *b, gh_resident *res, const char *argv0) {
 
 /* ---- sd ---- */
 
-/* Replaces this process with the Python benchmark; returns only on error. */
-static int bench_sd(int argc, char **argv) {
+/* Replaces this process with the Python benchmark |script| (sd, video);
+ * returns only on error. */
+static int bench_python(const char *script, int argc, char **argv) {
 #ifdef GH_BENCH_PYTHON3
         const char *fixed[] = {
-                GH_BENCH_PYTHON3,   GH_BENCH_SD_SCRIPT, "--sd",      GH_BENCH_GPUHOST_SD,
+                GH_BENCH_PYTHON3,   script,             "--sd",      GH_BENCH_GPUHOST_SD,
                 "--gpuhostd",       GH_BENCH_GPUHOSTD,  "--gpuhostctl", GH_BENCH_GPUHOSTCTL,
                 "--worker",         GH_BENCH_WORKER,    "--plugins", GH_BENCH_PLUGIN_DIR,
                 "--tokenizer",      GH_BENCH_TOKENIZER,
@@ -241,18 +245,19 @@ static int bench_sd(int argc, char **argv) {
         char **args = calloc(n + (size_t) argc + 1, sizeof(char *));
 
         if (!args)
-                return die("sd", ENOMEM);
+                return die(argv[0], ENOMEM);
         memcpy(args, fixed, sizeof(fixed));
-        for (int i = 1; i < argc; i++) /* argv[0] is "sd" */
+        for (int i = 1; i < argc; i++) /* argv[0] is "sd" or "video" */
                 args[n++] = argv[i];
         execv(GH_BENCH_PYTHON3, args);
-        fprintf(stderr, "gpuhost-bench sd: %s: %s\n", GH_BENCH_PYTHON3, strerror(errno));
+        fprintf(stderr, "gpuhost-bench %s: %s: %s\n", argv[0], GH_BENCH_PYTHON3, strerror(errno));
         free(args);
         return 1;
 #else
+        (void) script;
         (void) argc;
-        (void) argv;
-        fprintf(stderr, "gpuhost-bench sd: no python3 was found when this build was configured (-DPYTHON3=PATH)\n");
+        fprintf(stderr, "gpuhost-bench %s: no python3 was found when this build was configured (-DPYTHON3=PATH)\n",
+                argv[0]);
         return 1;
 #endif
 }
@@ -352,8 +357,15 @@ int main(int argc, char **argv) {
                 return attach_child(atoi(argv[2]));
         if (argc >= 2 && strcmp(argv[1], "sched") == 0)
                 return bench_sched(argc - 1, argv + 1);
+#ifdef GH_BENCH_PYTHON3
         if (argc >= 2 && strcmp(argv[1], "sd") == 0)
-                return bench_sd(argc - 1, argv + 1);
+                return bench_python(GH_BENCH_SD_SCRIPT, argc - 1, argv + 1);
+        if (argc >= 2 && strcmp(argv[1], "video") == 0)
+                return bench_python(GH_BENCH_VIDEO_SCRIPT, argc - 1, argv + 1);
+#else
+        if (argc >= 2 && (strcmp(argv[1], "sd") == 0 || strcmp(argv[1], "video") == 0))
+                return bench_python(NULL, argc - 1, argv + 1);
+#endif
         bool help = argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0);
         if (help || argc < 2 || strcmp(argv[1], "load") != 0) {
                 fprintf(help ? stdout : stderr,
@@ -363,12 +375,14 @@ int main(int argc, char **argv) {
                         "                           [--cpu-threads N] [--jobs-per-device N]\n"
                         "       gpuhost-bench sd [--parts unet,e2e] [--iters N] [--jobs N] [--steps N]\n"
                         "                        [--profile] [--work DIR] [--small]\n"
+                        "       gpuhost-bench video [--frames N] [--steps N] [--jobs N] [--work DIR] [--small]\n"
                         "\n"
                         "load: model load time against read and copy ceilings. sched: the daemon's\n"
                         "overhead per job against the Ping round trip. sd: full-size SD 1.5 on a GPU\n"
                         "against PyTorch (bench/bench-sd.py, run with this build's programs; needs\n"
                         "torch with CUDA; --small checks it on the CPU; 'gpuhost-bench sd --help'\n"
-                        "lists its options).\n");
+                        "lists its options). video: text to video (SD 1.5 and a motion module) against\n"
+                        "PyTorch, the same way (bench/bench-video.py).\n");
                 return help ? 0 : 2;
         }
         snprintf(b.dir, sizeof(b.dir), "/tmp");

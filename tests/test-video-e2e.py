@@ -11,6 +11,7 @@ only; the MP4 is decoded by video-probe, FFmpeg's libraries).
 - Sharing: a txt2img job and a video job at once on the one resident copy of
   the checkpoint: while both run, the store shows it with refcount 2 (and
   the motion module with 1), one copy on the device.
+- format=frames: the frames alone, no MP4.
 - Bad requests: frames past the module's length, a motion module that is
   not one (the checkpoint itself), both refused with a reason.
 
@@ -78,6 +79,18 @@ def check_clip(tmp, sock, motion, want):
     print("%s: frames' max difference from the reference %d of 255" % (motion, d), flush=True)
     if d > 1:
         fail("the frames differ from the reference")
+
+
+def check_frames_only(tmp, sock, want):
+    """format=frames: no MP4; the first (only) output is the frames."""
+    out = os.path.join(tmp, "only.raw")
+    ctl(sock, "generate", "video", *video_args("motion"), "--param", "format=frames", "-o", out)
+    got = open(out, "rb").read()
+    if len(got) != len(want) or max(abs(a - b) for a, b in zip(got, want)) > 1:
+        fail("format=frames: %d bytes, not the reference's frames" % len(got))
+    if os.path.exists(os.path.join(tmp, "only-frames.raw")):
+        fail("format=frames made a second output")
+    print("format=frames: the frames alone, %d bytes" % len(got), flush=True)
 
 
 def resident(sock, name):
@@ -159,6 +172,7 @@ def main():
         want = st_read(os.path.join(FIX, "motion-expected.safetensors"))["motion.sample.frames"][1]
         check_clip(tmp, sock, "motion", want)
         check_clip(tmp, sock, "motiond", want)
+        check_frames_only(tmp, sock, want)
         check_sharing(tmp, sock)
         check_refusals(sock)
     finally:

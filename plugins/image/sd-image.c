@@ -18,11 +18,13 @@
  * video: AnimateDiff-style text to video. The frames are the batch of one
  * run, and an AnimateDiff motion module (a second model of the store,
  * motion_module=) is inserted into the UNet; every frame gets its own
- * noise (seed + frame). The last step decodes every frame; finish() puts
- * out the clip as H.264 in MP4 ("video", first, so `gpuhostctl generate
- * video -o clip.mp4` writes it) with the parameters in its metadata, and
- * the frames themselves ("frames", RGB8). The preview is the middle
- * frame's latent. */
+ * noise (seed + frame). The last step decodes every frame and puts out
+ * the clip as H.264 in MP4 ("video", first, so `gpuhostctl generate video
+ * -o clip.mp4` writes it) with the parameters in its metadata, and the
+ * frames themselves ("frames", RGB8); format=frames skips the MP4. The
+ * encoder is a module of its own (video-mp4.so, FFmpeg's libraries),
+ * loaded on the first MP4, so the plugin runs where FFmpeg is absent. The
+ * preview is the middle frame's latent. */
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -37,7 +39,9 @@
 #include "pipeline.h"
 #include "prompt.h"
 #ifdef VIDEO
+#include <dlfcn.h>
 #include <json-c/json.h>
+#include <pthread.h>
 
 #include "encode.h"
 #endif
@@ -104,9 +108,12 @@ static const char *const precisions[] = {"fp32", "fp16", NULL};
 
 #if defined(VIDEO)
 #define VIDEO_MIN_FRAMES 8
+static const char *const formats[] = {"mp4", "frames", NULL};
 static const gh_plugin_param params[] = {
         COMMON_PARAMS,
         SIZE_PARAMS,
+        {GH_PARAM_HEADER, .name = "format", .type = GH_PARAM_ENUM, .choices = formats, .enum_default = "mp4",
+         .help = "mp4: the clip (H.264) and its frames; frames: the frames only"},
         {GH_PARAM_HEADER, .name = "motion_module", .type = GH_PARAM_MODEL, .required = true,
          .help = "an AnimateDiff motion module (v1 or v2, either layout) of the model store"},
         {GH_PARAM_HEADER, .name = "frames", .type = GH_PARAM_INT, .int_min = VIDEO_MIN_FRAMES,
@@ -136,7 +143,7 @@ static const gh_plugin_param params[] = {
 
 typedef struct setup {
         const char *model, *prompt, *negative, *sampler, *prediction, *precision;
-        const char *motion; /* video: the motion module */
+        const char *motion, *format; /* video: the motion module, mp4 or frames */
         int64_t seed, fps;
         gh_sd_params p;
         gh_image image;
@@ -156,6 +163,7 @@ static int read_params(const gh_host *h, const gh_params *ps, setup *s, char *er
 #ifdef VIDEO
             (r = h->param_int(ps, "frames", &batch)) < 0 || (r = h->param_int(ps, "fps", &s->fps)) < 0 ||
             (r = h->param_string(ps, "motion_module", &s->motion)) < 0 ||
+            (r = h->param_string(ps, "format", &s->format)) < 0 ||
 #else
             (r = h->param_int(ps, "batch_size", &batch)) < 0 ||
 #endif
@@ -564,14 +572,66 @@ static char *params_json(const job *j) {
         return s;
 }
 
-/* Every frame, then the clip: "video" (MP4) first, then "frames". */
+/* The encoder module, loaded once (the build's, else the installed one). */
+static gh_video_encode_mp4_fn *mp4_encode;
+static char mp4_error[512];
+static pthread_once_t mp4_once = PTHREAD_ONCE_INIT;
+
+static void mp4_load(void) {
+        const char *const paths[] = {GH_VIDEO_MP4_BUILT, GH_VIDEO_MP4_INSTALLED};
+
+        for (size_t i = 0; i < GH_PLUGIN_ELEMENTS(paths) && !mp4_encode; i++) {
+                void *dl = dlopen(paths[i], RTLD_NOW | RTLD_LOCAL);
+                if (!dl) {
+                        snprintf(mp4_error, sizeof(mp4_error), "%s", dlerror());
+                        continue;
+                }
+                *(void **) &mp4_encode = dlsym(dl, "gh_video_encode_mp4");
+                if (!mp4_encode) {
+                        snprintf(mp4_error, sizeof(mp4_error), "%s lacks gh_video_encode_mp4", paths[i]);
+                        dlclose(dl);
+                }
+        }
+}
+
+/* The clip as MP4 into the first output, "video". */
+static int encode(job *j) {
+        const gh_sd_params *p = &j->st.p;
+        char err[512] = "", *meta, seed[24];
+        uint8_t *mp4 = NULL;
+        size_t size = 0;
+        void *out;
+        int r;
+
+        pthread_once(&mp4_once, mp4_load);
+        if (!mp4_encode) {
+                j->host->log(j->job, GH_LOG_ERR, "no MP4 encoder (format=frames works without one): %s", mp4_error);
+                return -ENOSYS;
+        }
+        if (!(meta = params_json(j)))
+                return -ENOMEM;
+        snprintf(seed, sizeof(seed), "%" PRIu64, p->seed);
+        gh_video_meta tags[] = {{"comment", meta}, {"title", j->st.prompt}, {"gpuhost_seed", seed},
+                                {"gpuhost_model", j->st.model}, {"gpuhost_motion_module", j->st.motion}};
+        r = mp4_encode(j->frames, p->width, p->height, p->frames, (uint32_t) j->st.fps, tags,
+                       GH_PLUGIN_ELEMENTS(tags), &mp4, &size, err, sizeof(err));
+        free(meta);
+        if (r < 0) {
+                j->host->log(j->job, GH_LOG_ERR, "encoding the clip: %s", err);
+                return r;
+        }
+        if ((r = j->host->output_bytes(j->job, "video", size, &out)) >= 0)
+                memcpy(out, mp4, size);
+        free(mp4);
+        return r;
+}
+
+/* Every frame, then the clip: "video" (MP4, unless format=frames) first,
+ * then "frames". */
 static int decode(job *j) {
         const gh_sd_params *p = &j->st.p;
-        size_t frame = (size_t) p->width * p->height * 3, size = 0;
-        uint8_t *mp4 = NULL;
-        void *out;
+        size_t frame = (size_t) p->width * p->height * 3;
         gh_image frames[GH_SD_MAX_FRAMES];
-        char err[512] = "", *meta = NULL, seed[24];
         int r;
 
         if (!j->frames && !(j->frames = malloc(frame * p->frames)))
@@ -579,23 +639,9 @@ static int decode(job *j) {
         for (uint32_t b = 0; b < p->frames; b++)
                 if ((r = gh_sd_run_decode(&j->run, b, j->frames + b * frame, NULL)) < 0)
                         return r;
-        if (!(meta = params_json(j)))
-                return -ENOMEM;
-        snprintf(seed, sizeof(seed), "%" PRIu64, p->seed);
-        gh_video_meta tags[] = {{"comment", meta}, {"title", j->st.prompt}, {"gpuhost_seed", seed},
-                                {"gpuhost_model", j->st.model}, {"gpuhost_motion_module", j->st.motion}};
-        r = gh_video_encode_mp4(j->frames, p->width, p->height, p->frames, (uint32_t) j->st.fps, tags,
-                                GH_PLUGIN_ELEMENTS(tags), &mp4, &size, err, sizeof(err));
-        free(meta);
-        if (r < 0) {
-                j->host->log(j->job, GH_LOG_ERR, "encoding the clip: %s", err);
+        if (strcmp(j->st.format, "mp4") == 0 && (r = encode(j)) < 0)
                 return r;
-        }
-        if ((r = j->host->output_bytes(j->job, "video", size, &out)) >= 0) {
-                memcpy(out, mp4, size);
-                r = j->host->output_frames(j->job, "frames", p->width, p->height, GH_IMAGE_RGB8, p->frames, frames);
-        }
-        free(mp4);
+        r = j->host->output_frames(j->job, "frames", p->width, p->height, GH_IMAGE_RGB8, p->frames, frames);
         for (uint32_t b = 0; r >= 0 && b < p->frames; b++)
                 for (uint32_t y = 0; y < p->height; y++)
                         memcpy(frames[b].pixels + (size_t) y * frames[b].stride,
@@ -713,6 +759,7 @@ static int finish(const gh_host *h, gh_job *gj, void *state) {
 #ifdef VIDEO
         meta_int(j, "frames", p->frames);
         meta_int(j, "fps", j->st.fps);
+        h->output_meta(gj, "format", j->st.format);
         h->output_meta(gj, "motion_module", j->st.motion);
 #else
         meta_int(j, "batch_size", p->batch);

@@ -19,6 +19,8 @@
 #include <stdint.h>
 
 #define GH_VIDEO_MAX_META 16
+/* What the encoder module (video-mp4.so) exports. */
+#define GH_VIDEO_EXPORT __attribute__((visibility("default")))
 
 typedef struct gh_video_meta {
         const char *key, *value;
@@ -29,8 +31,12 @@ typedef struct gh_video_meta {
  * file in |*ret| (malloc'd, |*ret_size| bytes; the caller frees it).
  * |width| and |height| must be even. Returns 0, -EINVAL for bad
  * arguments, -ENOSYS when libavcodec has no H.264 encoder, -ENOMEM, or
- * -EIO with FFmpeg's reason in |err|. */
-int gh_video_encode_mp4(const uint8_t *rgb, uint32_t width, uint32_t height, uint32_t n_frames, uint32_t fps,
+ * -EIO with FFmpeg's reason in |err|. The video plugin finds it in the
+ * module video-mp4.so (dlopen, dlsym "gh_video_encode_mp4"). */
+typedef int gh_video_encode_mp4_fn(const uint8_t *rgb, uint32_t width, uint32_t height, uint32_t n_frames,
+                                   uint32_t fps, const gh_video_meta *meta, size_t n_meta, uint8_t **ret,
+                                   size_t *ret_size, char *err, size_t err_size);
+GH_VIDEO_EXPORT int gh_video_encode_mp4(const uint8_t *rgb, uint32_t width, uint32_t height, uint32_t n_frames, uint32_t fps,
                         const gh_video_meta *meta, size_t n_meta, uint8_t **ret, size_t *ret_size, char *err,
                         size_t err_size);
 

@@ -396,6 +396,11 @@ static void test_add(void **state) {
         assert_int_equal(gh_dbackend_cpu.add_channel(&cpu1, &a.h, &v.h, &y.h), 0);
         assert_int_equal(gh_dbackend_cuda.add_channel(&fx.gpu, &a.d, &v.d, &y.d), 0);
         compare(&y, 0.0, "add_channel");
+        /* rows: the motion modules' position encoding, [(N HW), F*C] + [F, C] */
+        pair r = rf32(SHAPE(2 * 97, 16 * 40)), pe = rf32(SHAPE(16, 40)), ry = f32(NULL, SHAPE(2 * 97, 16 * 40));
+        assert_int_equal(gh_dbackend_cpu.add_rows(&cpu1, &r.h, &pe.h, &ry.h), 0);
+        assert_int_equal(gh_dbackend_cuda.add_rows(&fx.gpu, &r.d, &pe.d, &ry.d), 0);
+        compare(&ry, 0.0, "add_rows");
 }
 
 static void test_lincomb(void **state) {

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """The diffusion runtime on the GPU (gpuhost-sd --cuda, the CUDA backend)
 against the PyTorch reference's float64 results for the tiny fixtures
-(stdlib only): text encoder, UNet (single file and diffusers folder), VAE decode and encode,
-and a whole 3-step txt2img run. Relative L2 error must be under
+(stdlib only): text encoder, UNet (single file and diffusers folder), VAE
+decode and encode, a whole 3-step txt2img run, and the AnimateDiff motion
+modules (one UNet evaluation over 2 videos of 8 frames in both naming
+layouts, and an 8-frame 3-step video sample). Relative L2 error must be under
 1e-4 (the backend computes in fp32), and under 1e-2 in the fp16
 tensor-core mode (--fp16). Prints the error of each.
 
@@ -89,17 +91,43 @@ def main():
           "--steps", "3", "--cfg", "7.5", "--seed", "1234"],
          "txt2img.latent"),
     ]
+    # AnimateDiff motion modules: 2 videos of 8 frames, and 8 frames sampled.
+    mexp = os.path.join(FIX, "motion-expected.safetensors")
+    mm = ["--motion", os.path.join(FIX, "motion-tiny.safetensors"),
+          "--frames", "8"]
+    munet = ["unet", "--x", mexp + ":motion.unet.x", "--t",
+             mexp + ":motion.unet.t", "--context",
+             mexp + ":motion.unet.context"]
+    msample = ["sample", "--prompt", "a red circle on a blue background",
+               "--sampler", "euler", "--steps", "3", "--cfg", "7.5",
+               "--seed", "1234", "--width", "64", "--height", "64"]
+    cases += [
+        ("UNet + motion", single, mm + munet, (mexp, "motion.unet.out")),
+        ("UNet + motion, diffusers names", single,
+         ["--motion", os.path.join(FIX, "motion-tiny-diffusers.safetensors"),
+          "--frames", "8"] + munet, (mexp, "motion.unet.out")),
+        ("UNet + motion, fp16", single, mm + ["--fp16"] + munet,
+         (mexp, "motion.unet.out")),
+        ("video, 8 frames, euler", single, ["--tokenizer", tok] + mm + msample,
+         (mexp, "motion.sample.latent")),
+        ("video, 8 frames, fp16", single,
+         ["--tokenizer", tok] + mm + ["--fp16"] + msample,
+         (mexp, "motion.sample.latent")),
+    ]
     worst = 0.0
     for what, model, args, want in cases:
         pre = []
         if args[0] == "--tokenizer":
             pre, args = args[:2], args[2:]
+        while args[0] in ("--motion", "--frames"):
+            pre, args = pre + args[:2], args[2:]
+        exp, want = want if isinstance(want, tuple) else (EXP, want)
         r = subprocess.run([SD, "--model", model] + pre + ["--cuda"] + args
                            + ["-o", out], capture_output=True, text=True,
                            timeout=300)
         if r.returncode != 0:
             fail("%s: gpuhost-sd: %s" % (what, r.stderr.strip()))
-        err = rel_l2(npy_floats(out), st_floats(EXP, want))
+        err = rel_l2(npy_floats(out), st_floats(exp, want))
         worst = max(worst, err)
         tol = TOL_FP16 if "fp16" in what else TOL
         print("%-30s relative L2 %.2e" % (what, err), flush=True)

@@ -22,11 +22,11 @@ class DaemonError(Exception):
 class Daemon:
     def __init__(self, gpuhostd, ctl, worker, plugins, tmp, devices="",
                  scheduler="", workers="", models="", ready_sec=120,
-                 daemon=""):
+                 daemon="", plugin_files=("txt2img.so", "img2img.so")):
         self.ctl_path, self.tmp = ctl, tmp
         plugin_dir = os.path.join(tmp, "plugins")
         os.makedirs(plugin_dir)
-        for p in ("txt2img.so", "img2img.so"):
+        for p in plugin_files:
             shutil.copy(os.path.join(plugins, p), plugin_dir)
             os.chmod(os.path.join(plugin_dir, p), 0o644)
         self.sock = os.path.join(tmp, "gpuhost.sock")
@@ -46,7 +46,8 @@ class Daemon:
         while time.time() < deadline:
             r = subprocess.run([ctl, "pipelines"], env=self.env,
                                capture_output=True, text=True)
-            if r.returncode == 0 and "txt2img" in r.stdout:
+            if r.returncode == 0 and all(
+                    f[:-3] in r.stdout for f in plugin_files):
                 return
             if self.proc.poll() is not None:
                 break

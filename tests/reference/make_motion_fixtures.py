@@ -9,7 +9,8 @@ Writes, next to sd-tiny.safetensors (which it reads):
   motion-tiny.safetensors           AnimateDiff's own naming, F16, with the
                                     pos_encoder.pe buffers (F32)
   motion-tiny-diffusers.safetensors the diffusers MotionAdapter's naming
-                                    (no pe), F32
+                                    (no pe), BF16 (the values are exact in
+                                    both fp16 and bf16)
   motion-expected.safetensors       inputs and float64 expected outputs:
       motion.unet.{x,t,context,out}  one UNet evaluation with the modules,
                                      2 videos of 8 frames (16 items)
@@ -105,7 +106,7 @@ def main():
             {k: ("F32" if k.endswith(".pe") else "F16", v)
              for k, v in w.items()}, metadata={"format": "pt"})
     st.save(os.path.join(out, "motion-tiny-diffusers.safetensors"),
-            {k: ("F32", v) for k, v in R.motion_to_diffusers(w).items()},
+            {k: ("BF16", v) for k, v in R.motion_to_diffusers(w).items()},
             metadata={"format": "pt"})
 
     rs = np.random.RandomState(300)

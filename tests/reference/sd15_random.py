@@ -12,6 +12,10 @@ GPU benchmark (bench/bench-sd.py) and the GPU test
   stamp of everything that decides its content (the configuration, the
   sources of sd_ref.py and st.py, this maker, the torch and numpy
   versions), and reused while the stamp holds.
+- motion_checkpoint() does the same for an AnimateDiff v2-style motion
+  module at those sizes (a module after every res block, one in the mid
+  block, a 32-frame encoding; 453 M parameters at full size) in
+  AnimateDiff's own naming: fp16 weights, the pos_encoder.pe buffers fp32.
 - use_sdpa() sends the reference's attention through
   scaled_dot_product_attention where torch has it (torch 2); exact_fp32()
   keeps TF32 out of fp32 reference results.
@@ -72,7 +76,7 @@ def make_checkpoint(path, cfg):
     return sum(v.numel() for v in state.values())
 
 
-def stamp(cfg):
+def stamp(cfg, make=make_checkpoint):
     """A digest of everything that decides the checkpoint's bytes."""
     h = hashlib.sha256()
     h.update(json.dumps(cfg.to_json(), sort_keys=True).encode())
@@ -81,18 +85,37 @@ def stamp(cfg):
     for mod in (R, st):
         with open(mod.__file__, "rb") as f:
             h.update(f.read())
-    h.update(inspect.getsource(make_checkpoint).encode())
+    h.update(inspect.getsource(make).encode())
     return h.hexdigest()[:16]
 
 
-def checkpoint(small=False, directory=None, log=print):
+def make_motion(path, cfg):
+    """Writes a motion module for |cfg|'s UNet to |path| (PyTorch's default
+    initialisation, seed 1); returns its parameter count."""
+    torch.manual_seed(1)
+    state = R.motion_state(R.MotionAdapter(cfg.unet, mid=True, max_len=32))
+    st.save(path, {k: ("F32" if k.endswith(".pe") else "F16",
+                       v.float().numpy() if k.endswith(".pe")
+                       else v.half().numpy()) for k, v in state.items()},
+            metadata={"format": "pt"}, exact=False)
+    return sum(v.numel() for k, v in state.items() if not k.endswith(".pe"))
+
+
+def motion_checkpoint(small=False, directory=None, log=print):
+    """The cached motion module's path (as checkpoint())."""
+    return checkpoint(small, directory, log, motion=True)
+
+
+def checkpoint(small=False, directory=None, log=print, motion=False):
     """The cached checkpoint's path, made first if missing (written under a
     temporary name, then renamed; older stamps of the same label go)."""
     label, cfg = config(small)
+    make = make_motion if motion else make_checkpoint
+    label += "-motion" if motion else ""
     directory = directory or cache_dir()
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, "%s-random-%s.safetensors"
-                        % (label, stamp(cfg)))
+                        % (label, stamp(cfg, make)))
     if os.path.exists(path):
         log("checkpoint: reusing %s (%.2f GiB)"
             % (path, os.path.getsize(path) / 2**30))
@@ -100,7 +123,7 @@ def checkpoint(small=False, directory=None, log=print):
     t0 = time.time()
     tmp = "%s.%d.tmp" % (path, os.getpid())
     try:
-        n = make_checkpoint(tmp, cfg)
+        n = make(tmp, cfg)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -3,7 +3,8 @@
  * read from safetensors files (FILE:TENSOR), and writes the result as .npy
  * (float32, C order). For tests, debugging and measuring:
  *
- *   gpuhost-sd --model PATH [--tokenizer DIR] [--threads N | --cuda] COMMAND ...
+ *   gpuhost-sd --model PATH [--tokenizer DIR] [--motion PATH --frames N]
+ *              [--threads N | --cuda] COMMAND ...
  *     tokenize PROMPT
  *     encode-text (--ids F:T | --prompt TEXT) [--clip-skip N] -o OUT.npy
  *     unet --x F:T --t F:T --context F:T [--repeat N] -o OUT.npy
@@ -13,6 +14,10 @@
  *            [--seed N] [--width W] [--height H] [--v-pred]
  *            [--init F:T --strength S] [-o LATENT.npy] [--image OUT.ppm]
  *     plan [--width W] [--height H] [--batch B] [--steps N] [--sampler S]
+ *
+ * --motion adds an AnimateDiff motion module (a file of its own) and
+ * --frames N makes "unet" and "sample" work on videos of N frames (the
+ * batch: whole videos; sample makes one of N frames).
  *
  * "sample" runs the whole pipeline (prompts, sampler, decode), printing the
  * time per phase; --init takes an encoded latent for img2img. "unet
@@ -26,7 +31,8 @@
  *
  * --cuda runs on GPU 0 through the CUDA backend (where it was built; with
  * --fp16, its convolutions and GEMMs run on tensor cores in fp16, and
- * attention on the flash kernel; UNet evaluations are recorded once as a
+ * attention on the flash kernel, except in sample's text encoder and VAE,
+ * which stay in fp32 as a precision=fp16 job's do; UNet evaluations are recorded once as a
  * CUDA graph and replayed, unless --no-graphs; --cudnn sends the fp16
  * convolutions wider than 1x1 through cuDNN instead of im2col and
  * cuBLASLt, to compare): the
@@ -294,8 +300,8 @@ static int write_npy(const char *path, const float *v, const gh_dt *shape) {
 
 typedef struct opts {
         const char *model, *tokenizer, *out, *ids, *prompt, *negative, *x, *t, *context, *latent, *image, *init,
-                *sampler, *ppm;
-        int threads, clip_skip, steps, width, height, batch, repeat;
+                *sampler, *ppm, *motion;
+        int threads, clip_skip, steps, width, height, batch, repeat, frames;
         double cfg, strength;
         uint64_t seed;
         bool v_pred, img2img, cuda, profile, fp16, no_graphs, cudnn;
@@ -367,9 +373,17 @@ static int cmp_double(const void *a, const void *b) {
         return (x > y) - (x < y);
 }
 
+/* The UNet, with the motion modules when |pe| is given (--frames). */
+static int unet_eval(gh_dctx *c, const gh_sd_models *m, const gh_motion_pe *pe, const gh_dt *x, const float *t,
+                     const gh_dt *ctx, gh_dt *y) {
+        if (pe)
+                return gh_unet_eval_video(c, &m->unet, &m->motion, pe, x, t, ctx, y);
+        return gh_unet_eval(c, &m->unet, x, t, ctx, y);
+}
+
 /* |n| more UNet evaluations, timed one by one (median and best). */
-static void time_unet(gh_dctx *c, const gh_sd_models *m, const gh_dt *x, const float *t, const gh_dt *ctx, gh_dt *y,
-                      int n) {
+static void time_unet(gh_dctx *c, const gh_sd_models *m, const gh_motion_pe *pe, const gh_dt *x, const float *t,
+                      const gh_dt *ctx, gh_dt *y, int n) {
         float *out = malloc((size_t) gh_dt_numel(y) * sizeof(float));
         double *ms = malloc((size_t) n * sizeof(double));
 
@@ -377,13 +391,13 @@ static void time_unet(gh_dctx *c, const gh_sd_models *m, const gh_dt *x, const f
                 die_ctx(c, -ENOMEM);
         /* A first evaluation outside the timing: the backend's one-time
          * work (GEMM plans) is not what --repeat measures, nor --profile. */
-        CK(c, gh_unet_eval(c, &m->unet, x, t, ctx, y));
+        CK(c, unet_eval(c, m, pe, x, t, ctx, y));
         CK(c, gh_op_download(c, y, out));
         if (c->be == &gh_dbackend_profile)
                 gh_profile_reset(c->be_state);
         for (int i = 0; i < n; i++) {
                 double t0 = now();
-                CK(c, gh_unet_eval(c, &m->unet, x, t, ctx, y));
+                CK(c, unet_eval(c, m, pe, x, t, ctx, y));
                 CK(c, gh_op_download(c, y, out));
                 ms[i] = (now() - t0) * 1e3;
         }
@@ -431,9 +445,12 @@ static int cmd_run(gh_dfiles *f, const gh_sd_models *m, const char *cmd, const o
                 CK(c, gh_dt_new(c, &b, (int64_t) n2, (int64_t) n3 / (int64_t) n2 / m->unet.cfg.ctx, m->unet.cfg.ctx));
                 CK(c, gh_op_upload(c, ctx, &b));
                 CK(c, gh_dt_new(c, &y, a.shape[0], m->unet.cfg.out_ch, a.shape[2], a.shape[3]));
-                CK(c, gh_unet_eval(c, &m->unet, &a, t, &b, &y));
+                gh_motion_pe pe;
+                if (o->frames)
+                        CK(c, gh_motion_pe_new(c, &m->unet, o->frames, &pe));
+                CK(c, unet_eval(c, m, o->frames ? &pe : NULL, &a, t, &b, &y));
                 if (o->repeat > 0)
-                        time_unet(c, m, &a, t, &b, &y, o->repeat);
+                        time_unet(c, m, o->frames ? &pe : NULL, &a, t, &b, &y, o->repeat);
                 free(x);
                 free(t);
                 free(ctx);
@@ -469,7 +486,8 @@ static int cmd_run(gh_dfiles *f, const gh_sd_models *m, const char *cmd, const o
 }
 
 static gh_sd_params params_of(const opts *o) {
-        return (gh_sd_params){.width = (uint32_t) o->width, .height = (uint32_t) o->height, .batch = (uint32_t) o->batch,
+        return (gh_sd_params){.width = (uint32_t) o->width, .height = (uint32_t) o->height,
+                              .batch = (uint32_t) (o->frames ? o->frames : o->batch), .frames = (uint32_t) o->frames,
                               .steps = (uint32_t) o->steps, .clip_skip = (uint32_t) o->clip_skip, .cfg = (float) o->cfg,
                               .sampler = gh_sampler_from_name(o->sampler), .v_pred = o->v_pred, .seed = o->seed,
                               .img2img = o->img2img, .strength = o->strength};
@@ -483,6 +501,21 @@ static int write_ppm(const char *path, const uint8_t *rgb, int w, int h) {
         fprintf(f, "P6\n%d %d\n255\n", w, h);
         fwrite(rgb, 3, (size_t) w * h, f);
         return fclose(f) == 0 ? 0 : -EIO;
+}
+
+#ifdef GH_HAVE_CUDA_BACKEND
+static gh_dcuda *fp16_be; /* --cuda --fp16: sample's UNet steps in fp16, as a job's */
+#endif
+
+/* sample: the UNet in fp16 (--fp16), the text encoder and the VAE not,
+ * as a precision=fp16 job runs them. */
+static void unet_mode(bool fp16) {
+#ifdef GH_HAVE_CUDA_BACKEND
+        if (fp16_be)
+                fp16_be->fp16 = fp16;
+#else
+        (void) fp16;
+#endif
 }
 
 static int cmd_sample(gh_dfiles *f, const gh_sd_models *m, const opts *o, gh_dctx *c) {
@@ -507,15 +540,20 @@ static int cmd_sample(gh_dfiles *f, const gh_sd_models *m, const opts *o, gh_dct
         if (o->init)
                 init = input(o->init, &n, &ti);
         t0 = now();
+        unet_mode(false);
         CK(c, gh_sd_run_init(&r, m, &p, c, chunks, cond, uncond, NULL));
         r.init_latent_host = init;
         CK(c, gh_sd_run_prepare(&r));
         t1 = now();
-        for (uint32_t i = 0; i < gh_sd_steps_run(&p); i++)
+        for (uint32_t i = 0; i < gh_sd_steps_run(&p); i++) {
+                unet_mode(true);
                 CK(c, gh_sd_run_step(&r, i));
+                unet_mode(false);
+        }
         t2 = now();
         rgb = malloc((size_t) p.width * p.height * 3);
-        CK(c, gh_sd_run_decode(&r, 0, rgb, NULL));
+        for (uint32_t b = p.batch; b-- > 0;) /* every item; frame 0 last, for --ppm */
+                CK(c, gh_sd_run_decode(&r, b, rgb, NULL));
         t3 = now();
         printf("prepare %.3f s, %u steps %.3f s (%.3f s/step), decode %.3f s, total %.3f s; workspace %zu bytes planned, %zu peak\n",
                t1 - t0, gh_sd_steps_run(&p), t2 - t1, gh_sd_steps_run(&p) ? (t2 - t1) / gh_sd_steps_run(&p) : 0.0,
@@ -549,6 +587,14 @@ static int cmd_plan(const gh_sd_models *m, const opts *o) {
         return 0;
 }
 
+/* The checkpoint's tensors, then the motion module's (--motion). */
+static int chain_lookup(void *ctx, const char *name, gh_tensor *ret) {
+        const gh_dsource *const *s = ctx;
+        int r = s[0]->lookup(s[0]->ctx, name, ret);
+
+        return r == -ENOENT && s[1] ? s[1]->lookup(s[1]->ctx, name, ret) : r;
+}
+
 static void usage(void) {
         fprintf(stderr, "usage: gpuhost-sd --model PATH [--tokenizer DIR] [--threads N | --cuda] "
                         "tokenize|encode-text|unet|vae-decode|vae-encode|sample|plan [OPTIONS]\n");
@@ -567,7 +613,7 @@ int main(int argc, char **argv) {
                 {"strength", 1, NULL, 'r'},  {"ppm", 1, NULL, 'P'},       {"img2img", 0, NULL, 'M'},
                 {"cuda", 0, NULL, 'C'},      {"repeat", 1, NULL, 'R'},    {"profile", 0, NULL, 'F'},
                 {"fp16", 0, NULL, 'B'},      {"no-graphs", 0, NULL, 'G'},
-                {"cudnn", 0, NULL, 'D'},
+                {"cudnn", 0, NULL, 'D'},     {"motion", 1, NULL, 'A'},    {"frames", 1, NULL, 'N'},
                 {NULL, 0, NULL, 0},
         };
         opts o = {.threads = 1, .clip_skip = 1, .steps = 20, .width = 64, .height = 64, .batch = 1, .cfg = 7.5,
@@ -614,9 +660,12 @@ int main(int argc, char **argv) {
                 case 'B': o.fp16 = true; break;
                 case 'G': o.no_graphs = true; break;
                 case 'D': o.cudnn = true; break;
+                case 'A': o.motion = optarg; break;
+                case 'N': o.frames = atoi(optarg); break;
                 default: usage();
                 }
-        if (!o.model || optind >= argc || o.threads < 1 || o.threads > 64 || gh_sampler_from_name(o.sampler) < 0)
+        if (!o.model || optind >= argc || o.threads < 1 || o.threads > 64 || gh_sampler_from_name(o.sampler) < 0 ||
+            o.frames < 0 || o.frames > GH_SD_MAX_FRAMES || (o.frames && !o.motion))
                 usage();
         if (optind + 1 < argc && !o.prompt)
                 o.prompt = argv[optind + 1];
@@ -627,12 +676,22 @@ int main(int argc, char **argv) {
         if (strcmp(argv[optind], "tokenize") == 0)
                 return cmd_tokenize(f, &o), gh_dfiles_close(f), 0;
         const gh_dsource *src = gh_dfiles_source(f);
+        gh_dfiles *mf = NULL;
+        const gh_dsource *chain[2] = {src, NULL};
+        gh_dsource both = {chain_lookup, chain};
+        if (o.motion) {
+                if (gh_dfiles_open(o.motion, NULL, &mf, err, sizeof(err)) < 0)
+                        return fprintf(stderr, "gpuhost-sd: %s\n", err), 1;
+                chain[1] = gh_dfiles_source(mf);
+                src = &both;
+        }
 #ifdef GH_HAVE_CUDA_BACKEND
         gpu g = {0};
         if (o.cuda) {
                 if (gpu_open(&g, src, err, sizeof(err)) < 0)
                         return fprintf(stderr, "gpuhost-sd: %s\n", err), 1;
                 g.be.fp16 = o.fp16;
+                fp16_be = o.fp16 ? &g.be : NULL;
                 g.be.no_graphs = o.no_graphs;
                 if (o.cudnn && gh_dcuda_use_cudnn(&g.be, err, sizeof(err)) < 0)
                         return fprintf(stderr, "gpuhost-sd: --cudnn: %s\n", err), 1;
@@ -642,7 +701,7 @@ int main(int argc, char **argv) {
         if (o.cuda)
                 return fprintf(stderr, "gpuhost-sd: built without the CUDA backend\n"), 1;
 #endif
-        if (gh_sd_models_load(&m, src) < 0) {
+        if (gh_sd_models_load(&m, src) < 0 || (o.motion && gh_sd_motion_load(&m, src) < 0)) {
                 fprintf(stderr, "gpuhost-sd: %s\n", m.err);
                 return 1;
         }
@@ -652,7 +711,7 @@ int main(int argc, char **argv) {
         cpu = (gh_dcpu){.parallel_for = pool_for, .pctx = &pl, .threads = pl.n};
         c.be_state = &cpu;
         /* Component runs take what they need; sample plans exactly. */
-        size_t bytes = (size_t) 2 << 30;
+        size_t bytes = (size_t) (o.frames ? 16 : 2) << 30; /* a video's batch: 2 x frames */
         if (strcmp(argv[optind], "sample") == 0) {
                 gh_sd_params p = params_of(&o);
                 if (gh_sd_params_check(&m, &p, err, sizeof(err)) < 0 ||
@@ -689,5 +748,6 @@ int main(int argc, char **argv) {
         pool_stop(&pl);
         gh_sd_models_unload(&m);
         gh_dfiles_close(f);
+        gh_dfiles_close(mf);
         return r;
 }
