@@ -67,6 +67,7 @@ enum {
         K_ADD,
         K_ADD_CHANNEL,
         K_ADD_ROWS,
+        K_SOFTMAX,
         K_CONCAT,
         K_TRANSPOSE,
         K_EMBEDDING,
@@ -102,6 +103,7 @@ static const char *const kernel_names[K_COUNT] = {
         [K_ADD] = "gh_add",
         [K_ADD_CHANNEL] = "gh_add_channel",
         [K_ADD_ROWS] = "gh_add_rows",
+        [K_SOFTMAX] = "gh_softmax_rows",
         [K_CONCAT] = "gh_concat",
         [K_TRANSPOSE] = "gh_transpose",
         [K_EMBEDDING] = "gh_embedding",
@@ -972,6 +974,47 @@ static int flash(gh_dcuda *s, int fa, const gh_dt *q, const gh_dt *k, const gh_d
         return 0;
 }
 
+/* Exact attention as two GEMMs per piece of heads (fp32, on cuBLASLt):
+ * scores S = K Q^T of each head into the work buffer, a softmax along
+ * each query's row, then Y = V P; for the long sequences and wide heads
+ * the flash kernel does not take (the VAE's single 512-wide head over
+ * 4096 positions). -E2BIG where the scores of one head do not fit, or
+ * without cuBLASLt: the kernel then. Column-major terms: S^T [tk x tq] =
+ * op(K^T) Q^T, Y^T [d x tq] = V^T P^T, heads batched at a stride of d. */
+static int attention_gemm(gh_dcuda *s, const gh_dt *q, const gh_dt *k, const gh_dt *v, gh_dt *y, int heads,
+                          float scale) {
+        int64_t tq = q->shape[1], tk = k->shape[1], c = q->shape[2], d = c / heads, per = tq * tk * 4, hc;
+        CUdeviceptr sc = s->work + GH_DCUDA_LT_WORKSPACE;
+        int r = 0;
+
+        if (!use_lt(s) || per > (int64_t)ops_size(s) || tq > INT32_MAX || tk > INT32_MAX)
+                return -E2BIG;
+        hc = (int64_t)ops_size(s) / per < heads ? (int64_t)ops_size(s) / per : heads;
+        s->cast.valid = false; /* the scores go over the work buffer */
+        for (int64_t b = 0; b < q->shape[0] && r >= 0; b++)
+                for (int64_t h0 = 0; h0 < heads && r >= 0; h0 += hc) {
+                        int64_t nh = heads - h0 < hc ? heads - h0 : hc, off = (b * tq * c + h0 * d) * 4,
+                                koff = (b * tk * c + h0 * d) * 4;
+                        gemm_key ks = {.type = GH_TENSOR_F32, .trans_a = 1, .m = tk, .n = tq, .k = d, .lda = c,
+                                       .ldb = c, .ldd = tk, .batch = nh, .stride_a = d, .stride_b = d,
+                                       .stride_d = tq * tk};
+                        gemm_key ky = {.type = GH_TENSOR_F32, .m = d, .n = tq, .k = tk, .lda = c, .ldb = tk, .ldd = c,
+                                       .batch = nh, .stride_a = d, .stride_b = tq * tk, .stride_d = d};
+                        long long rows = nh * tq;
+                        int n = (int)tk;
+                        void *params[] = {&sc, &rows, &n, &scale};
+                        r = gemm(s, &ks, (CUdeviceptr)(uintptr_t)k->data + (size_t)koff,
+                                 (CUdeviceptr)(uintptr_t)q->data + (size_t)off, sc, NULL);
+                        if (r >= 0)
+                                r = launch(s, K_SOFTMAX, 1, (unsigned)(rows < MAX_GRID_Y ? rows : MAX_GRID_Y), 1,
+                                           THREADS, 1, 0, params);
+                        if (r >= 0)
+                                r = gemm(s, &ky, (CUdeviceptr)(uintptr_t)v->data + (size_t)koff, sc,
+                                         (CUdeviceptr)(uintptr_t)y->data + (size_t)off, NULL);
+                }
+        return r;
+}
+
 static int cuda_attention(void *be, const gh_dt *q, const gh_dt *k, const gh_dt *v, int heads, bool causal,
                           gh_dt *y) {
         int tq = (int)q->shape[1], tk = (int)k->shape[1], c = (int)q->shape[2], cz = causal, tile, fa;
@@ -991,6 +1034,11 @@ static int cuda_attention(void *be, const gh_dt *q, const gh_dt *k, const gh_dt 
         fa = flash_kernel(be, q, k, v, y, c / heads, causal);
         if (fa >= 0) {
                 int r = flash(be, fa, q, k, v, y, heads, scale * 1.4426950408889634f); /* the kernel's softmax is base 2 */
+                if (r != -E2BIG)
+                        return r;
+        }
+        if (!causal) {
+                int r = attention_gemm(be, q, k, v, y, heads, scale);
                 if (r != -E2BIG)
                         return r;
         }

@@ -633,6 +633,26 @@ extern "C" __global__ void gh_sum(const float *x, long long n, double *out) {
  * dynamic shared memory, with an online softmax (running max and sum, the
  * partial output rescaled when the max grows), so any Tk fits; one tile
  * gives the plain softmax's arithmetic exactly. */
+/* x[r, :] = softmax(scale * x[r, :]) over rows of n: a block per row
+ * (grid y, looping), max and sum over the block (the sum in double). */
+extern "C" __global__ void gh_softmax_rows(float *x, long long rows, int n, float scale) {
+        for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+                float *row = x + r * n, m = -INFINITY;
+                for (int i = threadIdx.x; i < n; i += blockDim.x)
+                        m = fmaxf(m, row[i] * scale);
+                m = block_max(m);
+                double l = 0.0;
+                for (int i = threadIdx.x; i < n; i += blockDim.x) {
+                        const float p = expf(row[i] * scale - m);
+                        row[i] = p;
+                        l += p;
+                }
+                const float inv = (float)(1.0 / block_sum(l));
+                for (int i = threadIdx.x; i < n; i += blockDim.x)
+                        row[i] *= inv;
+        }
+}
+
 extern "C" __global__ void gh_attention(const float *q, const float *k, const float *v, float *y, int tq, int tk,
                                         int c, int heads, int causal, float scale, int tile) {
         extern __shared__ float sc[];

@@ -507,8 +507,8 @@ static int write_ppm(const char *path, const uint8_t *rgb, int w, int h) {
 static gh_dcuda *fp16_be; /* --cuda --fp16: sample's UNet steps in fp16, as a job's */
 #endif
 
-/* sample: the UNet in fp16 (--fp16), the text encoder and the VAE not,
- * as a precision=fp16 job runs them. */
+/* sample with --fp16, as a precision=fp16 job: the UNet in fp16, the
+ * text encoder and the VAE in fp32. */
 static void unet_mode(bool fp16) {
 #ifdef GH_HAVE_CUDA_BACKEND
         if (fp16_be)
