@@ -18,8 +18,9 @@ the VAE in fp32):
   (median wall time); the job's admission estimate (the ledger's
   workspaces while it runs) and the device memory it took over the daemon
   with both models loaded (cuMemGetInfo, sampled every ~5 ms).
-- the plugin's runtime alone: `gpuhost-sd --motion --frames sample` (its
-  own clock: prompts, steps, decoding every frame; no model load).
+- the plugin's runtime alone: `gpuhost-sd --motion --frames sample
+  --repeat 1` (its own clock over its second, warm run: prompts, steps,
+  decoding every frame; no model load).
 - PyTorch: the reference's UNet with the motion modules inserted
   (sd_ref.unet_video; fp16, channels_last, scaled_dot_product_attention),
   the reference's sampler and VAE, in a process of its own, after a
@@ -200,7 +201,7 @@ def run_runtime(args, ckpt, motion):
          else ["--cuda", "--fp16"]) + \
         ["sample", "--prompt", PROMPT, "--sampler", SAMPLER, "--steps",
          str(args.steps), "--cfg", str(CFG), "--seed", str(SEED), "--width",
-         str(args.size), "--height", str(args.size)]
+         str(args.size), "--height", str(args.size), "--repeat", "1"]
     totals = []
     for _ in range(args.jobs):
         r = subprocess.run(cmd, capture_output=True, text=True)

@@ -12,7 +12,7 @@
  *     vae-encode --image F:T -o OUT.npy            (image in 0..1)
  *     sample [--prompt P] [--negative N] [--sampler S] [--steps N] [--cfg C]
  *            [--seed N] [--width W] [--height H] [--v-pred]
- *            [--init F:T --strength S] [-o LATENT.npy] [--image OUT.ppm]
+ *            [--init F:T --strength S] [--repeat N] [-o LATENT.npy] [--image OUT.ppm]
  *     plan [--width W] [--height H] [--batch B] [--steps N] [--sampler S]
  *
  * --motion adds an AnimateDiff motion module (a file of its own) and
@@ -20,7 +20,10 @@
  * batch: whole videos; sample makes one of N frames).
  *
  * "sample" runs the whole pipeline (prompts, sampler, decode), printing the
- * time per phase; --init takes an encoded latent for img2img. "unet
+ * time per phase (with --repeat N, N more times in the same process, each
+ * line "warm: ...": the kernels loaded, cuBLASLt initialised, as in a
+ * worker that has run a job before); --init takes an encoded latent for
+ * img2img. "unet
  * --repeat N" evaluates N more times and prints the time per evaluation
  * (each ends with the output's download, so GPU work is counted whole).
  * --profile then prints the time of each kind of op over the whole command
@@ -539,25 +542,31 @@ static int cmd_sample(gh_dfiles *f, const gh_sd_models *m, const opts *o, gh_dct
         }
         if (o->init)
                 init = input(o->init, &n, &ti);
-        t0 = now();
-        unet_mode(false);
-        CK(c, gh_sd_run_init(&r, m, &p, c, chunks, cond, uncond, NULL));
-        r.init_latent_host = init;
-        CK(c, gh_sd_run_prepare(&r));
-        t1 = now();
-        for (uint32_t i = 0; i < gh_sd_steps_run(&p); i++) {
-                unet_mode(true);
-                CK(c, gh_sd_run_step(&r, i));
-                unet_mode(false);
-        }
-        t2 = now();
         rgb = malloc((size_t) p.width * p.height * 3);
-        for (uint32_t b = p.batch; b-- > 0;) /* every item; frame 0 last, for --ppm */
-                CK(c, gh_sd_run_decode(&r, b, rgb, NULL));
-        t3 = now();
-        printf("prepare %.3f s, %u steps %.3f s (%.3f s/step), decode %.3f s, total %.3f s; workspace %zu bytes planned, %zu peak\n",
-               t1 - t0, gh_sd_steps_run(&p), t2 - t1, gh_sd_steps_run(&p) ? (t2 - t1) / gh_sd_steps_run(&p) : 0.0,
-               t3 - t2, t3 - t0, plan, gh_arena_peak(c->arena));
+        for (int k = 0; k <= o->repeat; k++) { /* --repeat N: N more runs, warm */
+                if (k > 0)
+                        gh_sd_run_free(&r);
+                t0 = now();
+                unet_mode(false);
+                CK(c, gh_sd_run_init(&r, m, &p, c, chunks, cond, uncond, NULL));
+                r.init_latent_host = init;
+                CK(c, gh_sd_run_prepare(&r));
+                t1 = now();
+                for (uint32_t i = 0; i < gh_sd_steps_run(&p); i++) {
+                        unet_mode(true);
+                        CK(c, gh_sd_run_step(&r, i));
+                        unet_mode(false);
+                }
+                t2 = now();
+                for (uint32_t b = p.batch; b-- > 0;) /* every item; frame 0 last, for --ppm */
+                        CK(c, gh_sd_run_decode(&r, b, rgb, NULL));
+                t3 = now();
+                printf("%sprepare %.3f s, %u steps %.3f s (%.3f s/step), decode %.3f s, total %.3f s; workspace %zu "
+                       "bytes planned, %zu peak\n",
+                       k ? "warm: " : "", t1 - t0, gh_sd_steps_run(&p), t2 - t1,
+                       gh_sd_steps_run(&p) ? (t2 - t1) / gh_sd_steps_run(&p) : 0.0, t3 - t2, t3 - t0, plan,
+                       gh_arena_peak(c->arena));
+        }
         lat = malloc((size_t) gh_dt_numel(&r.x) * sizeof(float));
         CK(c, gh_op_download(c, &r.x, lat));
         if (o->out && write_npy(o->out, lat, &r.x) < 0)
