@@ -673,8 +673,9 @@ static void test_motion_unet(void **state) {
         }
 }
 
-/* 8 frames, euler, 3 steps, CFG 7.5 through the pipeline; frames past the
- * module's encoding, or a batch other than the frames, are refused. */
+/* 8 frames, euler, 3 steps, CFG 7.5 through the pipeline, and 12 frames
+ * on windows of 8; frames past the module's encoding, a batch other than
+ * the frames, and windows that never move on are refused. */
 static void test_motion_sample(void **state) {
         gh_sd_params p = {.width = 64, .height = 64, .batch = 8, .frames = 8, .steps = 3, .clip_skip = 1, .cfg = 7.5f,
                           .sampler = GH_SAMPLER_EULER, .seed = 1234};
@@ -705,10 +706,40 @@ static void test_motion_sample(void **state) {
         gh_sd_run_free(&r);
         ctx_close(&x);
 
+        /* 12 frames on windows of 8 overlapping by 4 (frames 0-7, 4-11) */
+        gh_sd_params wp = p;
+        size_t nw;
+        float *wwant = fx_of(motion_expected, "motion.sample.windows", &nw), *wgot = malloc(nw * sizeof(float));
+        wp.frames = wp.batch = 12;
+        wp.window = 8;
+        wp.overlap = 4;
+        assert_int_equal(gh_sd_plan(&m, &wp, 1, &plan, err, sizeof(err)), 0);
+        ctx_open(&x, plan);
+        OK(&x.c, gh_sd_run_init(&r, &m, &wp, &x.c, 1, NULL, NULL, NULL));
+        OK(&x.c, gh_sd_run_set_context(&r, hidden + nh / 2, hidden));
+        OK(&x.c, gh_sd_run_start(&r));
+        for (uint32_t i = 0; i < wp.steps; i++)
+                OK(&x.c, gh_sd_run_step(&r, i));
+        assert_int_equal((size_t) gh_dt_numel(&r.x), nw);
+        OK(&x.c, gh_op_download(&x.c, &r.x, wgot));
+        expect_close("sample, 12 frames in windows of 8", wgot, wwant, nw);
+        assert_true(gh_arena_peak(x.c.arena) <= plan);
+        gh_sd_run_free(&r);
+        ctx_close(&x);
+        free(wwant);
+        free(wgot);
+
         gh_sd_params bad = p;
         bad.frames = bad.batch = 33;
         assert_int_equal(gh_sd_params_check(&m, &bad, err, sizeof(err)), -EINVAL);
         assert_non_null(strstr(err, "frames 1..32"));
+        bad = wp;
+        bad.overlap = 8; /* an overlap of a whole window never moves on */
+        assert_int_equal(gh_sd_params_check(&m, &bad, err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "overlapping"));
+        bad.window = 1;
+        bad.overlap = 0;
+        assert_int_equal(gh_sd_params_check(&m, &bad, err, sizeof(err)), -EINVAL);
         bad = p;
         bad.batch = 4;
         assert_int_equal(gh_sd_params_check(&m, &bad, err, sizeof(err)), -EINVAL);

@@ -12,6 +12,8 @@ only; the MP4 is decoded by video-probe, FFmpeg's libraries).
   the checkpoint: while both run, the store shows it with refcount 2 (and
   the motion module with 1), one copy on the device.
 - format=frames: the frames alone, no MP4.
+- Context windows: 12 frames on windows of 8 overlapping by 4 make a clip
+  of 12 frames; an overlap of a whole window is refused.
 - Bad requests: frames past the module's length, a motion module that is
   not one (the checkpoint itself), both refused with a reason.
 
@@ -91,6 +93,23 @@ def check_frames_only(tmp, sock, want):
     if os.path.exists(os.path.join(tmp, "only-frames.raw")):
         fail("format=frames made a second output")
     print("format=frames: the frames alone, %d bytes" % len(got), flush=True)
+
+
+def check_windows(tmp, sock):
+    """12 frames on context windows of 8 (the module is run on frames 0-7
+    and 4-11): a clip of 12 frames, the windows in its metadata."""
+    clip = os.path.join(tmp, "windows.mp4")
+    args = video_args("motion", frames=12)
+    ctl(sock, "generate", "video", *args, "--param", "context_frames=8", "--param", "context_overlap=4", "-o", clip)
+    probe = subprocess.run([PROBE, clip], capture_output=True, text=True)
+    info = json.loads(probe.stdout) if probe.returncode == 0 else {}
+    print("context windows: %s" % {k: v for k, v in info.items() if k != "meta"}, flush=True)
+    if info.get("frames") != 12:
+        fail("12 frames on windows of 8: %s %s" % (info, probe.stderr))
+    r = ctl(sock, "generate", "video", *args, "--param", "context_frames=8", "--param", "context_overlap=8",
+            check=False)
+    if r.returncode == 0 or "overlapping" not in r.stdout + r.stderr:
+        fail("an overlap of a whole window should be refused: " + r.stdout + r.stderr)
 
 
 def resident(sock, name):
@@ -173,6 +192,7 @@ def main():
         check_clip(tmp, sock, "motion", want)
         check_clip(tmp, sock, "motiond", want)
         check_frames_only(tmp, sock, want)
+        check_windows(tmp, sock)
         check_sharing(tmp, sock)
         check_refusals(sock)
     finally:

@@ -83,12 +83,19 @@ int gh_sd_params_check(const gh_sd_models *m, const gh_sd_params *p, char *err, 
                          (long long) f, p->width, p->height);
                 return -EINVAL;
         }
+        uint32_t span = p->window && p->window < p->frames ? p->window : p->frames; /* frames a UNet call sees */
+
+        if (p->frames && p->window && (p->window < 2 || p->overlap >= p->window)) {
+                snprintf(err, err_size, "a window of %u frames overlapping by %u: windows of 2 frames or more, "
+                         "overlapping by fewer frames than a window", p->window, p->overlap);
+                return -EINVAL;
+        }
         if (p->frames && (!m->has_motion || p->batch != p->frames || p->frames > GH_SD_MAX_FRAMES ||
-                          (int64_t) p->frames > m->motion.max_frames)) {
-                snprintf(err, err_size, "frames 1..%lld, with a motion module (%u asked for)",
-                         (long long) (m->has_motion && m->motion.max_frames < GH_SD_MAX_FRAMES ? m->motion.max_frames
-                                                                                                 : GH_SD_MAX_FRAMES),
-                         p->frames);
+                          (int64_t) span > m->motion.max_frames)) {
+                snprintf(err, err_size,
+                         "frames 1..%d, with a motion module, at most %lld at once (its encoding; more in "
+                         "windows); %u asked for",
+                         GH_SD_MAX_FRAMES, (long long) (m->has_motion ? m->motion.max_frames : 0), p->frames);
                 return -EINVAL;
         }
         if (p->batch < 1 || (!p->frames && p->batch > GH_SD_MAX_BATCH) || p->steps < 1 ||
@@ -144,7 +151,8 @@ int gh_sd_run_init(gh_sd_run *r, const gh_sd_models *m, const gh_sd_params *p, g
         GH_TRY(gh_dt_new(c, &r->ctx, 2 * B, TOKENS * (int64_t) chunks, m->clip.width));
         GH_TRY(gh_dt_new(c, &r->x, B, z, lat_h(r), lat_w(r)));
         if (p->frames)
-                GH_TRY(gh_motion_pe_new(c, &m->unet, p->frames, &r->pe));
+                GH_TRY(gh_motion_pe_new(c, &m->unet, p->window && p->window < p->frames ? p->window : p->frames,
+                                        &r->pe));
         return 0;
 }
 
@@ -284,11 +292,11 @@ static int unet(gh_sd_run *r, gh_dctx *c, const gh_dt *x, const float *ts, const
         return gh_unet_eval(c, &r->m->unet, x, ts, ctx, out);
 }
 
-/* The guided model output: one UNet batch of 2B (unconditional first),
- * or of B (conditional only) when cfg is 1. */
-static int guided(void *userdata, gh_dctx *c, const gh_dt *x, float t, gh_dt *out) {
-        gh_sd_run *r = userdata;
-        int64_t B = r->p.batch;
+/* The guided model output for x[B] with the contexts ctx[2B]: one UNet
+ * batch of 2B (unconditional first), or of B (conditional only) when cfg
+ * is 1. */
+static int guided_batch(gh_sd_run *r, gh_dctx *c, const gh_dt *x, float t, const gh_dt *ctx, gh_dt *out) {
+        int64_t B = x->shape[0];
         const int64_t *s = x->shape;
         float ts[2 * GH_SD_MAX_FRAMES];
         gh_dt xx, oo, cond_ctx;
@@ -296,7 +304,7 @@ static int guided(void *userdata, gh_dctx *c, const gh_dt *x, float t, gh_dt *ou
         for (int i = 0; i < 2 * B; i++)
                 ts[i] = t;
         if (r->p.cfg == 1.0f) {
-                cond_ctx = gh_dt_slice0(&r->ctx, B, B);
+                cond_ctx = gh_dt_slice0(ctx, B, B);
                 return unet(r, c, x, ts, &cond_ctx, out);
         }
         GH_TRY(gh_dt_new(c, &xx, 2 * B, s[1], s[2], s[3]));
@@ -305,7 +313,7 @@ static int guided(void *userdata, gh_dctx *c, const gh_dt *x, float t, gh_dt *ou
                 GH_TRY(gh_op_copy(c, x, &half));
         }
         GH_TRY(gh_dt_new(c, &oo, 2 * B, s[1], s[2], s[3]));
-        GH_TRY(unet(r, c, &xx, ts, &r->ctx, &oo));
+        GH_TRY(unet(r, c, &xx, ts, ctx, &oo));
         gh_dt_drop(c, &xx);
         {
                 gh_dt u = gh_dt_slice0(&oo, 0, B), k = gh_dt_slice0(&oo, B, B);
@@ -314,6 +322,70 @@ static int guided(void *userdata, gh_dctx *c, const gh_dt *x, float t, gh_dt *ou
         }
         gh_dt_drop(c, &oo);
         return 0;
+}
+
+/* The next window's first frame after one starting at |s|; F when none:
+ * steps of window - overlap, the last one slid back to end at frame F. */
+static uint32_t next_window(const gh_sd_params *p, uint32_t s) {
+        uint32_t F = p->frames, L = p->window;
+
+        if (s + L >= F)
+                return F;
+        s += L - p->overlap;
+        return s + L > F ? F - L : s;
+}
+
+/* One window's output, [s, s + L) of the frames: added where an earlier
+ * window covered the frame (frames below |covered|), copied past it. */
+static int window_merge(gh_dctx *c, const gh_dt *wout, uint32_t s, uint32_t covered, gh_dt *out) {
+        uint32_t L = (uint32_t) wout->shape[0], both = covered > s ? covered - s : 0;
+
+        if (both) {
+                gh_dt a = gh_dt_slice0(out, s, both), b = gh_dt_slice0(wout, 0, both);
+                GH_TRY(gh_op_add(c, &a, &b, &a));
+        }
+        if (both < L) {
+                gh_dt a = gh_dt_slice0(out, s + both, L - both), b = gh_dt_slice0(wout, both, L - both);
+                GH_TRY(gh_op_copy(c, &b, &a));
+        }
+        return 0;
+}
+
+/* The guided output over windows of frames, each frame the mean of the
+ * windows that hold it. */
+static int guided_windows(gh_sd_run *r, gh_dctx *c, const gh_dt *x, float t, gh_dt *out) {
+        uint32_t F = r->p.frames, L = r->p.window, covered = 0;
+        const int64_t *s = x->shape, *cs = r->ctx.shape;
+        float count[GH_SD_MAX_FRAMES] = {0};
+        gh_dt wctx, wout;
+
+        GH_TRY(gh_dt_new(c, &wctx, 2 * (int64_t) L, cs[1], cs[2]));
+        GH_TRY(gh_dt_new(c, &wout, L, s[1], s[2], s[3]));
+        for (uint32_t w0 = 0; w0 < F; w0 = next_window(&r->p, w0)) {
+                gh_dt xw = gh_dt_slice0(x, w0, L);
+                for (int h = 0; h < 2; h++) {
+                        gh_dt src = gh_dt_slice0(&r->ctx, h * (int64_t) F + w0, L), dst = gh_dt_slice0(&wctx, h * L, L);
+                        GH_TRY(gh_op_copy(c, &src, &dst));
+                }
+                GH_TRY(guided_batch(r, c, &xw, t, &wctx, &wout));
+                GH_TRY(window_merge(c, &wout, w0, covered, out));
+                for (uint32_t f = w0; f < w0 + L; f++)
+                        count[f] += 1.0f;
+                covered = w0 + L > covered ? w0 + L : covered;
+        }
+        gh_dt_drop(c, &wout);
+        gh_dt_drop(c, &wctx);
+        for (uint32_t f = 0; f < F; f++)
+                count[f] = 1.0f / count[f];
+        return gh_op_scale_dim(c, count, 0, out);
+}
+
+static int guided(void *userdata, gh_dctx *c, const gh_dt *x, float t, gh_dt *out) {
+        gh_sd_run *r = userdata;
+
+        if (r->p.frames && r->p.window && r->p.window < r->p.frames)
+                return guided_windows(r, c, x, t, out);
+        return guided_batch(r, c, x, t, &r->ctx, out);
 }
 
 int gh_sd_run_step(gh_sd_run *r, uint32_t i) {

@@ -43,6 +43,12 @@ typedef struct gh_sd_params {
         /* A video: |batch| frames of one clip through the motion module
          * (batch == frames); 0: pictures. */
         uint32_t frames;
+        /* Videos: the UNet on windows of |window| frames that overlap by
+         * |overlap| (AnimateDiff-Evolved's "uniform" windows, not looped:
+         * the last one slid to end at the last frame), each frame's
+         * output the plain mean of its windows'; 0: all frames at once.
+         * So a clip may have more frames than the module's encoding. */
+        uint32_t window, overlap;
 } gh_sd_params;
 
 /* Sampler steps an img2img strength runs out of |steps|. */

@@ -121,6 +121,12 @@ static const gh_plugin_param params[] = {
          .help = "frames of the clip (at most the motion module's length: 24 for v1, 32 for v2)"},
         {GH_PARAM_HEADER, .name = "fps", .type = GH_PARAM_INT, .int_min = 1, .int_max = 60, .int_default = 8,
          .help = "frames a second of the encoded clip"},
+        {GH_PARAM_HEADER, .name = "context_frames", .type = GH_PARAM_INT, .int_min = 0, .int_max = GH_SD_MAX_FRAMES,
+         .int_default = 0,
+         .help = "the motion module on sliding windows of this many frames, each frame the mean of its windows "
+                 "(more frames than the module's length; 16 is AnimateDiff's); 0: all frames at once"},
+        {GH_PARAM_HEADER, .name = "context_overlap", .type = GH_PARAM_INT, .int_min = 0,
+         .int_max = GH_SD_MAX_FRAMES - 1, .int_default = 4, .help = "frames that neighbouring windows share"},
 };
 #elif defined(IMG2IMG)
 static const gh_plugin_param params[] = {
@@ -173,7 +179,13 @@ static int read_params(const gh_host *h, const gh_params *ps, setup *s, char *er
                               .cfg = (float) cfg, .sampler = gh_sampler_from_name(s->sampler),
                               .v_pred = strcmp(s->prediction, "v_prediction") == 0};
 #ifdef VIDEO
+        int64_t window, overlap;
+        if ((r = h->param_int(ps, "context_frames", &window)) < 0 ||
+            (r = h->param_int(ps, "context_overlap", &overlap)) < 0)
+                return snprintf(err, n, "parameters: %s", strerror(-r)), r;
         s->p.frames = (uint32_t) batch;
+        s->p.window = (uint32_t) window;
+        s->p.overlap = window ? (uint32_t) overlap : 0;
 #endif
 #ifdef IMG2IMG
         if ((r = h->param_image(ps, "image", &s->image)) < 0 || (r = h->param_float(ps, "strength", &s->p.strength)) < 0)
@@ -762,6 +774,10 @@ static int finish(const gh_host *h, gh_job *gj, void *state) {
         meta_int(j, "frames", p->frames);
         meta_int(j, "fps", j->st.fps);
         h->output_meta(gj, "format", j->st.format);
+        if (p->window) {
+                meta_int(j, "context_frames", p->window);
+                meta_int(j, "context_overlap", p->overlap);
+        }
         h->output_meta(gj, "motion_module", j->st.motion);
 #else
         meta_int(j, "batch_size", p->batch);

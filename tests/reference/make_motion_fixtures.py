@@ -21,6 +21,9 @@ Writes, next to sd-tiny.safetensors (which it reads):
                                      the empty negative prompt)
       motion.sample.no_motion        the same without the modules (the
                                      modules must change the result)
+      motion.sample.windows          12 frames on context windows of 8
+                                     overlapping by 4 (frames 0-7, 4-11),
+                                     otherwise as motion.sample.latent
       motion.sample.frames           the sample's frames through the VAE,
                                      RGB8 [8, 64, 64, 3] (what the video
                                      plugin must put out for the prompt)
@@ -47,6 +50,7 @@ VIDEOS = 2
 MAX_LEN = 32
 SAMPLER, STEPS, CFG, SEED = "euler", 3, 7.5, 1234
 MOTION_SEED = 21
+WINDOWS = (12, 8, 4)  # frames, window, overlap
 
 
 def motion_weights(cfg):
@@ -81,6 +85,10 @@ def compute(unet, mm, vae, inputs, hidden, dtype):
         out["motion.sample.latent"] = R.generate(
             video, sched, SAMPLER, cond, uncond, CFG, STEPS, SEED, shape,
             dtype=dtype)
+        win = R.unet_windows(unet, mm, WINDOWS[0], WINDOWS[1], WINDOWS[2])
+        out["motion.sample.windows"] = R.generate(
+            win, sched, SAMPLER, cond, uncond, CFG, STEPS, SEED,
+            (WINDOWS[0],) + MF.LATENT_SHAPE[1:], dtype=dtype)
         out["motion.sample.no_motion"] = R.generate(
             unet, sched, SAMPLER, cond, uncond, CFG, STEPS, SEED, shape,
             dtype=dtype)
@@ -141,6 +149,8 @@ def main():
         "frames": FRAMES, "videos": VIDEOS, "max_len": MAX_LEN,
         "mid_block": True, "sample": {"sampler": SAMPLER, "steps": STEPS,
                                       "cfg": CFG, "seed": SEED},
+        "windows": {"frames": WINDOWS[0], "window": WINDOWS[1],
+                    "overlap": WINDOWS[2]},
         "motion_effect": effect,
         "tolerances": {k: rel(f32[k], ref[k]) for k in ref
                        if ref[k].dtype != np.uint8},

@@ -809,6 +809,39 @@ def unet_video(unet, mm, x, t, context, frames):
     return unet.out(h)
 
 
+def context_windows(frames, length, overlap):
+    """AnimateDiff-Evolved's uniform context windows, not looped: first
+    frames of windows of `length` stepping by length - overlap, the last
+    one slid back to end at the last frame."""
+    starts, s = [], 0
+    while True:
+        starts.append(s)
+        if s + length >= frames:
+            return starts
+        s += length - overlap
+        if s + length > frames:
+            s = frames - length
+
+
+def unet_windows(unet, mm, frames, length, overlap):
+    """A UNet function (x, t, context) for one clip of `frames` frames (per
+    CFG half) that runs the modules on context windows and gives each frame
+    the plain mean of its windows' outputs."""
+    def run(x, t, context):
+        halves = x.shape[0] // frames
+        out = torch.zeros_like(x)
+        count = torch.zeros(frames, dtype=x.dtype, device=x.device)
+        for s in context_windows(frames, length, overlap):
+            idx = [h * frames + f for h in range(halves)
+                   for f in range(s, s + length)]
+            out[idx] += unet_video(unet, mm, x[idx], t[idx], context[idx],
+                                   length)
+            count[s:s + length] += 1
+        return out / count.repeat(halves)[:, None, None, None]
+
+    return run
+
+
 def motion_to_diffusers(sd):
     """AnimateDiff's names -> the diffusers MotionAdapter's (its converter:
     no temporal_transformer, attn1/attn2, norm1..3; no pos_encoder.pe)."""
