@@ -170,6 +170,8 @@ def main():
     for p in ("txt2img.so", "video.so"):
         shutil.copy(os.path.join(PLUGINS, p), plugins)
         os.chmod(os.path.join(plugins, p), 0o644)
+    # the MP4 encoder module, beside the plugin folder as in the build and an install
+    shutil.copytree(os.path.join(PLUGINS, "..", "video-mp4"), os.path.join(tmp, "video-mp4"))
     sock = os.path.join(tmp, "gpuhost.sock")
     conf = os.path.join(tmp, "gpuhost.conf")
     tok = os.path.join(FIX, "sd-tiny-diffusers", "tokenizer")

@@ -199,6 +199,10 @@ unsigned gh_slices_sms(const gh_slices *s, uint64_t mask) {
         return sms;
 }
 
+unsigned gh_slices_unit_sms(const gh_slices *s) {
+        return s->n_units ? s->units[0].sm.smCount : 0;
+}
+
 unsigned gh_slices_device_sms(const gh_slices *s) {
         return s->device_sms;
 }
@@ -360,6 +364,10 @@ unsigned gh_slices_count(const gh_slices *s) {
 }
 
 unsigned gh_slices_sms(const gh_slices *s, uint64_t mask) {
+        return 0;
+}
+
+unsigned gh_slices_unit_sms(const gh_slices *s) {
         return 0;
 }
 

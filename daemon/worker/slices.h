@@ -65,6 +65,9 @@ unsigned gh_slices_count(const gh_slices *s);
  * device's for a mask of every unit. */
 unsigned gh_slices_sms(const gh_slices *s, uint64_t mask);
 
+/* SMs in one unit. */
+unsigned gh_slices_unit_sms(const gh_slices *s);
+
 /* SMs of the device, those left out of every unit included. */
 unsigned gh_slices_device_sms(const gh_slices *s);
 

@@ -171,7 +171,7 @@ static int send_hello(gh_wk *w) {
         json_object_object_add(m, "rss", json_object_new_int64((int64_t) gh_wk_rss()));
         json_object_object_add(m, "units", json_object_new_int64(w->units));
         if (w->slices)
-                json_object_object_add(m, "unit_sms", json_object_new_int64(gh_slices_sms(w->slices, 1)));
+                json_object_object_add(m, "unit_sms", json_object_new_int64(gh_slices_unit_sms(w->slices)));
         return gh_wk_send(w, m, NULL, 0);
 }
 

@@ -48,6 +48,8 @@
 #define ARG(v) ((void *)&(v))
 #define ATTN_TILE 8192 /* scores per tile (32 KiB of shared memory); longer key sets take several */
 #define ATTN_DIMS 4    /* ATT_DIMS in kernels.cu: head dimensions per thread */
+#define GEMM_ATTN_MIN 65536  /* exact attention through GEMMs: scores of a head, at least */
+#define GEMM_ATTN_PIECES 64  /* and pieces of (batch item, heads), at most */
 
 extern const char gh_dcuda_fatbin[];
 extern const size_t gh_dcuda_fatbin_size;
@@ -978,8 +980,10 @@ static int flash(gh_dcuda *s, int fa, const gh_dt *q, const gh_dt *k, const gh_d
  * scores S = K Q^T of each head into the work buffer, a softmax along
  * each query's row, then Y = V P; for the long sequences and wide heads
  * the flash kernel does not take (the VAE's single 512-wide head over
- * 4096 positions). -E2BIG where the scores of one head do not fit, or
- * without cuBLASLt: the kernel then. Column-major terms: S^T [tk x tq] =
+ * 4096 positions). -E2BIG where the scores of one head do not fit, where
+ * they are small (the motion modules' 16 x 16) or the pieces many (three
+ * launches each, where the kernel needs one), or without cuBLASLt: the
+ * kernel then. Column-major terms: S^T [tk x tq] =
  * op(K^T) Q^T, Y^T [d x tq] = V^T P^T, heads batched at a stride of d. */
 static int attention_gemm(gh_dcuda *s, const gh_dt *q, const gh_dt *k, const gh_dt *v, gh_dt *y, int heads,
                           float scale) {
@@ -987,9 +991,11 @@ static int attention_gemm(gh_dcuda *s, const gh_dt *q, const gh_dt *k, const gh_
         CUdeviceptr sc = s->work + GH_DCUDA_LT_WORKSPACE;
         int r = 0;
 
-        if (!use_lt(s) || per > (int64_t)ops_size(s) || tq > INT32_MAX || tk > INT32_MAX)
+        if (!use_lt(s) || per > (int64_t)ops_size(s) || tq > INT32_MAX || tk > INT32_MAX || tq * tk < GEMM_ATTN_MIN)
                 return -E2BIG;
         hc = (int64_t)ops_size(s) / per < heads ? (int64_t)ops_size(s) / per : heads;
+        if (q->shape[0] * div_up(heads, hc) > GEMM_ATTN_PIECES) /* launches: the kernel does it in one */
+                return -E2BIG;
         s->cast.valid = false; /* the scores go over the work buffer */
         for (int64_t b = 0; b < q->shape[0] && r >= 0; b++)
                 for (int64_t h0 = 0; h0 < heads && r >= 0; h0 += hc) {

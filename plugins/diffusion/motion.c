@@ -21,7 +21,8 @@
  * The position encoding is AnimateDiff's sinusoid, sin and cos
  * interleaved: pe[f, 2i] = sin(f w_i), pe[f, 2i+1] = cos(f w_i), w_i =
  * 10000^(-2i/C); it is computed, not read (diffusers' files leave it out),
- * and a stored one only tells the length the module was trained for. */
+ * and a stored one only tells the length the module was trained for
+ * (without one: 32 with a mid-block module, v2; 24 without, v1). */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -33,7 +34,8 @@
 #define GN_GROUPS 32
 #define MM_GN_EPS 1e-6f
 #define LN_EPS 1e-5f
-#define DEFAULT_MAX_FRAMES 32 /* diffusers' motion_max_seq_length */
+#define V2_MAX_FRAMES 32 /* the encodings' lengths without a stored one */
+#define V1_MAX_FRAMES 24
 
 /* ---- loading ---- */
 
@@ -66,13 +68,14 @@ static int block_load(gh_dpart *p, gh_motion_block *b, int64_t ch, const char *n
         return gh_dlin_get(p, &b->ff2, true, ch, 4 * ch, "%s.transformer_blocks.0.ff.net.2", n);
 }
 
-/* The stored encoding's length ([1, L, C]), where the file has one. */
-static int max_frames(gh_dpart *p, int64_t ch, int64_t *ret) {
+/* The stored encoding's length ([1, L, C]), where the file has one; else
+ * AnimateDiff's: 32 for v2 (a module in the mid block), 24 for v1. */
+static int max_frames(gh_dpart *p, int64_t ch, bool v2, int64_t *ret) {
         const char *names[] = {"down_blocks.0.motion_modules.0.transformer_blocks.0.attn1.pos_encoder.pe",
                                "down_blocks.0.motion_modules.0.transformer_blocks.0.pos_embed.pe"};
         gh_tensor t;
 
-        *ret = DEFAULT_MAX_FRAMES;
+        *ret = v2 ? V2_MAX_FRAMES : V1_MAX_FRAMES;
         for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
                 if (!gh_dpart_has(p, "%s", names[i]))
                         continue;
@@ -114,7 +117,7 @@ int gh_motion_load(gh_dpart *p, const gh_unet *u, gh_motion *ret) {
                         snprintf(n, sizeof(n), "up_blocks.%lld.motion_modules.%lld", (long long) i, (long long) j);
                         GH_TRY(block_load(p, &ret->up[i][j], level_ch(u, cfg->levels - 1 - i), n));
                 }
-        return max_frames(p, level_ch(u, 0), &ret->max_frames);
+        return max_frames(p, level_ch(u, 0), ret->has_mid, &ret->max_frames);
 }
 
 /* ---- position encodings ---- */
@@ -143,8 +146,8 @@ int gh_motion_pe_new(gh_dctx *c, const gh_unet *u, int64_t frames, gh_motion_pe 
                 if (host)
                         pe_fill(host, frames, ch);
                 int r = gh_dt_new(c, &ret->pe[k], frames, ch);
-                if (r >= 0)
-                        r = gh_op_upload(c, host, &ret->pe[k]);
+                if (r >= 0 && (r = gh_op_upload(c, host, &ret->pe[k])) < 0)
+                        gh_dt_drop(c, &ret->pe[k]);
                 free(host);
                 if (r < 0)
                         return r;

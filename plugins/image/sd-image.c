@@ -42,6 +42,7 @@
 #include <dlfcn.h>
 #include <json-c/json.h>
 #include <pthread.h>
+#include <unistd.h>
 
 #include "encode.h"
 #endif
@@ -463,6 +464,55 @@ static uint64_t now_usec(void) {
         return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
 }
 
+#ifdef VIDEO
+/* The encoder module, loaded once: video-mp4/video-mp4.so beside this
+ * plugin's folder (the layout of the build and of an install), else the
+ * installed one. */
+static gh_video_encode_mp4_fn *mp4_encode;
+static char mp4_error[512];
+static pthread_once_t mp4_once = PTHREAD_ONCE_INIT;
+
+static void mp4_load(void) {
+        char self[4096] = "", beside[4096 + 32] = "";
+        const char *const paths[] = {beside, GH_VIDEO_MP4_INSTALLED};
+        Dl_info info;
+
+        /* The host loads plugins by /proc/self/fd/N (kept open): its target. */
+        if (dladdr((void *) mp4_load, &info) && info.dli_fname) {
+                ssize_t k = readlink(info.dli_fname, self, sizeof(self) - 1);
+                if (k > 0)
+                        self[k] = 0;
+                else
+                        snprintf(self, sizeof(self), "%s", info.dli_fname);
+        }
+        const char *slash = strrchr(self, '/');
+        if (slash)
+                snprintf(beside, sizeof(beside), "%.*s/../video-mp4/video-mp4.so", (int) (slash - self), self);
+        for (size_t i = 0; i < GH_PLUGIN_ELEMENTS(paths) && !mp4_encode; i++) {
+                if (!paths[i][0])
+                        continue;
+                void *dl = dlopen(paths[i], RTLD_NOW | RTLD_LOCAL);
+                if (!dl) {
+                        snprintf(mp4_error, sizeof(mp4_error), "%s", dlerror());
+                        continue;
+                }
+                *(void **) &mp4_encode = dlsym(dl, "gh_video_encode_mp4");
+                if (!mp4_encode) {
+                        snprintf(mp4_error, sizeof(mp4_error), "%s lacks gh_video_encode_mp4", paths[i]);
+                        dlclose(dl);
+                }
+        }
+}
+
+/* Whether MP4s can be made here: the module loads. */
+static int mp4_ready(char *err, size_t n) {
+        pthread_once(&mp4_once, mp4_load);
+        if (!mp4_encode)
+                return snprintf(err, n, "no MP4 encoder (format=frames works without one): %s", mp4_error), -ENOSYS;
+        return 0;
+}
+#endif
+
 /* The debug log's account of start(), in microseconds. */
 typedef struct setup_times {
         uint64_t t0, device, models, tokenizer, plan, workspace;
@@ -480,6 +530,10 @@ static int job_setup(job *j, char *err, size_t n) {
         uint32_t chunks;
         int r;
 
+#ifdef VIDEO
+        if (strcmp(j->st.format, "mp4") == 0 && (r = mp4_ready(err, n)) < 0)
+                return r; /* before any GPU work, not after it */
+#endif
         uint64_t last = now_usec();
         setup_times t = {.t0 = last};
 
@@ -582,28 +636,6 @@ static char *params_json(const job *j) {
         s = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
         json_object_put(o);
         return s;
-}
-
-/* The encoder module, loaded once (the build's, else the installed one). */
-static gh_video_encode_mp4_fn *mp4_encode;
-static char mp4_error[512];
-static pthread_once_t mp4_once = PTHREAD_ONCE_INIT;
-
-static void mp4_load(void) {
-        const char *const paths[] = {GH_VIDEO_MP4_BUILT, GH_VIDEO_MP4_INSTALLED};
-
-        for (size_t i = 0; i < GH_PLUGIN_ELEMENTS(paths) && !mp4_encode; i++) {
-                void *dl = dlopen(paths[i], RTLD_NOW | RTLD_LOCAL);
-                if (!dl) {
-                        snprintf(mp4_error, sizeof(mp4_error), "%s", dlerror());
-                        continue;
-                }
-                *(void **) &mp4_encode = dlsym(dl, "gh_video_encode_mp4");
-                if (!mp4_encode) {
-                        snprintf(mp4_error, sizeof(mp4_error), "%s lacks gh_video_encode_mp4", paths[i]);
-                        dlclose(dl);
-                }
-        }
 }
 
 /* The clip as MP4 into the first output, "video". */

@@ -40,8 +40,8 @@ GH_VIDEO_EXPORT int gh_video_encode_mp4(const uint8_t *rgb, uint32_t width, uint
                         const gh_video_meta *meta, size_t n_meta, uint8_t **ret, size_t *ret_size, char *err,
                         size_t err_size);
 
-/* What a decode of an MP4 file in memory finds (tests, and the plugin's own
- * check of what it made): frames decoded, size, frame rate, and the value
+/* What a decode of an MP4 file in memory finds (the tests and video-probe):
+ * frames decoded, size, frame rate, and the value
  * of one metadata key (copied into |meta_value|, "" if absent). */
 typedef struct gh_video_info {
         uint32_t width, height, frames;

@@ -205,7 +205,7 @@ static int teardown(void **state) {
 /* ---- tests -------------------------------------------------------------- */
 
 static void test_units(void **state) {
-        unsigned n = gh_slices_count(fx.slices), unit = gh_slices_sms(fx.slices, 1);
+        unsigned n = gh_slices_count(fx.slices), unit = gh_slices_unit_sms(fx.slices);
         unsigned all = gh_slices_sms(fx.slices, low_units(n)), device = gh_slices_device_sms(fx.slices);
 
         print_message("device SMs %u: %u units of %u SMs (%u SMs in units, %u left out of partial slices)\n", device,
@@ -213,7 +213,7 @@ static void test_units(void **state) {
         assert_true(n >= 2 && n <= GH_SLICES_MAX_UNITS);
         assert_true(unit >= 1);
         for (unsigned i = 0; i < n; i++)
-                assert_int_equal(gh_slices_sms(fx.slices, UINT64_C(1) << i), unit);
+                assert_int_equal(gh_slices_sms(fx.slices, UINT64_C(1) << i), unit); /* n >= 2: a part */
         assert_int_equal(gh_slices_sms(fx.slices, low_units(n - 1)), (n - 1) * unit);
         assert_true(n * unit <= device);
         assert_int_equal(all, device); /* every unit: the whole device */
@@ -249,7 +249,7 @@ static void test_unit_sizes(void **state) {
                 double t1 = now_ms();
                 if (r < 0)
                         fail_msg("gh_slices_new(%u SMs): %s", sizes[i], err);
-                unsigned n = gh_slices_count(s), unit = gh_slices_sms(s, 1), all = gh_slices_sms(s, low_units(n));
+                unsigned n = gh_slices_count(s), unit = gh_slices_unit_sms(s), all = gh_slices_sms(s, low_units(n));
                 print_message("units of at least %3u SMs: %2u units of %3u SMs, %3u left out (%.2f ms)\n", sizes[i], n,
                               unit, device - n * unit, t1 - t0);
                 assert_true(n >= 1 && unit >= sizes[i] && n * unit <= device && all == device);
@@ -389,8 +389,8 @@ static void test_scaling(void **state) {
         assert_true(a.sms_used <= sms_a && b.sms_used <= sms_a && all.sms_used <= sms_all);
         /* the whole device: the SMs the split leaves out of units run too */
         assert_int_equal(sms_all, gh_slices_device_sms(fx.slices));
-        if (sms_all > n * gh_slices_sms(fx.slices, 1))
-                assert_true(all.sms_used > n * gh_slices_sms(fx.slices, 1));
+        if (sms_all > n * gh_slices_unit_sms(fx.slices))
+                assert_true(all.sms_used > n * gh_slices_unit_sms(fx.slices));
         assert_true(both_a.sms_used <= sms_a && both_b.sms_used <= sms_a);
         assert_int_equal(common_sms(&both_a, &both_b), 0);
         assert_true(both < 0.7 * (solo_a + solo_b));

@@ -26,6 +26,9 @@ class Daemon:
         self.ctl_path, self.tmp = ctl, tmp
         plugin_dir = os.path.join(tmp, "plugins")
         os.makedirs(plugin_dir)
+        mp4 = os.path.join(plugins, "..", "video-mp4")
+        if "video.so" in plugin_files and os.path.isdir(mp4):
+            shutil.copytree(mp4, os.path.join(tmp, "video-mp4"))  # its encoder
         for p in plugin_files:
             shutil.copy(os.path.join(plugins, p), plugin_dir)
             os.chmod(os.path.join(plugin_dir, p), 0o644)

@@ -629,10 +629,6 @@ extern "C" __global__ void gh_sum(const float *x, long long n, double *out) {
 
 #define ATT_DIMS 4 /* head dimensions a thread owns: up to ATT_DIMS * blockDim.x */
 
-/* q[B,Tq,C], k and v [B,Tk,C]. The keys go by tiles of |tile| scores in
- * dynamic shared memory, with an online softmax (running max and sum, the
- * partial output rescaled when the max grows), so any Tk fits; one tile
- * gives the plain softmax's arithmetic exactly. */
 /* x[r, :] = softmax(scale * x[r, :]) over rows of n: a block per row
  * (grid y, looping), max and sum over the block (the sum in double). */
 extern "C" __global__ void gh_softmax_rows(float *x, long long rows, int n, float scale) {
@@ -653,6 +649,10 @@ extern "C" __global__ void gh_softmax_rows(float *x, long long rows, int n, floa
         }
 }
 
+/* q[B,Tq,C], k and v [B,Tk,C]. The keys go by tiles of |tile| scores in
+ * dynamic shared memory, with an online softmax (running max and sum, the
+ * partial output rescaled when the max grows), so any Tk fits; one tile
+ * gives the plain softmax's arithmetic exactly. */
 extern "C" __global__ void gh_attention(const float *q, const float *k, const float *v, float *y, int tq, int tk,
                                         int c, int heads, int causal, float scale, int tile) {
         extern __shared__ float sc[];

@@ -674,7 +674,8 @@ int main(int argc, char **argv) {
                 default: usage();
                 }
         if (!o.model || optind >= argc || o.threads < 1 || o.threads > 64 || gh_sampler_from_name(o.sampler) < 0 ||
-            o.frames < 0 || o.frames > GH_SD_MAX_FRAMES || (o.frames && !o.motion))
+            o.frames < 0 || o.frames > GH_SD_MAX_FRAMES || (o.frames && !o.motion) || o.repeat < 0 ||
+            o.repeat > 10000)
                 usage();
         if (optind + 1 < argc && !o.prompt)
                 o.prompt = argv[optind + 1];
