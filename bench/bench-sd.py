@@ -222,23 +222,14 @@ def torch_child(spec):
     """The PyTorch generation, in a process of its own (--torch-child):
     prints RESULT {json} (seconds per picture, memory) and saves the last
     run's latent."""
-    dev, small = spec["device"], spec["small"]
-    _, cfg = S.config(small)
+    dev = spec["device"]
     if dev == "cpu":
         torch.set_num_threads(SMALL_THREADS)
     sdpa = S.use_sdpa()
-    w = S.weights(spec["checkpoint"])
-    half = torch.float16 if dev == "cuda" else torch.float32
-    clip = R.load_clip(w, cfg.clip, torch.float32).to(dev)
-    vae = R.load_vae(w, cfg.vae, torch.float32).to(dev)
-    unet = R.load_unet(w, cfg.unet, torch.float32).to(half).to(
-        dev).to(memory_format=torch.channels_last)
-    del w
+    tp = S.torch_pipeline(spec)
+    clip, vae, unet, half, tok, weights = (tp.clip, tp.vae, tp.unet, tp.half,
+                                           tp.tok, tp.weights)
     gc.collect()
-    sync(dev)
-    weights = torch.cuda.memory_allocated() if dev == "cuda" else None
-    tok = R.Tokenizer.from_files(os.path.join(spec["tokenizer"], "vocab.json"),
-                                 os.path.join(spec["tokenizer"], "merges.txt"))
     sched = R.Schedule()
     side = spec["size"] // 8
 

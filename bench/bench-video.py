@@ -71,25 +71,14 @@ def sync(dev):
 
 def torch_child(spec):
     """The PyTorch clip in a process of its own: prints RESULT {json}."""
-    dev, small, frames = spec["device"], spec["small"], spec["frames"]
-    _, cfg = S.config(small)
+    dev, frames = spec["device"], spec["frames"]
     if dev == "cpu":
         torch.set_num_threads(SMALL_THREADS)
     sdpa = S.use_sdpa()
-    w = S.weights(spec["checkpoint"])
-    half = torch.float16 if dev == "cuda" else torch.float32
-    clip = R.load_clip(w, cfg.clip, torch.float32).to(dev)
-    vae = R.load_vae(w, cfg.vae, torch.float32).to(dev)
-    unet = R.load_unet(w, cfg.unet, torch.float32).to(half).to(dev).to(
-        memory_format=torch.channels_last)
-    del w
-    mm = R.load_motion(S.weights(spec["motion"]), cfg.unet, torch.float32)
-    mm = mm.to(half).to(dev)
+    tp = S.torch_pipeline(spec, spec["motion"])
+    clip, vae, unet, mm, half, tok, weights = (
+        tp.clip, tp.vae, tp.unet, tp.mm, tp.half, tp.tok, tp.weights)
     gc.collect()
-    sync(dev)
-    weights = torch.cuda.memory_allocated() if dev == "cuda" else None
-    tok = R.Tokenizer.from_files(os.path.join(spec["tokenizer"], "vocab.json"),
-                                 os.path.join(spec["tokenizer"], "merges.txt"))
     sched = R.Schedule()
     side = spec["size"] // 8
 

@@ -676,58 +676,51 @@ static void test_motion_unet(void **state) {
 /* 8 frames, euler, 3 steps, CFG 7.5 through the pipeline, and 12 frames
  * on windows of 8; frames past the module's encoding, a batch other than
  * the frames, and windows that never move on are refused. */
-static void test_motion_sample(void **state) {
-        gh_sd_params p = {.width = 64, .height = 64, .batch = 8, .frames = 8, .steps = 3, .clip_skip = 1, .cfg = 7.5f,
-                          .sampler = GH_SAMPLER_EULER, .seed = 1234};
-        size_t n, nh;
-        float *want = fx_of(motion_expected, "motion.sample.latent", &n), *hidden = fx("text.hidden", &nh),
+/* A video sampled from the stored text encoder outputs in an arena of
+ * exactly the plan, against fixture |want|. */
+static void motion_sample_case(const gh_sd_models *m, const gh_sd_params *p, const char *what, const char *want_name) {
+        size_t n, nh, plan;
+        float *want = fx_of(motion_expected, want_name, &n), *hidden = fx("text.hidden", &nh),
               *got = malloc(n * sizeof(float));
-        gh_dfiles *sd, *f;
-        gh_sd_models m;
-        gh_sd_run r;
         char err[512];
-        size_t plan;
+        gh_sd_run r;
         ctx x;
 
-        f = load_motion(&m, &sd, motion_layouts[0]);
-        assert_int_equal(gh_sd_params_check(&m, &p, err, sizeof(err)), 0);
-        assert_int_equal(gh_sd_plan(&m, &p, 1, &plan, err, sizeof(err)), 0);
+        assert_int_equal(gh_sd_params_check(m, p, err, sizeof(err)), 0);
+        assert_int_equal(gh_sd_plan(m, p, 1, &plan, err, sizeof(err)), 0);
         ctx_open(&x, plan);
-        OK(&x.c, gh_sd_run_init(&r, &m, &p, &x.c, 1, NULL, NULL, NULL));
+        OK(&x.c, gh_sd_run_init(&r, m, p, &x.c, 1, NULL, NULL, NULL));
         OK(&x.c, gh_sd_run_set_context(&r, hidden + nh / 2, hidden));
         OK(&x.c, gh_sd_run_start(&r));
-        for (uint32_t i = 0; i < p.steps; i++)
+        for (uint32_t i = 0; i < p->steps; i++)
                 OK(&x.c, gh_sd_run_step(&r, i));
         assert_int_equal((size_t) gh_dt_numel(&r.x), n);
         OK(&x.c, gh_op_download(&x.c, &r.x, got));
-        expect_close("sample, 8 frames + motion", got, want, n);
+        expect_close(what, got, want, n);
         print_message("plan %zu bytes, peak %zu\n", plan, gh_arena_peak(x.c.arena));
         assert_true(gh_arena_peak(x.c.arena) <= plan);
         gh_sd_run_free(&r);
         ctx_close(&x);
+        free(want);
+        free(hidden);
+        free(got);
+}
 
+static void test_motion_sample(void **state) {
+        gh_sd_params p = {.width = 64, .height = 64, .batch = 8, .frames = 8, .steps = 3, .clip_skip = 1, .cfg = 7.5f,
+                          .sampler = GH_SAMPLER_EULER, .seed = 1234};
+        gh_dfiles *sd, *f;
+        gh_sd_models m;
+        char err[512];
+
+        f = load_motion(&m, &sd, motion_layouts[0]);
+        motion_sample_case(&m, &p, "sample, 8 frames + motion", "motion.sample.latent");
         /* 12 frames on windows of 8 overlapping by 4 (frames 0-7, 4-11) */
         gh_sd_params wp = p;
-        size_t nw;
-        float *wwant = fx_of(motion_expected, "motion.sample.windows", &nw), *wgot = malloc(nw * sizeof(float));
         wp.frames = wp.batch = 12;
         wp.window = 8;
         wp.overlap = 4;
-        assert_int_equal(gh_sd_plan(&m, &wp, 1, &plan, err, sizeof(err)), 0);
-        ctx_open(&x, plan);
-        OK(&x.c, gh_sd_run_init(&r, &m, &wp, &x.c, 1, NULL, NULL, NULL));
-        OK(&x.c, gh_sd_run_set_context(&r, hidden + nh / 2, hidden));
-        OK(&x.c, gh_sd_run_start(&r));
-        for (uint32_t i = 0; i < wp.steps; i++)
-                OK(&x.c, gh_sd_run_step(&r, i));
-        assert_int_equal((size_t) gh_dt_numel(&r.x), nw);
-        OK(&x.c, gh_op_download(&x.c, &r.x, wgot));
-        expect_close("sample, 12 frames in windows of 8", wgot, wwant, nw);
-        assert_true(gh_arena_peak(x.c.arena) <= plan);
-        gh_sd_run_free(&r);
-        ctx_close(&x);
-        free(wwant);
-        free(wgot);
+        motion_sample_case(&m, &wp, "sample, 12 frames in windows of 8", "motion.sample.windows");
 
         gh_sd_params bad = p;
         bad.frames = bad.batch = 33;
@@ -752,9 +745,6 @@ static void test_motion_sample(void **state) {
         assert_int_equal(gh_sd_params_check(&m, &p, err, sizeof(err)), -EINVAL);
         gh_sd_models_unload(&m);
         gh_dfiles_close(f);
-        free(want);
-        free(hidden);
-        free(got);
 }
 
 /* ---- workspace: the plan is the peak, and the arena holds it to that ---- */

@@ -22,7 +22,6 @@ Usage: test-video-e2e.py GPUHOSTD GPUHOSTCTL WORKER PLUGIN_DIR VIDEO_PROBE FIXTU
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference"))
 sys.dont_write_bytecode = True
+import ghdaemon  # noqa: E402
 from tensorfiles import st_read  # noqa: E402
 
 GPUHOSTD, CTL, WORKER, PLUGINS, PROBE, FIX = (os.path.abspath(a) for a in sys.argv[1:7])
@@ -165,50 +165,32 @@ def check_refusals(sock):
 
 def main():
     tmp = tempfile.mkdtemp(prefix="gh-video-e2e-")
-    plugins = os.path.join(tmp, "plugins")
-    os.mkdir(plugins)
-    for p in ("txt2img.so", "video.so"):
-        shutil.copy(os.path.join(PLUGINS, p), plugins)
-        os.chmod(os.path.join(plugins, p), 0o644)
-    # the MP4 encoder module, beside the plugin folder as in the build and an install
-    shutil.copytree(os.path.join(PLUGINS, "..", "video-mp4"), os.path.join(tmp, "video-mp4"))
-    sock = os.path.join(tmp, "gpuhost.sock")
-    conf = os.path.join(tmp, "gpuhost.conf")
     tok = os.path.join(FIX, "sd-tiny-diffusers", "tokenizer")
-    open(conf, "w").write(
-        "[socket]\npath = %s\n[devices]\ncpu_memory = 512M\nslab_size = 2M\n[scheduler]\njobs_per_device = 2\n"
-        "[workers]\nexecutable = %s\nplugin_directory = %s\ncpu_threads = 2\n"
-        "[model tiny]\npath = %s\ntokenizer = %s\n[model motion]\npath = %s\n[model motiond]\npath = %s\n"
-        % (sock, WORKER, plugins, os.path.join(FIX, "sd-tiny.safetensors"), tok,
-           os.path.join(FIX, "motion-tiny.safetensors"), os.path.join(FIX, "motion-tiny-diffusers.safetensors")))
-    log = open(os.path.join(tmp, "daemon.log"), "w")
-    daemon = subprocess.Popen([GPUHOSTD, "-c", conf], stderr=log)
+    models = ("[model tiny]\npath = %s\ntokenizer = %s\n[model motion]\npath = %s\n[model motiond]\npath = %s\n"
+              % (os.path.join(FIX, "sd-tiny.safetensors"), tok, os.path.join(FIX, "motion-tiny.safetensors"),
+                 os.path.join(FIX, "motion-tiny-diffusers.safetensors")))
+    # the plugins, and the MP4 encoder module beside their folder as in the build and an install
+    d = ghdaemon.Daemon(GPUHOSTD, CTL, WORKER, PLUGINS, os.path.join(tmp, "daemon"),
+                        devices="cpu_memory = 512M\nslab_size = 2M\n", scheduler="jobs_per_device = 2\n",
+                        workers="cpu_threads = 2\n", models=models, plugin_files=("txt2img.so", "video.so"))
+    clean = False
     try:
-        for _ in range(600):
-            if os.path.exists(sock) and "video" in ctl(sock, "pipelines", check=False).stdout:
-                break
-            if daemon.poll() is not None:
-                break
-            time.sleep(0.05)
         want = st_read(os.path.join(FIX, "motion-expected.safetensors"))["motion.sample.frames"][1]
-        check_clip(tmp, sock, "motion", want)
-        check_clip(tmp, sock, "motiond", want)
-        check_frames_only(tmp, sock, want)
-        check_windows(tmp, sock)
-        check_sharing(tmp, sock)
-        check_refusals(sock)
+        check_clip(tmp, d.sock, "motion", want)
+        check_clip(tmp, d.sock, "motiond", want)
+        check_frames_only(tmp, d.sock, want)
+        check_windows(tmp, d.sock)
+        check_sharing(tmp, d.sock)
+        check_refusals(d.sock)
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        code = daemon.wait(30)
-        log.close()
-        with open(os.path.join(tmp, "daemon.log")) as f:
-            tail = f.readlines()[-30:]
+        clean = d.stop()  # a clean exit: nothing leaked (sanitizer builds exit non-zero on a leak)
+        tail = d.log_tail(30)
         if os.environ.get("GH_KEEP"):
             print("kept", tmp)
         else:
             shutil.rmtree(tmp)
-    if code != 0:
-        fail("gpuhostd exited with %d:\n%s" % (code, "".join(tail)))
+    if not clean:
+        fail("gpuhostd did not exit cleanly:\n" + tail)
     print("ok")
 
 

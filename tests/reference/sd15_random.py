@@ -137,6 +137,35 @@ def checkpoint(small=False, directory=None, log=print, motion=False):
     return path
 
 
+def torch_pipeline(spec, motion=None):
+    """The benchmarks' PyTorch side of spec's checkpoint (a process of
+    their own): the text encoder and VAE in fp32, the UNet (and the motion
+    module of |motion|, a path) in fp16 on CUDA, fp32 on the CPU, the UNet
+    channels_last; the tokenizer of spec["tokenizer"]. Returns a namespace
+    with clip, vae, unet, mm, half, tok and weights (bytes allocated on the
+    GPU after loading)."""
+    dev = spec["device"]
+    _, cfg = config(spec["small"])
+    w = weights(spec["checkpoint"])
+    half = torch.float16 if dev == "cuda" else torch.float32
+    out = type("TorchPipeline", (), {})()
+    out.half, out.cfg = half, cfg
+    out.clip = R.load_clip(w, cfg.clip, torch.float32).to(dev)
+    out.vae = R.load_vae(w, cfg.vae, torch.float32).to(dev)
+    out.unet = R.load_unet(w, cfg.unet, torch.float32).to(half).to(dev).to(
+        memory_format=torch.channels_last)
+    del w
+    out.mm = (R.load_motion(weights(motion), cfg.unet, torch.float32)
+              .to(half).to(dev) if motion else None)
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    out.weights = torch.cuda.memory_allocated() if dev == "cuda" else None
+    out.tok = R.Tokenizer.from_files(
+        os.path.join(spec["tokenizer"], "vocab.json"),
+        os.path.join(spec["tokenizer"], "merges.txt"))
+    return out
+
+
 def part_bytes(path):
     """{part: bytes of its tensors} from the file's header."""
     with open(path, "rb") as f:
