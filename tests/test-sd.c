@@ -676,34 +676,55 @@ static void test_motion_unet(void **state) {
 /* 8 frames, euler, 3 steps, CFG 7.5 through the pipeline, and 12 frames
  * on windows of 8; frames past the module's encoding, a batch other than
  * the frames, and windows that never move on are refused. */
-/* A video sampled from the stored text encoder outputs in an arena of
- * exactly the plan, against fixture |want|. */
-static void motion_sample_case(const gh_sd_models *m, const gh_sd_params *p, const char *what, const char *want_name) {
+/* A video sampled from the stored text encoder outputs, against fixture
+ * |want|, then every frame decoded, in an arena of exactly the plan: the
+ * peak is the plan, and one alignment unit less is refused. Returns the
+ * plan. */
+static size_t motion_sample_case(const gh_sd_models *m, const gh_sd_params *p, const char *what,
+                                 const char *want_name) {
         size_t n, nh, plan;
         float *want = fx_of(motion_expected, want_name, &n), *hidden = fx("text.hidden", &nh),
               *got = malloc(n * sizeof(float));
+        uint8_t *rgb = malloc((size_t) p->width * p->height * 3);
         char err[512];
         gh_sd_run r;
         ctx x;
 
         assert_int_equal(gh_sd_params_check(m, p, err, sizeof(err)), 0);
         assert_int_equal(gh_sd_plan(m, p, 1, &plan, err, sizeof(err)), 0);
-        ctx_open(&x, plan);
-        OK(&x.c, gh_sd_run_init(&r, m, p, &x.c, 1, NULL, NULL, NULL));
-        OK(&x.c, gh_sd_run_set_context(&r, hidden + nh / 2, hidden));
-        OK(&x.c, gh_sd_run_start(&r));
-        for (uint32_t i = 0; i < p->steps; i++)
-                OK(&x.c, gh_sd_run_step(&r, i));
-        assert_int_equal((size_t) gh_dt_numel(&r.x), n);
-        OK(&x.c, gh_op_download(&x.c, &r.x, got));
-        expect_close(what, got, want, n);
-        print_message("plan %zu bytes, peak %zu\n", plan, gh_arena_peak(x.c.arena));
-        assert_true(gh_arena_peak(x.c.arena) <= plan);
-        gh_sd_run_free(&r);
-        ctx_close(&x);
+        for (int less = 0; less < 2; less++) {
+                int k;
+                ctx_open(&x, plan - (size_t) less * GH_ARENA_ALIGN);
+                k = gh_sd_run_init(&r, m, p, &x.c, 1, NULL, NULL, NULL);
+                if (k >= 0)
+                        k = gh_sd_run_set_context(&r, hidden + nh / 2, hidden);
+                if (k >= 0)
+                        k = gh_sd_run_start(&r);
+                for (uint32_t i = 0; k >= 0 && i < p->steps; i++)
+                        k = gh_sd_run_step(&r, i);
+                if (!less && k >= 0) {
+                        assert_int_equal((size_t) gh_dt_numel(&r.x), n);
+                        OK(&x.c, gh_op_download(&x.c, &r.x, got));
+                        expect_close(what, got, want, n);
+                }
+                for (uint32_t b = 0; k >= 0 && b < p->batch; b++)
+                        k = gh_sd_run_decode(&r, b, rgb, NULL);
+                print_message("%s: arena %zu: %d, peak %zu\n", what, plan - (size_t) less * GH_ARENA_ALIGN, k,
+                              gh_arena_peak(x.c.arena));
+                if (!less) {
+                        if (k < 0)
+                                fail_msg("%s", x.c.err);
+                        assert_int_equal(gh_arena_peak(x.c.arena), plan);
+                } else
+                        assert_int_equal(k, -ENOSPC);
+                gh_sd_run_free(&r);
+                ctx_close(&x);
+        }
+        free(rgb);
         free(want);
         free(hidden);
         free(got);
+        return plan;
 }
 
 static void test_motion_sample(void **state) {
@@ -714,13 +735,23 @@ static void test_motion_sample(void **state) {
         char err[512];
 
         f = load_motion(&m, &sd, motion_layouts[0]);
-        motion_sample_case(&m, &p, "sample, 8 frames + motion", "motion.sample.latent");
+        size_t plan8 = motion_sample_case(&m, &p, "sample, 8 frames + motion", "motion.sample.latent");
         /* 12 frames on windows of 8 overlapping by 4 (frames 0-7, 4-11) */
         gh_sd_params wp = p;
         wp.frames = wp.batch = 12;
         wp.window = 8;
         wp.overlap = 4;
-        motion_sample_case(&m, &wp, "sample, 12 frames in windows of 8", "motion.sample.windows");
+        size_t plan12w = motion_sample_case(&m, &wp, "sample, 12 frames in windows of 8", "motion.sample.windows");
+        /* the plan grows with the frames (and the size): what admission control reserves */
+        size_t plan16, plan16big;
+        gh_sd_params q = p;
+        q.frames = q.batch = 16;
+        assert_int_equal(gh_sd_plan(&m, &q, 1, &plan16, err, sizeof(err)), 0);
+        q.width = q.height = 128;
+        assert_int_equal(gh_sd_plan(&m, &q, 1, &plan16big, err, sizeof(err)), 0);
+        print_message("plans: 8 frames %zu, 12 in windows of 8 %zu, 16 %zu, 16 at 128x128 %zu bytes\n", plan8, plan12w,
+                      plan16, plan16big);
+        assert_true(plan8 < plan12w && plan8 < plan16 && plan16 < plan16big);
 
         gh_sd_params bad = p;
         bad.frames = bad.batch = 33;

@@ -14,6 +14,8 @@ only; the MP4 is decoded by video-probe, FFmpeg's libraries).
 - format=frames: the frames alone, no MP4.
 - Context windows: 12 frames on windows of 8 overlapping by 4 make a clip
   of 12 frames; an overlap of a whole window is refused.
+- Admission: a clip whose planned workspace can never fit the device is
+  refused at once.
 - Bad requests: frames past the module's length, a motion module that is
   not one (the checkpoint itself), both refused with a reason.
 
@@ -48,10 +50,10 @@ def ctl(sock, *args, check=True, timeout=300):
     return r
 
 
-def video_args(motion, steps=3, frames=8, seed=1234, prompt=PROMPT):
+def video_args(motion, steps=3, frames=8, seed=1234, prompt=PROMPT, size=64):
     out = []
-    for p in ("model=tiny", "motion_module=" + motion, "prompt=" + prompt, "negative_prompt=", "width=64",
-              "height=64", "frames=%d" % frames, "fps=8", "steps=%d" % steps, "sampler=euler", "cfg_scale=7.5",
+    for p in ("model=tiny", "motion_module=" + motion, "prompt=" + prompt, "negative_prompt=", "width=%d" % size,
+              "height=%d" % size, "frames=%d" % frames, "fps=8", "steps=%d" % steps, "sampler=euler", "cfg_scale=7.5",
               "seed=%d" % seed):
         out += ["--param", p]
     return out
@@ -152,6 +154,15 @@ def check_sharing(tmp, sock):
 
 
 def check_refusals(sock):
+    # a clip whose workspace (32 frames at 1024x1024: gigabytes) can never fit the
+    # 512 MiB device: refused at once by admission control, not queued
+    t0 = time.time()
+    r = ctl(sock, "generate", "video", *video_args("motion", frames=32, size=1024), check=False, timeout=120)
+    msg = (r.stdout + r.stderr).strip()
+    print("32 frames at 1024x1024 on 512 MiB: %s (%.1f s)" % (msg.splitlines()[-1] if msg else "", time.time() - t0),
+          flush=True)
+    if r.returncode == 0 or "JobTooLarge" not in msg or "needs" not in msg:
+        fail("a clip that can never fit should be refused with the reason: " + msg)
     r = ctl(sock, "generate", "video", *video_args("motion", frames=40), check=False)
     print("frames=40: " + (r.stdout + r.stderr).strip().splitlines()[-1], flush=True)
     if r.returncode == 0 or "frames" not in r.stdout + r.stderr:
