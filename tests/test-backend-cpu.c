@@ -24,6 +24,7 @@
 
 #include "backend-cpu-internal.h"
 #include "backend.h"
+#include "xorshift.h"
 
 #define TOL 1e-5
 #define MAX_ALLOCS 256
@@ -62,20 +63,11 @@ static double *doubles(int64_t n) {
 
 /* ---- random values ---- */
 
-static uint64_t rng = 88172645463325252ull;
-
-static double urand(void) {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        return (double)(rng >> 11) * 0x1p-53;
-}
-
 static float *rnd(int64_t n, double lo, double hi) {
         float *p = floats(n);
 
         for (int64_t i = 0; i < n; i++)
-                p[i] = (float)(lo + (hi - lo) * urand());
+                p[i] = (float)(lo + (hi - lo) * gh_test_urand());
         return p;
 }
 
@@ -1000,7 +992,7 @@ static void test_embedding(void **state) {
         char what[64];
 
         for (int64_t i = 0; i < b * t; i++)
-                ids[i] = (int32_t)(urand() * rows);
+                ids[i] = (int32_t)(gh_test_urand() * rows);
         for (size_t k = 0; k < 3; k++)
                 for (int with_pos = 0; with_pos < 2; with_pos++) {
                         double *td, *pd;

@@ -28,6 +28,7 @@
 #include "backend-cuda.h"
 #include "backend.h"
 #include "common/util.h"
+#include "xorshift.h"
 
 #define EXIT_SKIP 77
 #define MAX_ALLOCS 1024
@@ -84,20 +85,11 @@ static int teardown_each(void **state) {
 
 /* ---- random values ---- */
 
-static uint64_t rng = 88172645463325252ull;
-
-static double urand(void) {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        return (double)(rng >> 11) * 0x1p-53;
-}
-
 static float *rnd(int64_t n, double lo, double hi) {
         float *p = halloc((size_t)n * sizeof(float));
 
         for (int64_t i = 0; i < n; i++)
-                p[i] = (float)(lo + (hi - lo) * urand());
+                p[i] = (float)(lo + (hi - lo) * gh_test_urand());
         return p;
 }
 
@@ -523,7 +515,7 @@ static void test_embedding(void **state) {
         int32_t ids[2 * 77];
 
         for (size_t i = 0; i < ELEMENTSOF(ids); i++)
-                ids[i] = (int32_t)(urand() * 1000);
+                ids[i] = (int32_t)(gh_test_urand() * 1000);
         for (size_t t = 0; t < ELEMENTSOF(wtypes); t++) {
                 pair table = rweight(wtypes[t], 1.0, SHAPE(1000, 768)), pos = rweight(wtypes[t], 1.0, SHAPE(77, 768));
                 pair y = f32(NULL, SHAPE(2, 77, 768));

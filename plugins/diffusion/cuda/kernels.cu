@@ -134,13 +134,30 @@ __device__ __forceinline__ void st(void *p, int t, long long i, float v) {
                 ((float *)p)[i] = v;
 }
 
+#define IM2COL_RUN 8
+
+/* A run of IM2COL_RUN values of an im2col row at col[at], the first |n| of
+ * them (the rest lie past the row): as one 16-byte store of fp16 where
+ * |vec| (fp16, rows a multiple of the run, so |at| is 16-byte aligned and
+ * the run whole), else one by one in type |ct|. */
+__device__ __forceinline__ void store_run(void *col, int ct, long long at, const float *v, int n, bool vec) {
+        if (vec) {
+                uint4 o;
+                __half2 hv[4] = {__floats2half2_rn(v[0], v[1]), __floats2half2_rn(v[2], v[3]),
+                                 __floats2half2_rn(v[4], v[5]), __floats2half2_rn(v[6], v[7])};
+                memcpy(&o, hv, sizeof(o));
+                *(uint4 *)((__half *)col + at) = o;
+        } else
+                for (int j = 0; j < IM2COL_RUN && j < n; j++)
+                        st(col, ct, at + j, v[j]);
+}
+
 /* The im2col matrix of images [0, nb) of x[nb, ci, h, w]: col[img][k][p]
  * for k = (c, ky, kx) and output pixels p0 + p, p < np (column-major
  * np x K per image, as cuBLASLt's A), zero where the window leaves the
  * image. Grid: x over runs of 8 pixels (one thread each: one division,
  * and one 16-byte store in fp16), y over k (looping past 65535), z over
  * images. */
-#define IM2COL_RUN 8
 extern "C" __global__ void gh_im2col(const float *x, void *col, int ct, int ci, int h, int w, int kh, int kw,
                                      int stride, int pad_top, int pad_left, int wo, int p0, int np) {
         const int khw = kh * kw, kdim = ci * khw, img = blockIdx.z;
@@ -163,15 +180,7 @@ extern "C" __global__ void gh_im2col(const float *x, void *col, int ct, int ci, 
                                         oy++;
                                 }
                         }
-                        if (vec) {
-                                uint4 o;
-                                __half2 hv[4] = {__floats2half2_rn(v[0], v[1]), __floats2half2_rn(v[2], v[3]),
-                                                 __floats2half2_rn(v[4], v[5]), __floats2half2_rn(v[6], v[7])};
-                                memcpy(&o, hv, sizeof(o));
-                                *(uint4 *)((__half *)col + row + p) = o;
-                        } else
-                                for (int j = 0; j < IM2COL_RUN && p + j < np; j++)
-                                        st(col, ct, row + p + j, v[j]);
+                        store_run(col, ct, row + p, v, np - p, vec);
                 }
         }
 }
@@ -225,15 +234,7 @@ extern "C" __global__ void gh_im2col_tile(const float *x, void *col, int ct, int
                                         const int ix = ixb[j] + kx;
                                         v[j] = ix >= 0 && ix < w ? rows[off[j] + ky * w + kx] : 0.0f;
                                 }
-                                if (vec) {
-                                        uint4 o;
-                                        __half2 hv[4] = {__floats2half2_rn(v[0], v[1]), __floats2half2_rn(v[2], v[3]),
-                                                         __floats2half2_rn(v[4], v[5]), __floats2half2_rn(v[6], v[7])};
-                                        memcpy(&o, hv, sizeof(o));
-                                        *(uint4 *)((__half *)col + row + p) = o;
-                                } else
-                                        for (int j = 0; j < IM2COL_RUN && p + j < pe; j++)
-                                                st(col, ct, row + p + j, v[j]);
+                                store_run(col, ct, row + p, v, pe - p, vec);
                         }
         }
 }
