@@ -139,8 +139,13 @@ static pair mk(gh_dtype_id t, const float *v, const int64_t *shape, uint32_t nd)
         }
         p.d = p.h;
         p.d.data = dalloc((size_t)n * es);
+        /* A copy from pageable memory may return before its DMA lands, and
+         * the backend's stream does not wait for the null stream: wait here,
+         * or an op on the stream races the upload (seen on an H200 as
+         * lincomb n=0's zeros overwritten by the upload). */
         assert_int_equal(fx.cu->MemcpyHtoD((CUdeviceptr)(uintptr_t)p.d.data, p.h.data, (size_t)n * es),
                          CUDA_SUCCESS);
+        assert_int_equal(fx.cu->CtxSynchronize(), CUDA_SUCCESS);
         return p;
 }
 
