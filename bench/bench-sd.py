@@ -14,8 +14,8 @@ parameters (tests/reference/sd15_random.py: made once, then reused from
 its cache folder, $GH_SD15_DIR). The demo model's CLIP tokenizer serves
 as its tokenizer. PyTorch runs the reference's modules: the UNet in fp16,
 channels_last, attention through scaled_dot_product_attention (torch 2);
-the text encoder and the VAE in fp32, as gpuhost runs them (PyTorch's
-defaults otherwise: cuDNN may use TF32 there).
+the VAE in fp16 too and the text encoder in fp32, as a precision=fp16
+job runs them (PyTorch's defaults otherwise: cuDNN may use TF32 there).
 
 unet (part 1): UNet evaluations per second for a CFG batch (2 x the
    images) at 512x512 with 1 and 4 images and at 768x768 with 1:
@@ -227,8 +227,8 @@ def torch_child(spec):
         torch.set_num_threads(SMALL_THREADS)
     sdpa = S.use_sdpa()
     tp = S.torch_pipeline(spec)
-    clip, vae, unet, half, tok, weights = (tp.clip, tp.vae, tp.unet, tp.half,
-                                           tp.tok, tp.weights)
+    clip, unet, half, tok, weights = (tp.clip, tp.unet, tp.half, tp.tok,
+                                      tp.weights)
     gc.collect()
     sched = R.Schedule()
     side = spec["size"] // 8
@@ -243,7 +243,7 @@ def torch_child(spec):
             lat = R.generate(unet16, sched, SAMPLER, cond, uncond, CFG,
                              spec["steps"], SEED, (1, 4, side, side),
                              dtype=torch.float32)
-            rgb = R.to_rgb8(vae.decode(lat).cpu())  # waits for the device
+            rgb = R.to_rgb8(tp.decode(lat).cpu())  # waits for the device
         return lat, rgb
 
     once()  # warm-up
@@ -488,7 +488,7 @@ def e2e_part(args, ckpt, dev):
                      "sent)", dm["own"], len(dm["seconds"])))
     rows += [("plugin runtime alone: gpuhost-sd sample (no model load)",
               rt["median"], len(rt["seconds"])),
-             ("PyTorch: %s UNet (%s), fp32 text encoder and VAE"
+             ("PyTorch: %s UNet (%s) and VAE, fp32 text encoder"
               % (pt["unet_dtype"], "SDPA" if pt["sdpa"]
                  else "reference attention"),
               pt["median"], len(pt["seconds"]))]
@@ -523,7 +523,7 @@ def e2e_part(args, ckpt, dev):
     mem_rows = [
         ("PyTorch: max_memory_allocated over the generation (weights "
          "included)", peak),
-        ("PyTorch: of which the weights (UNet %s, text encoder and VAE "
+        ("PyTorch: of which the weights (UNet and VAE %s, text encoder "
          "fp32)" % pt["unet_dtype"], pt["weights"] if peak else None),
         ("PyTorch: the generation beyond the weights",
          peak - pt["weights"] if peak else None),

@@ -10,8 +10,8 @@ CUDA and numpy).
                    [--work DIR] [--small]
 
 One clip of --frames frames at 512x512, euler_a, CFG 7.5, --steps steps,
-the same prompt and seed everywhere, the UNet in fp16 (the text encoder and
-the VAE in fp32):
+the same prompt and seed everywhere, the UNet and the VAE's decode in fp16
+(the text encoder in fp32):
 - gpuhostd serving the GPU only, the checkpoint and the motion module as
   two models of the store (dtype fp16): a warm-up job (its MP4 is checked:
   ftyp, then moov), then --jobs timed `gpuhostctl generate video` jobs
@@ -76,8 +76,8 @@ def torch_child(spec):
         torch.set_num_threads(SMALL_THREADS)
     sdpa = S.use_sdpa()
     tp = S.torch_pipeline(spec, spec["motion"])
-    clip, vae, unet, mm, half, tok, weights = (
-        tp.clip, tp.vae, tp.unet, tp.mm, tp.half, tp.tok, tp.weights)
+    clip, unet, mm, half, tok, weights = (
+        tp.clip, tp.unet, tp.mm, tp.half, tp.tok, tp.weights)
     gc.collect()
     sched = R.Schedule()
     side = spec["size"] // 8
@@ -93,7 +93,7 @@ def torch_child(spec):
             lat = R.generate(video, sched, SAMPLER, cond, uncond, CFG,
                              spec["steps"], SEED, (frames, 4, side, side),
                              dtype=torch.float32)
-            rgb = [R.to_rgb8(vae.decode(lat[f:f + 1]).cpu())
+            rgb = [R.to_rgb8(tp.decode(lat[f:f + 1]).cpu())
                    for f in range(frames)]
         return rgb
 
@@ -286,7 +286,7 @@ def run_daemon(args, ckpt, motion, dev):
 
 def report(args, pt, rt, dm):
     f = args.frames
-    where = "CPU, fp32" if args.small else "GPU, UNet fp16"
+    where = "CPU, fp32" if args.small else "GPU, UNet and VAE fp16"
     print("\n| %d frames at %dx%d, %d steps, %s (%s) | seconds per clip | "
           "seconds per frame | PyTorch / this (speed) |"
           % (f, args.size, args.size, args.steps, SAMPLER, where))

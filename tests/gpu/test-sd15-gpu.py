@@ -8,8 +8,9 @@ with CUDA, and numpy).
 1. Parity, against the reference in fp32 (no TF32) on the same
    fp16-rounded weights: one UNet evaluation at 512x512 with a batch of 2
    (the CFG pair), gpuhost-sd --cuda --fp16 unet; one VAE decode of a
-   64x64 latent, gpuhost-sd --cuda vae-decode. Relative L2 error under
-   1e-2 each.
+   64x64 latent, gpuhost-sd --cuda vae-decode, in fp32 and (as a
+   precision=fp16 job decodes) with --fp16. Relative L2 error under 1e-2
+   each.
 2. gpuhostd with [devices] cpu = no and the checkpoint as [model sd15]
    (dtype fp16, the demo model's CLIP tokenizer): txt2img at 512x512,
    precision fp16, 20 steps, into a PNG that must be 512x512 RGB and not
@@ -143,6 +144,9 @@ def parity(ckpt, cfg, tmp):
          lambda: R.load_vae(weights, cfg.vae, torch.float32).to(DEV),
          lambda m: m.decode_raw(z.to(DEV))),
     ]
+    if FP16:  # a precision=fp16 job's decode
+        cases.append(("VAE decode, %dx%d latent, fp16" % (lat, lat),
+                      FP16 + cases[-1][1], cases[-1][2], cases[-1][3]))
     for what, cmd, model, run in cases:
         t0 = time.time()
         r = sd(ckpt, *WHERE, *cmd, "-o", out)

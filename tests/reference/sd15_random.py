@@ -139,11 +139,12 @@ def checkpoint(small=False, directory=None, log=print, motion=False):
 
 def torch_pipeline(spec, motion=None):
     """The benchmarks' PyTorch side of spec's checkpoint (a process of
-    their own): the text encoder and VAE in fp32, the UNet (and the motion
-    module of |motion|, a path) in fp16 on CUDA, fp32 on the CPU, the UNet
-    channels_last; the tokenizer of spec["tokenizer"]. Returns a namespace
-    with clip, vae, unet, mm, half, tok and weights (bytes allocated on the
-    GPU after loading)."""
+    their own): the text encoder in fp32, the UNet (and the motion module
+    of |motion|, a path) and the VAE in fp16 on CUDA (as a precision=fp16
+    job runs them), fp32 on the CPU, the UNet and the VAE channels_last;
+    the tokenizer of spec["tokenizer"]. Returns a namespace with clip,
+    vae, unet, mm, half, tok, weights (bytes allocated on the GPU after
+    loading) and decode (latent -> float32 image in 0..1)."""
     dev = spec["device"]
     _, cfg = config(spec["small"])
     w = weights(spec["checkpoint"])
@@ -151,7 +152,8 @@ def torch_pipeline(spec, motion=None):
     out = type("TorchPipeline", (), {})()
     out.half, out.cfg = half, cfg
     out.clip = R.load_clip(w, cfg.clip, torch.float32).to(dev)
-    out.vae = R.load_vae(w, cfg.vae, torch.float32).to(dev)
+    out.vae = R.load_vae(w, cfg.vae, torch.float32).to(half).to(dev).to(
+        memory_format=torch.channels_last)
     out.unet = R.load_unet(w, cfg.unet, torch.float32).to(half).to(dev).to(
         memory_format=torch.channels_last)
     del w
@@ -160,6 +162,8 @@ def torch_pipeline(spec, motion=None):
     if dev == "cuda":
         torch.cuda.synchronize()
     out.weights = torch.cuda.memory_allocated() if dev == "cuda" else None
+    out.decode = (lambda lat: out.vae.decode(lat.to(
+        dtype=half, memory_format=torch.channels_last)).float())
     out.tok = R.Tokenizer.from_files(
         os.path.join(spec["tokenizer"], "vocab.json"),
         os.path.join(spec["tokenizer"], "merges.txt"))

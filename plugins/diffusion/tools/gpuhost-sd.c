@@ -34,8 +34,8 @@
  *
  * --cuda runs on GPU 0 through the CUDA backend (where it was built; with
  * --fp16, its convolutions and GEMMs run on tensor cores in fp16, and
- * attention on the flash kernel, except in sample's text encoder and VAE,
- * which stay in fp32 as a precision=fp16 job's do; UNet evaluations are recorded once as a
+ * attention on the flash kernel, except in sample's text encoder and
+ * img2img encode, which stay in fp32 as a precision=fp16 job's do; UNet evaluations are recorded once as a
  * CUDA graph and replayed, unless --no-graphs; --cudnn sends the fp16
  * convolutions wider than 1x1 through cuDNN instead of im2col and
  * cuBLASLt, to compare): the
@@ -510,8 +510,9 @@ static int write_ppm(const char *path, const uint8_t *rgb, int w, int h) {
 static gh_dcuda *fp16_be; /* --cuda --fp16: sample's UNet steps in fp16, as a job's */
 #endif
 
-/* sample with --fp16, as a precision=fp16 job: the UNet in fp16, the
- * text encoder and the VAE in fp32. */
+/* sample with --fp16, as a precision=fp16 job: the UNet and the VAE's
+ * decode in fp16 (the decode in fp32 where the VAE's weights are bf16),
+ * the text encoder in fp32. */
 static void unet_mode(bool fp16) {
 #ifdef GH_HAVE_CUDA_BACKEND
         if (fp16_be)
@@ -558,8 +559,10 @@ static int cmd_sample(gh_dfiles *f, const gh_sd_models *m, const opts *o, gh_dct
                         unet_mode(false);
                 }
                 t2 = now();
+                unet_mode(m->vae.dec.conv_in.w.dtype != GH_TENSOR_BF16);
                 for (uint32_t b = p.batch; b-- > 0;) /* every item; frame 0 last, for --ppm */
                         CK(c, gh_sd_run_decode(&r, b, rgb, NULL));
+                unet_mode(false);
                 t3 = now();
                 printf("%sprepare %.3f s, %u steps %.3f s (%.3f s/step), decode %.3f s, total %.3f s; workspace %zu "
                        "bytes planned, %zu peak\n",
