@@ -1212,11 +1212,18 @@ static void assert_demo_model(const gh_config *c) {
         const char *want = getenv("GH_SHIPPED_DEMO");
 
         assert_non_null(want);
-        assert_int_equal(c->n_models, 1);
+        assert_int_equal(c->n_models, 2);
         assert_string_equal(c->models[0].name, "demo");
         assert_string_equal(c->models[0].path, want);
         assert_null(c->models[0].tokenizer);
         assert_string_equal(c->models[0].parameters, "{\"width\":64,\"height\":64}");
+        /* its motion module, a file beside the model's folder */
+        char *motion = NULL;
+        assert_true(asprintf(&motion, "%s-motion/demo-motion.safetensors", want) > 0);
+        assert_string_equal(c->models[1].name, "demo-motion");
+        assert_string_equal(c->models[1].path, motion);
+        assert_null(c->models[1].parameters);
+        free(motion);
 }
 
 static char *read_all(const char *path, size_t *ret_len) {

@@ -13,16 +13,23 @@ by what its pictures show (stdlib only).
 - img2img of the red circle with the prompt changed to green recolours the
   shape: the result's foreground is green, the background is still blue,
   and the shape is still a circle.
+- Motion: the video pipeline with the shipped demo motion module
+  (models/demo-motion, trained on shapes moving right) makes 8-frame
+  clips of MOTION_PROMPTS. Every frame must show the prompt's colours,
+  and its foreground centroid must move right at every frame, by at least
+  MIN_TRAVEL pixels in all. Independent frames (the motion modules not
+  run, or run wrong) would show the shape in the centre of each.
 
 The daemon serves the model from its source folder with the [model demo]
-section of the shipped configuration (as the build configured it), only
-its path changed.
+and [model demo-motion] sections of the shipped configuration (as the build
+configured it), only their paths changed.
 
 GH_DEMO_DEVICES adds lines to the [devices] section (on a GPU machine,
 "cpu = no" sends every job to the GPUs); GH_DEMO_PARAMETERS replaces the
 model's parameters line. With GH_DEMO_GALLERY=DIR set, the
 pictures and a contact sheet of them (gallery.png, one row per two prompts,
-at twice the size) are written to DIR.
+at twice the size) are written to DIR, and the clips as motion.png (one
+row of frames per clip).
 
 Usage: test-demo-e2e.py GPUHOSTD GPUHOSTCTL WORKER PLUGIN_DIR MODEL_DIR SHIPPED_CONF
 """
@@ -45,6 +52,8 @@ import semantic  # noqa: E402
 
 GPUHOSTD, CTL, WORKER, PLUGINS, MODEL, SHIPPED = (os.path.abspath(a)
                                                   for a in sys.argv[1:7])
+MOTION = os.path.join(os.path.dirname(MODEL), "demo-motion",
+                      "demo-motion.safetensors")
 
 PROMPTS = [
     "a red circle on a blue background",
@@ -67,6 +76,10 @@ PROMPTS = [
 SEEDS = [7, 1234]
 STEPS = 20
 MIN_ACCURACY = 0.90
+MOTION_PROMPTS = [("a red circle on a blue background", 7),
+                  ("a yellow square on a purple background", 8)]
+MOTION_FRAMES = 8
+MIN_TRAVEL = 16.0  # pixels, first frame to last
 
 
 def fail(msg):
@@ -76,13 +89,17 @@ def fail(msg):
 
 def shipped_demo_section(**override):
     """The shipped [model demo] section with MODEL as its path (and the
-    keys of |override|), as text."""
+    keys of |override|), then [model demo-motion] with MOTION, as text."""
     ini = configparser.ConfigParser(interpolation=None)
     ini.read(SHIPPED)
-    if not ini.has_section("model demo"):
-        fail(SHIPPED + " declares no [model demo]")
+    for name in ("demo", "demo-motion"):
+        if not ini.has_section("model " + name):
+            fail(SHIPPED + " declares no [model %s]" % name)
     keys = dict(ini["model demo"], path=MODEL, **override)
-    return "[model demo]\n" + "".join("%s = %s\n" % kv for kv in keys.items())
+    motion = dict(ini["model demo-motion"], path=MOTION)
+    return ("[model demo]\n" + "".join("%s = %s\n" % kv for kv in keys.items())
+            + "[model demo-motion]\n"
+            + "".join("%s = %s\n" % kv for kv in motion.items()))
 
 
 def env_parameters():
@@ -96,7 +113,7 @@ class Daemon:
     def __init__(self, tmp, demo=None):
         plugins = os.path.join(tmp, "plugins")
         os.mkdir(plugins)
-        for p in ("txt2img.so", "img2img.so"):
+        for p in ("txt2img.so", "img2img.so", "video.so"):
             shutil.copy(os.path.join(PLUGINS, p), plugins)
             os.chmod(os.path.join(plugins, p), 0o644)
         self.sock = os.path.join(tmp, "gpuhost.sock")
@@ -117,7 +134,8 @@ class Daemon:
         for _ in range(1200):
             r = subprocess.run([CTL, "pipelines"], env=self.env,
                                capture_output=True, text=True)
-            if r.returncode == 0 and "txt2img" in r.stdout:
+            if r.returncode == 0 and all(
+                    p in r.stdout for p in ("txt2img", "video")):
                 return
             if self.proc.poll() is not None:
                 break
@@ -152,6 +170,56 @@ def txt2img(d, out, prompt, seed):
           "prompt=" + prompt, "--param", "seed=%d" % seed, "--param",
           "steps=%d" % STEPS, "-o", out)
     return png.read(out)
+
+
+def clip_frames(d, out, prompt, seed):
+    """An 8-frame clip of the demo model with its motion module, as RGB8
+    frames (format=frames: the raw frames are the only output)."""
+    d.ctl("generate", "video", "--model", "demo", "--param",
+          "motion_module=demo-motion", "--param", "prompt=" + prompt,
+          "--param", "frames=%d" % MOTION_FRAMES, "--param", "format=frames",
+          "--param", "sampler=euler", "--param", "cfg_scale=7",
+          "--param", "seed=%d" % seed, "--param", "steps=%d" % STEPS,
+          "-o", out)
+    with open(out, "rb") as f:
+        raw = f.read()
+    size = 64 * 64 * 3
+    if len(raw) != MOTION_FRAMES * size:
+        fail("%s: %d bytes, %d frames of 64x64 RGB8 expected"
+             % (out, len(raw), MOTION_FRAMES))
+    return [raw[i * size:(i + 1) * size] for i in range(MOTION_FRAMES)]
+
+
+def check_motion(d, tmp, gallery):
+    """Each clip's frames show the prompt's colours, and the foreground's
+    centroid moves right at every frame, MIN_TRAVEL pixels in all."""
+    strips = []
+    for prompt, seed in MOTION_PROMPTS:
+        frames = clip_frames(d, os.path.join(tmp, "clip-%d.raw" % seed),
+                             prompt, seed)
+        xs, shapes_ok = [], 0
+        for i, rgb in enumerate(frames):
+            j = semantic.judge(prompt, 64, 64, rgb)
+            if not (j["ok_fg"] and j["ok_bg"]) or not j["features"]:
+                fail("%s, seed %d: frame %d does not show the prompt's "
+                     "colours: %s" % (prompt, seed, i,
+                                      json.dumps(j["predicted"])))
+            shapes_ok += bool(j["ok_shape"])
+            xs.append(j["features"]["centroid"][0])
+        print("motion: %-40s seed %d: centroid x %s; shape right in %d/%d "
+              "frames" % (prompt, seed, " ".join("%.1f" % x for x in xs),
+                          shapes_ok, len(xs)), flush=True)
+        if not all(b > a for a, b in zip(xs, xs[1:])):
+            fail("%s, seed %d: the centroid does not move right at every "
+                 "frame" % (prompt, seed))
+        if xs[-1] - xs[0] < MIN_TRAVEL:
+            fail("%s, seed %d: the centroid moved %.1f pixels, under %.0f"
+                 % (prompt, seed, xs[-1] - xs[0], MIN_TRAVEL))
+        strips += [(64, 64, f) for f in frames]
+    if gallery:
+        contact_sheet(os.path.join(gallery, "motion.png"), strips,
+                      MOTION_FRAMES)
+    print("motion: the shapes move right: ok", flush=True)
 
 
 def show(prompt, seed, j):
@@ -269,6 +337,7 @@ def main():
             contact_sheet(os.path.join(gallery, "img2img.png"),
                           [images[0], (w, h, rgb)], 2)
         print("img2img red -> green: ok", flush=True)
+        check_motion(d, tmp, gallery)
     finally:
         d.stop()
     # A model default of the wrong type: refused, and said to be the model's.

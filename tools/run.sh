@@ -2,8 +2,9 @@
 # The main job, from a fresh Debian machine: install dependencies, build,
 # start gpuhostd on a private socket (CPU device, no root needed beyond the
 # package install) with the demo model, and generate circle.png ("a red
-# circle on a blue background") with it. The daemon keeps running; the last
-# lines say how to talk to it and how to stop it.
+# circle on a blue background") with it, then circle.mp4 (the same circle
+# crossing the picture, through the demo motion module). The daemon keeps
+# running; the last lines say how to talk to it and how to stop it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,8 @@ plugin_directory = $PWD/build/plugins/out
 [model demo]
 path = $PWD/models/demo
 parameters = {"width": 64, "height": 64}
+[model demo-motion]
+path = $PWD/models/demo-motion/demo-motion.safetensors
 CONF
 
 # A daemon from an earlier run may hold the socket: replace it.
@@ -45,9 +48,11 @@ for _ in $(seq 100); do
 done
 build/daemon/gpuhostctl status
 build/daemon/gpuhostctl generate txt2img --model demo --param prompt="a red circle on a blue background" -o circle.png
+build/daemon/gpuhostctl generate video --model demo --param motion_module=demo-motion \
+        --param prompt="a red circle on a blue background" --param frames=8 -o circle.mp4
 cat <<MSG
 
-Wrote $PWD/circle.png.
+Wrote $PWD/circle.png and $PWD/circle.mp4.
 gpuhostd is running (pid $(cat "$run/gpuhostd.pid"), log $run/gpuhostd.log).
 Talk to it:  GPUHOST_SOCKET=$sock build/daemon/gpuhostctl generate txt2img --model demo --param prompt="a small yellow star on a purple background, top left" -o star.png
 Stop it:     kill \$(cat $run/gpuhostd.pid)
