@@ -741,7 +741,7 @@ static void progress(job *j, uint32_t step, uint32_t steps) {
  * tensor cores, fp16 operands with fp32 sums, the activations fp32 between
  * ops (so the VAE's large activations never overflow an fp16 store); the
  * text encoder and img2img's encode stay in fp32. fp16 operands put the
- * SD 1.5-size decode within 1e-3 of the fp32 reference (test-sd15-gpu);
+ * SD 1.5-size decode 1.0e-3 off the fp32 reference (test-sd15-gpu);
  * bf16 ones were 1.1e-2 off, so a bf16 checkpoint's VAE stays fp32. */
 static void tensor_cores(job *j, bool on) {
 #ifdef GH_HAVE_CUDA_BACKEND
