@@ -231,6 +231,29 @@ def fold_latent_scale(vae, gen, dev, log, n):
 # ------------------------------------------------------------ text + UNet
 
 
+def min_snr_loss(pred, noise, a):
+    """Epsilon prediction's MSE per item, min-SNR-5 weighted (a: the items'
+    alphas_cumprod, [B, 1, 1, 1]) -> (loss, the per-item MSE)."""
+    snr = (a / (1 - a)).reshape(-1)
+    w = torch.clamp(snr, max=MIN_SNR) / snr
+    per = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
+    return (w * per).mean(), per
+
+
+def update(opt, params, ema, loss, step):
+    """One optimiser step on |loss| (gradients clipped to norm 1), then the
+    EMA of the weights (decay min(0.999, (1 + step) / (10 + step)))."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    d = min(0.999, (1 + step) / (10 + step))
+    with torch.no_grad():
+        torch._foreach_mul_(ema, d)
+        torch._foreach_add_(ema, [p.detach().float() for p in params],
+                            alpha=1 - d)
+
+
 def train_unet(args, cfg, vae, tok, log, gen):
     dev = args.device
     clip = R.CLIPTextModel(cfg.clip).to(dev)
@@ -264,19 +287,8 @@ def train_unet(args, cfg, vae, tok, log, gen):
         with autocast(dev):
             ctx = clip(ids)
             pred = unet(xt, t.float(), ctx).float()
-        snr = (a / (1 - a)).reshape(-1)
-        w = torch.clamp(snr, max=MIN_SNR) / snr
-        per = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
-        loss = (w * per).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        d = min(0.999, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_mul_(ema, d)
-            torch._foreach_add_(ema, [p.detach().float() for p in params],
-                                alpha=1 - d)
+        loss, per = min_snr_loss(pred, noise, a)
+        update(opt, params, ema, loss, step)
         if step % 50 == 0 or step == steps - 1:
             losses.append([step, loss.item(), per.mean().item()])
         if step % 500 == 0:

@@ -25,7 +25,7 @@ weighting, 10 % empty captions, bf16 autocast, an EMA of the weights.
 
 At the end it samples a few clips with the reference (euler, CFG 7) and
 prints each frame's foreground centroid (tests/demo/semantic.py): the
-check that test-video-demo.py repeats through gpuhostd.
+check that tests/test-demo-e2e.py repeats through gpuhostd.
 
 Output: demo-motion.safetensors in AnimateDiff's own naming (fp16, the
 positional encodings fp32, as mm_sd_v15_v2.ckpt) and train-log.json.
@@ -67,10 +67,10 @@ def parse_args():
     ap.add_argument("--seed", type=int, default=20261121)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available()
                     else "cpu")
-    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--steps", type=int, default=2400)
     ap.add_argument("--batch", type=int, default=32, help="clips per step")
     ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--budget", type=float, default=300.0,
+    ap.add_argument("--budget", type=float, default=600.0,
                     help="seconds of training; stops early past it")
     ap.add_argument("--smoke", action="store_true",
                     help="a few steps, tiny batches")
@@ -167,19 +167,8 @@ def train(args, cfg, tok, clip, unet, vae, log):
         xt = a.sqrt() * lat + (1 - a).sqrt() * noise
         with TD.autocast(dev):
             pred = R.unet_video(unet, mm, xt, t.float(), ctx, f).float()
-        snr = (a / (1 - a)).reshape(-1)
-        w = torch.clamp(snr, max=TD.MIN_SNR) / snr
-        per = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
-        loss = (w * per).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        d = min(0.999, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_mul_(ema, d)
-            torch._foreach_add_(ema, [p.detach().float() for p in params],
-                                alpha=1 - d)
+        loss, per = TD.min_snr_loss(pred, noise, a)
+        TD.update(opt, params, ema, loss, step)
         if step % 50 == 0 or step == args.steps - 1:
             losses.append([step, loss.item(), per.mean().item()])
         if step % 250 == 0:
