@@ -37,8 +37,6 @@ import configparser
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +45,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "demo"))
 sys.path.insert(0, os.path.join(HERE, "reference"))
 sys.dont_write_bytecode = True
+import ghdaemon  # noqa: E402
 import png  # noqa: E402
 import semantic  # noqa: E402
 
@@ -109,78 +108,47 @@ def env_parameters():
     return {"parameters": v} if v else {}
 
 
-class Daemon:
-    def __init__(self, tmp, demo=None):
-        plugins = os.path.join(tmp, "plugins")
-        os.mkdir(plugins)
-        for p in ("txt2img.so", "img2img.so", "video.so"):
-            shutil.copy(os.path.join(PLUGINS, p), plugins)
-            os.chmod(os.path.join(plugins, p), 0o644)
-        self.sock = os.path.join(tmp, "gpuhost.sock")
-        conf = os.path.join(tmp, "gpuhost.conf")
-        with open(conf, "w") as f:
-            f.write("[socket]\npath = %s\n[devices]\ncpu_memory = 256M\n"
-                    "slab_size = 2M\n%s\n"
-                    "[workers]\nexecutable = %s\nplugin_directory = %s\n"
-                    "cpu_threads = 2\n%s"
-                    % (self.sock, os.environ.get("GH_DEMO_DEVICES", ""),
-                       WORKER, plugins, demo or shipped_demo_section(
-                           **env_parameters())))
-        self.log_path = os.path.join(tmp, "daemon.log")
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([GPUHOSTD, "-c", conf], stderr=self.log)
-        self.env = dict(os.environ, GPUHOST_SOCKET=self.sock)
-        # Up once its workers offer txt2img (a GPU worker takes a while).
-        for _ in range(1200):
-            r = subprocess.run([CTL, "pipelines"], env=self.env,
-                               capture_output=True, text=True)
-            if r.returncode == 0 and all(
-                    p in r.stdout for p in ("txt2img", "video")):
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.stop()
-        fail("gpuhostd did not come up:\n" + open(self.log_path).read())
+def start(tmp, demo=None):
+    """gpuhostd (ghdaemon) on the CPU device, 256 MiB, with the txt2img,
+    img2img and video plugins and the shipped demo sections (or |demo|);
+    GH_DEMO_DEVICES adds [devices] lines. Up once its workers offer all
+    three pipelines."""
+    try:
+        return ghdaemon.Daemon(
+            GPUHOSTD, CTL, WORKER, PLUGINS, tmp,
+            devices="cpu_memory = 256M\nslab_size = 2M\n%s\n"
+            % os.environ.get("GH_DEMO_DEVICES", ""),
+            workers="cpu_threads = 2\n",
+            models=demo or shipped_demo_section(**env_parameters()),
+            plugin_files=("txt2img.so", "img2img.so", "video.so"))
+    except ghdaemon.DaemonError as e:
+        fail(str(e))
 
-    def ctl(self, *args, ok=True):
-        r = subprocess.run([CTL] + list(args), env=self.env,
-                           capture_output=True, text=True, timeout=600)
-        if not ok:
-            return r
-        if r.returncode != 0:
-            fail("gpuhostctl %s: exit %d\n%s%s" % (" ".join(args),
-                                                   r.returncode, r.stdout,
-                                                   r.stderr))
-        return r.stdout
 
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                fail("gpuhostd did not stop on SIGTERM")
-        self.log.close()
+def ctl(d, *args):
+    """gpuhostctl ARGS against |d|: its stdout (fails the test on an error)."""
+    try:
+        return d.ctl(*args, timeout=600)
+    except ghdaemon.DaemonError as e:
+        fail(str(e))
 
 
 def txt2img(d, out, prompt, seed):
-    d.ctl("generate", "txt2img", "--model", "demo", "--param",
-          "prompt=" + prompt, "--param", "seed=%d" % seed, "--param",
-          "steps=%d" % STEPS, "-o", out)
+    ctl(d, "generate", "txt2img", "--model", "demo", "--param",
+        "prompt=" + prompt, "--param", "seed=%d" % seed, "--param",
+        "steps=%d" % STEPS, "-o", out)
     return png.read(out)
 
 
 def clip_frames(d, out, prompt, seed):
     """An 8-frame clip of the demo model with its motion module, as RGB8
     frames (format=frames: the raw frames are the only output)."""
-    d.ctl("generate", "video", "--model", "demo", "--param",
-          "motion_module=demo-motion", "--param", "prompt=" + prompt,
-          "--param", "frames=%d" % MOTION_FRAMES, "--param", "format=frames",
-          "--param", "sampler=euler", "--param", "cfg_scale=7",
-          "--param", "seed=%d" % seed, "--param", "steps=%d" % STEPS,
-          "-o", out)
+    ctl(d, "generate", "video", "--model", "demo", "--param",
+        "motion_module=demo-motion", "--param", "prompt=" + prompt,
+        "--param", "frames=%d" % MOTION_FRAMES, "--param", "format=frames",
+        "--param", "sampler=euler", "--param", "cfg_scale=7",
+        "--param", "seed=%d" % seed, "--param", "steps=%d" % STEPS,
+        "-o", out)
     with open(out, "rb") as f:
         raw = f.read()
     size = 64 * 64 * 3
@@ -252,9 +220,9 @@ def contact_sheet(path, images, cols, scale=2):
 def main():
     tmp = tempfile.mkdtemp(prefix="gh-demo-e2e-")
     gallery = os.environ.get("GH_DEMO_GALLERY")
-    d = Daemon(tmp)
+    d = start(tmp)
     try:
-        models = json.loads(d.ctl("models", "--json"))
+        models = json.loads(ctl(d, "models", "--json"))
         demo = [m for m in (models.get("models", models)
                             if isinstance(models, dict) else models)
                 if m.get("name") == "demo"]
@@ -308,9 +276,9 @@ def main():
 
         # The job's own size wins over the model's default (64x64).
         out = os.path.join(tmp, "wide.png")
-        d.ctl("generate", "txt2img", "--model", "demo", "--param",
-              "prompt=" + PROMPTS[0], "--param", "width=128", "--param",
-              "seed=1", "--param", "steps=4", "-o", out)
+        ctl(d, "generate", "txt2img", "--model", "demo", "--param",
+            "prompt=" + PROMPTS[0], "--param", "width=128", "--param",
+            "seed=1", "--param", "steps=4", "-o", out)
         w, h, _, _ = png.read(out)
         if (w, h) != (128, 64):
             fail("width=128 gave %dx%d, 128x64 expected" % (w, h))
@@ -320,10 +288,10 @@ def main():
         src = os.path.join(tmp, "p00-%d.png" % SEEDS[0])
         out = os.path.join(tmp, "green.png")
         green = "a green circle on a blue background"
-        d.ctl("generate", "img2img", "--model", "demo", "--param",
-              "prompt=" + green, "--param", "image=@" + src, "--param",
-              "strength=0.75", "--param", "seed=%d" % SEEDS[0], "--param",
-              "steps=%d" % STEPS, "-o", out)
+        ctl(d, "generate", "img2img", "--model", "demo", "--param",
+            "prompt=" + green, "--param", "image=@" + src, "--param",
+            "strength=0.75", "--param", "seed=%d" % SEEDS[0], "--param",
+            "steps=%d" % STEPS, "-o", out)
         w, h, rgb, _ = png.read(out)
         j = semantic.judge(green, w, h, rgb)
         show(green + " (img2img)", SEEDS[0], j)
@@ -342,13 +310,16 @@ def main():
         d.stop()
     # A model default of the wrong type: refused, and said to be the model's.
     tmp2 = tempfile.mkdtemp(prefix="gh-demo-e2e-")
-    d = Daemon(tmp2, shipped_demo_section(parameters='{"width": "wide"}'))
+    d = start(tmp2, shipped_demo_section(parameters='{"width": "wide"}'))
     try:
-        r = d.ctl("generate", "txt2img", "--model", "demo", "--param",
-                  "prompt=x", "-o", os.path.join(tmp2, "x.png"), ok=False)
-        if r.returncode == 0 or "[model] parameters" not in r.stderr:
-            fail("a bad model default was not refused as the model's: %s"
-                 % r.stderr)
+        try:
+            d.ctl("generate", "txt2img", "--model", "demo", "--param",
+                  "prompt=x", "-o", os.path.join(tmp2, "x.png"))
+            fail("a job with a bad model default was not refused")
+        except ghdaemon.DaemonError as e:
+            if "[model] parameters" not in str(e):
+                fail("a bad model default was not refused as the model's: "
+                     "%s" % e)
         print("a bad model default is refused as the model's: ok",
               flush=True)
     finally:

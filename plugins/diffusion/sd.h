@@ -159,6 +159,10 @@ typedef struct gh_vae {
 int gh_vae_load(gh_dpart *p, gh_vae *ret);
 /* The image-to-latent size factor (8 for SD). */
 int64_t gh_vae_factor(const gh_vae *m);
+/* Whether the decode may take a backend's 16-bit tensor-core mode: not
+ * with bf16 weights (their operands put SD 1.5's decode 1.1e-2 off the
+ * fp32 reference; fp16 ones 1.0e-3). */
+bool gh_vae_decode_fp16_ok(const gh_vae *m);
 /* latent[B,z,h,w] (scaled by 0.18215) -> image[B,3,H,W], the raw decoder
  * output (about -1..1). */
 int gh_vae_decode(gh_dctx *c, const gh_vae *m, const gh_dt *latent, gh_dt *image);

@@ -170,6 +170,10 @@ int64_t gh_vae_factor(const gh_vae *m) {
         return (int64_t) 1 << (m->levels - 1);
 }
 
+bool gh_vae_decode_fp16_ok(const gh_vae *m) {
+        return m->dec.conv_in.w.dtype != GH_TENSOR_BF16;
+}
+
 /* ---- evaluation ---- */
 
 static int attn_eval(gh_dctx *c, const gh_vae_attn *a, gh_dt *x) {

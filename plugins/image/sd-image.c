@@ -740,9 +740,8 @@ static void progress(job *j, uint32_t step, uint32_t steps) {
 /* precision=fp16 (GPU only): the sampler's UNet and the VAE's decode on
  * tensor cores, fp16 operands with fp32 sums, the activations fp32 between
  * ops (so the VAE's large activations never overflow an fp16 store); the
- * text encoder and img2img's encode stay in fp32. fp16 operands put the
- * SD 1.5-size decode 1.0e-3 off the fp32 reference (test-sd15-gpu);
- * bf16 ones were 1.1e-2 off, so a bf16 checkpoint's VAE stays fp32. */
+ * text encoder and img2img's encode stay in fp32, and so does the decode
+ * of a VAE with bf16 weights (gh_vae_decode_fp16_ok). */
 static void tensor_cores(job *j, bool on) {
 #ifdef GH_HAVE_CUDA_BACKEND
         if (j->on_cuda)
@@ -751,10 +750,6 @@ static void tensor_cores(job *j, bool on) {
         (void) j;
         (void) on;
 #endif
-}
-
-static bool vae_fp16_ok(const job *j) {
-        return j->m.vae.dec.conv_in.w.dtype != GH_TENSOR_BF16;
 }
 
 static int step(const gh_host *h, gh_job *gj, void *state, uint32_t i) {
@@ -782,7 +777,7 @@ static int step(const gh_host *h, gh_job *gj, void *state, uint32_t i) {
                 progress(j, i + 1, run + 1);
                 return GH_STEP_CONTINUE;
         }
-        tensor_cores(j, vae_fp16_ok(j));
+        tensor_cores(j, gh_vae_decode_fp16_ok(&j->m.vae));
         r = decode(j);
         tensor_cores(j, false);
         if (r < 0)

@@ -559,7 +559,7 @@ static int cmd_sample(gh_dfiles *f, const gh_sd_models *m, const opts *o, gh_dct
                         unet_mode(false);
                 }
                 t2 = now();
-                unet_mode(m->vae.dec.conv_in.w.dtype != GH_TENSOR_BF16);
+                unet_mode(gh_vae_decode_fp16_ok(&m->vae));
                 for (uint32_t b = p.batch; b-- > 0;) /* every item; frame 0 last, for --ppm */
                         CK(c, gh_sd_run_decode(&r, b, rgb, NULL));
                 unet_mode(false);
