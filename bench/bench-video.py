@@ -7,7 +7,7 @@ CUDA and numpy).
     bench-video.py --sd GPUHOST_SD --gpuhostd GPUHOSTD --gpuhostctl CTL
                    --worker WORKER --plugins DIR --tokenizer DIR
                    [--frames 16] [--steps 20] [--jobs 2] [--format mp4|frames]
-                   [--work DIR] [--small]
+                   [--parts unet,e2e] [--profile] [--work DIR] [--small]
 
 One clip of --frames frames at 512x512, euler_a, CFG 7.5, --steps steps,
 the same prompt and seed everywhere, the UNet and the VAE's decode in fp16
@@ -29,6 +29,12 @@ the same prompt and seed everywhere, the UNet and the VAE's decode in fp16
 without FFmpeg; gpuhost-sd and PyTorch encode none either). Prints seconds
 per frame for each, the speed ratio PyTorch time / gpuhost
 time (>= 1: gpuhost is faster), and the memory rows.
+
+--parts unet times the UNet with the motion modules alone (both sides, a
+CFG batch of 2 x frames); e2e the clips; both by default. --profile adds
+the time of each kind of op and of each shape on gpuhost's side, and
+torch.profiler's busiest kernels on PyTorch's, over the UNet's timed
+evaluations.
 
 --small runs it all on the CPU with tiny models (8 frames of 64x64): it
 checks this script where there is no GPU.
@@ -97,16 +103,17 @@ def torch_child(spec):
                    for f in range(frames)]
         return rgb
 
-    once()  # warm-up
-    if dev == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    secs = []
-    for _ in range(spec["runs"]):
-        sync(dev)
-        t0 = time.perf_counter()
-        once()
-        secs.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() if dev == "cuda" else None
+    secs, peak = [], None
+    if spec["clips"]:
+        once()  # warm-up
+        if dev == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        for _ in range(spec["runs"]):
+            sync(dev)
+            t0 = time.perf_counter()
+            once()
+            secs.append(time.perf_counter() - t0)
+        peak = torch.cuda.max_memory_allocated() if dev == "cuda" else None
     # The UNet with the modules alone, on the inputs gpuhost-sd gets.
     inp = {k: torch.from_numpy(v).to(dev) for k, v in
            S.st.load(spec["inputs"])[0].items()}
@@ -119,9 +126,26 @@ def torch_child(spec):
             video(inp["x"], inp["t"], inp["context"])
         sync(dev)
     its = spec["iters"] / (time.perf_counter() - t0)
+    if spec["profile"]:
+        profile_torch(lambda: video(inp["x"], inp["t"], inp["context"]),
+                      spec["iters"], dev)
     print("RESULT " + json.dumps({
         "seconds": secs, "sdpa": sdpa, "weights": weights, "peak": peak,
         "unet_its": its}), flush=True)
+
+
+def profile_torch(fn, iters, dev):
+    """torch.profiler over |iters| calls of fn: the busiest kernels."""
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
+                                     if dev == "cuda" else [])
+    with torch.no_grad(), profile(activities=acts) as prof:
+        for _ in range(iters):
+            fn()
+        sync(dev)
+    key = "cuda_time_total" if dev == "cuda" else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=30,
+                                    max_name_column_width=70), flush=True)
 
 
 def measured(dev, fn):
@@ -135,14 +159,20 @@ def run_torch(args, ckpt, motion, dev):
     spec = {"device": dev, "small": args.small, "checkpoint": ckpt,
             "motion": motion, "tokenizer": args.tokenizer,
             "steps": args.steps, "size": args.size, "frames": args.frames,
-            "runs": args.jobs, "inputs": args.inputs, "iters": args.iters}
+            "runs": args.jobs, "inputs": args.inputs, "iters": args.iters,
+            "clips": "e2e" in args.parts, "profile": args.profile}
     r, used = measured(dev, lambda: subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--torch-child",
          json.dumps(spec)], capture_output=True, text=True))
     line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
     if r.returncode != 0 or not line:
         raise BenchError("the PyTorch clip failed:\n" + r.stdout + r.stderr)
+    if args.profile:
+        print("\n".join(x for x in r.stdout.splitlines()
+                        if not x.startswith("RESULT ")), flush=True)
     res = json.loads(line[-1][len("RESULT "):])
+    if not res["seconds"]:
+        return res
     res.update(median=statistics.median(res["seconds"]), process=used)
     print("PyTorch: %s s per clip (median of %d), peak allocated %s MiB, its "
           "process took %.0f MiB" % (
@@ -334,8 +364,11 @@ def main():
                     "where FFmpeg is missing)")
     ap.add_argument("--iters", type=int, default=5,
                     help="UNet evaluations timed (each side)")
+    ap.add_argument("--parts", default="unet,e2e",
+                    help="which parts: unet, e2e (default both)")
     ap.add_argument("--profile", action="store_true",
-                    help="gpuhost's UNet time per kind of op")
+                    help="both UNets' time per kind of op and shape "
+                    "(gpuhost) or kernel (PyTorch)")
     ap.add_argument("--work")
     ap.add_argument("--small", action="store_true")
     ap.add_argument("--torch-child", help=argparse.SUPPRESS)
@@ -349,6 +382,9 @@ def main():
         ap.error("missing: " + ", ".join("--" + n for n in missing))
     if not 8 <= args.frames <= 32 or args.steps < 1 or args.jobs < 1:
         ap.error("--frames 8..32, --steps and --jobs at least 1")
+    args.parts = set(args.parts.split(","))
+    if not args.parts or args.parts - {"unet", "e2e"}:
+        ap.error("--parts: unet, e2e or both")
     for n in ("sd", "gpuhostd", "gpuhostctl", "worker", "plugins",
               "tokenizer"):
         setattr(args, n, os.path.abspath(getattr(args, n)))
@@ -373,12 +409,14 @@ def main():
         write_inputs(args)
         pt = run_torch(args, ckpt, motion, dev)
         gh_its = unet_runtime(args, ckpt, motion)
-        rt = run_runtime(args, ckpt, motion)
-        dm = run_daemon(args, ckpt, motion, dev)
+        if "e2e" in args.parts:
+            rt = run_runtime(args, ckpt, motion)
+            dm = run_daemon(args, ckpt, motion, dev)
     except (BenchError, ghdaemon.DaemonError) as e:
         print("bench-video: " + str(e), file=sys.stderr)
         return 1
-    report(args, pt, rt, dm)
+    if "e2e" in args.parts:
+        report(args, pt, rt, dm)
     print("UNet with the motion modules, a CFG batch of %d at %dx%d: gpuhost "
           "%.2f it/s, PyTorch %.2f it/s: %.3f" % (
               2 * args.frames, args.size, args.size, gh_its, pt["unet_its"],

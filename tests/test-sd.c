@@ -691,7 +691,7 @@ static size_t motion_sample_case(const gh_sd_models *m, const gh_sd_params *p, c
         ctx x;
 
         assert_int_equal(gh_sd_params_check(m, p, err, sizeof(err)), 0);
-        assert_int_equal(gh_sd_plan(m, p, 1, &plan, err, sizeof(err)), 0);
+        assert_int_equal(gh_sd_plan(m, p, 1, false, &plan, err, sizeof(err)), 0);
         for (int less = 0; less < 2; less++) {
                 int k;
                 ctx_open(&x, plan - (size_t) less * GH_ARENA_ALIGN);
@@ -746,9 +746,9 @@ static void test_motion_sample(void **state) {
         size_t plan16, plan16big;
         gh_sd_params q = p;
         q.frames = q.batch = 16;
-        assert_int_equal(gh_sd_plan(&m, &q, 1, &plan16, err, sizeof(err)), 0);
+        assert_int_equal(gh_sd_plan(&m, &q, 1, false, &plan16, err, sizeof(err)), 0);
         q.width = q.height = 128;
-        assert_int_equal(gh_sd_plan(&m, &q, 1, &plan16big, err, sizeof(err)), 0);
+        assert_int_equal(gh_sd_plan(&m, &q, 1, false, &plan16big, err, sizeof(err)), 0);
         print_message("plans: 8 frames %zu, 12 in windows of 8 %zu, 16 %zu, 16 at 128x128 %zu bytes\n", plan8, plan12w,
                       plan16, plan16big);
         assert_true(plan8 < plan12w && plan8 < plan16 && plan16 < plan16big);
@@ -778,6 +778,63 @@ static void test_motion_sample(void **state) {
         gh_dfiles_close(f);
 }
 
+/* ---- F16 activations: only where the context allows them ---- */
+
+static void test_half_activations(void **state) {
+        gh_dt a = {.dtype = GH_TENSOR_F16, .n_dims = 2, .shape = {4, 8}}, b = a, f = a, t;
+        gh_sd_params p = {.width = 64, .height = 64, .batch = 8, .frames = 8, .steps = 1, .clip_skip = 1,
+                          .cfg = 7.5f, .sampler = GH_SAMPLER_EULER, .seed = 1};
+        const gh_dt *terms[] = {&a};
+        size_t full, half, fullv, halfv;
+        gh_dfiles *sd, *mf;
+        gh_sd_models m;
+        char err[512];
+        ctx x;
+
+        ctx_open(&x, 1 << 20);
+        f.dtype = GH_TENSOR_F32;
+        a.data = b.data = f.data = x.mem;
+        /* not allowed: refused, by name */
+        assert_int_equal(gh_op_add(&x.c, &a, &b, &b), -EINVAL);
+        assert_non_null(strstr(x.c.err, "add: input must be F32"));
+        x.c.err[0] = 0;
+        x.c.act = GH_TENSOR_F16; /* asked for, not allowed: F32 */
+        OK(&x.c, gh_dt_new(&x.c, &t, 4, 8));
+        assert_int_equal(t.dtype, GH_TENSOR_F32);
+        gh_dt_drop(&x.c, &t);
+        /* allowed (planning only: the CPU backend takes F32) */
+        x.c.half = x.c.dry = true;
+        OK(&x.c, gh_op_add(&x.c, &a, &b, &b));
+        OK(&x.c, gh_op_linear(&x.c, &f, &(gh_dt){.dtype = GH_TENSOR_F16, .n_dims = 2, .shape = {8, 8}, .data = x.mem},
+                              NULL, &a)); /* a layer's input and output may differ */
+        assert_int_equal(gh_op_add(&x.c, &a, &f, &b), -EINVAL);
+        assert_non_null(strstr(x.c.err, "add: input is F32, not F16 like the input"));
+        x.c.err[0] = 0;
+        assert_int_equal(gh_op_lincomb(&x.c, 1, (const float[]){1.0f}, terms, &f), -EINVAL); /* the samplers': F32 */
+        assert_non_null(strstr(x.c.err, "lincomb: input must be F32"));
+        OK(&x.c, gh_dt_new(&x.c, &t, 4, 8));
+        assert_int_equal(t.dtype, GH_TENSOR_F16);
+        assert_int_equal(gh_arena_used(x.c.arena), GH_ARENA_ALIGN); /* 64 bytes, aligned */
+        assert_int_equal(gh_dt_slice0(&t, 1, 1).data, (char *) t.data + 16);
+        gh_dt_drop(&x.c, &t);
+        ctx_close(&x);
+
+        /* a plan with the UNet in F16: a video's is smaller (a picture's
+         * peak may lie in the VAE's decode, which stays F32) */
+        mf = load_motion(&m, &sd, motion_layouts[0]);
+        assert_int_equal(gh_sd_plan(&m, &p, 1, false, &fullv, err, sizeof(err)), 0);
+        assert_int_equal(gh_sd_plan(&m, &p, 1, true, &halfv, err, sizeof(err)), 0);
+        p.frames = 0;
+        p.batch = 1;
+        assert_int_equal(gh_sd_plan(&m, &p, 1, false, &full, err, sizeof(err)), 0);
+        assert_int_equal(gh_sd_plan(&m, &p, 1, true, &half, err, sizeof(err)), 0);
+        print_message("plans, F32 and F16 UNet: picture %zu, %zu; 8 frames %zu, %zu bytes\n", full, half, fullv, halfv);
+        assert_true(half <= full && halfv < fullv);
+        gh_sd_models_unload(&m);
+        gh_dfiles_close(mf);
+        gh_dfiles_close(sd);
+}
+
 /* ---- workspace: the plan is the peak, and the arena holds it to that ---- */
 
 static void test_workspace(void **state) {
@@ -801,7 +858,7 @@ static void test_workspace(void **state) {
                 float *init = calloc(3 * 64 * 64, sizeof(float));
                 p.img2img = img2img;
                 p.strength = 0.7;
-                assert_int_equal(gh_sd_plan(&m, &p, 1, &plan, err, sizeof(err)), 0);
+                assert_int_equal(gh_sd_plan(&m, &p, 1, false, &plan, err, sizeof(err)), 0);
                 /* Exactly the plan: runs, and the peak is the plan. One
                  * alignment unit less: fails, by the arena's refusal. */
                 for (int less = 0; less < 2; less++) {
@@ -849,7 +906,7 @@ int main(void) {
                 cmocka_unit_test(test_txt2img),       cmocka_unit_test(test_prompts),
                 cmocka_unit_test(test_malformed),
                 cmocka_unit_test(test_workspace),     cmocka_unit_test(test_motion_unet),
-                cmocka_unit_test(test_motion_sample),
+                cmocka_unit_test(test_motion_sample), cmocka_unit_test(test_half_activations),
         };
         int r;
 

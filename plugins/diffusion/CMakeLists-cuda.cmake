@@ -1,6 +1,7 @@
 # The diffusion runtime's CUDA backend (backend-cuda.c): its kernels
 # (cuda/kernels.cu) compiled by nvcc into a fatbin for sm_80, sm_89 and
-# sm_90 (plus compute_90 PTX for newer GPUs) and embedded, and the driver
+# sm_90 (plus compute_90 PTX for newer GPUs; GH_CUDA_ARCHS narrows the
+# list, e.g. -DGH_CUDA_ARCHS=90 for one machine's GPU) and embedded, and the driver
 # loader (gpuhostd/cuda.c). A static library with hidden symbols, like
 # gh-dbackend-cpu; only built where nvcc is found, and then it defines
 # GH_HAVE_CUDA_BACKEND for whoever links it. Exact math: no --use_fast_math.
@@ -8,13 +9,21 @@
 # headers are found) are found here but loaded at run time.
 get_filename_component(GH_DCUDA_ROOT "${GH_CUDA_INCLUDE_DIR}" DIRECTORY)
 find_program(GH_NVCC nvcc HINTS ${GH_DCUDA_ROOT}/bin)
+set(GH_CUDA_ARCHS "80;89;90" CACHE STRING "GPU architectures of the CUDA kernels (PTX of the last is kept too)")
 if(GH_NVCC)
+  set(GH_DCUDA_GENCODE "")
+  foreach(arch IN LISTS GH_CUDA_ARCHS)
+    if(NOT arch MATCHES "^[0-9]+$")
+      message(FATAL_ERROR "GH_CUDA_ARCHS: '${arch}' is not an architecture number such as 90")
+    endif()
+    list(APPEND GH_DCUDA_GENCODE -gencode arch=compute_${arch},code=sm_${arch})
+  endforeach()
+  list(GET GH_CUDA_ARCHS -1 GH_DCUDA_PTX)
+  list(APPEND GH_DCUDA_GENCODE -gencode arch=compute_${GH_DCUDA_PTX},code=compute_${GH_DCUDA_PTX})
   set(GH_DCUDA_FATBIN ${CMAKE_CURRENT_BINARY_DIR}/diffusion-kernels.fatbin)
   set(GH_DCUDA_FATBIN_C ${CMAKE_CURRENT_BINARY_DIR}/diffusion-kernels-fatbin.c)
   add_custom_command(OUTPUT ${GH_DCUDA_FATBIN}
-    COMMAND ${GH_NVCC} -fatbin -O3
-            -gencode arch=compute_80,code=sm_80 -gencode arch=compute_89,code=sm_89
-            -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+    COMMAND ${GH_NVCC} -fatbin -O3 ${GH_DCUDA_GENCODE}
             ${CMAKE_CURRENT_LIST_DIR}/cuda/kernels.cu -o ${GH_DCUDA_FATBIN}
     DEPENDS ${CMAKE_CURRENT_LIST_DIR}/cuda/kernels.cu VERBATIM)
   add_custom_command(OUTPUT ${GH_DCUDA_FATBIN_C}

@@ -40,9 +40,8 @@
 #define TILE 32           /* TT in kernels.cu: the transpose's tiles */
 #define MAX_BLOCKS 65536  /* 1-D grids; the kernels loop over the rest */
 #define LINEAR_TILE 16    /* LT in kernels.cu */
-#define FA_QUERIES 64     /* FA_BQ in kernels.cu */
+#define FA_QUERIES(d) 64 /* FA_BQ_OF in kernels.cu: a block's queries (2 per thread) */
 #define IM2COL_RUN 8      /* IM2COL_RUN in kernels.cu */
-#define FA_THREADS 128    /* FA_THREADS in kernels.cu */
 #define MAX_GRID_Y 65535
 /* A kernel argument: the address of a value, const or not. */
 #define ARG(v) ((void *)&(v))
@@ -85,7 +84,26 @@ enum {
         K_TIMESTEP,
         K_FROM16_BIAS,
         K_FA, /* one per FA_DIMS entry */
-        K_COUNT = K_FA + 6,
+        /* The F16-activation instantiations (kernels.cu's _h), in the
+         * order of their F32 ones in half_of[]. */
+        K_GN_STATS_H = K_FA + 6,
+        K_GN_APPLY_H,
+        K_LAYER_NORM_H,
+        K_LAYER_NORM_W16_H,
+        K_LAYER_NORM_W48_H,
+        K_ACT_H,
+        K_GEGLU_H,
+        K_ATTENTION_H,
+        K_UPSAMPLE2X_H,
+        K_ADD_H,
+        K_ADD_CHANNEL_H,
+        K_ADD_ROWS_H,
+        K_CONCAT_H,
+        K_TRANSPOSE_H,
+        K_FA_H, /* one per FA_DIMS entry */
+        K_FS = K_FA_H + 6, /* the short-sequence flash kernels: per FS_DIMS entry, rows of 16 then 32 */
+        K_FS_H = K_FS + 6, /* the same on F16 activations */
+        K_COUNT = K_FS_H + 6,
 };
 
 _Static_assert(K_COUNT == GH_DCUDA_KERNELS, "GH_DCUDA_KERNELS must match the kernels");
@@ -126,11 +144,72 @@ static const char *const kernel_names[K_COUNT] = {
         [K_FA + 3] = "gh_flash_attention_80",
         [K_FA + 4] = "gh_flash_attention_128",
         [K_FA + 5] = "gh_flash_attention_160",
+        [K_GN_STATS_H] = "gh_gn_stats_h",
+        [K_GN_APPLY_H] = "gh_gn_apply_h",
+        [K_LAYER_NORM_H] = "gh_layer_norm_h",
+        [K_LAYER_NORM_W16_H] = "gh_layer_norm_w16_h",
+        [K_LAYER_NORM_W48_H] = "gh_layer_norm_w48_h",
+        [K_ACT_H] = "gh_act_h",
+        [K_GEGLU_H] = "gh_geglu_h",
+        [K_ATTENTION_H] = "gh_attention_h",
+        [K_UPSAMPLE2X_H] = "gh_upsample2x_h",
+        [K_ADD_H] = "gh_add_h",
+        [K_ADD_CHANNEL_H] = "gh_add_channel_h",
+        [K_ADD_ROWS_H] = "gh_add_rows_h",
+        [K_CONCAT_H] = "gh_concat_h",
+        [K_TRANSPOSE_H] = "gh_transpose_h",
+        [K_FA_H] = "gh_flash_attention_32_h",
+        [K_FA_H + 1] = "gh_flash_attention_40_h",
+        [K_FA_H + 2] = "gh_flash_attention_64_h",
+        [K_FA_H + 3] = "gh_flash_attention_80_h",
+        [K_FA_H + 4] = "gh_flash_attention_128_h",
+        [K_FA_H + 5] = "gh_flash_attention_160_h",
+        [K_FS] = "gh_flash_short_40_16",
+        [K_FS + 1] = "gh_flash_short_40_32",
+        [K_FS + 2] = "gh_flash_short_80_16",
+        [K_FS + 3] = "gh_flash_short_80_32",
+        [K_FS + 4] = "gh_flash_short_160_16",
+        [K_FS + 5] = "gh_flash_short_160_32",
+        [K_FS_H] = "gh_flash_short_40_16_h",
+        [K_FS_H + 1] = "gh_flash_short_40_32_h",
+        [K_FS_H + 2] = "gh_flash_short_80_16_h",
+        [K_FS_H + 3] = "gh_flash_short_80_32_h",
+        [K_FS_H + 4] = "gh_flash_short_160_16_h",
+        [K_FS_H + 5] = "gh_flash_short_160_32_h",
 };
+
+/* The F16-activation kernel of each kernel that has one. */
+static const struct {
+        int f32, f16;
+} half_of[] = {
+        {K_GN_STATS, K_GN_STATS_H},   {K_GN_APPLY, K_GN_APPLY_H},       {K_LAYER_NORM, K_LAYER_NORM_H},
+        {K_LAYER_NORM_W16, K_LAYER_NORM_W16_H}, {K_LAYER_NORM_W48, K_LAYER_NORM_W48_H},
+        {K_ACT, K_ACT_H},             {K_GEGLU, K_GEGLU_H},             {K_ATTENTION, K_ATTENTION_H},
+        {K_UPSAMPLE2X, K_UPSAMPLE2X_H}, {K_ADD, K_ADD_H},               {K_ADD_CHANNEL, K_ADD_CHANNEL_H},
+        {K_ADD_ROWS, K_ADD_ROWS_H},   {K_CONCAT, K_CONCAT_H},           {K_TRANSPOSE, K_TRANSPOSE_H},
+};
+
+/* Kernel k for activations of t's dtype: its _h instantiation for F16. */
+static int for_act(int k, const gh_dt *t) {
+        if (t->dtype != GH_TENSOR_F16)
+                return k;
+        if (k >= K_FA && k < K_FA + 6)
+                return K_FA_H + (k - K_FA);
+        for (size_t i = 0; i < sizeof(half_of) / sizeof(half_of[0]); i++)
+                if (half_of[i].f32 == k)
+                        return half_of[i].f16;
+        return k;
+}
 
 /* The head dimensions of the flash kernels, in K_FA's order. */
 static const int fa_dims[] = {32, 40, 64, 80, 128, 160};
-_Static_assert(sizeof(fa_dims) / sizeof(fa_dims[0]) == K_COUNT - K_FA, "a kernel per flash dimension");
+_Static_assert(sizeof(fa_dims) / sizeof(fa_dims[0]) == K_FS - K_FA_H && K_FA_H - K_GN_STATS_H == 14,
+               "a kernel per flash dimension, in either activation type");
+/* The short-sequence kernels' head dimensions (the motion modules'), in
+ * K_FS's order, each with rows of 16 and 32; FS_ROWS in kernels.cu. */
+static const int fs_dims[] = {40, 80, 160};
+_Static_assert(2 * sizeof(fs_dims) / sizeof(fs_dims[0]) == K_FS_H - K_FS, "two kernels per short dimension");
+#define FS_MAX 32 /* the longest sequence they take */
 
 static int64_t div_up(int64_t a, int64_t b) {
         return (a + b - 1) / b;
@@ -182,13 +261,13 @@ static int stage(gh_dcuda *s, const void *src, size_t size) {
 
 /* ---- GEMMs through cuBLASLt ---- */
 
-/* One planned GEMM, column-major as cuBLASLt sees it: D[m,n] (F32, ld
- * ldd) = op(A)[m,k] B[k,n] (+ bias[m] where bias_type), A stored k x m
- * when trans_a, A and B of type |type|; |batch| of them |stride_*|
- * elements apart (0: B shared). */
+/* One planned GEMM, column-major as cuBLASLt sees it: D[m,n] (of type
+ * d_type, 0 for F32; ld ldd) = op(A)[m,k] B[k,n] (+ bias[m] where
+ * bias_type), A stored k x m when trans_a, A and B of type |type|; |batch|
+ * of them |stride_*| elements apart (0: B shared). */
 typedef struct gemm_key {
         int type, trans_a;
-        int bias_type, pad_; /* with a bias along m (the epilogue's), of this type */
+        int bias_type, d_type; /* with a bias along m (the epilogue's), of this type */
         int64_t m, n, k, lda, ldb, ldd, batch, stride_a, stride_b, stride_d;
 } gemm_key;
 
@@ -251,7 +330,8 @@ static int gemm_plan_make(gh_dcuda *s, const gemm_key *key, gh_dcuda_gemm *g) {
         if ((r = layout(lt, &g->a, key->type, key->trans_a ? key->k : key->m, key->trans_a ? key->m : key->k, key->lda,
                         key->batch, key->stride_a)) < 0 ||
             (r = layout(lt, &g->b, key->type, key->k, key->n, key->ldb, key->batch, key->stride_b)) < 0 ||
-            (r = layout(lt, &g->d, GH_TENSOR_F32, key->m, key->n, key->ldd, key->batch, key->stride_d)) < 0)
+            (r = layout(lt, &g->d, key->d_type ? key->d_type : GH_TENSOR_F32, key->m, key->n, key->ldd, key->batch,
+                        key->stride_d)) < 0)
                 return r;
         if (lt->MatmulPreferenceCreate(&pref))
                 return -ENOMEM;
@@ -410,9 +490,9 @@ static int weight_operand(gh_dcuda *s, const gh_dt *w, int t, CUdeviceptr *ret, 
 /* y[rows, inner] += b: per row (r % len) for a conv, per column for a linear. */
 static int add_bias(gh_dcuda *s, const gh_dt *b, gh_dt *y, long long inner, bool per_row) {
         long long rows = gh_dt_numel(y) / inner;
-        int bt = (int)b->dtype, in = (int)inner, len = (int)b->shape[0];
-        void *rp[] = {ARG(y->data), ARG(b->data), &bt, &rows, &in, &len};
-        void *cp[] = {ARG(y->data), ARG(b->data), &bt, &rows, &in};
+        int yt = (int)y->dtype, bt = (int)b->dtype, in = (int)inner, len = (int)b->shape[0];
+        void *rp[] = {ARG(y->data), &yt, ARG(b->data), &bt, &rows, &in, &len};
+        void *cp[] = {ARG(y->data), &yt, ARG(b->data), &bt, &rows, &in};
         int64_t gx = div_up(inner, THREADS);
 
         if (inner > INT32_MAX)
@@ -431,13 +511,13 @@ typedef struct conv_shape {
  * the tiled kernel where its rows fit in shared memory. */
 static int im2col(gh_dcuda *s, const conv_shape *c, const gh_dt *x, int64_t b0, int64_t nb, int64_t p0, int64_t np,
                   int t, CUdeviceptr col) {
-        CUdeviceptr xb = (CUdeviceptr)(uintptr_t)x->data + (size_t)(b0 * c->ci * c->h * c->w) * sizeof(float);
-        int p0i = (int)p0, npi = (int)np;
+        CUdeviceptr xb = (CUdeviceptr)(uintptr_t)x->data + (size_t)(b0 * c->ci * c->h * c->w) * dtype_size(x->dtype);
+        int xt = (int)x->dtype, p0i = (int)p0, npi = (int)np;
         int64_t kdim = (int64_t)c->ci * c->kh * c->kw, gx = div_up(np, THREADS * IM2COL_RUN);
         /* the most input rows a block of THREADS * IM2COL_RUN pixels covers */
         int64_t rows = ((THREADS * IM2COL_RUN - 1) / c->wo + 1) * c->stride + c->kh;
         size_t shared = (size_t)rows * (size_t)c->w * sizeof(float);
-        void *params[] = {&xb, &col, &t, ARG(c->ci), ARG(c->h), ARG(c->w), ARG(c->kh), ARG(c->kw), ARG(c->stride),
+        void *params[] = {&xb, &xt, &col, &t, ARG(c->ci), ARG(c->h), ARG(c->w), ARG(c->kh), ARG(c->kw), ARG(c->stride),
                           ARG(c->pad_top), ARG(c->pad_left), ARG(c->wo), &p0i, &npi};
 
         if (nb > MAX_GRID_Y)
@@ -450,12 +530,15 @@ static int im2col(gh_dcuda *s, const conv_shape *c, const gh_dt *x, int64_t b0, 
 }
 
 /* Per piece: D[pixels, co] (NCHW, ld Ho Wo) = col[pixels, K] w[co, K]^T,
- * with whole images per piece where they fit, else pixel ranges of one. */
+ * with whole images per piece where they fit, else pixel ranges of one;
+ * a 1x1 convolution reads x in place where it has the operand type. D
+ * has y's type. */
 static int conv_lt(gh_dcuda *s, const conv_shape *c, const gh_dt *x, const gh_dt *w, gh_dt *y) {
         const int t = operand_type(s, w);
         const int64_t batches = x->shape[0], kdim = (int64_t)c->ci * c->kh * c->kw, hwo = (int64_t)c->ho * c->wo;
-        const bool direct = t == GH_TENSOR_F32 && c->kh == 1 && c->kw == 1 && c->stride == 1 && c->pad_top == 0 &&
+        const bool direct = t == (int)x->dtype && c->kh == 1 && c->kw == 1 && c->stride == 1 && c->pad_top == 0 &&
                             c->pad_left == 0 && c->ho == c->h && c->wo == c->w;
+        const size_t xs = dtype_size(x->dtype), ys = dtype_size(y->dtype);
         CUdeviceptr wp, col;
         size_t used;
         int64_t cap;
@@ -471,10 +554,11 @@ static int conv_lt(gh_dcuda *s, const conv_shape *c, const gh_dt *x, const gh_dt
                 int64_t nb = hwo <= cap ? (cap / hwo < batches - b0 ? cap / hwo : batches - b0) : 1;
                 for (int64_t p0 = 0; p0 < hwo;) {
                         int64_t np = hwo - p0 < cap ? hwo - p0 : cap;
-                        gemm_key key = {.type = t, .m = np, .n = c->co, .k = kdim, .lda = np, .ldb = kdim, .ldd = hwo,
-                                        .batch = nb, .stride_a = kdim * np, .stride_d = c->co * hwo};
-                        CUdeviceptr a = direct ? (CUdeviceptr)(uintptr_t)x->data + (size_t)(b0 * kdim * hwo) * 4 : col;
-                        CUdeviceptr d = (CUdeviceptr)(uintptr_t)y->data + (size_t)(b0 * c->co * hwo + p0) * 4;
+                        gemm_key key = {.type = t, .d_type = (int)y->dtype, .m = np, .n = c->co, .k = kdim, .lda = np,
+                                        .ldb = kdim, .ldd = hwo, .batch = nb, .stride_a = kdim * np,
+                                        .stride_d = c->co * hwo};
+                        CUdeviceptr a = direct ? (CUdeviceptr)(uintptr_t)x->data + (size_t)(b0 * kdim * hwo) * xs : col;
+                        CUdeviceptr d = (CUdeviceptr)(uintptr_t)y->data + (size_t)(b0 * c->co * hwo + p0) * ys;
                         if (nb == 1)
                                 key.stride_a = key.stride_d = 0;
                         if ((!direct && (r = im2col(s, c, x, b0, nb, p0, np, t, col)) < 0) ||
@@ -487,8 +571,10 @@ static int conv_lt(gh_dcuda *s, const conv_shape *c, const gh_dt *x, const gh_dt
         return 0;
 }
 
-/* Per piece of rows: D[N, rows] (= y[rows, N]) = w[N, K] x[rows, K]^T,
- * plus the bias in cuBLASLt's epilogue where it takes it (*ret_biased). */
+/* Per piece of rows: D[N, rows] (= y[rows, N], of y's type) = w[N, K]
+ * x[rows, K]^T, x converted to the operand type unless it has it, plus
+ * the bias in cuBLASLt's epilogue where it takes it (*ret_biased): as it
+ * is where it has y's 16-bit type, else as F32. */
 static int linear_lt(gh_dcuda *s, const gh_dt *x, const gh_dt *w, const gh_dt *b, gh_dt *y, long long m,
                      bool *ret_biased) {
         const int t = operand_type(s, w);
@@ -501,20 +587,22 @@ static int linear_lt(gh_dcuda *s, const gh_dt *x, const gh_dt *w, const gh_dt *b
         if ((r = weight_operand(s, w, t, &wp, &used)) < 0)
                 return r;
         col = s->work + GH_DCUDA_LT_WORKSPACE + used;
-        cap = t == GH_TENSOR_F32 ? INT64_MAX
-                                 : (int64_t)((ops_size(s) - used) / ((size_t)k * dtype_size(t)));
+        cap = t == (int)x->dtype ? INT64_MAX : (int64_t)((ops_size(s) - used) / ((size_t)k * dtype_size(t)));
         if (cap < (m < 64 ? m : 64))
                 return -E2BIG;
         for (long long m0 = 0; m0 < m;) {
                 long long rows = m - m0 < cap ? m - m0 : cap, count = rows * k;
-                CUdeviceptr xr = (CUdeviceptr)(uintptr_t)x->data + (size_t)(m0 * k) * sizeof(float), xb = xr;
-                CUdeviceptr yr = (CUdeviceptr)(uintptr_t)y->data + (size_t)(m0 * n) * sizeof(float);
-                int f32 = GH_TENSOR_F32, tt = t;
-                void *params[] = {&xr, &f32, &col, &tt, &count};
-                CUdeviceptr bias = b && !s->lt_no_bias ? bias_f32(s, b) : 0;
-                gemm_key key = {.type = t, .trans_a = 1, .m = n, .n = rows, .k = k, .lda = k, .ldb = k, .ldd = n,
-                                .batch = 1, .bias_type = bias ? GH_TENSOR_F32 : 0};
-                if (t != GH_TENSOR_F32) {
+                const size_t xs = dtype_size(x->dtype), ys = dtype_size(y->dtype);
+                CUdeviceptr xr = (CUdeviceptr)(uintptr_t)x->data + (size_t)(m0 * k) * xs, xb = xr;
+                CUdeviceptr yr = (CUdeviceptr)(uintptr_t)y->data + (size_t)(m0 * n) * ys;
+                int xt = (int)x->dtype, tt = t;
+                void *params[] = {&xr, &xt, &col, &tt, &count};
+                const bool own = b && y->dtype != GH_TENSOR_F32 && b->dtype == y->dtype;
+                CUdeviceptr bias = !b || s->lt_no_bias ? 0 : own ? (CUdeviceptr)(uintptr_t)b->data : bias_f32(s, b);
+                gemm_key key = {.type = t, .trans_a = 1, .d_type = (int)y->dtype, .m = n, .n = rows, .k = k, .lda = k,
+                                .ldb = k, .ldd = n, .batch = 1,
+                                .bias_type = bias ? own ? (int)b->dtype : GH_TENSOR_F32 : 0};
+                if (t != xt) {
                         if (!(s->cast.valid && s->cast.src == xr && s->cast.dst == col && s->cast.count == count &&
                               s->cast.type == t) &&
                             (r = launch_n(s, K_CAST, count, params)) < 0)
@@ -523,7 +611,7 @@ static int linear_lt(gh_dcuda *s, const gh_dt *x, const gh_dt *w, const gh_dt *b
                         xb = col;
                 }
                 r = gemm(s, &key, wp, xb, yr, (const void *)bias);
-                if (yr < xr + (size_t)count * sizeof(float) && xr < yr + (size_t)(rows * n) * sizeof(float))
+                if (yr < xr + (size_t)count * xs && xr < yr + (size_t)(rows * n) * ys)
                         s->cast.valid = false; /* wrote over its own input */
                 if (r == -EOPNOTSUPP && key.bias_type) { /* no such epilogue here: bias apart from now on */
                         s->lt_no_bias = true;
@@ -626,9 +714,9 @@ static int conv_plan(gh_dcuda *s, const conv_key *k, gh_dcuda_conv **ret) {
         return 0;
 }
 
-static bool use_dnn(const gh_dcuda *s, const conv_shape *c, const int pad[4]) {
+static bool use_dnn(const gh_dcuda *s, const conv_shape *c, const int pad[4], const gh_dt *x, const gh_dt *y) {
         return s->dnn_handle && s->fp16 && s->work_size > GH_DCUDA_LT_WORKSPACE && c->kh * c->kw > 1 &&
-               pad[0] == pad[1] && pad[2] == pad[3];
+               pad[0] == pad[1] && pad[2] == pad[3] && x->dtype == GH_TENSOR_F32 && y->dtype == GH_TENSOR_F32;
 }
 
 /* The operand area after the weight: the images' fp16 copy, cuDNN's
@@ -712,18 +800,18 @@ static int cuda_conv2d(void *be, const gh_dt *x, const gh_dt *w, const gh_dt *b,
         gh_dcuda *s = be;
         conv_shape c = {(int)x->shape[1], (int)x->shape[2], (int)x->shape[3], (int)w->shape[0], (int)w->shape[2],
                         (int)w->shape[3], stride, pad[0], pad[2], (int)y->shape[2], (int)y->shape[3]};
-        int wt = (int)w->dtype, bt = b ? (int)b->dtype : 0, r;
+        int xt = (int)x->dtype, yt = (int)y->dtype, wt = (int)w->dtype, bt = b ? (int)b->dtype : 0, r;
         long long n = gh_dt_numel(y);
         void *bias = b ? b->data : NULL;
-        void *params[] = {ARG(x->data), ARG(w->data), &wt, &bias, &bt, ARG(y->data), &n, &c.ci, &c.h, &c.w, &c.co, &c.kh,
-                          &c.kw, &stride, &c.pad_top, &c.pad_left, &c.ho, &c.wo};
+        void *params[] = {ARG(x->data), &xt, ARG(w->data), &wt, &bias, &bt, ARG(y->data), &yt, &n, &c.ci, &c.h, &c.w,
+                          &c.co, &c.kh, &c.kw, &stride, &c.pad_top, &c.pad_left, &c.ho, &c.wo};
 
         if (!weight_type(w) || (b && !weight_type(b)) || stride < 1)
                 return -EINVAL;
         if (n <= 0)
                 return 0;
 #ifdef GH_HAVE_CUDNN
-        if (use_dnn(s, &c, pad)) {
+        if (use_dnn(s, &c, pad, x, y)) {
                 r = conv_dnn(s, &c, x, w, b, y);
                 if (r >= 0 || (r != -E2BIG && r != -EOPNOTSUPP))
                         return r;
@@ -742,9 +830,10 @@ static int cuda_conv2d(void *be, const gh_dt *x, const gh_dt *w, const gh_dt *b,
 static int cuda_linear(void *be, const gh_dt *x, const gh_dt *w, const gh_dt *b, gh_dt *y) {
         gh_dcuda *s = be;
         int n = (int)w->shape[0], k = (int)w->shape[1], wt = (int)w->dtype, bt = b ? (int)b->dtype : 0, r;
+        int xt = (int)x->dtype, yt = (int)y->dtype;
         long long m = 1;
         void *bias = b ? b->data : NULL;
-        void *params[] = {ARG(x->data), ARG(w->data), &wt, &bias, &bt, ARG(y->data), &m, &n, &k};
+        void *params[] = {ARG(x->data), &xt, ARG(w->data), &wt, &bias, &bt, ARG(y->data), &yt, &m, &n, &k};
 
         if (!weight_type(w) || (b && !weight_type(b)) || x->n_dims < 1)
                 return -EINVAL;
@@ -798,8 +887,8 @@ static int cuda_group_norm(void *be, const gh_dt *x, int groups, float eps, cons
         per_launch = (int64_t)(cap / ((size_t)groups * (size_t)splits));
         for (int64_t b0 = 0; b0 < batches; b0 += per_launch) {
                 int64_t nb = batches - b0 < per_launch ? batches - b0 : per_launch;
-                CUdeviceptr xb = (CUdeviceptr)(uintptr_t)x->data + (size_t)(b0 * c * inner) * sizeof(float);
-                CUdeviceptr yb = (CUdeviceptr)(uintptr_t)y->data + (size_t)(b0 * c * inner) * sizeof(float);
+                CUdeviceptr xb = (CUdeviceptr)(uintptr_t)x->data + (size_t)(b0 * c * inner) * dtype_size(x->dtype);
+                CUdeviceptr yb = (CUdeviceptr)(uintptr_t)y->data + (size_t)(b0 * c * inner) * dtype_size(y->dtype);
                 long long rows = nb * c;
                 int64_t gx = div_up(inner % 4 ? inner : inner / 4, THREADS);
                 void *sp[] = {&xb, &part, &n, &splits};
@@ -807,8 +896,9 @@ static int cuda_group_norm(void *be, const gh_dt *x, int groups, float eps, cons
                 int r;
                 if (nb * groups > INT32_MAX)
                         return -E2BIG;
-                if ((r = launch(s, K_GN_STATS, (unsigned)(nb * groups), (unsigned)splits, 1, 512, 1, 0, sp)) < 0 ||
-                    (r = launch(s, K_GN_APPLY, (unsigned)(gx < MAX_BLOCKS ? gx : MAX_BLOCKS),
+                if ((r = launch(s, for_act(K_GN_STATS, x), (unsigned)(nb * groups), (unsigned)splits, 1, 512, 1, 0,
+                                sp)) < 0 ||
+                    (r = launch(s, for_act(K_GN_APPLY, x), (unsigned)(gx < MAX_BLOCKS ? gx : MAX_BLOCKS),
                                 (unsigned)(rows < MAX_GRID_Y ? rows : MAX_GRID_Y), 1, THREADS, 1, 0, ap)) < 0)
                         return r;
         }
@@ -829,9 +919,9 @@ static int cuda_layer_norm(void *be, const gh_dt *x, const gh_dt *gamma, const g
                 return 0;
         rows = gh_dt_numel(x) / n;
         if (n <= LN_WARP_MAX && div_up(rows, THREADS / 32) <= INT32_MAX)
-                return launch(be, n <= 512 ? K_LAYER_NORM_W16 : K_LAYER_NORM_W48, (unsigned)div_up(rows, THREADS / 32),
-                              1, 1, THREADS, 1, 0, wparams);
-        return launch(be, K_LAYER_NORM, (unsigned)rows, 1, 1, THREADS, 1, 0, params);
+                return launch(be, for_act(n <= 512 ? K_LAYER_NORM_W16 : K_LAYER_NORM_W48, x),
+                              (unsigned)div_up(rows, THREADS / 32), 1, 1, THREADS, 1, 0, wparams);
+        return launch(be, for_act(K_LAYER_NORM, x), (unsigned)rows, 1, 1, THREADS, 1, 0, params);
 }
 
 /* ---- element-wise ---- */
@@ -843,7 +933,7 @@ static int cuda_act(void *be, gh_dact act, const gh_dt *x, gh_dt *y) {
 
         if (act != GH_DACT_SILU && act != GH_DACT_GELU && act != GH_DACT_QUICK_GELU)
                 return -EINVAL;
-        return launch_n(be, K_ACT, n, params);
+        return launch_n(be, for_act(K_ACT, x), n, params);
 }
 
 /* A kernel over rows: grid x over |inner| elements (up to MAX_BLOCKS
@@ -863,33 +953,35 @@ static int cuda_geglu(void *be, const gh_dt *x, gh_dt *y) {
         long long half = y->shape[y->n_dims - 1], rows = half ? gh_dt_numel(y) / half : 0;
         int h = (int)half;
         void *params[] = {ARG(x->data), ARG(y->data), &rows, &h};
+        const uintptr_t align = 4 * dtype_size(x->dtype) - 1;
+        const bool vec = half % 4 == 0 && !((uintptr_t)x->data & align) && !((uintptr_t)y->data & align);
 
-        return launch_rows(be, K_GEGLU, rows, half, params);
+        return launch_rows(be, for_act(K_GEGLU, x), rows, vec ? half / 4 : half, params); /* as the kernel splits it */
 }
 
 static int cuda_add(void *be, const gh_dt *a, const gh_dt *b, gh_dt *y) {
         long long n = gh_dt_numel(y);
         void *params[] = {ARG(a->data), ARG(b->data), ARG(y->data), &n};
 
-        return launch_n(be, K_ADD, n, params);
+        return launch_n(be, for_act(K_ADD, y), n, params);
 }
 
 static int cuda_add_channel(void *be, const gh_dt *x, const gh_dt *v, gh_dt *y) {
         long long planes = x->shape[0] * x->shape[1], hw = planes ? gh_dt_numel(x) / planes : 0;
-        int hwi = (int)hw;
-        void *params[] = {ARG(x->data), ARG(v->data), ARG(y->data), &planes, &hwi};
+        int hwi = (int)hw, vt = (int)v->dtype;
+        void *params[] = {ARG(x->data), ARG(v->data), &vt, ARG(y->data), &planes, &hwi};
 
-        return launch_rows(be, K_ADD_CHANNEL, planes, hw, params);
+        return launch_rows(be, for_act(K_ADD_CHANNEL, x), planes, hw, params);
 }
 
 static int cuda_add_rows(void *be, const gh_dt *x, const gh_dt *v, gh_dt *y) {
         long long m = gh_dt_numel(v), rows = gh_dt_numel(x) / m;
-        int mi = (int)m;
-        void *params[] = {ARG(x->data), ARG(v->data), ARG(y->data), &rows, &mi};
+        int mi = (int)m, vt = (int)v->dtype;
+        void *params[] = {ARG(x->data), ARG(v->data), &vt, ARG(y->data), &rows, &mi};
 
         if (m > INT32_MAX)
                 return -E2BIG;
-        return launch_rows(be, K_ADD_ROWS, rows, m, params);
+        return launch_rows(be, for_act(K_ADD_ROWS, x), rows, m, params);
 }
 
 static int cuda_lincomb(void *be, uint32_t n, const float *coef, const gh_dt *const *x, gh_dt *y) {
@@ -934,17 +1026,47 @@ static int cuda_scale_dim(void *be, const float *w, uint32_t dim, gh_dt *y) {
 
 /* ---- attention ---- */
 
-/* The flash kernel's index for this attention, or -1. */
+/* The short-sequence kernel (F32 activations' index) for these sizes, or -1. */
+static int short_kernel(const gh_dt *q, const gh_dt *k, int d) {
+        if (q->shape[1] > FS_MAX || k->shape[1] > FS_MAX)
+                return -1;
+        for (size_t i = 0; i < sizeof(fs_dims) / sizeof(fs_dims[0]); i++)
+                if (fs_dims[i] == d)
+                        return K_FS + 2 * (int)i + (q->shape[1] > 16 || k->shape[1] > 16);
+        return -1;
+}
+
+/* The flash kernel's index for this attention (a short-sequence one
+ * where it has one), or -1. */
 static int flash_kernel(const gh_dcuda *s, const gh_dt *q, const gh_dt *k, const gh_dt *v, const gh_dt *y, int d,
                         bool causal) {
         const uintptr_t align = (uintptr_t)q->data | (uintptr_t)k->data | (uintptr_t)v->data | (uintptr_t)y->data;
 
         if (!s->fp16 || causal || align % 16)
                 return -1;
+        if (short_kernel(q, k, d) >= 0)
+                return short_kernel(q, k, d);
         for (size_t i = 0; i < sizeof(fa_dims) / sizeof(fa_dims[0]); i++)
                 if (fa_dims[i] == d)
                         return K_FA + (int)i;
         return -1;
+}
+
+/* Launches flash kernel |k| (K_FA's or K_FS's, for F32 activations:
+ * F16 ones take their _h twin) over |n| batch items from q, k, v and y. */
+static int flash_launch(gh_dcuda *s, int k, bool half, CUdeviceptr q, CUdeviceptr kk, CUdeviceptr v, CUdeviceptr y,
+                        int tq, int tk, int c, long long n, int heads, float scale_log2) {
+        void *fa_params[] = {&q, &kk, &v, &y, &tq, &tk, &c, &scale_log2};
+        void *fs_params[] = {&q, &kk, &v, &y, &tq, &tk, &c, &n, &scale_log2};
+
+        if (k >= K_FS) {
+                const int d = c / heads, rows = d > 80 ? 32 : 64, per = (k - K_FS) % 2 ? 32 : 16;
+                return launch(s, half ? K_FS_H + (k - K_FS) : k, (unsigned)div_up(n, rows / per), (unsigned)heads, 1,
+                              (unsigned)(2 * rows), 1, 0, fs_params);
+        }
+        const int bq = FA_QUERIES(c / heads);
+        return launch(s, half ? K_FA_H + (k - K_FA) : k, (unsigned)div_up(tq, bq), (unsigned)heads, (unsigned)n,
+                      (unsigned)(2 * bq), 1, 0, fa_params);
 }
 
 /* The flash kernel |fa| over batch items in pieces: their K and V
@@ -967,13 +1089,20 @@ static int flash(gh_dcuda *s, int fa, const gh_dt *q, const gh_dt *k, const gh_d
                 CUdeviceptr vb = (CUdeviceptr)(uintptr_t)v->data + (size_t)(b0 * tk * c) * sizeof(float);
                 CUdeviceptr yb = (CUdeviceptr)(uintptr_t)y->data + (size_t)(b0 * tq * c) * sizeof(float);
                 void *kp[] = {&kb, &f32, &k16, &f16, &count}, *vp[] = {&vb, &f32, &v16, &f16, &count};
-                void *params[] = {&qb, &k16, &v16, &yb, &tqi, &tki, &ci, &scale_log2};
                 if ((r = launch_n(s, K_CAST, count, kp)) < 0 || (r = launch_n(s, K_CAST, count, vp)) < 0 ||
-                    (r = launch(s, fa, (unsigned)div_up(tq, FA_QUERIES), (unsigned)heads, (unsigned)n, FA_THREADS, 1, 0,
-                                params)) < 0)
+                    (r = flash_launch(s, fa, false, qb, k16, v16, yb, tqi, tki, ci, n, heads, scale_log2)) < 0)
                         return r;
         }
         return 0;
+}
+
+/* The flash kernel |fa| on F16 activations: K and V as they are, in one
+ * launch (the caller checked the batch against the grid's limit). */
+static int flash16(gh_dcuda *s, int fa, const gh_dt *q, const gh_dt *k, const gh_dt *v, gh_dt *y, int heads,
+                   float scale_log2) {
+        return flash_launch(s, fa, true, (CUdeviceptr)(uintptr_t)q->data, (CUdeviceptr)(uintptr_t)k->data,
+                            (CUdeviceptr)(uintptr_t)v->data, (CUdeviceptr)(uintptr_t)y->data, (int)q->shape[1],
+                            (int)k->shape[1], (int)q->shape[2], q->shape[0], heads, scale_log2);
 }
 
 /* Exact attention as two GEMMs per piece of heads (fp32, on cuBLASLt):
@@ -1039,17 +1168,19 @@ static int cuda_attention(void *be, const gh_dt *q, const gh_dt *k, const gh_dt 
         scale = 1.0f / sqrtf((float)(c / heads));
         fa = flash_kernel(be, q, k, v, y, c / heads, causal);
         if (fa >= 0) {
-                int r = flash(be, fa, q, k, v, y, heads, scale * 1.4426950408889634f); /* the kernel's softmax is base 2 */
+                const float scale_log2 = scale * 1.4426950408889634f; /* the kernel's softmax is base 2 */
+                int r = q->dtype == GH_TENSOR_F16 ? flash16(be, fa, q, k, v, y, heads, scale_log2)
+                                                  : flash(be, fa, q, k, v, y, heads, scale_log2);
                 if (r != -E2BIG)
                         return r;
         }
-        if (!causal) {
+        if (!causal && q->dtype == GH_TENSOR_F32) {
                 int r = attention_gemm(be, q, k, v, y, heads, scale);
                 if (r != -E2BIG)
                         return r;
         }
         tile = tk < ATTN_TILE ? tk : ATTN_TILE;
-        return launch(be, K_ATTENTION, (unsigned)tq, (unsigned)heads, (unsigned)q->shape[0], THREADS, 1,
+        return launch(be, for_act(K_ATTENTION, q), (unsigned)tq, (unsigned)heads, (unsigned)q->shape[0], THREADS, 1,
                       (unsigned)tile * sizeof(float), params);
 }
 
@@ -1060,7 +1191,7 @@ static int cuda_upsample2x(void *be, const gh_dt *x, gh_dt *y) {
         int h = (int)x->shape[2], w = (int)x->shape[3];
         void *params[] = {ARG(x->data), ARG(y->data), &planes, &h, &w};
 
-        return launch_rows(be, K_UPSAMPLE2X, planes, 4 * x->shape[2] * x->shape[3], params);
+        return launch_rows(be, for_act(K_UPSAMPLE2X, x), planes, 4 * x->shape[2] * x->shape[3], params);
 }
 
 static int cuda_concat(void *be, const gh_dt *a, const gh_dt *b, gh_dt *y) {
@@ -1074,7 +1205,7 @@ static int cuda_concat(void *be, const gh_dt *a, const gh_dt *b, gh_dt *y) {
                 return -E2BIG;
         na = (int)(gh_dt_numel(a) / batches);
         nb = (int)(gh_dt_numel(b) / batches);
-        return launch_rows(be, K_CONCAT, batches, (int64_t)na + nb, params);
+        return launch_rows(be, for_act(K_CONCAT, y), batches, (int64_t)na + nb, params);
 }
 
 /* y[b] = x[b]^T for x[B, rows, cols]. */
@@ -1087,8 +1218,8 @@ static int transpose(gh_dcuda *s, const gh_dt *x, int64_t rows, int64_t cols, gh
                 return 0;
         if (rows * cols > INT32_MAX || div_up(rows, TILE) > MAX_GRID_Y || b > MAX_GRID_Y)
                 return -E2BIG;
-        return launch(s, K_TRANSPOSE, (unsigned)div_up(cols, TILE), (unsigned)div_up(rows, TILE), (unsigned)b, TILE,
-                      8, 0, params);
+        return launch(s, for_act(K_TRANSPOSE, x), (unsigned)div_up(cols, TILE), (unsigned)div_up(rows, TILE),
+                      (unsigned)b, TILE, 8, 0, params);
 }
 
 static int cuda_nchw_to_nlc(void *be, const gh_dt *x, gh_dt *y) {

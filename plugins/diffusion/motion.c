@@ -11,13 +11,13 @@
  *   n = group_norm(x) per frame (32 groups, eps 1e-6), as AnimateDiff does
  *       (diffusers' port normalizes across frames; the weights were trained
  *       per frame)
- *   tokens [(N HW), F, C] of n: two transposes, [N, F, C*HW] -> [N, C*HW, F]
- *       -> (as [N, C, HW*F]) [N, HW*F, C]
+ *   tokens [(N HW), F, C] of n: one transpose, [N, F*C, HW] -> [N, HW, F*C]
+ *       (frames and channels stay side by side, in that order)
  *   h = proj_in(tokens)
  *   twice: h += attention over the frames of (layer_norm(h) + pe[F]),
  *       8 heads, q, k and v of the same input (no bias), to_out with bias
  *   h += ff(layer_norm(h))  (GEGLU, 4x)
- *   back to [(N F), C, H, W] by the inverse transposes of proj_out(h), plus x.
+ *   back to [(N F), C, H, W] by the inverse transpose of proj_out(h), plus x.
  * The position encoding is AnimateDiff's sinusoid, sin and cos
  * interleaved: pe[f, 2i] = sin(f w_i), pe[f, 2i+1] = cos(f w_i), w_i =
  * 10000^(-2i/C); it is computed, not read (diffusers' files leave it out),
@@ -145,7 +145,7 @@ int gh_motion_pe_new(gh_dctx *c, const gh_unet *u, int64_t frames, gh_motion_pe 
                         return -ENOMEM;
                 if (host)
                         pe_fill(host, frames, ch);
-                int r = gh_dt_new(c, &ret->pe[k], frames, ch);
+                int r = gh_dt_new_f32(c, &ret->pe[k], frames, ch);
                 if (r >= 0 && (r = gh_op_upload(c, host, &ret->pe[k])) < 0)
                         gh_dt_drop(c, &ret->pe[k]);
                 free(host);
@@ -223,7 +223,7 @@ int gh_motion_eval(gh_dctx *c, const gh_motion_block *b, const gh_motion_pe *pe,
         const int64_t *s = x->shape;
         int64_t F = pe->frames, C = s[1], HW = s[2] * s[3], N = F ? s[0] / F : 0;
         const gh_dt *p = pe_for(pe, C);
-        gh_dt n = {0}, t1 = {0}, t2 = {0}, tokens, o = {0}, u1 = {0}, u2 = {0}, u2v, y;
+        gh_dt n = {0}, t = {0}, tokens, o = {0}, u = {0}, uv;
         int r;
 
         if (x->n_dims != 4 || C != b->ch || !p || N * F != s[0])
@@ -231,37 +231,27 @@ int gh_motion_eval(gh_dctx *c, const gh_motion_block *b, const gh_motion_pe *pe,
                                     (long long) b->ch, (long long) C, (long long) F);
         if ((r = gh_dt_new(c, &n, s[0], C, s[2], s[3])) < 0 ||
             (r = gh_op_group_norm(c, x, GN_GROUPS, MM_GN_EPS, &b->norm.g, &b->norm.b, false, &n)) < 0 ||
-            (r = swap(c, &n, N, F, C * HW, &t1)) < 0) /* [N, C*HW, F] */
+            (r = swap(c, &n, N, F * C, HW, &t)) < 0) /* [N, HW, F*C] */
                 goto out;
         gh_dt_drop(c, &n);
-        if ((r = swap(c, &t1, N, C, HW * F, &t2)) < 0) /* [N, HW*F, C] */
-                goto out;
-        gh_dt_drop(c, &t1);
-        if ((r = gh_dt_reshape(c, &t2, &tokens, 3, (int64_t[]){N * HW, F, C})) < 0 ||
+        if ((r = gh_dt_reshape(c, &t, &tokens, 3, (int64_t[]){N * HW, F, C})) < 0 ||
             (r = transformer(c, b, p, &tokens, &o)) < 0)
                 goto out;
-        gh_dt_drop(c, &t2);
-        /* back: [N, HW*F, C] -> [N, C, HW*F] -> (as [N, C*HW, F]) [N, F, C*HW] */
-        if ((r = gh_dt_reshape(c, &o, &tokens, 3, (int64_t[]){N, HW * F, C})) < 0 ||
-            (r = gh_dt_new(c, &u1, N, C, HW * F, 1)) < 0 || (r = gh_op_nlc_to_nchw(c, &tokens, &u1)) < 0)
+        gh_dt_drop(c, &t);
+        /* back: [N, HW, F*C] -> [N, F*C, HW] */
+        if ((r = gh_dt_reshape(c, &o, &tokens, 3, (int64_t[]){N, HW, F * C})) < 0 ||
+            (r = gh_dt_new(c, &u, N, F * C, HW, 1)) < 0 || (r = gh_op_nlc_to_nchw(c, &tokens, &u)) < 0)
                 goto out;
         gh_dt_drop(c, &o);
-        if ((r = gh_dt_reshape(c, &u1, &tokens, 3, (int64_t[]){N, C * HW, F})) < 0 ||
-            (r = gh_dt_new(c, &u2, N, F, C * HW, 1)) < 0 || (r = gh_op_nlc_to_nchw(c, &tokens, &u2)) < 0)
+        if ((r = gh_dt_reshape(c, &u, &uv, 4, (int64_t[]){s[0], C, s[2], s[3]})) < 0 ||
+            (r = gh_op_add(c, &uv, x, &uv)) < 0)
                 goto out;
-        gh_dt_drop(c, &u1);
-        if ((r = gh_dt_reshape(c, &u2, &u2v, 4, (int64_t[]){s[0], C, s[2], s[3]})) < 0 ||
-            (r = gh_op_add(c, &u2v, x, &u2v)) < 0)
-                goto out;
-        y = u2v;
-        u2 = (gh_dt){0};
-        *ret = y;
+        *ret = uv;
+        u = (gh_dt){0};
 out:
-        gh_dt_drop(c, &u2);
-        gh_dt_drop(c, &u1);
+        gh_dt_drop(c, &u);
         gh_dt_drop(c, &o);
-        gh_dt_drop(c, &t2);
-        gh_dt_drop(c, &t1);
+        gh_dt_drop(c, &t);
         gh_dt_drop(c, &n);
         return r;
 }

@@ -461,9 +461,9 @@ int gh_sd_run_preview(gh_sd_run *r, uint32_t item, uint8_t *rgb) {
 
 /* ---- planning ---- */
 
-int gh_sd_plan(const gh_sd_models *m, const gh_sd_params *p, uint32_t chunks, size_t *ret_bytes, char *err,
+int gh_sd_plan(const gh_sd_models *m, const gh_sd_params *p, uint32_t chunks, bool half, size_t *ret_bytes, char *err,
                size_t err_size) {
-        gh_dctx c = {.be = &gh_dbackend_cpu, .dry = true};
+        gh_dctx c = {.be = &gh_dbackend_cpu, .dry = true, .half = half};
         gh_sd_run run;
         int r;
 

@@ -96,8 +96,9 @@ int gh_sd_run_decode(gh_sd_run *r, uint32_t b, uint8_t *rgb, float *raw);
  * latent-to-RGB approximation); rgb holds h * w * 3 bytes. */
 int gh_sd_run_preview(gh_sd_run *r, uint32_t item, uint8_t *rgb);
 
-/* Runs every phase dry: the exact arena bytes a run needs. */
-int gh_sd_plan(const gh_sd_models *m, const gh_sd_params *p, uint32_t chunks, size_t *ret_bytes, char *err,
+/* Runs every phase dry: the exact arena bytes a run needs, with the
+ * UNet's activations in F16 where |half| (a context with half set). */
+int gh_sd_plan(const gh_sd_models *m, const gh_sd_params *p, uint32_t chunks, bool half, size_t *ret_bytes, char *err,
                size_t err_size);
 /* An upper bound of the chunks a prompt can take, without the vocabulary:
  * the estimate's assumption (a chunk holds at least 55 tokens, a token at

@@ -9,7 +9,13 @@
  * (-ENOSPC), so going past the plan is impossible.
  *
  * The gh_op_* wrappers check every shape and dtype, then call the backend
- * (unless dry). They fail with -EINVAL and a message in the context. */
+ * (unless dry). They fail with -EINVAL and a message in the context.
+ *
+ * Activations are F32, or F16 where the context allows it (|half|: a
+ * backend whose ops take F16 activations, in its fp16 mode): the UNet then
+ * allocates its own activations in F16 (|act|), while its input, its
+ * output and everything around it (the samplers' arithmetic, the text
+ * encoder, the VAE) stay F32. */
 #pragma once
 
 #include <stdarg.h>
@@ -47,6 +53,10 @@ typedef struct gh_dctx {
         void *be_state;
         gh_arena *arena;
         bool dry;
+        /* F16 activations allowed (see above); the dtype that gh_dt_alloc
+         * gives (0: F32), which the UNet sets while it runs. */
+        bool half;
+        gh_dtype_id act;
         /* Checked between blocks of long evaluations; true: stop with
          * -ECANCELED. May be NULL. */
         bool (*cancelled)(void *userdata);
@@ -58,10 +68,18 @@ typedef struct gh_dctx {
 __attribute__((format(printf, 3, 4))) int gh_dctx_fail(gh_dctx *c, int r, const char *fmt, ...);
 bool gh_dctx_cancelled(gh_dctx *c);
 
-/* An F32 activation of the given shape from the arena. */
+/* An activation of the given shape from the arena: of the context's
+ * activation type (c->act), or F32 (gh_dt_alloc_f32). */
 int gh_dt_alloc(gh_dctx *c, gh_dt *t, uint32_t n_dims, const int64_t *shape);
+int gh_dt_alloc_f32(gh_dctx *c, gh_dt *t, uint32_t n_dims, const int64_t *shape);
 #define gh_dt_new(c, t, ...)                                                                            \
         gh_dt_alloc((c), (t), sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t), (int64_t[]){__VA_ARGS__})
+#define gh_dt_new_f32(c, t, ...)                                                                        \
+        gh_dt_alloc_f32((c), (t), sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t), (int64_t[]){__VA_ARGS__})
+/* Bytes of an element of an activation or weight dtype. */
+static inline size_t gh_dt_elt(gh_dtype_id t) {
+        return t == GH_TENSOR_F32 ? 4 : 2;
+}
 /* Gives an activation back (no-op for a zeroed one). */
 void gh_dt_drop(gh_dctx *c, gh_dt *t);
 /* A view of |t| with another shape of the same element count. */

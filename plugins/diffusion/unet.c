@@ -561,7 +561,7 @@ static int up(eval *e, gh_dt *cur) {
 static int time_embedding(gh_dctx *c, const gh_unet *m, int64_t B, const float *t, gh_dt *ret) {
         gh_dt f, h, y;
 
-        GH_TRY(gh_dt_new(c, &f, B, m->cfg.mc));
+        GH_TRY(gh_dt_new_f32(c, &f, B, m->cfg.mc));
         GH_TRY(gh_op_timestep_embedding(c, t, &f));
         GH_TRY(gh_dt_new(c, &h, B, m->cfg.temb));
         GH_TRY(gh_op_linear(c, &f, &m->t1.w, &m->t1.b, &h));
@@ -599,6 +599,7 @@ static uint64_t body_key(const eval *e, const gh_dt *x, const gh_dt *out) {
         const gh_dt *ts[] = {x, out, e->ctx, e->temb};
         uint64_t h = gh_hash_mix(gh_arena_layout(e->c->arena), (uint64_t) (uintptr_t) e->m);
 
+        h = gh_hash_mix(h, (uint64_t) e->c->act);
         h = gh_hash_mix(h, (uint64_t) (uintptr_t) e->mm);
         for (int64_t i = 0; e->mm && i < e->pe->n; i++)
                 h = gh_hash_mix(gh_hash_mix(h, (uint64_t) (uintptr_t) e->pe->pe[i].data), (uint64_t) e->pe->frames);
@@ -659,15 +660,27 @@ static int unet_eval(eval *e, const gh_dt *x, const float *t, gh_dt *out) {
         return 0;
 }
 
+/* Everything inside in F16 where the context allows it (its input and
+ * output stay as the caller made them). */
+static int unet_eval_act(eval *e, const gh_dt *x, const float *t, gh_dt *out) {
+        const gh_dtype_id saved = e->c->act;
+        int r;
+
+        e->c->act = e->c->half ? GH_TENSOR_F16 : GH_TENSOR_F32;
+        r = unet_eval(e, x, t, out);
+        e->c->act = saved;
+        return r;
+}
+
 int gh_unet_eval(gh_dctx *c, const gh_unet *m, const gh_dt *x, const float *t, const gh_dt *ctx, gh_dt *out) {
         eval e = {.c = c, .m = m, .ctx = ctx};
 
-        return unet_eval(&e, x, t, out);
+        return unet_eval_act(&e, x, t, out);
 }
 
 int gh_unet_eval_video(gh_dctx *c, const gh_unet *m, const gh_motion *mm, const gh_motion_pe *pe, const gh_dt *x,
                        const float *t, const gh_dt *ctx, gh_dt *out) {
         eval e = {.c = c, .m = m, .mm = mm, .pe = pe, .ctx = ctx};
 
-        return unet_eval(&e, x, t, out);
+        return unet_eval_act(&e, x, t, out);
 }

@@ -96,7 +96,7 @@ static const char *const precisions[] = {"fp32", "fp16", NULL};
          .enum_default = "epsilon", .help = "what the UNet predicts: epsilon (SD 1.x) or v_prediction"},          \
         {GH_PARAM_HEADER, .name = "precision", .type = GH_PARAM_ENUM, .choices = precisions,                       \
          .enum_default = "fp32",                                                                                   \
-         .help = "the UNet's and the VAE decoder's convolutions and GEMMs on a GPU: fp32, or fp16 on tensor cores (fp32 sums)"}
+         .help = "on a GPU: fp32, or fp16 (the UNet and the VAE decoder on tensor cores with fp32 sums, the UNet's activations in fp16)"}
 
 #define BATCH_PARAM                                                                                                \
         {GH_PARAM_HEADER, .name = "batch_size", .type = GH_PARAM_INT, .int_min = 1, .int_max = GH_SD_MAX_BATCH,    \
@@ -254,6 +254,11 @@ static int load_models(source *s, source *ms, gh_sd_models *m, const setup *st, 
 
 /* ---- estimate ---- */
 
+/* Whether the UNet runs on F16 activations on a GPU (precision=fp16). */
+static bool half_unet(const setup *st) {
+        return strcmp(st->precision, "fp16") == 0;
+}
+
 static int estimate(const gh_host *h, const gh_params *ps, gh_plugin_needs *ret) {
         source src = {.host = h, .params = ps}, msrc;
         char err[1200];
@@ -270,7 +275,12 @@ static int estimate(const gh_host *h, const gh_params *ps, gh_plugin_needs *ret)
         chunks = gh_sd_chunks_bound(st.prompt);
         if (gh_sd_chunks_bound(st.negative) > chunks)
                 chunks = gh_sd_chunks_bound(st.negative);
-        r = gh_sd_plan(&m, &st.p, chunks, &bytes, err, sizeof(err));
+        r = gh_sd_plan(&m, &st.p, chunks, false, &bytes, err, sizeof(err));
+#ifdef GH_HAVE_CUDA_BACKEND
+        size_t gpu_bytes = bytes; /* precision=fp16: the UNet's activations in F16 there */
+        if (r >= 0 && half_unet(&st))
+                r = gh_sd_plan(&m, &st.p, chunks, true, &gpu_bytes, err, sizeof(err));
+#endif
         gh_sd_models_unload(&m);
         if (r < 0) {
                 h->log(NULL, GH_LOG_ERR, "%s", err);
@@ -278,7 +288,7 @@ static int estimate(const gh_host *h, const gh_params *ps, gh_plugin_needs *ret)
         }
         ret->workspace[GH_DEVICE_KIND_CPU] = bytes;
 #ifdef GH_HAVE_CUDA_BACKEND
-        ret->workspace[GH_DEVICE_KIND_CUDA] = cuda_workspace(bytes);
+        ret->workspace[GH_DEVICE_KIND_CUDA] = cuda_workspace(gpu_bytes);
 #endif
         ret->steps = gh_sd_steps_run(&st.p) + 1;
         ret->models[0] = st.model;
@@ -314,6 +324,15 @@ typedef struct job {
         gh_image out[GH_SD_MAX_BATCH];
         uint8_t *frames; /* video: every frame, RGB8, after each other */
 } job;
+
+static bool on_cuda(const job *j) {
+#ifdef GH_HAVE_CUDA_BACKEND
+        return j->on_cuda;
+#else
+        (void) j;
+        return false;
+#endif
+}
 
 static void job_free(job *j) {
         if (!j)
@@ -548,7 +567,7 @@ static int job_setup(job *j, char *err, size_t n) {
                 return r;
         t.tokenizer = lap(&last);
         chunks = j->cond.n_chunks > j->uncond.n_chunks ? j->cond.n_chunks : j->uncond.n_chunks;
-        if ((r = gh_sd_plan(&j->m, &j->st.p, chunks, &j->planned, err, n)) < 0)
+        if ((r = gh_sd_plan(&j->m, &j->st.p, chunks, on_cuda(j) && half_unet(&j->st), &j->planned, err, n)) < 0)
                 return r;
         t.plan = lap(&last);
         if ((r = workspace(j, err, n)) < 0)
@@ -563,6 +582,7 @@ static int job_setup(job *j, char *err, size_t n) {
         if (j->on_cuda) {
                 j->c.be = &gh_dbackend_cuda;
                 j->c.be_state = &j->cuda;
+                j->c.half = half_unet(&j->st); /* as planned */
         }
 #endif
         if ((r = gh_sd_run_init(&j->run, &j->m, &j->st.p, &j->c, chunks, &j->cond, &j->uncond, j->init)) < 0) {
@@ -738,10 +758,13 @@ static void progress(job *j, uint32_t step, uint32_t steps) {
 }
 
 /* precision=fp16 (GPU only): the sampler's UNet and the VAE's decode on
- * tensor cores, fp16 operands with fp32 sums, the activations fp32 between
- * ops (so the VAE's large activations never overflow an fp16 store); the
- * text encoder and img2img's encode stay in fp32, and so does the decode
- * of a VAE with bf16 weights (gh_vae_decode_fp16_ok). */
+ * tensor cores, fp16 operands with fp32 sums. The UNet's activations are
+ * fp16 too (c.half, set at the start and planned so), as in PyTorch's
+ * fp16 pipelines; its input and output, the samplers' arithmetic and the
+ * VAE's activations stay fp32 (so the VAE's large activations never
+ * overflow an fp16 store). The text encoder and img2img's encode stay in
+ * fp32, and so does the decode of a VAE with bf16 weights
+ * (gh_vae_decode_fp16_ok). */
 static void tensor_cores(job *j, bool on) {
 #ifdef GH_HAVE_CUDA_BACKEND
         if (j->on_cuda)

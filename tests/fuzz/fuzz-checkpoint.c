@@ -51,7 +51,7 @@ static void plan(const gh_sd_models *m, const gh_sd_params *p) {
         if (gh_sd_params_check(m, p, err, sizeof(err)) < 0)
                 return;
         err[0] = 0;
-        r = gh_sd_plan(m, p, 1, &bytes, err, sizeof(err));
+        r = gh_sd_plan(m, p, 1, false, &bytes, err, sizeof(err));
         if ((r < 0 && !err[0]) || (r >= 0 && bytes == 0))
                 abort();
 }

@@ -10,7 +10,9 @@
  * are F32, F16 and BF16 for conv2d, linear, the norms and embedding. Shapes
  * are the SD UNet's kinds (3x3 pad 1 stride 1 and 2, 1x1, the VAE's
  * downsample pad {0,1,0,1}, cross-, self- and causal attention, 32-group
- * norm with and without SiLU). Every error is printed.
+ * norm with and without SiLU). Every error is printed. test_half checks
+ * every op that takes F16 activations (the UNet's in the fp16 mode)
+ * against the CPU backend on the same values in F32.
  *
  * Exits 77 (skip) without a driver or a GPU. */
 #include <errno.h>
@@ -35,6 +37,7 @@
 #define EXACT 1e-6  /* element-wise: the same float operations */
 #define SUMS 1e-5   /* reductions in another order */
 #define FP16 1e-2   /* tensor-core mode: operands rounded to fp16 */
+#define HALF 2e-3   /* F16 activations: the output rounded to fp16 */
 
 typedef struct fixture {
         gh_cuda *cu;
@@ -106,6 +109,13 @@ static uint16_t to_f16(float f) {
         return sign | (uint16_t)((uint32_t)(e - 1 + 15) * 1024u + (uint32_t)(m - 1024.0));
 }
 
+static float from_f16(uint16_t h) {
+        const int e = (h >> 10) & 31, m = h & 1023;
+        const double v = e ? ldexp(1024 + m, e - 25) : ldexp(m, -24);
+
+        return (float)((h & 0x8000) ? -v : v);
+}
+
 static uint16_t to_bf16(float f) {
         uint32_t u;
 
@@ -166,6 +176,28 @@ static pair rweight(gh_dtype_id t, double scale, const int64_t *shape, uint32_t 
 
         memcpy(d.shape, shape, nd * sizeof(int64_t));
         return mk(t, rnd(gh_dt_numel(&d), -scale, scale), shape, nd);
+}
+
+/* An F16 activation on the device holding v (NULL: zeros) rounded to
+ * fp16, and the same rounded values as F32 on the host (the CPU backend
+ * takes F32 activations only). */
+static pair h16(const float *v, const int64_t *shape, uint32_t nd) {
+        pair p = mk(GH_TENSOR_F16, v, shape, nd);
+        int64_t n = gh_dt_numel(&p.h);
+        float *h = halloc((size_t)n * sizeof(float));
+
+        for (int64_t i = 0; i < n; i++)
+                h[i] = from_f16(((const uint16_t *)p.h.data)[i]);
+        p.h.dtype = GH_TENSOR_F32;
+        p.h.data = h;
+        return p;
+}
+
+static pair rh16(const int64_t *shape, uint32_t nd) {
+        gh_dt t = {.n_dims = nd};
+
+        memcpy(t.shape, shape, nd * sizeof(int64_t));
+        return h16(rnd(gh_dt_numel(&t), -1.0, 1.0), shape, nd);
 }
 
 /* Downloads y's device side and compares it with its host side. */
@@ -468,6 +500,11 @@ static void test_flash_attention(void **state) {
         attention_case_tol(2, 256, 256, 8 * 160, 8, false, FP16, " (flash)");
         attention_case_tol(1, 3, 20000, 40, 1, false, FP16, " (flash)");
         attention_case_tol(2, 4096, 4096, 320, 8, false, FP16, " (flash)");
+        /* the short-sequence kernel (the motion modules' frames): rows of 16 and 32, items past a block's */
+        attention_case_tol(2 * 64, 16, 16, 8 * 40, 8, false, FP16, " (flash, short)");
+        attention_case_tol(37, 24, 24, 8 * 80, 8, false, FP16, " (flash, short 32)");
+        attention_case_tol(5, 9, 13, 8 * 160, 8, false, FP16, " (flash, short)");
+        attention_case_tol(3, 16, 32, 8 * 40, 8, false, FP16, " (flash, short 32)");
         attention_case_tol(1, 77, 77, 128, 2, true, FP16, " (fp16 mode, causal)");
         attention_case_tol(1, 50, 60, 3 * 48, 3, false, FP16, " (fp16 mode, d 48)");
         /* K and V in fp16 in the work buffer: 4 batch items at a time of 5, or none (the exact kernel) */
@@ -560,6 +597,163 @@ static void test_sum_and_copies(void **state) {
         }
 }
 
+/* ---- F16 activations ---- */
+
+/* Convolutions and linear layers with F16 input and output, and with
+ * one of them F32 (the UNet's first and last layers), on cuBLASLt and on
+ * the fallback kernels; F16 weights, and F32 ones (their bias then goes
+ * to the epilogue as F32). */
+static void half_gemms(const char *mode) {
+        static const conv_case convs[] = {
+                {2, 32, 16, 16, 64, 3, 1, {1, 1, 1, 1}, "3x3 s1 p1"},
+                {2, 64, 12, 10, 32, 1, 1, {0, 0, 0, 0}, "1x1"},
+                {1, 64, 16, 16, 64, 3, 2, {1, 1, 1, 1}, "3x3 s2 p1"},
+        };
+        static const int64_t lins[][3] = {{2 * 256, 320, 320}, {77, 768, 320}, {16 * 40, 320, 2560}};
+
+        for (size_t ci = 0; ci < ELEMENTSOF(convs); ci++)
+                for (int io = 0; io < 3; io++) { /* F16 -> F16, F32 -> F16, F16 -> F32 */
+                        const conv_case *c = &convs[ci];
+                        int64_t ho = (c->h + c->pad[0] + c->pad[1] - c->k) / c->stride + 1;
+                        int64_t wo = (c->w + c->pad[2] + c->pad[3] - c->k) / c->stride + 1;
+                        pair x = io == 1 ? rf32(SHAPE(c->b, c->ci, c->h, c->w)) : rh16(SHAPE(c->b, c->ci, c->h, c->w));
+                        pair w = rweight(GH_TENSOR_F16, 1.0 / sqrt((double)(c->ci * c->k * c->k)),
+                                         SHAPE(c->co, c->ci, c->k, c->k));
+                        pair b = rweight(GH_TENSOR_F16, 0.5, SHAPE(c->co));
+                        pair y = io == 2 ? f32(NULL, SHAPE(c->b, c->co, ho, wo)) : h16(NULL, SHAPE(c->b, c->co, ho, wo));
+                        assert_int_equal(gh_dbackend_cpu.conv2d(&cpu1, &x.h, &w.h, &b.h, c->stride, c->pad, &y.h), 0);
+                        assert_int_equal(gh_dbackend_cuda.conv2d(&fx.gpu, &x.d, &w.d, &b.d, c->stride, c->pad, &y.d),
+                                         0);
+                        compare(&y, FP16, "conv2d %s %s%s", c->name, io == 0 ? "F16->F16" : io == 1 ? "F32->F16" : "F16->F32",
+                                mode);
+                }
+        for (size_t li = 0; li < ELEMENTSOF(lins); li++)
+                for (int io = 0; io < 4; io++) { /* as above, then F16 -> F16 with F32 weights */
+                        int64_t m = lins[li][0], k = lins[li][1], n = lins[li][2];
+                        gh_dtype_id wt = io == 3 ? GH_TENSOR_F32 : GH_TENSOR_F16;
+                        pair x = io == 1 ? rf32(SHAPE(m, k)) : rh16(SHAPE(m, k));
+                        pair w = rweight(wt, 1.0 / sqrt((double)k), SHAPE(n, k)), b = rweight(wt, 0.5, SHAPE(n));
+                        pair y = io == 2 ? f32(NULL, SHAPE(m, n)) : h16(NULL, SHAPE(m, n));
+                        assert_int_equal(gh_dbackend_cpu.linear(&cpu1, &x.h, &w.h, &b.h, &y.h), 0);
+                        gh_dcuda_set_work(&fx.gpu, fx.gpu.work, fx.gpu.work_size); /* fresh biases */
+                        assert_int_equal(gh_dbackend_cuda.linear(&fx.gpu, &x.d, &w.d, &b.d, &y.d), 0);
+                        compare(&y, FP16, "linear %lldx%lld -> %lld %s%s%s", (long long)m, (long long)k, (long long)n,
+                                io == 0 || io == 3 ? "F16->F16" : io == 1 ? "F32->F16" : "F16->F32",
+                                io == 3 ? " (F32 weights)" : "", mode);
+                }
+}
+
+static void half_norms(void) {
+        static const int64_t gn[][4] = {{2, 320, 16, 16}, {1, 64, 9, 7}, {1, 320, 63, 63}};
+        static const int64_t ln[] = {320, 77, 1280, 2048};
+
+        for (size_t i = 0; i < ELEMENTSOF(gn); i++) {
+                const int64_t *sh = gn[i];
+                pair x = h16(rnd(sh[0] * sh[1] * sh[2] * sh[3], -2.0, 3.0), SHAPE(sh[0], sh[1], sh[2], sh[3]));
+                pair g = rweight(GH_TENSOR_F16, 1.5, SHAPE(sh[1])), b = rweight(GH_TENSOR_F16, 0.5, SHAPE(sh[1]));
+                for (int silu = 0; silu < 2; silu++) {
+                        pair y = h16(NULL, SHAPE(sh[0], sh[1], sh[2], sh[3]));
+                        assert_int_equal(gh_dbackend_cpu.group_norm(&cpu1, &x.h, 32, 1e-6f, &g.h, &b.h, silu, &y.h), 0);
+                        assert_int_equal(gh_dbackend_cuda.group_norm(&fx.gpu, &x.d, 32, 1e-6f, &g.d, &b.d, silu, &y.d),
+                                         0);
+                        compare(&y, HALF, "group_norm F16 [%lld,%lld,%lld,%lld]%s", (long long)sh[0], (long long)sh[1],
+                                (long long)sh[2], (long long)sh[3], silu ? " +silu" : "");
+                }
+        }
+        for (size_t i = 0; i < ELEMENTSOF(ln); i++) {
+                pair x = h16(rnd(2 * 77 * ln[i], -2.0, 3.0), SHAPE(2, 77, ln[i]));
+                pair g = rweight(GH_TENSOR_F16, 1.5, SHAPE(ln[i])), b = rweight(GH_TENSOR_F16, 0.5, SHAPE(ln[i]));
+                pair y = h16(NULL, SHAPE(2, 77, ln[i]));
+                assert_int_equal(gh_dbackend_cpu.layer_norm(&cpu1, &x.h, &g.h, &b.h, 1e-5f, &y.h), 0);
+                assert_int_equal(gh_dbackend_cuda.layer_norm(&fx.gpu, &x.d, &g.d, &b.d, 1e-5f, &y.d), 0);
+                compare(&y, HALF, "layer_norm F16 [2,77,%lld]", (long long)ln[i]);
+        }
+}
+
+static void half_elementwise(void) {
+        pair x = h16(rnd(100003, -8.0, 8.0), SHAPE(100003)), y = h16(NULL, SHAPE(100003));
+        pair g = h16(rnd(2 * 64 * 2 * 1280, -4.0, 4.0), SHAPE(2, 64, 2 * 1280)), gy = h16(NULL, SHAPE(2, 64, 1280));
+        pair a = rh16(SHAPE(2, 320, 16, 16)), b = rh16(SHAPE(2, 320, 16, 16)), s = h16(NULL, SHAPE(2, 320, 16, 16));
+        pair odd = rh16(SHAPE(3, 5, 7)), odd2 = rh16(SHAPE(3, 5, 7)), oddy = h16(NULL, SHAPE(3, 5, 7));
+        pair v16 = rh16(SHAPE(2, 320)), v32 = rf32(SHAPE(2, 320)), pe = rf32(SHAPE(16, 40));
+        pair r = rh16(SHAPE(2 * 97, 16 * 40)), ry = h16(NULL, SHAPE(2 * 97, 16 * 40));
+
+        assert_int_equal(gh_dbackend_cpu.act(&cpu1, GH_DACT_SILU, &x.h, &y.h), 0);
+        assert_int_equal(gh_dbackend_cuda.act(&fx.gpu, GH_DACT_SILU, &x.d, &y.d), 0);
+        compare(&y, HALF, "act silu F16");
+        assert_int_equal(gh_dbackend_cpu.geglu(&cpu1, &g.h, &gy.h), 0);
+        assert_int_equal(gh_dbackend_cuda.geglu(&fx.gpu, &g.d, &gy.d), 0);
+        compare(&gy, HALF, "geglu F16");
+        assert_int_equal(gh_dbackend_cpu.add(&cpu1, &a.h, &b.h, &s.h), 0);
+        assert_int_equal(gh_dbackend_cuda.add(&fx.gpu, &a.d, &b.d, &s.d), 0);
+        compare(&s, HALF, "add F16 (4 a thread)");
+        assert_int_equal(gh_dbackend_cpu.add(&cpu1, &odd.h, &odd2.h, &oddy.h), 0);
+        assert_int_equal(gh_dbackend_cuda.add(&fx.gpu, &odd.d, &odd2.d, &oddy.d), 0);
+        compare(&oddy, HALF, "add F16 (105 elements)");
+        assert_int_equal(gh_dbackend_cpu.add_channel(&cpu1, &a.h, &v16.h, &s.h), 0);
+        assert_int_equal(gh_dbackend_cuda.add_channel(&fx.gpu, &a.d, &v16.d, &s.d), 0);
+        compare(&s, HALF, "add_channel F16 + F16");
+        assert_int_equal(gh_dbackend_cpu.add_channel(&cpu1, &a.h, &v32.h, &s.h), 0);
+        assert_int_equal(gh_dbackend_cuda.add_channel(&fx.gpu, &a.d, &v32.d, &s.d), 0);
+        compare(&s, HALF, "add_channel F16 + F32");
+        assert_int_equal(gh_dbackend_cpu.add_rows(&cpu1, &r.h, &pe.h, &ry.h), 0);
+        assert_int_equal(gh_dbackend_cuda.add_rows(&fx.gpu, &r.d, &pe.d, &ry.d), 0);
+        compare(&ry, HALF, "add_rows F16 + F32");
+}
+
+static void half_movement(int64_t b, int64_t c, int64_t h, int64_t w) {
+        pair x = rh16(SHAPE(b, c, h, w)), z = rh16(SHAPE(b, c / 2, h, w));
+        pair up = h16(NULL, SHAPE(b, c, 2 * h, 2 * w)), cat = h16(NULL, SHAPE(b, c + c / 2, h, w));
+        pair nlc = h16(NULL, SHAPE(b, h * w, c)), back = h16(NULL, SHAPE(b, c, h, w));
+
+        assert_int_equal(gh_dbackend_cpu.upsample2x(&cpu1, &x.h, &up.h), 0);
+        assert_int_equal(gh_dbackend_cuda.upsample2x(&fx.gpu, &x.d, &up.d), 0);
+        compare(&up, 0.0, "upsample2x F16 [%lld,%lld,%lld,%lld]", (long long)b, (long long)c, (long long)h,
+                (long long)w);
+        assert_int_equal(gh_dbackend_cpu.concat(&cpu1, &x.h, &z.h, &cat.h), 0);
+        assert_int_equal(gh_dbackend_cuda.concat(&fx.gpu, &x.d, &z.d, &cat.d), 0);
+        compare(&cat, 0.0, "concat F16");
+        assert_int_equal(gh_dbackend_cpu.nchw_to_nlc(&cpu1, &x.h, &nlc.h), 0);
+        assert_int_equal(gh_dbackend_cuda.nchw_to_nlc(&fx.gpu, &x.d, &nlc.d), 0);
+        compare(&nlc, 0.0, "nchw_to_nlc F16");
+        assert_int_equal(gh_dbackend_cpu.nlc_to_nchw(&cpu1, &nlc.h, &back.h), 0);
+        assert_int_equal(gh_dbackend_cuda.nlc_to_nchw(&fx.gpu, &nlc.d, &back.d), 0);
+        compare(&back, 0.0, "nlc_to_nchw F16");
+}
+
+static void half_attention(int64_t b, int64_t tq, int64_t tk, int64_t c, int heads, bool causal, const char *what) {
+        pair q = rh16(SHAPE(b, tq, c)), k = h16(rnd(b * tk * c, -2.0, 2.0), SHAPE(b, tk, c)), v = rh16(SHAPE(b, tk, c));
+        pair y = h16(NULL, SHAPE(b, tq, c));
+
+        assert_int_equal(gh_dbackend_cpu.attention(&cpu1, &q.h, &k.h, &v.h, heads, causal, &y.h), 0);
+        assert_int_equal(gh_dbackend_cuda.attention(&fx.gpu, &q.d, &k.d, &v.d, heads, causal, &y.d), 0);
+        compare(&y, FP16, "attention F16 B=%lld Tq=%lld Tk=%lld C=%lld heads=%d (%s)", (long long)b, (long long)tq,
+                (long long)tk, (long long)c, heads, what);
+}
+
+/* Every op the UNet runs on F16 activations (the fp16 mode), with the
+ * CPU backend's F32 result on the same values as the reference. */
+static void test_half(void **state) {
+        fx.gpu.fp16 = true;
+        half_gemms(" (cuBLASLt)");
+        fx.gpu.no_lt = true;
+        half_gemms(" (kernel)");
+        fx.gpu.no_lt = false;
+        half_norms();
+        half_elementwise();
+        half_movement(2, 6, 5, 7);
+        half_movement(3, 70, 33, 35);
+        half_attention(2, 100, 77, 8 * 40, 8, false, "flash, cross");
+        half_attention(2 * 64, 16, 16, 8 * 40, 8, false, "flash, short: 16 frames");
+        half_attention(37, 24, 24, 8 * 80, 8, false, "flash, short 32");
+        half_attention(5, 9, 13, 8 * 160, 8, false, "flash, short");
+        half_attention(1, 4096, 4096, 320, 8, false, "flash, SD 1.5's largest");
+        half_attention(1, 70, 90, 2 * 160, 2, false, "flash, d 160");
+        half_attention(1, 77, 77, 128, 2, true, "causal: the kernel");
+        half_attention(1, 50, 60, 3 * 48, 3, false, "d 48: the kernel");
+        fx.gpu.fp16 = false;
+}
+
 /* ---- fixtures ---- */
 
 static int setup(void **state) {
@@ -623,7 +817,8 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 T(test_conv2d), T(test_linear), T(test_fp16), T(test_pieces), T(test_group_norm), T(test_layer_norm), T(test_act),
                 T(test_geglu), T(test_add), T(test_lincomb), T(test_scale_dim), T(test_attention), T(test_flash_attention),
-                T(test_movement), T(test_timestep_embedding), T(test_embedding), T(test_sum_and_copies), T(test_cudnn),
+                T(test_movement), T(test_timestep_embedding), T(test_embedding), T(test_sum_and_copies), T(test_half),
+                T(test_cudnn),
         };
         int r = open_driver();
 

@@ -1,7 +1,11 @@
 /* The CUDA backend's kernels (backend-cuda.c launches them): one per op of
  * backend.h, simple and exact first (no fast math), speed later.
  *
- * Activations are F32; weights, biases, norms' gamma/beta and embedding
+ * Activations are F32, or F16 where the runtime asks (the UNet in the fp16
+ * mode): the kernels that see them are templates over the activation type
+ * (ldv/stv), instantiated twice, the F16 one named with a _h suffix; the
+ * GEMMs' operand kernels, the fallbacks and the biases take the type at
+ * run time instead. Weights, biases, norms' gamma/beta and embedding
  * tables may be F32, F16 or BF16 and are read through ld(), which takes
  * the dtype code of gpuhost/plugin.h (GH_TENSOR_F32 = 1, F16, BF16).
  * Element-wise kernels loop over a grid-stride range, so any grid covers
@@ -23,6 +27,70 @@ __device__ __forceinline__ float ld(const void *p, int t, long long i) {
                 return __uint_as_float((unsigned)((const unsigned short *)p)[i] << 16);
         return ((const float *)p)[i];
 }
+
+/* Stores v as dtype |t| (F32, F16 or BF16, round to nearest even). */
+__device__ __forceinline__ void st(void *p, int t, long long i, float v) {
+        if (t == DT_F16)
+                ((__half *)p)[i] = __float2half_rn(v);
+        else if (t == DT_BF16)
+                ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(v);
+        else
+                ((float *)p)[i] = v;
+}
+
+/* An activation of type T (float or __half) to and from float. */
+__device__ __forceinline__ float ldv(float v) {
+        return v;
+}
+__device__ __forceinline__ float ldv(__half v) {
+        return __half2float(v);
+}
+__device__ __forceinline__ void stv(float *p, float v) {
+        *p = v;
+}
+__device__ __forceinline__ void stv(__half *p, float v) {
+        *p = __float2half_rn(v);
+}
+
+/* Four activations at p (aligned to 4 elements) to and from floats: one
+ * 16-byte access for float, one 8-byte access for __half. */
+__device__ __forceinline__ void load4(const float *p, float v[4]) {
+        const float4 u = *(const float4 *)p;
+        v[0] = u.x;
+        v[1] = u.y;
+        v[2] = u.z;
+        v[3] = u.w;
+}
+__device__ __forceinline__ void load4(const __half *p, float v[4]) {
+        const uint2 u = *(const uint2 *)p;
+        const float2 a = __half22float2(*(const __half2 *)&u.x), b = __half22float2(*(const __half2 *)&u.y);
+        v[0] = a.x;
+        v[1] = a.y;
+        v[2] = b.x;
+        v[3] = b.y;
+}
+__device__ __forceinline__ void store4(float *p, const float v[4]) {
+        *(float4 *)p = make_float4(v[0], v[1], v[2], v[3]);
+}
+__device__ __forceinline__ void store4(__half *p, const float v[4]) {
+        __half2 h[2] = {__floats2half2_rn(v[0], v[1]), __floats2half2_rn(v[2], v[3])};
+        *(uint2 *)p = *(const uint2 *)h;
+}
+template <class T> __device__ __forceinline__ bool aligned4(const void *p) {
+        return ((unsigned long long)p & (4 * sizeof(T) - 1)) == 0;
+}
+
+/* The two instantiations of a template kernel body: NAME over float and
+ * NAME_h over __half; PARAMS and ARGS spell the parameters with T. */
+#define BOTH(NAME, BODY, PARAMS, ARGS)                                                  \
+        namespace NAME##_f32 {                                                         \
+        typedef float T;                                                               \
+        extern "C" __global__ void NAME PARAMS { BODY<T> ARGS; }                       \
+        }                                                                              \
+        namespace NAME##_f16 {                                                         \
+        typedef __half T;                                                              \
+        extern "C" __global__ void NAME##_h PARAMS { BODY<T> ARGS; }                   \
+        }
 
 __device__ __forceinline__ float silu(float x) {
         return x / (1.0f + expf(-x));
@@ -68,13 +136,13 @@ __device__ float block_max(float v) {
 
 /* ---- conv2d: one thread per output element ---- */
 
-extern "C" __global__ void gh_conv2d(const float *x, const void *w, int wt, const void *b, int bt, float *y,
-                                     long long n, int ci, int h, int wd, int co, int kh, int kw, int stride,
+extern "C" __global__ void gh_conv2d(const void *x, int xt, const void *w, int wt, const void *b, int bt, void *y,
+                                     int yt, long long n, int ci, int h, int wd, int co, int kh, int kw, int stride,
                                      int pad_top, int pad_left, int ho, int wo) {
         GRID_STRIDE(e, n) {
                 int ox = (int)(e % wo), oy = (int)(e / wo % ho), o = (int)(e / ((long long)wo * ho) % co);
                 long long bi = e / ((long long)wo * ho * co);
-                const float *xb = x + bi * ci * h * wd;
+                const long long xb = bi * ci * h * wd;
                 long long wo_off = (long long)o * ci * kh * kw;
                 float acc = 0.0f;
                 for (int c = 0; c < ci; c++) {
@@ -87,13 +155,13 @@ extern "C" __global__ void gh_conv2d(const float *x, const void *w, int wt, cons
                                         if (ix < 0 || ix >= wd)
                                                 continue;
                                         acc = fmaf(ld(w, wt, wo_off + ((long long)c * kh + ky) * kw + kx),
-                                                   xb[((long long)c * h + iy) * wd + ix], acc);
+                                                   ld(x, xt, xb + ((long long)c * h + iy) * wd + ix), acc);
                                 }
                         }
                 }
                 if (b)
                         acc += ld(b, bt, o);
-                y[e] = acc;
+                st(y, yt, e, acc);
         }
 }
 
@@ -101,8 +169,8 @@ extern "C" __global__ void gh_conv2d(const float *x, const void *w, int wt, cons
 
 #define LT 16
 
-extern "C" __global__ void gh_linear(const float *x, const void *w, int wt, const void *b, int bt, float *y,
-                                     long long m, int n, int k) {
+extern "C" __global__ void gh_linear(const void *x, int xt, const void *w, int wt, const void *b, int bt, void *y,
+                                     int yt, long long m, int n, int k) {
         __shared__ float xs[LT][LT + 1], ws[LT][LT + 1];
         long long row = (long long)blockIdx.x * LT + threadIdx.y; /* rows on grid x: any M */
         int col = blockIdx.y * LT + threadIdx.x;
@@ -111,7 +179,7 @@ extern "C" __global__ void gh_linear(const float *x, const void *w, int wt, cons
 
         for (int k0 = 0; k0 < k; k0 += LT) {
                 int kk = k0 + threadIdx.x;
-                xs[threadIdx.y][threadIdx.x] = row < m && kk < k ? x[row * k + kk] : 0.0f;
+                xs[threadIdx.y][threadIdx.x] = row < m && kk < k ? ld(x, xt, row * k + kk) : 0.0f;
                 ws[threadIdx.y][threadIdx.x] = wrow < n && kk < k ? ld(w, wt, (long long)wrow * k + kk) : 0.0f;
                 __syncthreads();
                 for (int i = 0; i < LT; i++)
@@ -119,20 +187,10 @@ extern "C" __global__ void gh_linear(const float *x, const void *w, int wt, cons
                 __syncthreads();
         }
         if (row < m && col < n)
-                y[row * n + col] = acc + (b ? ld(b, bt, col) : 0.0f);
+                st(y, yt, row * n + col, acc + (b ? ld(b, bt, col) : 0.0f));
 }
 
 /* ---- GEMM operands for cuBLASLt (backend-cuda.c runs the GEMMs) ---- */
-
-/* Stores v as dtype |t| (F32, F16 or BF16, round to nearest even). */
-__device__ __forceinline__ void st(void *p, int t, long long i, float v) {
-        if (t == DT_F16)
-                ((__half *)p)[i] = __float2half_rn(v);
-        else if (t == DT_BF16)
-                ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(v);
-        else
-                ((float *)p)[i] = v;
-}
 
 #define IM2COL_RUN 8
 
@@ -158,14 +216,14 @@ __device__ __forceinline__ void store_run(void *col, int ct, long long at, const
  * image. Grid: x over runs of 8 pixels (one thread each: one division,
  * and one 16-byte store in fp16), y over k (looping past 65535), z over
  * images. */
-extern "C" __global__ void gh_im2col(const float *x, void *col, int ct, int ci, int h, int w, int kh, int kw,
+extern "C" __global__ void gh_im2col(const void *x, int xt, void *col, int ct, int ci, int h, int w, int kh, int kw,
                                      int stride, int pad_top, int pad_left, int wo, int p0, int np) {
         const int khw = kh * kw, kdim = ci * khw, img = blockIdx.z;
         const bool vec = ct == DT_F16 && np % IM2COL_RUN == 0;
 
         for (int kk = blockIdx.y; kk < kdim; kk += gridDim.y) {
                 const int c = kk / khw, r = kk % khw, ky = r / kw, kx = r % kw;
-                const float *xc = x + ((long long)img * ci + c) * h * w;
+                const long long xc = ((long long)img * ci + c) * h * w;
                 const long long row = ((long long)img * kdim + kk) * np;
                 for (int p = (blockIdx.x * blockDim.x + threadIdx.x) * IM2COL_RUN; p < np;
                      p += gridDim.x * blockDim.x * IM2COL_RUN) {
@@ -174,7 +232,8 @@ extern "C" __global__ void gh_im2col(const float *x, void *col, int ct, int ci, 
                         float v[IM2COL_RUN];
                         for (int j = 0; j < IM2COL_RUN; j++) {
                                 const int iy = oy * stride - pad_top + ky, ix = ox * stride - pad_left + kx;
-                                v[j] = p + j < np && iy >= 0 && iy < h && ix >= 0 && ix < w ? xc[iy * w + ix] : 0.0f;
+                                v[j] = p + j < np && iy >= 0 && iy < h && ix >= 0 && ix < w ? ld(x, xt, xc + iy * w + ix)
+                                                                                             : 0.0f;
                                 if (++ox == wo) {
                                         ox = 0;
                                         oy++;
@@ -192,8 +251,8 @@ extern "C" __global__ void gh_im2col(const float *x, void *col, int ct, int ci, 
  * there. Grid: x over runs of pixels, y over channels (looping past
  * 65535), z over images; dynamic shared memory for the most rows a block
  * needs (the caller's |rows| x w floats). */
-extern "C" __global__ void gh_im2col_tile(const float *x, void *col, int ct, int ci, int h, int w, int kh, int kw,
-                                          int stride, int pad_top, int pad_left, int wo, int p0, int np) {
+extern "C" __global__ void gh_im2col_tile(const void *x, int xt, void *col, int ct, int ci, int h, int w, int kh,
+                                          int kw, int stride, int pad_top, int pad_left, int wo, int p0, int np) {
         extern __shared__ float rows[];
         const int khw = kh * kw, kdim = ci * khw, img = blockIdx.z;
         const int pb = blockIdx.x * blockDim.x * IM2COL_RUN, pe = min(np, pb + (int)blockDim.x * IM2COL_RUN);
@@ -217,11 +276,11 @@ extern "C" __global__ void gh_im2col_tile(const float *x, void *col, int ct, int
                 }
         }
         for (int c = blockIdx.y; c < ci; c += gridDim.y) {
-                const float *xc = x + ((long long)img * ci + c) * h * w;
+                const long long xc = ((long long)img * ci + c) * h * w;
                 __syncthreads(); /* the previous channel's reads are done */
                 for (int i = threadIdx.x; i < nrows * w; i += blockDim.x) {
                         const int r = i / w, iy = iy0 + r;
-                        rows[i] = iy >= 0 && iy < h ? xc[iy * w + (i - r * w)] : 0.0f;
+                        rows[i] = iy >= 0 && iy < h ? ld(x, xt, xc + iy * w + (i - r * w)) : 0.0f;
                 }
                 __syncthreads();
                 if (p >= pe)
@@ -259,21 +318,20 @@ extern "C" __global__ void gh_cast(const void *src, int stype, void *dst, int dt
 /* y[r, i] += b[r % len] for rows r of |inner| elements: the bias of a
  * conv's NCHW output (inner H W, len C). Grid: x over a row, y over rows
  * (looping past 65535). */
-extern "C" __global__ void gh_bias_rows(float *y, const void *b, int bt, long long rows, int inner, int len) {
+extern "C" __global__ void gh_bias_rows(void *y, int yt, const void *b, int bt, long long rows, int inner, int len) {
         for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
                 const float v = ld(b, bt, r % len);
-                float *yr = y + r * inner;
                 for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < inner; i += gridDim.x * blockDim.x)
-                        yr[i] += v;
+                        st(y, yt, r * inner + i, ld(y, yt, r * inner + i) + v);
         }
 }
 
 /* y[r, i] += b[i] for a linear's [M, N] output (when cuBLASLt's epilogue
  * did not take it). Grid: x over a row, y over rows. */
-extern "C" __global__ void gh_bias_cols(float *y, const void *b, int bt, long long rows, int n) {
+extern "C" __global__ void gh_bias_cols(void *y, int yt, const void *b, int bt, long long rows, int n) {
         for (long long r = blockIdx.y; r < rows; r += gridDim.y)
                 for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
-                        y[r * n + i] += ld(b, bt, i);
+                        st(y, yt, r * n + i, ld(y, yt, r * n + i) + ld(b, bt, i));
 }
 
 /* y[r, i] = x[r, i] + b[r % len]: a convolution's 16-bit (dtype xt) NCHW
@@ -331,46 +389,45 @@ __device__ double2 block_sum2(double v, double w) {
 /* Group norm in two kernels, so that every SM works on it: partial sums
  * of x and x^2 (double) over |splits| chunks of each (batch item, group)
  * of x[B, C, inner] (grid x: B * groups, y: splits), then gh_gn_apply. */
-extern "C" __global__ void gh_gn_stats(const float *x, double2 *part, long long n, int splits) {
+template <class T> __device__ void gn_stats(const T *x, double2 *part, long long n, int splits) {
         const long long base = (long long)blockIdx.x * n;
         const long long chunk = ((n + splits - 1) / splits + 3) / 4 * 4, b0 = blockIdx.y * chunk;
         const long long e0 = b0 < n ? b0 : n, e1 = b0 + chunk < n ? b0 + chunk : n;
-        const float *xg = x + base;
+        const T *xg = x + base;
         double s = 0.0, q = 0.0;
+        long long tail = e0;
 
-        if ((((unsigned long long)(xg + e0)) & 15) == 0) {
+        if (aligned4<T>(xg + e0)) {
                 const long long nv = (e1 - e0) / 4;
-                const float4 *xv = (const float4 *)(xg + e0);
                 for (long long i = threadIdx.x; i < nv; i += blockDim.x) {
-                        const float4 v = xv[i];
-                        s += (double)v.x + v.y + v.z + v.w;
-                        q += (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
+                        float v[4];
+                        load4(xg + e0 + 4 * i, v);
+                        s += (double)v[0] + v[1] + v[2] + v[3];
+                        q += (double)v[0] * v[0] + (double)v[1] * v[1] + (double)v[2] * v[2] + (double)v[3] * v[3];
                 }
-                for (long long i = e0 + nv * 4 + threadIdx.x; i < e1; i += blockDim.x) {
-                        const double v = xg[i];
-                        s += v;
-                        q += v * v;
-                }
-        } else
-                for (long long i = e0 + threadIdx.x; i < e1; i += blockDim.x) {
-                        const double v = xg[i];
-                        s += v;
-                        q += v * v;
-                }
+                tail = e0 + nv * 4;
+        }
+        for (long long i = tail + threadIdx.x; i < e1; i += blockDim.x) {
+                const double v = ldv(xg[i]);
+                s += v;
+                q += v * v;
+        }
         const double2 r = block_sum2(s, q);
         if (threadIdx.x == 0)
                 part[(long long)blockIdx.x * splits + blockIdx.y] = r;
 }
+BOTH(gh_gn_stats, gn_stats, (const T *x, double2 *part, long long n, int splits), (x, part, n, splits))
 
 /* y = (x - mean) rstd gamma + beta (then SiLU) for rows (batch item,
  * channel) of |inner| elements: grid x over a row (4 elements a thread),
  * y over rows (looping past 65535). */
-extern "C" __global__ void gh_gn_apply(const float *x, float *y, const double2 *part, int splits, const void *gamma,
-                                       int gt, const void *beta, int bt, int c, int groups, long long inner,
-                                       float eps, int use_silu, long long rows) {
+template <class T>
+__device__ void gn_apply(const T *x, T *y, const double2 *part, int splits, const void *gamma, int gt,
+                         const void *beta, int bt, int c, int groups, long long inner, float eps, int use_silu,
+                         long long rows) {
         __shared__ float coef[2];
         const int len = c / groups;
-        const bool vec = inner % 4 == 0 && (((unsigned long long)x | (unsigned long long)y) & 15) == 0;
+        const bool vec = inner % 4 == 0 && aligned4<T>(x) && aligned4<T>(y);
 
         for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
                 const int ch = (int)(r % c);
@@ -393,39 +450,39 @@ extern "C" __global__ void gh_gn_apply(const float *x, float *y, const double2 *
                 }
                 __syncthreads();
                 const float scale = coef[0], shift = coef[1];
-                const float *xr = x + r * inner;
-                float *yr = y + r * inner;
+                const T *xr = x + r * inner;
+                T *yr = y + r * inner;
                 if (vec)
                         for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < inner / 4;
                              i += (long long)gridDim.x * blockDim.x) {
-                                float4 v = ((const float4 *)xr)[i];
-                                v.x = v.x * scale + shift;
-                                v.y = v.y * scale + shift;
-                                v.z = v.z * scale + shift;
-                                v.w = v.w * scale + shift;
-                                if (use_silu) {
-                                        v.x = silu(v.x);
-                                        v.y = silu(v.y);
-                                        v.z = silu(v.z);
-                                        v.w = silu(v.w);
+                                float v[4];
+                                load4(xr + 4 * i, v);
+                                for (int j = 0; j < 4; j++) {
+                                        v[j] = v[j] * scale + shift;
+                                        if (use_silu)
+                                                v[j] = silu(v[j]);
                                 }
-                                ((float4 *)yr)[i] = v;
+                                store4(yr + 4 * i, v);
                         }
                 else
                         for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < inner;
                              i += (long long)gridDim.x * blockDim.x) {
-                                const float v = xr[i] * scale + shift;
-                                yr[i] = use_silu ? silu(v) : v;
+                                const float v = ldv(xr[i]) * scale + shift;
+                                stv(yr + i, use_silu ? silu(v) : v);
                         }
                 __syncthreads();
         }
 }
+BOTH(gh_gn_apply, gn_apply,
+     (const T *x, T *y, const double2 *part, int splits, const void *gamma, int gt, const void *beta, int bt, int c,
+      int groups, long long inner, float eps, int use_silu, long long rows),
+     (x, y, part, splits, gamma, gt, beta, bt, c, groups, inner, eps, use_silu, rows))
 
 /* Layer norm, a warp per row of n <= 32 * VPL elements held in registers:
  * the mean, then the variance of the centred values (two passes over the
  * registers, one over memory). Rows on warps of 256-thread blocks. */
-template <int VPL>
-__device__ void layer_norm_warp(const float *x, float *y, const void *gamma, int gt, const void *beta, int bt,
+template <int VPL, class T>
+__device__ void layer_norm_warp(const T *x, T *y, const void *gamma, int gt, const void *beta, int bt,
                                 long long rows, int n, float eps) {
         const int lane = threadIdx.x % 32;
         const long long row = blockIdx.x * (long long)(blockDim.x / 32) + threadIdx.x / 32;
@@ -433,12 +490,12 @@ __device__ void layer_norm_warp(const float *x, float *y, const void *gamma, int
 
         if (row >= rows)
                 return;
-        const float *xr = x + row * n;
+        const T *xr = x + row * n;
         float s = 0.0f;
 #pragma unroll
         for (int j = 0; j < VPL; j++) {
                 const int i = j * 32 + lane;
-                v[j] = i < n ? xr[i] : 0.0f;
+                v[j] = i < n ? ldv(xr[i]) : 0.0f;
                 s += v[j];
         }
         const float mean = (float)(warp_sum((double)s) / n);
@@ -450,88 +507,129 @@ __device__ void layer_norm_warp(const float *x, float *y, const void *gamma, int
                 q += d * d;
         }
         const float rstd = (float)(1.0 / sqrt(warp_sum((double)q) / n + eps));
-        float *yr = y + row * n;
+        T *yr = y + row * n;
 #pragma unroll
         for (int j = 0; j < VPL; j++) {
                 const int i = j * 32 + lane;
                 if (i < n)
-                        yr[i] = (v[j] - mean) * rstd * (gamma ? ld(gamma, gt, i) : 1.0f) + (beta ? ld(beta, bt, i) : 0.0f);
+                        stv(yr + i, (v[j] - mean) * rstd * (gamma ? ld(gamma, gt, i) : 1.0f) +
+                                            (beta ? ld(beta, bt, i) : 0.0f));
         }
 }
-
-extern "C" __global__ void gh_layer_norm_w16(const float *x, float *y, const void *gamma, int gt, const void *beta,
-                                             int bt, long long rows, int n, float eps) {
-        layer_norm_warp<16>(x, y, gamma, gt, beta, bt, rows, n, eps);
+template <class T> __device__ void layer_norm_w16(const T *x, T *y, const void *gamma, int gt, const void *beta,
+                                                  int bt, long long rows, int n, float eps) {
+        layer_norm_warp<16, T>(x, y, gamma, gt, beta, bt, rows, n, eps);
 }
-
-extern "C" __global__ void gh_layer_norm_w48(const float *x, float *y, const void *gamma, int gt, const void *beta,
-                                             int bt, long long rows, int n, float eps) {
-        layer_norm_warp<48>(x, y, gamma, gt, beta, bt, rows, n, eps);
+template <class T> __device__ void layer_norm_w48(const T *x, T *y, const void *gamma, int gt, const void *beta,
+                                                  int bt, long long rows, int n, float eps) {
+        layer_norm_warp<48, T>(x, y, gamma, gt, beta, bt, rows, n, eps);
 }
+BOTH(gh_layer_norm_w16, layer_norm_w16,
+     (const T *x, T *y, const void *gamma, int gt, const void *beta, int bt, long long rows, int n, float eps),
+     (x, y, gamma, gt, beta, bt, rows, n, eps))
+BOTH(gh_layer_norm_w48, layer_norm_w48,
+     (const T *x, T *y, const void *gamma, int gt, const void *beta, int bt, long long rows, int n, float eps),
+     (x, y, gamma, gt, beta, bt, rows, n, eps))
 
 /* One block per row of length n (rows longer than the warp kernels take). */
-extern "C" __global__ void gh_layer_norm(const float *x, float *y, const void *gamma, int gt, const void *beta,
-                                         int bt, long long n, float eps) {
+template <class T>
+__device__ void layer_norm(const T *x, T *y, const void *gamma, int gt, const void *beta, int bt, long long n,
+                           float eps) {
         const long long base = (long long)blockIdx.x * n;
         double s = 0.0;
 
         for (long long i = threadIdx.x; i < n; i += blockDim.x)
-                s += x[base + i];
+                s += ldv(x[base + i]);
         double mean = block_sum(s) / (double)n;
         s = 0.0;
         for (long long i = threadIdx.x; i < n; i += blockDim.x) {
-                double d = x[base + i] - mean;
+                double d = ldv(x[base + i]) - mean;
                 s += d * d;
         }
         float rstd = (float)(1.0 / sqrt(block_sum(s) / (double)n + eps)), mf = (float)mean;
         for (long long i = threadIdx.x; i < n; i += blockDim.x) {
                 float g = gamma ? ld(gamma, gt, i) : 1.0f, b = beta ? ld(beta, bt, i) : 0.0f;
-                y[base + i] = (x[base + i] - mf) * rstd * g + b;
+                stv(y + base + i, (ldv(x[base + i]) - mf) * rstd * g + b);
         }
 }
+BOTH(gh_layer_norm, layer_norm,
+     (const T *x, T *y, const void *gamma, int gt, const void *beta, int bt, long long n, float eps),
+     (x, y, gamma, gt, beta, bt, n, eps))
 
 /* ---- element-wise ---- */
 
 /* act: gh_dact (0 SiLU, 1 GELU, 2 quick GELU). */
-extern "C" __global__ void gh_act(const float *x, float *y, long long n, int act) {
+template <class T> __device__ void act_(const T *x, T *y, long long n, int act) {
         GRID_STRIDE(i, n) {
-                float v = x[i];
-                y[i] = act == 0 ? silu(v) : act == 1 ? gelu(v) : quick_gelu(v);
+                float v = ldv(x[i]);
+                stv(y + i, act == 0 ? silu(v) : act == 1 ? gelu(v) : quick_gelu(v));
         }
 }
+BOTH(gh_act, act_, (const T *x, T *y, long long n, int act), (x, y, n, act))
 
-/* x[rows, 2N] -> y[rows, N]: grid x over a row, y over rows (looping). */
-extern "C" __global__ void gh_geglu(const float *x, float *y, long long rows, int half) {
+/* x[rows, 2N] -> y[rows, N]: grid x over a row (4 elements a thread
+ * where N and the tensors allow), y over rows (looping). */
+template <class T> __device__ void geglu(const T *x, T *y, long long rows, int half) {
+        const bool vec = half % 4 == 0 && aligned4<T>(x) && aligned4<T>(y);
         for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
-                const float *xr = x + r * 2 * half;
-                float *yr = y + r * half;
-                for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < half; c += gridDim.x * blockDim.x)
-                        yr[c] = xr[c] * gelu(xr[half + c]);
+                const T *xr = x + r * 2 * half;
+                T *yr = y + r * half;
+                if (vec) {
+                        for (int c = (blockIdx.x * blockDim.x + threadIdx.x) * 4; c < half;
+                             c += gridDim.x * blockDim.x * 4) {
+                                float a[4], g[4];
+                                load4(xr + c, a);
+                                load4(xr + half + c, g);
+                                for (int j = 0; j < 4; j++)
+                                        a[j] *= gelu(g[j]);
+                                store4(yr + c, a);
+                        }
+                } else
+                        for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < half; c += gridDim.x * blockDim.x)
+                                stv(yr + c, ldv(xr[c]) * gelu(ldv(xr[half + c])));
         }
 }
+BOTH(gh_geglu, geglu, (const T *x, T *y, long long rows, int half), (x, y, rows, half))
 
-extern "C" __global__ void gh_add(const float *a, const float *b, float *y, long long n) {
+/* Four elements a thread where every tensor is aligned to them. */
+template <class T> __device__ void add(const T *a, const T *b, T *y, long long n) {
+        if (n % 4 == 0 && aligned4<T>(a) && aligned4<T>(b) && aligned4<T>(y)) {
+                GRID_STRIDE(i, n / 4) {
+                        float u[4], v[4];
+                        load4(a + 4 * i, u);
+                        load4(b + 4 * i, v);
+                        for (int j = 0; j < 4; j++)
+                                u[j] += v[j];
+                        store4(y + 4 * i, u);
+                }
+                return;
+        }
         GRID_STRIDE(i, n)
-                y[i] = a[i] + b[i];
+                stv(y + i, ldv(a[i]) + ldv(b[i]));
 }
+BOTH(gh_add, add, (const T *a, const T *b, T *y, long long n), (a, b, y, n))
 
-/* y[p, i] = x[p, i] + v[p] over planes of hw elements: grid x over a
- * plane, y over planes (looping). */
-extern "C" __global__ void gh_add_channel(const float *x, const float *v, float *y, long long planes, int hw) {
+/* y[p, i] = x[p, i] + v[p] over planes of hw elements (v of dtype vt):
+ * grid x over a plane, y over planes (looping). */
+template <class T> __device__ void add_channel(const T *x, const void *v, int vt, T *y, long long planes, int hw) {
         for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
-                const float a = v[p];
+                const float a = ld(v, vt, p);
                 for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < hw; i += gridDim.x * blockDim.x)
-                        y[p * hw + i] = x[p * hw + i] + a;
+                        stv(y + p * hw + i, ldv(x[p * hw + i]) + a);
         }
 }
+BOTH(gh_add_channel, add_channel, (const T *x, const void *v, int vt, T *y, long long planes, int hw),
+     (x, v, vt, y, planes, hw))
 
-/* y[p, i] = x[p, i] + v[i] over rows of m elements: grid x over a row, y
- * over rows (looping). */
-extern "C" __global__ void gh_add_rows(const float *x, const float *v, float *y, long long rows, int m) {
+/* y[p, i] = x[p, i] + v[i] over rows of m elements (v of dtype vt): grid
+ * x over a row, y over rows (looping). */
+template <class T> __device__ void add_rows(const T *x, const void *v, int vt, T *y, long long rows, int m) {
         for (long long p = blockIdx.y; p < rows; p += gridDim.y)
                 for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < m; i += gridDim.x * blockDim.x)
-                        y[p * m + i] = x[p * m + i] + v[i];
+                        stv(y + p * m + i, ldv(x[p * m + i]) + ld(v, vt, i));
 }
+BOTH(gh_add_rows, add_rows, (const T *x, const void *v, int vt, T *y, long long rows, int m),
+     (x, v, vt, y, rows, m))
 
 extern "C" __global__ void gh_lincomb(float *y, long long n, int cnt, float c0, float c1, float c2, float c3,
                                       const float *x0, const float *x1, const float *x2, const float *x3) {
@@ -559,7 +657,7 @@ extern "C" __global__ void gh_scale_dim(float *y, const float *w, long long n, l
 
 /* x[planes, h, w] -> y[planes, 2h, 2w]: grid x over an output plane, y
  * over planes (looping). */
-extern "C" __global__ void gh_upsample2x(const float *x, float *y, long long planes, int h, int w) {
+template <class T> __device__ void upsample2x(const T *x, T *y, long long planes, int h, int w) {
         const int n = 4 * h * w, w2 = 2 * w;
         for (long long p = blockIdx.y; p < planes; p += gridDim.y)
                 for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
@@ -567,26 +665,28 @@ extern "C" __global__ void gh_upsample2x(const float *x, float *y, long long pla
                         y[p * n + i] = x[(p * h + oy / 2) * w + ox / 2];
                 }
 }
+BOTH(gh_upsample2x, upsample2x, (const T *x, T *y, long long planes, int h, int w), (x, y, planes, h, w))
 
 /* Along dimension 1: na, nb elements per batch item of a and b; grid x
  * over a row of y, y over batch items (looping). */
-extern "C" __global__ void gh_concat(const float *a, const float *b, float *y, long long batches, int na, int nb) {
+template <class T> __device__ void concat(const T *a, const T *b, T *y, long long batches, int na, int nb) {
         const int row = na + nb;
         for (long long bi = blockIdx.y; bi < batches; bi += gridDim.y)
                 for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < row; i += gridDim.x * blockDim.x)
                         y[bi * row + i] = i < na ? a[bi * na + i] : b[bi * nb + i - na];
 }
+BOTH(gh_concat, concat, (const T *a, const T *b, T *y, long long batches, int na, int nb), (a, b, y, batches, na, nb))
 
 /* y[b] = x[b]^T for x[B, rows, cols] (so [B, C, HW] -> [B, HW, C] and
  * back), through 32x32 tiles in shared memory. Grid: x over tiles of
  * cols, y over tiles of rows, z over batch items; blocks of 32 x 8
  * threads. */
 #define TT 32
-extern "C" __global__ void gh_transpose(const float *x, float *y, int rows, int cols) {
-        __shared__ float t[TT][TT + 1];
+template <class T> __device__ void transpose(const T *x, T *y, int rows, int cols) {
+        __shared__ T t[TT][TT + 1];
         const int c0 = blockIdx.x * TT, r0 = blockIdx.y * TT;
-        const float *xb = x + (long long)blockIdx.z * rows * cols;
-        float *yb = y + (long long)blockIdx.z * rows * cols;
+        const T *xb = x + (long long)blockIdx.z * rows * cols;
+        T *yb = y + (long long)blockIdx.z * rows * cols;
         for (int j = threadIdx.y; j < TT; j += blockDim.y)
                 if (r0 + j < rows && c0 + threadIdx.x < cols)
                         t[j][threadIdx.x] = xb[(long long)(r0 + j) * cols + c0 + threadIdx.x];
@@ -595,6 +695,7 @@ extern "C" __global__ void gh_transpose(const float *x, float *y, int rows, int 
                 if (c0 + j < cols && r0 + threadIdx.x < rows)
                         yb[(long long)(c0 + j) * rows + r0 + threadIdx.x] = t[threadIdx.x][j];
 }
+BOTH(gh_transpose, transpose, (const T *x, T *y, int rows, int cols), (x, y, rows, cols))
 
 /* y[r, k] = table[ids[r], k] + pos[r % pos_rows, k]. */
 extern "C" __global__ void gh_embedding(const int *ids, const void *table, int tt, const void *pos, int pt,
@@ -654,13 +755,14 @@ extern "C" __global__ void gh_softmax_rows(float *x, long long rows, int n, floa
  * dynamic shared memory, with an online softmax (running max and sum, the
  * partial output rescaled when the max grows), so any Tk fits; one tile
  * gives the plain softmax's arithmetic exactly. */
-extern "C" __global__ void gh_attention(const float *q, const float *k, const float *v, float *y, int tq, int tk,
-                                        int c, int heads, int causal, float scale, int tile) {
+template <class T>
+__device__ void attention(const T *q, const T *k, const T *v, T *y, int tq, int tk, int c, int heads, int causal,
+                          float scale, int tile) {
         extern __shared__ float sc[];
         const int qi = blockIdx.x, h = blockIdx.y, bi = blockIdx.z, d = c / heads;
-        const float *qr = q + ((long long)bi * tq + qi) * c + (long long)h * d;
-        const float *kb = k + (long long)bi * tk * c + (long long)h * d;
-        const float *vb = v + (long long)bi * tk * c + (long long)h * d;
+        const T *qr = q + ((long long)bi * tq + qi) * c + (long long)h * d;
+        const T *kb = k + (long long)bi * tk * c + (long long)h * d;
+        const T *vb = v + (long long)bi * tk * c + (long long)h * d;
         const int nk = causal && qi + 1 < tk ? qi + 1 : tk;
         float acc[ATT_DIMS] = {0.0f, 0.0f, 0.0f, 0.0f};
         float m = -INFINITY;
@@ -670,10 +772,10 @@ extern "C" __global__ void gh_attention(const float *q, const float *k, const fl
                 const int nt = nk - j0 < tile ? nk - j0 : tile;
                 float mt = -INFINITY;
                 for (int j = threadIdx.x; j < nt; j += blockDim.x) {
-                        const float *kr = kb + (long long)(j0 + j) * c;
+                        const T *kr = kb + (long long)(j0 + j) * c;
                         float s = 0.0f;
                         for (int i = 0; i < d; i++)
-                                s = fmaf(qr[i] * scale, kr[i], s);
+                                s = fmaf(ldv(qr[i]) * scale, ldv(kr[i]), s);
                         sc[j] = s;
                         mt = fmaxf(mt, s);
                 }
@@ -692,37 +794,43 @@ extern "C" __global__ void gh_attention(const float *q, const float *k, const fl
                                 break;
                         float a = acc[r] * corr;
                         for (int j = 0; j < nt; j++)
-                                a = fmaf(sc[j], vb[(long long)(j0 + j) * c + i], a);
+                                a = fmaf(sc[j], ldv(vb[(long long)(j0 + j) * c + i]), a);
                         acc[r] = a;
                 }
                 m = mn;
                 __syncthreads(); /* the next tile overwrites sc */
         }
         const float inv = (float)(1.0 / l);
-        float *yr = y + ((long long)bi * tq + qi) * c + (long long)h * d;
+        T *yr = y + ((long long)bi * tq + qi) * c + (long long)h * d;
         for (int r = 0; r < ATT_DIMS; r++) {
                 const int i = threadIdx.x + r * blockDim.x;
                 if (i >= d)
                         break;
-                yr[i] = acc[r] * inv;
+                stv(yr + i, acc[r] * inv);
         }
 }
+BOTH(gh_attention, attention,
+     (const T *q, const T *k, const T *v, T *y, int tq, int tk, int c, int heads, int causal, float scale, int tile),
+     (q, k, v, y, tq, tk, c, heads, causal, scale, tile))
 
 /* ---- flash attention on tensor cores (the fp16 mode) ----
  *
- * One block of 4 warps per 64 queries of one (batch item, head); each warp
- * owns 16 queries. Q is rounded to fp16 once; K and V go through shared
- * memory in tiles of BK keys. Scores come from mma.sync m16n8k16 (fp16 in,
+ * One block of BQ / 16 warps per BQ queries of one (batch item, head);
+ * each warp owns 16 queries. Q, scaled into the base-2 domain, is rounded
+ * to fp16 once; K and V go through shared memory in tiles of BK keys (K's
+ * fragments by ldmatrix, masked only in a tile that is not whole). Scores come from mma.sync m16n8k16 (fp16 in,
  * fp32 sums), the softmax is online (running max and sum per row, in the
  * base-2 domain), and the probabilities, rounded to fp16, are multiplied
  * by V straight from the score registers: the accumulator layout of one
  * mma is the operand layout of the next. Nothing of size Tq x Tk is ever
- * stored. q and y are F32 [B, T, C] with the heads side by side in C, k
- * and v the same in fp16 (the caller converts them once, rather than each
- * block each tile); d = C / heads is the template's D. */
+ * stored. q and y are [B, T, C] of the activation type T with the heads
+ * side by side in C, k and v the same in fp16 (for F32 activations the
+ * caller converts them once, rather than each block each tile); d = C /
+ * heads is the template's D. */
 
-#define FA_BQ 64
-#define FA_THREADS 128
+#define FA_BQ 64       /* the short kernels' rows (FS_ROWS) at most */
+#define FA_THREADS 128 /* their threads at most */
+#define FA_BQ_OF(D) 64 /* the long kernel's queries per block (2 BQ threads); 128 measured slower (registers) */
 
 __device__ __forceinline__ unsigned fa_pack(float a, float b) {
         __half2 h = __floats2half2_rn(a, b);
@@ -736,6 +844,20 @@ __device__ __forceinline__ void fa_mma(float c[4], const unsigned a[4], unsigned
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+/* Four (two) 8x8 fp16 matrices from shared memory, rows at the addresses
+ * of lanes 0-7, 8-15, 16-23, 24-31 (0-15): B operands of two k-steps
+ * (one) from a row-major [n][k] tile (K: keys by dims). */
+__device__ __forceinline__ void fa_ldsm_x4(unsigned r[4], const __half *p) {
+        unsigned a = (unsigned)__cvta_generic_to_shared(p);
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+}
+__device__ __forceinline__ void fa_ldsm_x2(unsigned r[2], const __half *p) {
+        unsigned a = (unsigned)__cvta_generic_to_shared(p);
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+}
+
 /* The B operand of an mma from a row-major [k][n] tile (V: keys by dims). */
 __device__ __forceinline__ void fa_ldsm_t(unsigned &b0, unsigned &b1, const __half *p) {
         unsigned a = (unsigned)__cvta_generic_to_shared(p);
@@ -745,16 +867,17 @@ __device__ __forceinline__ void fa_ldsm_t(unsigned &b0, unsigned &b1, const __ha
 /* Rows [r0, r0 + rows) of one head's D columns of src (row stride c) into
  * dst[rows][STR] as fp16, zero past row t and past column D (up to DK). */
 template <int D, int DK, int STR>
-__device__ __forceinline__ void fa_load(__half *dst, const float *src, long long r0, int rows, int t, int c) {
+__device__ __forceinline__ void fa_load(__half *dst, const float *src, long long r0, int rows, int t, int c,
+                                        float scale) {
         constexpr int V4 = DK / 4;
-        for (int e = threadIdx.x; e < rows * V4; e += FA_THREADS) {
+        for (int e = threadIdx.x; e < rows * V4; e += 2 * FA_BQ_OF(D)) { /* the block's threads */
                 const int r = e / V4, d = e % V4 * 4;
                 float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
                 if (d < D && r0 + r < t)
                         v = *(const float4 *)(src + (r0 + r) * (long long)c + d);
                 __half2 *o = (__half2 *)(dst + r * STR + d);
-                o[0] = __floats2half2_rn(v.x, v.y);
-                o[1] = __floats2half2_rn(v.z, v.w);
+                o[0] = __floats2half2_rn(v.x * scale, v.y * scale);
+                o[1] = __floats2half2_rn(v.z * scale, v.w * scale);
         }
 }
 
@@ -763,7 +886,7 @@ __device__ __forceinline__ void fa_load(__half *dst, const float *src, long long
 template <int D, int DK, int STR>
 __device__ __forceinline__ void fa_load16(__half *dst, const __half *src, long long r0, int rows, int t, int c) {
         constexpr int V8 = DK / 8;
-        for (int e = threadIdx.x; e < rows * V8; e += FA_THREADS) {
+        for (int e = threadIdx.x; e < rows * V8; e += 2 * FA_BQ_OF(D)) { /* the block's threads */
                 const int r = e / V8, d = e % V8 * 8;
                 uint4 v = make_uint4(0u, 0u, 0u, 0u);
                 if (d < D && r0 + r < t)
@@ -772,24 +895,61 @@ __device__ __forceinline__ void fa_load16(__half *dst, const __half *src, long l
         }
 }
 
-template <int D, int BK>
-__device__ __forceinline__ void flash_attention(const float *q, const __half *k, const __half *v, float *y, int tq,
-                                                int tk, int c, float scale_log2) {
+/* fp16 rows times |scale| (Q into the softmax's base-2 domain). */
+template <int D, int DK, int STR>
+__device__ __forceinline__ void fa_load16(__half *dst, const __half *src, long long r0, int rows, int t, int c,
+                                          float scale) {
+        constexpr int V8 = DK / 8;
+        for (int e = threadIdx.x; e < rows * V8; e += 2 * FA_BQ_OF(D)) { /* the block's threads */
+                const int r = e / V8, d = e % V8 * 8;
+                uint4 v = make_uint4(0u, 0u, 0u, 0u);
+                if (d < D && r0 + r < t)
+                        v = *(const uint4 *)(src + (r0 + r) * (long long)c + d);
+                __half2 *h = (__half2 *)&v;
+                for (int i = 0; i < 4; i++) /* in fp32: a product in fp16 could round twice */
+                        h[i] = __floats2half2_rn(__low2float(h[i]) * scale, __high2float(h[i]) * scale);
+                *(uint4 *)(dst + r * STR + d) = v;
+        }
+}
+
+/* Q's rows times |scale|, from F32 or from fp16. */
+template <int D, int DK, int STR>
+__device__ __forceinline__ void fa_load_q(__half *dst, const float *src, long long r0, int rows, int t, int c,
+                                          float scale) {
+        fa_load<D, DK, STR>(dst, src, r0, rows, t, c, scale);
+}
+template <int D, int DK, int STR>
+__device__ __forceinline__ void fa_load_q(__half *dst, const __half *src, long long r0, int rows, int t, int c,
+                                          float scale) {
+        fa_load16<D, DK, STR>(dst, src, r0, rows, t, c, scale);
+}
+
+__device__ __forceinline__ void fa_store2(float *p, float a, float b) {
+        *(float2 *)p = make_float2(a, b);
+}
+__device__ __forceinline__ void fa_store2(__half *p, float a, float b) {
+        *(__half2 *)p = __floats2half2_rn(a, b);
+}
+
+template <int D, int BK, class T>
+__device__ __forceinline__ void flash_attention(const T *q, const __half *k, const __half *v, T *y, int tq, int tk,
+                                                int c, float scale_log2) {
         constexpr int DK = (D + 15) / 16 * 16, STR = DK + 8, NT = BK / 8, DT = D / 8, KS = DK / 16;
-        __shared__ __align__(16) __half qs[FA_BQ * STR];
+        constexpr int BQ = FA_BQ_OF(D);
+        __shared__ __align__(16) __half qs[BQ * STR];
         __shared__ __align__(16) __half ks[BK * STR];
         __shared__ __align__(16) __half vs[BK * STR];
         const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
-        const long long q0 = (long long)blockIdx.x * FA_BQ, hoff = (long long)blockIdx.y * D;
+        const long long q0 = (long long)blockIdx.x * BQ, hoff = (long long)blockIdx.y * D;
         const long long bi = blockIdx.z;
-        const float *qb = q + bi * tq * c + hoff;
+        const T *qb = q + bi * tq * c + hoff;
         const __half *kb = k + bi * tk * c + hoff, *vb = v + bi * tk * c + hoff;
         unsigned qa[KS][4];
         float o[DT][4], mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
 
         for (int i = 0; i < DT; i++)
                 o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-        fa_load<D, DK, STR>(qs, qb, q0, FA_BQ, tq, c);
+        fa_load_q<D, DK, STR>(qs, qb, q0, BQ, tq, c, scale_log2);
         __syncthreads();
         const __half *qw = qs + warp * 16 * STR;
         for (int s = 0; s < KS; s++) {
@@ -805,18 +965,29 @@ __device__ __forceinline__ void flash_attention(const float *q, const __half *k,
                 fa_load16<D, DK, STR>(vs, vb, j0, BK, tk, c);
                 __syncthreads();
                 for (int n = 0; n < NT; n++) {
-                        const __half *kr = ks + (n * 8 + g) * STR + 2 * t4;
+                        /* lane L addresses row n*8 + L%8 at column (L/8)*8 of each pair of k-steps */
+                        const __half *kr = ks + (n * 8 + lane % 8) * STR + lane / 8 * 8;
                         sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
-                        for (int s = 0; s < KS; s++)
-                                fa_mma(sc[n], qa[s], *(const unsigned *)(kr + s * 16),
-                                       *(const unsigned *)(kr + s * 16 + 8));
-                }
-                for (int n = 0; n < NT; n++)
-                        for (int i = 0; i < 4; i++) {
-                                const float s = j0 + n * 8 + 2 * t4 + (i & 1) < tk ? sc[n][i] * scale_log2 : -INFINITY;
-                                sc[n][i] = s;
-                                mx[i >> 1] = fmaxf(mx[i >> 1], s);
+                        for (int s = 0; s + 1 < KS; s += 2) {
+                                unsigned b[4];
+                                fa_ldsm_x4(b, kr + s * 16);
+                                fa_mma(sc[n], qa[s], b[0], b[1]);
+                                fa_mma(sc[n], qa[s + 1], b[2], b[3]);
                         }
+                        if (KS % 2) {
+                                unsigned b[2];
+                                fa_ldsm_x2(b, kr + (KS - 1) * 16);
+                                fa_mma(sc[n], qa[KS - 1], b[0], b[1]);
+                        }
+                }
+                if (j0 + BK > tk) /* keys past the end: none of the softmax */
+                        for (int n = 0; n < NT; n++)
+                                for (int i = 0; i < 4; i++)
+                                        if (j0 + n * 8 + 2 * t4 + (i & 1) >= tk)
+                                                sc[n][i] = -INFINITY;
+                for (int n = 0; n < NT; n++)
+                        for (int i = 0; i < 4; i++)
+                                mx[i >> 1] = fmaxf(mx[i >> 1], sc[n][i]);
                 for (int r = 0; r < 2; r++) { /* the 4 threads of a row */
                         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
                         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
@@ -854,10 +1025,10 @@ __device__ __forceinline__ void flash_attention(const float *q, const __half *k,
                 const long long row = q0 + warp * 16 + g + 8 * r;
                 if (row >= tq)
                         continue;
-                float *yr = y + (bi * tq + row) * c + hoff + 2 * t4;
+                T *yr = y + (bi * tq + row) * c + hoff + 2 * t4;
                 const float inv = 1.0f / lrow[r];
                 for (int i = 0; i < DT; i++)
-                        *(float2 *)(yr + i * 8) = make_float2(o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
+                        fa_store2(yr + i * 8, o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
         }
 }
 
@@ -865,10 +1036,15 @@ __device__ __forceinline__ void flash_attention(const float *q, const __half *k,
  * 64, or 32 where the dimension is large, to stay in 48 KiB of shared
  * memory); backend-cuda.c's FA_DIMS lists them. */
 #define FA_KERNEL(D, BK)                                                                                          \
-        extern "C" __global__ void __launch_bounds__(FA_THREADS)                                                  \
+        extern "C" __global__ void __launch_bounds__(2 * FA_BQ_OF(D))                                             \
                 gh_flash_attention_##D(const float *q, const __half *k, const __half *v, float *y, int tq, int tk, \
                                        int c, float scale_log2) {                                                 \
-                flash_attention<D, BK>(q, k, v, y, tq, tk, c, scale_log2);                                        \
+                flash_attention<D, BK, float>(q, k, v, y, tq, tk, c, scale_log2);                                 \
+        }                                                                                                         \
+        extern "C" __global__ void __launch_bounds__(2 * FA_BQ_OF(D))                                             \
+                gh_flash_attention_##D##_h(const __half *q, const __half *k, const __half *v, __half *y, int tq,  \
+                                           int tk, int c, float scale_log2) {                                     \
+                flash_attention<D, BK, __half>(q, k, v, y, tq, tk, c, scale_log2);                                \
         }
 FA_KERNEL(32, 64)
 FA_KERNEL(40, 64)
@@ -876,6 +1052,137 @@ FA_KERNEL(64, 64)
 FA_KERNEL(80, 64)
 FA_KERNEL(128, 32)
 FA_KERNEL(160, 32)
+
+/* ---- flash attention over short sequences (the motion modules' frames) ----
+ *
+ * Where Tq and Tk are at most ROWS (16 or 32), one block takes FS_ROWS(D)
+ * / ROWS batch items of one head, ROWS query and key rows each (zeros
+ * past Tq and Tk), with a warp per 16 query rows of one item: the scores
+ * of those rows against the item's ROWS keys only, one plain softmax
+ * (every key is in the tile), then P V. The general kernel would spend a
+ * block of 64 x 64 tiles on each 16 x 16 sequence. Blocks have
+ * 2 FS_ROWS(D) threads: 32 rows where D is large, to stay in 48 KiB. */
+
+#define FS_ROWS(D) ((D) > 80 ? 32 : 64)
+
+/* BR rows: |items| batch items (ROWS rows each, |t| of them real) of one
+ * head's D columns of src, into dst[BR][STR] as fp16. */
+template <int D, int DK, int STR, int ROWS, int BR>
+__device__ __forceinline__ void fs_load(__half *dst, const __half *src, long long b0, long long batches, int t,
+                                        int c, long long hoff) {
+        constexpr int V = DK / 8;
+        for (int e = threadIdx.x; e < BR * V; e += 2 * BR) { /* the block's threads */
+                const int row = e / V, d = e % V * 8, it = row / ROWS, r = row % ROWS;
+                uint4 v = make_uint4(0u, 0u, 0u, 0u);
+                if (d < D && r < t && b0 + it < batches)
+                        v = *(const uint4 *)(src + ((b0 + it) * t + r) * (long long)c + hoff + d);
+                *(uint4 *)(dst + row * STR + d) = v;
+        }
+}
+template <int D, int DK, int STR, int ROWS, int BR>
+__device__ __forceinline__ void fs_load(__half *dst, const float *src, long long b0, long long batches, int t,
+                                        int c, long long hoff) {
+        constexpr int V = DK / 4;
+        for (int e = threadIdx.x; e < BR * V; e += 2 * BR) { /* the block's threads */
+                const int row = e / V, d = e % V * 4, it = row / ROWS, r = row % ROWS;
+                float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                if (d < D && r < t && b0 + it < batches)
+                        v = *(const float4 *)(src + ((b0 + it) * t + r) * (long long)c + hoff + d);
+                __half2 *o = (__half2 *)(dst + row * STR + d);
+                o[0] = __floats2half2_rn(v.x, v.y);
+                o[1] = __floats2half2_rn(v.z, v.w);
+        }
+}
+
+template <int D, int ROWS, class T>
+__device__ __forceinline__ void flash_short(const T *q, const __half *k, const __half *v, T *y, int tq, int tk,
+                                            int c, long long batches, float scale_log2) {
+        constexpr int DK = (D + 15) / 16 * 16, STR = DK + 8, DT = D / 8, KS = DK / 16;
+        constexpr int BR = FS_ROWS(D), ITEMS = BR / ROWS, WPI = ROWS / 16, NT = ROWS / 8;
+        __shared__ __align__(16) __half qs[BR * STR];
+        __shared__ __align__(16) __half ks[BR * STR];
+        __shared__ __align__(16) __half vs[BR * STR];
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+        const int item = warp / WPI, r0 = (warp % WPI) * 16;
+        const long long b0 = (long long)blockIdx.x * ITEMS, hoff = (long long)blockIdx.y * D;
+        unsigned qa[KS][4];
+        float o[DT][4], sc[NT][4], mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+
+        fs_load<D, DK, STR, ROWS, BR>(qs, q, b0, batches, tq, c, hoff);
+        fs_load<D, DK, STR, ROWS, BR>(ks, k, b0, batches, tk, c, hoff);
+        fs_load<D, DK, STR, ROWS, BR>(vs, v, b0, batches, tk, c, hoff);
+        __syncthreads();
+        const __half *qw = qs + (item * ROWS + r0) * STR;
+        for (int s = 0; s < KS; s++) {
+                qa[s][0] = *(const unsigned *)(qw + g * STR + s * 16 + 2 * t4);
+                qa[s][1] = *(const unsigned *)(qw + (g + 8) * STR + s * 16 + 2 * t4);
+                qa[s][2] = *(const unsigned *)(qw + g * STR + s * 16 + 8 + 2 * t4);
+                qa[s][3] = *(const unsigned *)(qw + (g + 8) * STR + s * 16 + 8 + 2 * t4);
+        }
+        for (int n = 0; n < NT; n++) {
+                const __half *kr = ks + (item * ROWS + n * 8 + g) * STR + 2 * t4;
+                sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
+                for (int s = 0; s < KS; s++)
+                        fa_mma(sc[n], qa[s], *(const unsigned *)(kr + s * 16), *(const unsigned *)(kr + s * 16 + 8));
+                for (int i = 0; i < 4; i++) {
+                        sc[n][i] = n * 8 + 2 * t4 + (i & 1) < tk ? sc[n][i] * scale_log2 : -INFINITY;
+                        mx[i >> 1] = fmaxf(mx[i >> 1], sc[n][i]);
+                }
+        }
+        for (int r = 0; r < 2; r++) { /* the 4 threads of a row */
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        }
+        for (int n = 0; n < NT; n++)
+                for (int i = 0; i < 4; i++) {
+                        sc[n][i] = exp2f(sc[n][i] - mx[i >> 1]);
+                        l[i >> 1] += sc[n][i];
+                }
+        for (int i = 0; i < DT; i++)
+                o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+        for (int s = 0; s < ROWS / 16; s++) {
+                const unsigned pa[4] = {fa_pack(sc[2 * s][0], sc[2 * s][1]), fa_pack(sc[2 * s][2], sc[2 * s][3]),
+                                        fa_pack(sc[2 * s + 1][0], sc[2 * s + 1][1]),
+                                        fa_pack(sc[2 * s + 1][2], sc[2 * s + 1][3])};
+                const __half *vr = vs + (item * ROWS + s * 16 + lane % 16) * STR;
+                for (int i = 0; i < DT; i++) {
+                        unsigned b0r, b1r;
+                        fa_ldsm_t(b0r, b1r, vr + i * 8);
+                        fa_mma(o[i], pa, b0r, b1r);
+                }
+        }
+        for (int r = 0; r < 2; r++) {
+                l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+                l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+                const int row = r0 + g + 8 * r;
+                if (row >= tq || b0 + item >= batches)
+                        continue;
+                T *yr = y + ((b0 + item) * tq + row) * c + hoff + 2 * t4;
+                const float inv = 1.0f / l[r];
+                for (int i = 0; i < DT; i++)
+                        fa_store2(yr + i * 8, o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
+        }
+}
+
+/* The motion modules' head dimensions (8 heads over SD 1.x's 320, 640 and
+ * 1280 channels), rows of 16 and of 32; backend-cuda.c's FS_DIMS. */
+#define FS_KERNEL(D, ROWS)                                                                                        \
+        extern "C" __global__ void __launch_bounds__(FA_THREADS)                                                  \
+                gh_flash_short_##D##_##ROWS(const float *q, const __half *k, const __half *v, float *y, int tq,   \
+                                            int tk, int c, long long batches, float scale_log2) {                 \
+                flash_short<D, ROWS, float>(q, k, v, y, tq, tk, c, batches, scale_log2);                          \
+        }                                                                                                         \
+        extern "C" __global__ void __launch_bounds__(FA_THREADS)                                                  \
+                gh_flash_short_##D##_##ROWS##_h(const __half *q, const __half *k, const __half *v, __half *y,     \
+                                                int tq, int tk, int c, long long batches, float scale_log2) {     \
+                flash_short<D, ROWS, __half>(q, k, v, y, tq, tk, c, batches, scale_log2);                         \
+        }
+FS_KERNEL(40, 16)
+FS_KERNEL(40, 32)
+FS_KERNEL(80, 16)
+FS_KERNEL(80, 32)
+FS_KERNEL(160, 16)
+FS_KERNEL(160, 32)
 
 /* ---- timestep embedding: the timesteps by value, no staging ---- */
 

@@ -537,7 +537,7 @@ static int cmd_sample(gh_dfiles *f, const gh_sd_models *m, const opts *o, gh_dct
         tokens(t, o->prompt ? o->prompt : "", cond);
         tokens(t, o->negative ? o->negative : "", uncond);
         uint32_t chunks = cond->n_chunks > uncond->n_chunks ? cond->n_chunks : uncond->n_chunks;
-        if (gh_sd_params_check(m, &p, err, sizeof(err)) < 0 || gh_sd_plan(m, &p, chunks, &plan, err, sizeof(err)) < 0) {
+        if (gh_sd_params_check(m, &p, err, sizeof(err)) < 0 || gh_sd_plan(m, &p, chunks, c->half, &plan, err, sizeof(err)) < 0) {
                 fprintf(stderr, "gpuhost-sd: %s\n", err);
                 return 1;
         }
@@ -591,7 +591,7 @@ static int cmd_plan(const gh_sd_models *m, const opts *o) {
         char err[1200];
         size_t bytes;
 
-        if (gh_sd_params_check(m, &p, err, sizeof(err)) < 0 || gh_sd_plan(m, &p, 1, &bytes, err, sizeof(err)) < 0) {
+        if (gh_sd_params_check(m, &p, err, sizeof(err)) < 0 || gh_sd_plan(m, &p, 1, o->cuda && o->fp16, &bytes, err, sizeof(err)) < 0) {
                 fprintf(stderr, "gpuhost-sd: %s\n", err);
                 return 1;
         }
@@ -728,7 +728,7 @@ int main(int argc, char **argv) {
         if (strcmp(argv[optind], "sample") == 0) {
                 gh_sd_params p = params_of(&o);
                 if (gh_sd_params_check(&m, &p, err, sizeof(err)) < 0 ||
-                    gh_sd_plan(&m, &p, 8, &bytes, err, sizeof(err)) < 0) {
+                    gh_sd_plan(&m, &p, 8, o.cuda && o.fp16, &bytes, err, sizeof(err)) < 0) {
                         fprintf(stderr, "gpuhost-sd: %s\n", err);
                         return 1;
                 }
@@ -737,6 +737,7 @@ int main(int argc, char **argv) {
         if (o.cuda) {
                 c.be = &gh_dbackend_cuda;
                 c.be_state = &g.be;
+                c.half = o.fp16; /* the UNet's activations in F16 */
                 mem = gpu_arena(&g, bytes);
         } else
 #endif

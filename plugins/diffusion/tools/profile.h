@@ -10,6 +10,9 @@
 #include "backend.h"
 
 #define GH_PROFILE_OPS 21
+#define GH_PROFILE_SHAPES 512 /* distinct shapes booked; more go uncounted */
+#define GH_PROFILE_SIG 96     /* a shape's description, at most */
+#define GH_PROFILE_TOP 30     /* shapes printed */
 
 typedef struct gh_profile {
         const gh_dbackend *inner;
@@ -19,6 +22,12 @@ typedef struct gh_profile {
         /* With device timestamps: a pair per op, read in batches. */
         uint32_t n_marks;
         uint8_t mark_op[GH_DBACKEND_MARKS / 2];
+        uint16_t mark_shape[GH_DBACKEND_MARKS / 2];
+        /* Per shape: its description, calls and time. */
+        uint16_t n_shapes;
+        char shape_sig[GH_PROFILE_SHAPES][GH_PROFILE_SIG];
+        unsigned long shape_calls[GH_PROFILE_SHAPES];
+        double shape_seconds[GH_PROFILE_SHAPES];
         int error; /* the first failure of the timestamps */
 } gh_profile;
 
@@ -27,5 +36,6 @@ extern const gh_dbackend gh_dbackend_profile;
 
 /* Forgets what was measured so far. */
 void gh_profile_reset(gh_profile *p);
-/* The totals, largest first, with their share of the whole. */
+/* The totals, largest first, with their share of the whole; then the
+ * shapes that took longest. */
 void gh_profile_print(gh_profile *p, FILE *f);
