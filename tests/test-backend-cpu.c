@@ -437,6 +437,7 @@ static void test_conv2d(void **state) {
 typedef struct linear_arg {
         gh_dt x, w, b, y;
         bool bias;
+        const float *y0; /* linear_add: y's values before */
 } linear_arg;
 
 static void linear_op(gh_dcpu *cpu, const void *arg, float *out) {
@@ -445,6 +446,15 @@ static void linear_op(gh_dcpu *cpu, const void *arg, float *out) {
 
         y.data = out;
         assert_int_equal(be->linear(cpu, &a->x, &a->w, a->bias ? &a->b : NULL, &y), 0);
+}
+
+static void linear_add_op(gh_dcpu *cpu, const void *arg, float *out) {
+        const linear_arg *a = arg;
+        gh_dt y = a->y;
+
+        y.data = out;
+        memcpy(out, a->y0, (size_t)gh_dt_numel(&y) * sizeof(float));
+        assert_int_equal(be->linear_add(cpu, &a->x, &a->w, a->bias ? &a->b : NULL, &y), 0);
 }
 
 static void test_linear(void **state) {
@@ -483,6 +493,13 @@ static void test_linear(void **state) {
                                 }
                         snprintf(what, sizeof(what), "linear %zu %s", ci, wnames[t]);
                         check(linear_op, &a, m * n, ref, TOL, what);
+                        /* y += the same, onto values already there (over every K block, and K 0) */
+                        float *y0 = rnd(m * n, -2, 2);
+                        for (int64_t i = 0; i < m * n; i++)
+                                ref[i] += y0[i];
+                        a.y0 = y0;
+                        snprintf(what, sizeof(what), "linear_add %zu %s", ci, wnames[t]);
+                        check(linear_add_op, &a, m * n, ref, TOL, what);
                 }
         }
 }

@@ -62,8 +62,8 @@ typedef enum gh_dcpu_bsrc {
         GH_DCPU_B_IM2COL, /* B[ci kh kw + ky kw + kx][oy wo + ox] from an image */
 } gh_dcpu_bsrc;
 
-/* C[m][n] = sum_k A[m][k] B[k][n] (+ bias), for each of |batches| B
- * and C (A is shared). A[m][k] = a[m * lda + k]. |kc|: the K block (from
+/* C[m][n] = sum_k A[m][k] B[k][n] (+ bias), or C[m][n] += that where
+ * |accumulate|, for each of |batches| B and C (A is shared). A[m][k] = a[m * lda + k]. |kc|: the K block (from
  * k alone, see gh_dcpu_kc()); the partial sums of the blocks are added in
  * order. */
 typedef struct gh_dcpu_gemm {
@@ -83,6 +83,7 @@ typedef struct gh_dcpu_gemm {
         const void *bias; /* NULL: none */
         gh_dtype_id bias_t;
         bool bias_per_row; /* bias[m] (convolution), else bias[n] */
+        bool accumulate;   /* C += the product (and the bias) */
 } gh_dcpu_gemm;
 
 /* One attention: q [B, Tq, heads * d], k and v [B, Tk, heads * d], y

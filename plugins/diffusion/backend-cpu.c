@@ -180,7 +180,7 @@ static int cpu_conv2d(void *be, const gh_dt *x, const gh_dt *w, const gh_dt *b, 
         return gemm_run(be, &g);
 }
 
-static int cpu_linear(void *be, const gh_dt *x, const gh_dt *w, const gh_dt *b, gh_dt *y) {
+static int linear(void *be, const gh_dt *x, const gh_dt *w, const gh_dt *b, gh_dt *y, bool accumulate) {
         const int64_t k = w->shape[1], n = w->shape[0];
         int64_t m = 1;
 
@@ -205,8 +205,17 @@ static int cpu_linear(void *be, const gh_dt *x, const gh_dt *w, const gh_dt *b, 
                 .ldc = n,
                 .bias = b ? b->data : NULL,
                 .bias_t = b ? b->dtype : GH_TENSOR_F32,
+                .accumulate = accumulate,
         };
         return gemm_run(be, &g);
+}
+
+static int cpu_linear(void *be, const gh_dt *x, const gh_dt *w, const gh_dt *b, gh_dt *y) {
+        return linear(be, x, w, b, y, false);
+}
+
+static int cpu_linear_add(void *be, const gh_dt *x, const gh_dt *w, const gh_dt *b, gh_dt *y) {
+        return linear(be, x, w, b, y, true);
 }
 
 /* ---- attention ---- */
@@ -732,6 +741,7 @@ const gh_dbackend gh_dbackend_cpu = {
         .name = "cpu",
         .conv2d = cpu_conv2d,
         .linear = cpu_linear,
+        .linear_add = cpu_linear_add,
         .group_norm = cpu_group_norm,
         .layer_norm = cpu_layer_norm,
         .act = cpu_act,

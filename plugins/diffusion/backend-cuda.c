@@ -36,6 +36,7 @@
 #define THREADS 256       /* a block, for 1-D kernels */
 #define GN_CHUNK 8192     /* group norm: elements per partial sum, at least */
 #define GN_SPLITS 64      /* group norm: partial sums per group, at most */
+#define GN_ROW_MIN 1024   /* group norm: rows shorter than this normalize flatly (gh_gn_flat) */
 #define LN_WARP_MAX 1536  /* layer norm: rows up to this long on a warp each (48 per lane) */
 #define TILE 32           /* TT in kernels.cu: the transpose's tiles */
 #define MAX_BLOCKS 65536  /* 1-D grids; the kernels loop over the rest */
@@ -103,7 +104,10 @@ enum {
         K_FA_H, /* one per FA_DIMS entry */
         K_FS = K_FA_H + 6, /* the short-sequence flash kernels: per FS_DIMS entry, rows of 16 then 32 */
         K_FS_H = K_FS + 6, /* the same on F16 activations */
-        K_COUNT = K_FS_H + 6,
+        K_GN_FINAL = K_FS_H + 6,
+        K_GN_FLAT,
+        K_GN_FLAT_H,
+        K_COUNT,
 };
 
 _Static_assert(K_COUNT == GH_DCUDA_KERNELS, "GH_DCUDA_KERNELS must match the kernels");
@@ -176,6 +180,9 @@ static const char *const kernel_names[K_COUNT] = {
         [K_FS_H + 3] = "gh_flash_short_80_32_h",
         [K_FS_H + 4] = "gh_flash_short_160_16_h",
         [K_FS_H + 5] = "gh_flash_short_160_32_h",
+        [K_GN_FINAL] = "gh_gn_final",
+        [K_GN_FLAT] = "gh_gn_flat",
+        [K_GN_FLAT_H] = "gh_gn_flat_h",
 };
 
 /* The F16-activation kernel of each kernel that has one. */
@@ -187,6 +194,7 @@ static const struct {
         {K_ACT, K_ACT_H},             {K_GEGLU, K_GEGLU_H},             {K_ATTENTION, K_ATTENTION_H},
         {K_UPSAMPLE2X, K_UPSAMPLE2X_H}, {K_ADD, K_ADD_H},               {K_ADD_CHANNEL, K_ADD_CHANNEL_H},
         {K_ADD_ROWS, K_ADD_ROWS_H},   {K_CONCAT, K_CONCAT_H},           {K_TRANSPOSE, K_TRANSPOSE_H},
+        {K_GN_FLAT, K_GN_FLAT_H},
 };
 
 /* Kernel k for activations of t's dtype: its _h instantiation for F16. */
@@ -399,7 +407,10 @@ static int lt_follow_context(gh_dcuda *s) {
         return 0;
 }
 
-static int gemm(gh_dcuda *s, const gemm_key *key, CUdeviceptr a, CUdeviceptr b, CUdeviceptr d, const void *bias) {
+/* D = op(A) B (+ bias), plus D's old values where |accumulate| (beta 1:
+ * C is D). */
+static int gemm_acc(gh_dcuda *s, const gemm_key *key, CUdeviceptr a, CUdeviceptr b, CUdeviceptr d, const void *bias,
+                    bool accumulate) {
         const float one = 1.0f, zero = 0.0f;
         gh_dcuda_gemm *g;
         int r = lt_follow_context(s);
@@ -411,11 +422,16 @@ static int gemm(gh_dcuda *s, const gemm_key *key, CUdeviceptr a, CUdeviceptr b, 
         if (key->bias_type &&
             s->lt->MatmulDescSetAttribute(g->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)))
                 return -EIO;
-        if (s->lt->Matmul(s->lt_handle, g->desc, &one, (const void *)a, g->a, (const void *)b, g->b, &zero,
+        if (s->lt->Matmul(s->lt_handle, g->desc, &one, (const void *)a, g->a, (const void *)b, g->b,
+                          accumulate ? &one : &zero,
                           (const void *)d, g->d, (void *)d, g->d, &g->algo, (void *)s->work, GH_DCUDA_LT_WORKSPACE,
                           (cudaStream_t)s->stream))
                 return -EIO;
         return 0;
+}
+
+static int gemm(gh_dcuda *s, const gemm_key *key, CUdeviceptr a, CUdeviceptr b, CUdeviceptr d, const void *bias) {
+        return gemm_acc(s, key, a, b, d, bias, false);
 }
 
 static bool use_lt(const gh_dcuda *s) {
@@ -576,7 +592,7 @@ static int conv_lt(gh_dcuda *s, const conv_shape *c, const gh_dt *x, const gh_dt
  * the bias in cuBLASLt's epilogue where it takes it (*ret_biased): as it
  * is where it has y's 16-bit type, else as F32. */
 static int linear_lt(gh_dcuda *s, const gh_dt *x, const gh_dt *w, const gh_dt *b, gh_dt *y, long long m,
-                     bool *ret_biased) {
+                     bool accumulate, bool *ret_biased, long long *ret_done) {
         const int t = operand_type(s, w);
         const int64_t n = w->shape[0], k = w->shape[1];
         CUdeviceptr wp, col;
@@ -610,18 +626,19 @@ static int linear_lt(gh_dcuda *s, const gh_dt *x, const gh_dt *w, const gh_dt *b
                         s->cast = (__typeof__(s->cast)){xr, col, count, t, true};
                         xb = col;
                 }
-                r = gemm(s, &key, wp, xb, yr, (const void *)bias);
+                r = gemm_acc(s, &key, wp, xb, yr, (const void *)bias, accumulate);
                 if (yr < xr + (size_t)count * xs && xr < yr + (size_t)(rows * n) * ys)
                         s->cast.valid = false; /* wrote over its own input */
                 if (r == -EOPNOTSUPP && key.bias_type) { /* no such epilogue here: bias apart from now on */
                         s->lt_no_bias = true;
                         key.bias_type = 0;
-                        r = gemm(s, &key, wp, xb, yr, NULL);
+                        r = gemm_acc(s, &key, wp, xb, yr, NULL, accumulate);
                 }
                 if (r < 0)
                         return r;
                 *ret_biased = key.bias_type != 0;
                 m0 += rows;
+                *ret_done = m0;
         }
         return 0;
 }
@@ -827,13 +844,15 @@ static int cuda_conv2d(void *be, const gh_dt *x, const gh_dt *w, const gh_dt *b,
         return launch_n(be, K_CONV2D, n, params);
 }
 
-static int cuda_linear(void *be, const gh_dt *x, const gh_dt *w, const gh_dt *b, gh_dt *y) {
-        gh_dcuda *s = be;
+/* y = x w^T + b, or y += that where |accumulate|. The fallback kernel
+ * takes over only where cuBLASLt wrote nothing (an accumulation must not
+ * run twice). */
+static int linear(gh_dcuda *s, const gh_dt *x, const gh_dt *w, const gh_dt *b, gh_dt *y, bool accumulate) {
         int n = (int)w->shape[0], k = (int)w->shape[1], wt = (int)w->dtype, bt = b ? (int)b->dtype : 0, r;
-        int xt = (int)x->dtype, yt = (int)y->dtype;
+        int xt = (int)x->dtype, yt = (int)y->dtype, acc = accumulate;
         long long m = 1;
         void *bias = b ? b->data : NULL;
-        void *params[] = {ARG(x->data), &xt, ARG(w->data), &wt, &bias, &bt, ARG(y->data), &yt, &m, &n, &k};
+        void *params[] = {ARG(x->data), &xt, ARG(w->data), &wt, &bias, &bt, ARG(y->data), &yt, &acc, &m, &n, &k};
 
         if (!weight_type(w) || (b && !weight_type(b)) || x->n_dims < 1)
                 return -EINVAL;
@@ -843,16 +862,25 @@ static int cuda_linear(void *be, const gh_dt *x, const gh_dt *w, const gh_dt *b,
                 return 0;
         if (use_lt(s) && k > 0) {
                 bool biased = false;
-                r = linear_lt(s, x, w, b, y, m, &biased);
+                long long done = 0;
+                r = linear_lt(s, x, w, b, y, m, accumulate, &biased, &done);
                 if (r >= 0)
                         return b && !biased ? add_bias(s, b, y, n, false) : 0;
-                if (r != -E2BIG && r != -EOPNOTSUPP)
+                if ((r != -E2BIG && r != -EOPNOTSUPP) || (accumulate && done > 0))
                         return r;
         }
         if (div_up(n, LINEAR_TILE) > MAX_GRID_Y || div_up(m, LINEAR_TILE) > INT32_MAX)
                 return -E2BIG;
-        return launch(be, K_LINEAR, (unsigned)div_up(m, LINEAR_TILE), (unsigned)div_up(n, LINEAR_TILE), 1,
+        return launch(s, K_LINEAR, (unsigned)div_up(m, LINEAR_TILE), (unsigned)div_up(n, LINEAR_TILE), 1,
                       LINEAR_TILE, LINEAR_TILE, 0, params);
+}
+
+static int cuda_linear(void *be, const gh_dt *x, const gh_dt *w, const gh_dt *b, gh_dt *y) {
+        return linear(be, x, w, b, y, false);
+}
+
+static int cuda_linear_add(void *be, const gh_dt *x, const gh_dt *w, const gh_dt *b, gh_dt *y) {
+        return linear(be, x, w, b, y, true);
 }
 
 /* ---- normalization ---- */
@@ -860,7 +888,22 @@ static int cuda_linear(void *be, const gh_dt *x, const gh_dt *w, const gh_dt *b,
 /* Two kernels: partial sums of each (batch item, group) over chunks of
  * at least GN_CHUNK elements, into the second half of the scratch buffer
  * (batch items in pieces where they do not fit), then the normalization
- * over rows (batch item, channel). */
+ * over rows (batch item, channel). Rows shorter than GN_ROW_MIN take
+ * three: the sums, each group's mean and 1/std into the first half of
+ * the scratch buffer, then the normalization over the elements flatly. */
+static int gn_flat(gh_dcuda *s, const gh_dt *x, CUdeviceptr xb, CUdeviceptr yb, CUdeviceptr part, int splits,
+                   long long nb, int groups, float eps, void *g, int gt, void *bb, int bt, int silu) {
+        long long n = nb * x->shape[1], inner = gh_dt_numel(x) / (x->shape[0] * x->shape[1]), ng = nb * groups;
+        long long elems = n * inner, per = inner % 4 ? elems : elems / 4;
+        double cnt = (double)(x->shape[1] / groups) * (double)inner;
+        int c = (int)x->shape[1];
+        void *fp[] = {&part, &splits, &s->scratch, &ng, &cnt, &eps};
+        void *ap[] = {&xb, &yb, &s->scratch, &g, &gt, &bb, &bt, &c, &groups, &inner, &silu, &elems};
+        int r = launch_n(s, K_GN_FINAL, ng, fp);
+
+        return r < 0 ? r : launch_n(s, for_act(K_GN_FLAT, x), per, ap);
+}
+
 static int cuda_group_norm(void *be, const gh_dt *x, int groups, float eps, const gh_dt *gamma,
                            const gh_dt *beta, bool silu, gh_dt *y) {
         gh_dcuda *s = be;
@@ -897,9 +940,14 @@ static int cuda_group_norm(void *be, const gh_dt *x, int groups, float eps, cons
                 if (nb * groups > INT32_MAX)
                         return -E2BIG;
                 if ((r = launch(s, for_act(K_GN_STATS, x), (unsigned)(nb * groups), (unsigned)splits, 1, 512, 1, 0,
-                                sp)) < 0 ||
-                    (r = launch(s, for_act(K_GN_APPLY, x), (unsigned)(gx < MAX_BLOCKS ? gx : MAX_BLOCKS),
-                                (unsigned)(rows < MAX_GRID_Y ? rows : MAX_GRID_Y), 1, THREADS, 1, 0, ap)) < 0)
+                                sp)) < 0)
+                        return r;
+                if (inner < GN_ROW_MIN)
+                        r = gn_flat(s, x, xb, yb, part, splits, nb, groups, eps, g, gt, bb, bt, use_silu);
+                else
+                        r = launch(s, for_act(K_GN_APPLY, x), (unsigned)(gx < MAX_BLOCKS ? gx : MAX_BLOCKS),
+                                   (unsigned)(rows < MAX_GRID_Y ? rows : MAX_GRID_Y), 1, THREADS, 1, 0, ap);
+                if (r < 0)
                         return r;
         }
         return 0;
@@ -1632,6 +1680,7 @@ const gh_dbackend gh_dbackend_cuda = {
         .marks_ms = cuda_marks_ms,
         .conv2d = cuda_conv2d,
         .linear = cuda_linear,
+        .linear_add = cuda_linear_add,
         .group_norm = cuda_group_norm,
         .layer_norm = cuda_layer_norm,
         .act = cuda_act,

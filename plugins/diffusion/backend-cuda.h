@@ -19,7 +19,7 @@
 #include "backend.h"
 #include "gpuhostd/cuda.h"
 
-#define GH_DCUDA_KERNELS 67
+#define GH_DCUDA_KERNELS 70
 #define GH_DCUDA_SCRATCH_SIZE (256u * 1024u)
 /* The work buffer (gh_dcuda_set_work): cuBLASLt's workspace, then the
  * GEMMs' operands converted to their type (im2col matrices, fp16 copies

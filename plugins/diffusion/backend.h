@@ -54,6 +54,9 @@ typedef struct gh_dbackend {
         /* y[M,N] = x[M,K] w[N,K]^T + b[N] (b may be NULL); M is every leading
          * dimension of x flattened. */
         int (*linear)(void *be, const gh_dt *x, const gh_dt *w, const gh_dt *b, gh_dt *y);
+        /* The same added to y: y += x w^T + b (a residual connection);
+         * y does not alias x. */
+        int (*linear_add)(void *be, const gh_dt *x, const gh_dt *w, const gh_dt *b, gh_dt *y);
         /* Group norm over x[B,C,...] (groups divide C), gamma/beta [C], then
          * SiLU if |silu|. y may alias x. */
         int (*group_norm)(void *be, const gh_dt *x, int groups, float eps, const gh_dt *gamma,

@@ -199,25 +199,43 @@ int gh_op_conv2d(gh_dctx *c, const gh_dt *x, const gh_dt *w, const gh_dt *b, int
         return RUN("conv2d", conv2d(c->be_state, x, w, b, stride, pad, y));
 }
 
-int gh_op_linear(gh_dctx *c, const gh_dt *x, const gh_dt *w, const gh_dt *b, gh_dt *y) {
+/* A linear layer's operands (op: its name); *w2 the weight as [N, K]. */
+static int check_linear(gh_dctx *c, const char *op, const gh_dt *x, const gh_dt *w, const gh_dt *b, const gh_dt *y,
+                        gh_dt *w2) {
         int64_t k = x->shape[x->n_dims - 1];
-        gh_dt w2 = *w;
         char s[96];
 
-        GH_TRY(want_act(c, "linear", "input", x, 0));
+        *w2 = *w;
+        GH_TRY(want_act(c, op, "input", x, 0));
         /* A 1x1 conv weight is the same memory as a linear one. */
-        if (w2.n_dims == 4 && w2.shape[2] == 1 && w2.shape[3] == 1)
-                w2.n_dims = 2;
-        GH_TRY(want_weight(c, "linear", "weight", &w2, 2, (int64_t[]){-1, k}));
+        if (w2->n_dims == 4 && w2->shape[2] == 1 && w2->shape[3] == 1)
+                w2->n_dims = 2;
+        GH_TRY(want_weight(c, op, "weight", w2, 2, (int64_t[]){-1, k}));
         if (b)
-                GH_TRY(want_weight(c, "linear", "bias", b, 1, (int64_t[]){w2.shape[0]}));
-        GH_TRY(want_act(c, "linear", "output", y, x->n_dims));
+                GH_TRY(want_weight(c, op, "bias", b, 1, (int64_t[]){w2->shape[0]}));
+        GH_TRY(want_act(c, op, "output", y, x->n_dims));
         for (uint32_t i = 0; i + 1 < x->n_dims; i++)
                 if (y->shape[i] != x->shape[i])
-                        return gh_dctx_fail(c, -EINVAL, "linear: output %s", gh_dt_shape_str(y, s, sizeof(s)));
-        if (y->shape[y->n_dims - 1] != w2.shape[0])
-                return gh_dctx_fail(c, -EINVAL, "linear: output %s", gh_dt_shape_str(y, s, sizeof(s)));
+                        return gh_dctx_fail(c, -EINVAL, "%s: output %s", op, gh_dt_shape_str(y, s, sizeof(s)));
+        if (y->shape[y->n_dims - 1] != w2->shape[0])
+                return gh_dctx_fail(c, -EINVAL, "%s: output %s", op, gh_dt_shape_str(y, s, sizeof(s)));
+        return 0;
+}
+
+int gh_op_linear(gh_dctx *c, const gh_dt *x, const gh_dt *w, const gh_dt *b, gh_dt *y) {
+        gh_dt w2;
+
+        GH_TRY(check_linear(c, "linear", x, w, b, y, &w2));
         return RUN("linear", linear(c->be_state, x, &w2, b, y));
+}
+
+int gh_op_linear_add(gh_dctx *c, const gh_dt *x, const gh_dt *w, const gh_dt *b, gh_dt *y) {
+        gh_dt w2;
+
+        GH_TRY(check_linear(c, "linear_add", x, w, b, y, &w2));
+        if (x->data && x->data == y->data)
+                return gh_dctx_fail(c, -EINVAL, "linear_add: the output is the input");
+        return RUN("linear_add", linear_add(c->be_state, x, &w2, b, y));
 }
 
 int gh_op_group_norm(gh_dctx *c, const gh_dt *x, int groups, float eps, const gh_dt *gamma, const gh_dt *beta,

@@ -90,6 +90,8 @@ const char *gh_dt_shape_str(const gh_dt *t, char *buf, size_t size);
 
 int gh_op_conv2d(gh_dctx *c, const gh_dt *x, const gh_dt *w, const gh_dt *b, int stride, const int pad[4], gh_dt *y);
 int gh_op_linear(gh_dctx *c, const gh_dt *x, const gh_dt *w, const gh_dt *b, gh_dt *y);
+/* y += linear(x): a residual connection in one GEMM; y is not x. */
+int gh_op_linear_add(gh_dctx *c, const gh_dt *x, const gh_dt *w, const gh_dt *b, gh_dt *y);
 int gh_op_group_norm(gh_dctx *c, const gh_dt *x, int groups, float eps, const gh_dt *gamma, const gh_dt *beta,
                      bool silu, gh_dt *y);
 int gh_op_layer_norm(gh_dctx *c, const gh_dt *x, const gh_dt *gamma, const gh_dt *beta, float eps, gh_dt *y);

@@ -125,7 +125,7 @@ static int transformer_load(gh_dpart *p, const gh_unet_cfg *cfg, gh_transformer 
 int gh_sd_attend(gh_dctx *c, const gh_dt *x, const gh_dt *n, const gh_dt *kv, const gh_dlin *wq, const gh_dlin *wk,
                   const gh_dlin *wv, const gh_dlin *wo, int64_t heads) {
         const int64_t *s = x->shape, *ks = kv->shape;
-        gh_dt q = {0}, k = {0}, v = {0}, a = {0}, o = {0};
+        gh_dt q = {0}, k = {0}, v = {0}, a = {0};
         int r;
 
         if ((r = gh_dt_new(c, &q, s[0], s[1], s[2])) < 0 || (r = gh_op_linear(c, n, &wq->w, NULL, &q)) < 0 ||
@@ -137,11 +137,8 @@ int gh_sd_attend(gh_dctx *c, const gh_dt *x, const gh_dt *n, const gh_dt *kv, co
         gh_dt_drop(c, &v);
         gh_dt_drop(c, &k);
         gh_dt_drop(c, &q);
-        if ((r = gh_dt_new(c, &o, s[0], s[1], s[2])) < 0 || (r = gh_op_linear(c, &a, &wo->w, &wo->b, &o)) < 0)
-                goto out;
-        r = gh_op_add(c, x, &o, (gh_dt *) x);
+        r = gh_op_linear_add(c, &a, &wo->w, &wo->b, (gh_dt *) x);
 out:
-        gh_dt_drop(c, &o);
         gh_dt_drop(c, &a);
         gh_dt_drop(c, &v);
         gh_dt_drop(c, &k);
@@ -152,7 +149,7 @@ out:
 /* x += ff2(geglu(ff1(layer_norm(x)))). */
 int gh_sd_feed_forward(gh_dctx *c, const gh_dnorm *ln, const gh_dlin *ff1, const gh_dlin *ff2, gh_dt *x) {
         const int64_t *s = x->shape;
-        gh_dt n = {0}, f = {0}, g = {0}, o = {0};
+        gh_dt n = {0}, f = {0}, g = {0};
         int r;
 
         if ((r = gh_dt_new(c, &n, s[0], s[1], s[2])) < 0 || (r = gh_op_layer_norm(c, x, &ln->g, &ln->b, LN_EPS, &n)) < 0 ||
@@ -162,11 +159,8 @@ int gh_sd_feed_forward(gh_dctx *c, const gh_dnorm *ln, const gh_dlin *ff1, const
         if ((r = gh_dt_new(c, &g, s[0], s[1], 4 * s[2])) < 0 || (r = gh_op_geglu(c, &f, &g)) < 0)
                 goto out;
         gh_dt_drop(c, &f);
-        if ((r = gh_dt_new(c, &o, s[0], s[1], s[2])) < 0 || (r = gh_op_linear(c, &g, &ff2->w, &ff2->b, &o)) < 0)
-                goto out;
-        r = gh_op_add(c, x, &o, x);
+        r = gh_op_linear_add(c, &g, &ff2->w, &ff2->b, x);
 out:
-        gh_dt_drop(c, &o);
         gh_dt_drop(c, &g);
         gh_dt_drop(c, &f);
         gh_dt_drop(c, &n);

@@ -286,6 +286,11 @@ static void linear_cases(double tol, const char *mode) {
                         assert_int_equal(gh_dbackend_cuda.linear(&fx.gpu, &x.d, &w.d, bias ? &b.d : NULL, &y.d), 0);
                         compare(&y, tol, "linear %lldx%lld -> %lld%s %s%s", (long long)m, (long long)k,
                                 (long long)n, bias ? " +b" : "", wnames[t], mode);
+                        pair r = rf32(SHAPE(m, n)); /* y += the same (beta 1 on cuBLASLt) */
+                        assert_int_equal(gh_dbackend_cpu.linear_add(&cpu1, &x.h, &w.h, bias ? &b.h : NULL, &r.h), 0);
+                        assert_int_equal(gh_dbackend_cuda.linear_add(&fx.gpu, &x.d, &w.d, bias ? &b.d : NULL, &r.d), 0);
+                        compare(&r, tol, "linear_add %lldx%lld -> %lld%s %s%s", (long long)m, (long long)k,
+                                (long long)n, bias ? " +b" : "", wnames[t], mode);
                 }
         }
 }
@@ -640,6 +645,12 @@ static void half_gemms(const char *mode) {
                         compare(&y, FP16, "linear %lldx%lld -> %lld %s%s%s", (long long)m, (long long)k, (long long)n,
                                 io == 0 || io == 3 ? "F16->F16" : io == 1 ? "F32->F16" : "F16->F32",
                                 io == 3 ? " (F32 weights)" : "", mode);
+                        /* y += the same: the residual in the GEMM */
+                        pair r = io == 2 ? rf32(SHAPE(m, n)) : rh16(SHAPE(m, n));
+                        assert_int_equal(gh_dbackend_cpu.linear_add(&cpu1, &x.h, &w.h, &b.h, &r.h), 0);
+                        assert_int_equal(gh_dbackend_cuda.linear_add(&fx.gpu, &x.d, &w.d, &b.d, &r.d), 0);
+                        compare(&r, FP16, "linear_add %lldx%lld -> %lld %s%s", (long long)m, (long long)k,
+                                (long long)n, io == 2 ? "F32" : "F16", mode);
                 }
 }
 

@@ -165,17 +165,18 @@ extern "C" __global__ void gh_conv2d(const void *x, int xt, const void *w, int w
         }
 }
 
-/* ---- linear: y[M,N] = x[M,K] w[N,K]^T + b, 16x16 tiles in shared memory ---- */
+/* ---- linear: y[M,N] = x[M,K] w[N,K]^T + b (plus y's old values where
+ * acc), 16x16 tiles in shared memory ---- */
 
 #define LT 16
 
 extern "C" __global__ void gh_linear(const void *x, int xt, const void *w, int wt, const void *b, int bt, void *y,
-                                     int yt, long long m, int n, int k) {
+                                     int yt, int acc, long long m, int n, int k) {
         __shared__ float xs[LT][LT + 1], ws[LT][LT + 1];
         long long row = (long long)blockIdx.x * LT + threadIdx.y; /* rows on grid x: any M */
         int col = blockIdx.y * LT + threadIdx.x;
         int wrow = blockIdx.y * LT + threadIdx.y; /* the weight row this thread loads */
-        float acc = 0.0f;
+        float sum = 0.0f;
 
         for (int k0 = 0; k0 < k; k0 += LT) {
                 int kk = k0 + threadIdx.x;
@@ -183,11 +184,12 @@ extern "C" __global__ void gh_linear(const void *x, int xt, const void *w, int w
                 ws[threadIdx.y][threadIdx.x] = wrow < n && kk < k ? ld(w, wt, (long long)wrow * k + kk) : 0.0f;
                 __syncthreads();
                 for (int i = 0; i < LT; i++)
-                        acc = fmaf(xs[threadIdx.y][i], ws[threadIdx.x][i], acc);
+                        sum = fmaf(xs[threadIdx.y][i], ws[threadIdx.x][i], sum);
                 __syncthreads();
         }
         if (row < m && col < n)
-                st(y, yt, row * n + col, acc + (b ? ld(b, bt, col) : 0.0f));
+                st(y, yt, row * n + col,
+                   (acc ? ld(y, yt, row * n + col) : 0.0f) + sum + (b ? ld(b, bt, col) : 0.0f));
 }
 
 /* ---- GEMM operands for cuBLASLt (backend-cuda.c runs the GEMMs) ---- */
@@ -477,6 +479,56 @@ BOTH(gh_gn_apply, gn_apply,
      (const T *x, T *y, const double2 *part, int splits, const void *gamma, int gt, const void *beta, int bt, int c,
       int groups, long long inner, float eps, int use_silu, long long rows),
      (x, y, part, splits, gamma, gt, beta, bt, c, groups, inner, eps, use_silu, rows))
+
+/* For short rows (a row per block would leave most of its threads idle):
+ * the mean and 1/std of each (batch item, group) from its partial sums,
+ * once, into stats[n] (a thread each)... */
+extern "C" __global__ void gh_gn_final(const double2 *part, int splits, float2 *stats, long long n, double cnt,
+                                       float eps) {
+        GRID_STRIDE(i, n) {
+                double s = 0.0, q = 0.0;
+                for (int j = 0; j < splits; j++) {
+                        s += part[i * splits + j].x;
+                        q += part[i * splits + j].y;
+                }
+                const double mean = s / cnt;
+                stats[i] = make_float2((float)mean, (float)(1.0 / sqrt(fmax(q / cnt - mean * mean, 0.0) + eps)));
+        }
+}
+
+/* ...then the normalization over all n elements flatly (4 a thread where
+ * rows and tensors allow), each finding its channel's scale and shift. */
+template <class T>
+__device__ void gn_flat(const T *x, T *y, const float2 *stats, const void *gamma, int gt, const void *beta, int bt,
+                        int c, int groups, long long inner, int use_silu, long long n) {
+        const int len = c / groups, w = inner % 4 == 0 && aligned4<T>(x) && aligned4<T>(y) ? 4 : 1;
+
+        GRID_STRIDE(i, n / w) {
+                const long long e = i * w, row = e / inner;
+                const int ch = (int)(row % c);
+                const float2 st = stats[row / c * groups + ch / len];
+                const float scale = st.y * (gamma ? ld(gamma, gt, ch) : 1.0f);
+                const float shift = (beta ? ld(beta, bt, ch) : 0.0f) - st.x * scale;
+                float v[4];
+                if (w == 4)
+                        load4(x + e, v);
+                else
+                        v[0] = ldv(x[e]);
+                for (int j = 0; j < w; j++) {
+                        v[j] = v[j] * scale + shift;
+                        if (use_silu)
+                                v[j] = silu(v[j]);
+                }
+                if (w == 4)
+                        store4(y + e, v);
+                else
+                        stv(y + e, v[0]);
+        }
+}
+BOTH(gh_gn_flat, gn_flat,
+     (const T *x, T *y, const float2 *stats, const void *gamma, int gt, const void *beta, int bt, int c, int groups,
+      long long inner, int use_silu, long long n),
+     (x, y, stats, gamma, gt, beta, bt, c, groups, inner, use_silu, n))
 
 /* Layer norm, a warp per row of n <= 32 * VPL elements held in registers:
  * the mean, then the variance of the centred values (two passes over the

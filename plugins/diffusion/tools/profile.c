@@ -12,14 +12,14 @@
 #include "profile.h"
 
 enum {
-        P_CONV2D, P_LINEAR, P_GROUP_NORM, P_LAYER_NORM, P_ACT, P_GEGLU, P_ATTENTION, P_UPSAMPLE2X, P_ADD,
+        P_CONV2D, P_LINEAR, P_LINEAR_ADD, P_GROUP_NORM, P_LAYER_NORM, P_ACT, P_GEGLU, P_ATTENTION, P_UPSAMPLE2X, P_ADD,
         P_ADD_CHANNEL, P_ADD_ROWS, P_CONCAT, P_NCHW_TO_NLC, P_NLC_TO_NCHW, P_TIMESTEP_EMBEDDING, P_EMBEDDING, P_LINCOMB,
         P_SCALE_DIM, P_SUM, P_UPLOAD, P_DOWNLOAD, P_COUNT,
 };
 _Static_assert(P_COUNT <= GH_PROFILE_OPS, "GH_PROFILE_OPS too small");
 
 static const char *const names[P_COUNT] = {
-        "conv2d", "linear", "group_norm", "layer_norm", "act", "geglu", "attention", "upsample2x", "add",
+        "conv2d", "linear", "linear_add", "group_norm", "layer_norm", "act", "geglu", "attention", "upsample2x", "add",
         "add_channel", "add_rows", "concat", "nchw_to_nlc", "nlc_to_nchw", "timestep_embedding", "embedding", "lincomb",
         "scale_dim", "sum", "upload", "download",
 };
@@ -124,6 +124,9 @@ static int conv2d(void *be, const gh_dt *x, const gh_dt *w, const gh_dt *b, int 
 static int linear(void *be, const gh_dt *x, const gh_dt *w, const gh_dt *b, gh_dt *y) {
         TIMED_SHAPE(P_LINEAR, x, w, linear(p->state, x, w, b, y));
 }
+static int linear_add(void *be, const gh_dt *x, const gh_dt *w, const gh_dt *b, gh_dt *y) {
+        TIMED_SHAPE(P_LINEAR_ADD, x, w, linear_add(p->state, x, w, b, y));
+}
 static int group_norm(void *be, const gh_dt *x, int groups, float eps, const gh_dt *g, const gh_dt *b, bool silu,
                       gh_dt *y) {
         TIMED_SHAPE(P_GROUP_NORM, x, NULL, group_norm(p->state, x, groups, eps, g, b, silu, y));
@@ -187,6 +190,7 @@ const gh_dbackend gh_dbackend_profile = {
         .name = "profile",
         .conv2d = conv2d,
         .linear = linear,
+        .linear_add = linear_add,
         .group_norm = group_norm,
         .layer_norm = layer_norm,
         .act = act,

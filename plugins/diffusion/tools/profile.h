@@ -9,7 +9,7 @@
 
 #include "backend.h"
 
-#define GH_PROFILE_OPS 21
+#define GH_PROFILE_OPS 22
 #define GH_PROFILE_SHAPES 512 /* distinct shapes booked; more go uncounted */
 #define GH_PROFILE_SIG 96     /* a shape's description, at most */
 #define GH_PROFILE_TOP 30     /* shapes printed */
