@@ -983,6 +983,63 @@ __device__ __forceinline__ void fa_store2(__half *p, float a, float b) {
         *(__half2 *)p = __floats2half2_rn(a, b);
 }
 
+/* The A fragments (KS k-steps) of 16 query rows, row-major at qw. */
+template <int KS, int STR>
+__device__ __forceinline__ void fa_q_frags(unsigned qa[][4], const __half *qw, int g, int t4) {
+        for (int s = 0; s < KS; s++) {
+                qa[s][0] = *(const unsigned *)(qw + g * STR + s * 16 + 2 * t4);
+                qa[s][1] = *(const unsigned *)(qw + (g + 8) * STR + s * 16 + 2 * t4);
+                qa[s][2] = *(const unsigned *)(qw + g * STR + s * 16 + 8 + 2 * t4);
+                qa[s][3] = *(const unsigned *)(qw + (g + 8) * STR + s * 16 + 8 + 2 * t4);
+        }
+}
+
+/* sc = the scores of those 16 queries against 8 keys, rows of a
+ * row-major [key][dim] tile from k8: K's fragments by ldmatrix, lane L
+ * addressing key L % 8 at column (L / 8) 8 of each pair of k-steps. */
+template <int KS, int STR>
+__device__ __forceinline__ void fa_qk(float sc[4], const unsigned qa[][4], const __half *k8, int lane) {
+        const __half *kr = k8 + (lane % 8) * STR + lane / 8 * 8;
+
+        sc[0] = sc[1] = sc[2] = sc[3] = 0.0f;
+        for (int s = 0; s + 1 < KS; s += 2) {
+                unsigned b[4];
+                fa_ldsm_x4(b, kr + s * 16);
+                fa_mma(sc, qa[s], b[0], b[1]);
+                fa_mma(sc, qa[s + 1], b[2], b[3]);
+        }
+        if (KS % 2) {
+                unsigned b[2];
+                fa_ldsm_x2(b, kr + (KS - 1) * 16);
+                fa_mma(sc, qa[KS - 1], b[0], b[1]);
+        }
+}
+
+/* o += P V over NS slices of 16 keys: P (rounded to fp16) straight from
+ * the score registers, V's rows row-major [key][dim] from v16. */
+template <int DT, int STR, int NS>
+__device__ __forceinline__ void fa_pv(float o[][4], float sc[][4], const __half *v16, int lane) {
+        for (int s = 0; s < NS; s++) {
+                const unsigned pa[4] = {fa_pack(sc[2 * s][0], sc[2 * s][1]), fa_pack(sc[2 * s][2], sc[2 * s][3]),
+                                        fa_pack(sc[2 * s + 1][0], sc[2 * s + 1][1]),
+                                        fa_pack(sc[2 * s + 1][2], sc[2 * s + 1][3])};
+                const __half *vr = v16 + (s * 16 + lane % 16) * STR;
+                for (int i = 0; i < DT; i++) {
+                        unsigned b0, b1;
+                        fa_ldsm_t(b0, b1, vr + i * 8);
+                        fa_mma(o[i], pa, b0, b1);
+                }
+        }
+}
+
+/* Row half r (0: rows g, 1: g + 8) of the output, o / l, at yr. */
+template <int DT, class T>
+__device__ __forceinline__ void fa_store_row(T *yr, const float o[][4], int r, float l) {
+        const float inv = 1.0f / l;
+        for (int i = 0; i < DT; i++)
+                fa_store2(yr + i * 8, o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
+}
+
 template <int D, int BK, class T>
 __device__ __forceinline__ void flash_attention(const T *q, const __half *k, const __half *v, T *y, int tq, int tk,
                                                 int c, float scale_log2) {
@@ -1003,35 +1060,15 @@ __device__ __forceinline__ void flash_attention(const T *q, const __half *k, con
                 o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
         fa_load_q<D, DK, STR>(qs, qb, q0, BQ, tq, c, scale_log2);
         __syncthreads();
-        const __half *qw = qs + warp * 16 * STR;
-        for (int s = 0; s < KS; s++) {
-                qa[s][0] = *(const unsigned *)(qw + g * STR + s * 16 + 2 * t4);
-                qa[s][1] = *(const unsigned *)(qw + (g + 8) * STR + s * 16 + 2 * t4);
-                qa[s][2] = *(const unsigned *)(qw + g * STR + s * 16 + 8 + 2 * t4);
-                qa[s][3] = *(const unsigned *)(qw + (g + 8) * STR + s * 16 + 8 + 2 * t4);
-        }
+        fa_q_frags<KS, STR>(qa, qs + warp * 16 * STR, g, t4);
         for (int j0 = 0; j0 < tk; j0 += BK) {
                 float sc[NT][4], mx[2] = {mrow[0], mrow[1]}, alpha[2];
                 __syncthreads(); /* the last tile's readers are done */
                 fa_load16<D, DK, STR>(ks, kb, j0, BK, tk, c);
                 fa_load16<D, DK, STR>(vs, vb, j0, BK, tk, c);
                 __syncthreads();
-                for (int n = 0; n < NT; n++) {
-                        /* lane L addresses row n*8 + L%8 at column (L/8)*8 of each pair of k-steps */
-                        const __half *kr = ks + (n * 8 + lane % 8) * STR + lane / 8 * 8;
-                        sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
-                        for (int s = 0; s + 1 < KS; s += 2) {
-                                unsigned b[4];
-                                fa_ldsm_x4(b, kr + s * 16);
-                                fa_mma(sc[n], qa[s], b[0], b[1]);
-                                fa_mma(sc[n], qa[s + 1], b[2], b[3]);
-                        }
-                        if (KS % 2) {
-                                unsigned b[2];
-                                fa_ldsm_x2(b, kr + (KS - 1) * 16);
-                                fa_mma(sc[n], qa[KS - 1], b[0], b[1]);
-                        }
-                }
+                for (int n = 0; n < NT; n++)
+                        fa_qk<KS, STR>(sc[n], qa, ks + n * 8 * STR, lane);
                 if (j0 + BK > tk) /* keys past the end: none of the softmax */
                         for (int n = 0; n < NT; n++)
                                 for (int i = 0; i < 4; i++)
@@ -1059,17 +1096,7 @@ __device__ __forceinline__ void flash_attention(const T *q, const __half *k, con
                         o[i][2] *= alpha[1];
                         o[i][3] *= alpha[1];
                 }
-                for (int s = 0; s < BK / 16; s++) {
-                        const unsigned pa[4] = {fa_pack(sc[2 * s][0], sc[2 * s][1]), fa_pack(sc[2 * s][2], sc[2 * s][3]),
-                                                fa_pack(sc[2 * s + 1][0], sc[2 * s + 1][1]),
-                                                fa_pack(sc[2 * s + 1][2], sc[2 * s + 1][3])};
-                        const __half *vr = vs + (s * 16 + lane % 16) * STR;
-                        for (int i = 0; i < DT; i++) {
-                                unsigned b0, b1;
-                                fa_ldsm_t(b0, b1, vr + i * 8);
-                                fa_mma(o[i], pa, b0, b1);
-                        }
-                }
+                fa_pv<DT, STR, BK / 16>(o, sc, vs, lane);
         }
         for (int r = 0; r < 2; r++) {
                 lrow[r] += __shfl_xor_sync(0xffffffffu, lrow[r], 1);
@@ -1077,10 +1104,7 @@ __device__ __forceinline__ void flash_attention(const T *q, const __half *k, con
                 const long long row = q0 + warp * 16 + g + 8 * r;
                 if (row >= tq)
                         continue;
-                T *yr = y + (bi * tq + row) * c + hoff + 2 * t4;
-                const float inv = 1.0f / lrow[r];
-                for (int i = 0; i < DT; i++)
-                        fa_store2(yr + i * 8, o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
+                fa_store_row<DT>(y + (bi * tq + row) * c + hoff + 2 * t4, o, r, lrow[r]);
         }
 }
 
@@ -1164,18 +1188,9 @@ __device__ __forceinline__ void flash_short(const T *q, const __half *k, const _
         fs_load<D, DK, STR, ROWS, BR>(ks, k, b0, batches, tk, c, hoff);
         fs_load<D, DK, STR, ROWS, BR>(vs, v, b0, batches, tk, c, hoff);
         __syncthreads();
-        const __half *qw = qs + (item * ROWS + r0) * STR;
-        for (int s = 0; s < KS; s++) {
-                qa[s][0] = *(const unsigned *)(qw + g * STR + s * 16 + 2 * t4);
-                qa[s][1] = *(const unsigned *)(qw + (g + 8) * STR + s * 16 + 2 * t4);
-                qa[s][2] = *(const unsigned *)(qw + g * STR + s * 16 + 8 + 2 * t4);
-                qa[s][3] = *(const unsigned *)(qw + (g + 8) * STR + s * 16 + 8 + 2 * t4);
-        }
+        fa_q_frags<KS, STR>(qa, qs + (item * ROWS + r0) * STR, g, t4);
         for (int n = 0; n < NT; n++) {
-                const __half *kr = ks + (item * ROWS + n * 8 + g) * STR + 2 * t4;
-                sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
-                for (int s = 0; s < KS; s++)
-                        fa_mma(sc[n], qa[s], *(const unsigned *)(kr + s * 16), *(const unsigned *)(kr + s * 16 + 8));
+                fa_qk<KS, STR>(sc[n], qa, ks + (item * ROWS + n * 8) * STR, lane);
                 for (int i = 0; i < 4; i++) {
                         sc[n][i] = n * 8 + 2 * t4 + (i & 1) < tk ? sc[n][i] * scale_log2 : -INFINITY;
                         mx[i >> 1] = fmaxf(mx[i >> 1], sc[n][i]);
@@ -1192,27 +1207,14 @@ __device__ __forceinline__ void flash_short(const T *q, const __half *k, const _
                 }
         for (int i = 0; i < DT; i++)
                 o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-        for (int s = 0; s < ROWS / 16; s++) {
-                const unsigned pa[4] = {fa_pack(sc[2 * s][0], sc[2 * s][1]), fa_pack(sc[2 * s][2], sc[2 * s][3]),
-                                        fa_pack(sc[2 * s + 1][0], sc[2 * s + 1][1]),
-                                        fa_pack(sc[2 * s + 1][2], sc[2 * s + 1][3])};
-                const __half *vr = vs + (item * ROWS + s * 16 + lane % 16) * STR;
-                for (int i = 0; i < DT; i++) {
-                        unsigned b0r, b1r;
-                        fa_ldsm_t(b0r, b1r, vr + i * 8);
-                        fa_mma(o[i], pa, b0r, b1r);
-                }
-        }
+        fa_pv<DT, STR, ROWS / 16>(o, sc, vs + item * ROWS * STR, lane);
         for (int r = 0; r < 2; r++) {
                 l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
                 l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
                 const int row = r0 + g + 8 * r;
                 if (row >= tq || b0 + item >= batches)
                         continue;
-                T *yr = y + ((b0 + item) * tq + row) * c + hoff + 2 * t4;
-                const float inv = 1.0f / l[r];
-                for (int i = 0; i < DT; i++)
-                        fa_store2(yr + i * 8, o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
+                fa_store_row<DT>(y + ((b0 + item) * tq + row) * c + hoff + 2 * t4, o, r, l[r]);
         }
 }
 
