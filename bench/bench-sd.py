@@ -362,7 +362,7 @@ def run_daemon(args, ckpt, dev):
                         devices=devices, scheduler="jobs_per_device = 3\n",
                         workers=workers, models=model,
                         daemon="log_level = debug\n")
-    try:
+    with ghdaemon.serving(d, BenchError):
         devs = {x["index"]: x for x in d.devices()}
         kinds = {i: x["kind"] for i, x in devs.items()}
         warm = os.path.join(args.work, "warm-up.png")
@@ -456,13 +456,6 @@ def run_daemon(args, ckpt, dev):
                              for j, s, e in zip(share, starts, ends)]
         res["share_overlap_s"] = ((min(ends) - max(starts)) / 1e6
                                   if res["overlap"] else 0.0)
-    except ghdaemon.DaemonError as e:
-        print(d.log_tail(), flush=True)
-        raise BenchError(str(e))
-    finally:
-        if not d.stop():
-            print("gpuhostd did not exit cleanly:\n" + d.log_tail(),
-                  flush=True)
     return res
 
 

@@ -259,7 +259,7 @@ def run_daemon(args, ckpt, motion, dev):
                         daemon="log_level = debug\n",
                         plugin_files=("video.so",))
     res = {}
-    try:
+    with ghdaemon.serving(d, BenchError):
         clip = os.path.join(args.work, "warm-up.mp4")
         reply = json.loads(d.ctl("generate", "video", *job_args(args),
                                  "--json", "-o", clip))
@@ -304,13 +304,6 @@ def run_daemon(args, ckpt, motion, dev):
                   " ".join("%.3f" % s for s in walls), len(walls), len(data),
                   "MP4" if args.format == "mp4" else "RGB8 frames"),
               flush=True)
-    except ghdaemon.DaemonError as e:
-        print(d.log_tail(), flush=True)
-        raise BenchError(str(e))
-    finally:
-        if not d.stop():
-            print("gpuhostd did not exit cleanly:\n" + d.log_tail(),
-                  flush=True)
     return res
 
 

@@ -41,7 +41,8 @@
 #define TILE 32           /* TT in kernels.cu: the transpose's tiles */
 #define MAX_BLOCKS 65536  /* 1-D grids; the kernels loop over the rest */
 #define LINEAR_TILE 16    /* LT in kernels.cu */
-#define FA_QUERIES(d) 64 /* FA_BQ_OF in kernels.cu: a block's queries (2 per thread) */
+#define FA_QUERIES 64      /* FA_BQ in kernels.cu: a block's queries */
+#define FA_THREADS 128    /* FA_THREADS in kernels.cu */
 #define IM2COL_RUN 8      /* IM2COL_RUN in kernels.cu */
 #define MAX_GRID_Y 65535
 /* A kernel argument: the address of a value, const or not. */
@@ -1112,9 +1113,8 @@ static int flash_launch(gh_dcuda *s, int k, bool half, CUdeviceptr q, CUdevicept
                 return launch(s, half ? K_FS_H + (k - K_FS) : k, (unsigned)div_up(n, rows / per), (unsigned)heads, 1,
                               (unsigned)(2 * rows), 1, 0, fs_params);
         }
-        const int bq = FA_QUERIES(c / heads);
-        return launch(s, half ? K_FA_H + (k - K_FA) : k, (unsigned)div_up(tq, bq), (unsigned)heads, (unsigned)n,
-                      (unsigned)(2 * bq), 1, 0, fa_params);
+        return launch(s, half ? K_FA_H + (k - K_FA) : k, (unsigned)div_up(tq, FA_QUERIES), (unsigned)heads,
+                      (unsigned)n, FA_THREADS, 1, 0, fa_params);
 }
 
 /* The flash kernel |fa| over batch items in pieces: their K and V

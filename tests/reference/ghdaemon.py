@@ -6,6 +6,7 @@ against it, and io.gpuhost calls go straight over its socket (varlink:
 NUL-terminated JSON) for polling without starting processes.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,6 +18,22 @@ import time
 
 class DaemonError(Exception):
     pass
+
+
+@contextlib.contextmanager
+def serving(d, error):
+    """The with-block runs against daemon |d|: a DaemonError in it comes
+    out as |error| after the daemon's log tail is printed, and the daemon
+    stops either way (its tail printed where it did not exit cleanly)."""
+    try:
+        yield d
+    except DaemonError as e:
+        print(d.log_tail(), flush=True)
+        raise error(str(e))
+    finally:
+        if not d.stop():
+            print("gpuhostd did not exit cleanly:\n" + d.log_tail(),
+                  flush=True)
 
 
 class Daemon:

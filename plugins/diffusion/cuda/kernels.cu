@@ -880,9 +880,8 @@ BOTH(gh_attention, attention,
  * caller converts them once, rather than each block each tile); d = C /
  * heads is the template's D. */
 
-#define FA_BQ 64       /* the short kernels' rows (FS_ROWS) at most */
-#define FA_THREADS 128 /* their threads at most */
-#define FA_BQ_OF(D) 64 /* the long kernel's queries per block (2 BQ threads); 128 measured slower (registers) */
+#define FA_BQ 64       /* queries per block (128 measured slower: registers); the short kernels' rows at most */
+#define FA_THREADS 128 /* a block's threads: 2 per query row */
 
 __device__ __forceinline__ unsigned fa_pack(float a, float b) {
         __half2 h = __floats2half2_rn(a, b);
@@ -922,7 +921,7 @@ template <int D, int DK, int STR>
 __device__ __forceinline__ void fa_load(__half *dst, const float *src, long long r0, int rows, int t, int c,
                                         float scale) {
         constexpr int V4 = DK / 4;
-        for (int e = threadIdx.x; e < rows * V4; e += 2 * FA_BQ_OF(D)) { /* the block's threads */
+        for (int e = threadIdx.x; e < rows * V4; e += FA_THREADS) {
                 const int r = e / V4, d = e % V4 * 4;
                 float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
                 if (d < D && r0 + r < t)
@@ -933,33 +932,23 @@ __device__ __forceinline__ void fa_load(__half *dst, const float *src, long long
         }
 }
 
-/* The same from fp16 rows (K and V, converted once by the caller): 16
- * bytes a load, no conversion. D is a multiple of 8, and so is c. */
-template <int D, int DK, int STR>
-__device__ __forceinline__ void fa_load16(__half *dst, const __half *src, long long r0, int rows, int t, int c) {
-        constexpr int V8 = DK / 8;
-        for (int e = threadIdx.x; e < rows * V8; e += 2 * FA_BQ_OF(D)) { /* the block's threads */
-                const int r = e / V8, d = e % V8 * 8;
-                uint4 v = make_uint4(0u, 0u, 0u, 0u);
-                if (d < D && r0 + r < t)
-                        v = *(const uint4 *)(src + (r0 + r) * (long long)c + d);
-                *(uint4 *)(dst + r * STR + d) = v;
-        }
-}
-
-/* fp16 rows times |scale| (Q into the softmax's base-2 domain). */
-template <int D, int DK, int STR>
+/* The same from fp16 rows (K and V, converted once by the caller, as
+ * they are: 16 bytes a load; Q times |scale| where SCALE, in fp32 so
+ * that it rounds once). D is a multiple of 8, and so is c. */
+template <int D, int DK, int STR, bool SCALE = false>
 __device__ __forceinline__ void fa_load16(__half *dst, const __half *src, long long r0, int rows, int t, int c,
-                                          float scale) {
+                                          float scale = 1.0f) {
         constexpr int V8 = DK / 8;
-        for (int e = threadIdx.x; e < rows * V8; e += 2 * FA_BQ_OF(D)) { /* the block's threads */
+        for (int e = threadIdx.x; e < rows * V8; e += FA_THREADS) {
                 const int r = e / V8, d = e % V8 * 8;
                 uint4 v = make_uint4(0u, 0u, 0u, 0u);
                 if (d < D && r0 + r < t)
                         v = *(const uint4 *)(src + (r0 + r) * (long long)c + d);
-                __half2 *h = (__half2 *)&v;
-                for (int i = 0; i < 4; i++) /* in fp32: a product in fp16 could round twice */
-                        h[i] = __floats2half2_rn(__low2float(h[i]) * scale, __high2float(h[i]) * scale);
+                if (SCALE) {
+                        __half2 *h = (__half2 *)&v;
+                        for (int i = 0; i < 4; i++)
+                                h[i] = __floats2half2_rn(__low2float(h[i]) * scale, __high2float(h[i]) * scale);
+                }
                 *(uint4 *)(dst + r * STR + d) = v;
         }
 }
@@ -973,7 +962,7 @@ __device__ __forceinline__ void fa_load_q(__half *dst, const float *src, long lo
 template <int D, int DK, int STR>
 __device__ __forceinline__ void fa_load_q(__half *dst, const __half *src, long long r0, int rows, int t, int c,
                                           float scale) {
-        fa_load16<D, DK, STR>(dst, src, r0, rows, t, c, scale);
+        fa_load16<D, DK, STR, true>(dst, src, r0, rows, t, c, scale);
 }
 
 __device__ __forceinline__ void fa_store2(float *p, float a, float b) {
@@ -1044,7 +1033,7 @@ template <int D, int BK, class T>
 __device__ __forceinline__ void flash_attention(const T *q, const __half *k, const __half *v, T *y, int tq, int tk,
                                                 int c, float scale_log2) {
         constexpr int DK = (D + 15) / 16 * 16, STR = DK + 8, NT = BK / 8, DT = D / 8, KS = DK / 16;
-        constexpr int BQ = FA_BQ_OF(D);
+        constexpr int BQ = FA_BQ;
         __shared__ __align__(16) __half qs[BQ * STR];
         __shared__ __align__(16) __half ks[BK * STR];
         __shared__ __align__(16) __half vs[BK * STR];
@@ -1112,12 +1101,12 @@ __device__ __forceinline__ void flash_attention(const T *q, const __half *k, con
  * 64, or 32 where the dimension is large, to stay in 48 KiB of shared
  * memory); backend-cuda.c's FA_DIMS lists them. */
 #define FA_KERNEL(D, BK)                                                                                          \
-        extern "C" __global__ void __launch_bounds__(2 * FA_BQ_OF(D))                                             \
+        extern "C" __global__ void __launch_bounds__(FA_THREADS)                                                  \
                 gh_flash_attention_##D(const float *q, const __half *k, const __half *v, float *y, int tq, int tk, \
                                        int c, float scale_log2) {                                                 \
                 flash_attention<D, BK, float>(q, k, v, y, tq, tk, c, scale_log2);                                 \
         }                                                                                                         \
-        extern "C" __global__ void __launch_bounds__(2 * FA_BQ_OF(D))                                             \
+        extern "C" __global__ void __launch_bounds__(FA_THREADS)                                                  \
                 gh_flash_attention_##D##_h(const __half *q, const __half *k, const __half *v, __half *y, int tq,  \
                                            int tk, int c, float scale_log2) {                                     \
                 flash_attention<D, BK, __half>(q, k, v, y, tq, tk, c, scale_log2);                                \
