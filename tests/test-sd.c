@@ -807,6 +807,14 @@ static void test_half_activations(void **state) {
         OK(&x.c, gh_op_add(&x.c, &a, &b, &b));
         OK(&x.c, gh_op_linear(&x.c, &f, &(gh_dt){.dtype = GH_TENSOR_F16, .n_dims = 2, .shape = {8, 8}, .data = x.mem},
                               NULL, &a)); /* a layer's input and output may differ */
+        /* a residual layer whose output is its input: refused, by name */
+        gh_dt sq = {.dtype = GH_TENSOR_F16, .n_dims = 2, .shape = {8, 8}, .data = x.mem};
+        assert_int_equal(gh_op_linear_add(&x.c, &a, &sq, NULL, &a), -EINVAL);
+        assert_non_null(strstr(x.c.err, "linear_add: the output is the input"));
+        x.c.err[0] = 0;
+        gh_dt other = a;
+        other.data = (char *) x.mem + 1024;
+        OK(&x.c, gh_op_linear_add(&x.c, &a, &sq, NULL, &other));
         assert_int_equal(gh_op_add(&x.c, &a, &f, &b), -EINVAL);
         assert_non_null(strstr(x.c.err, "add: input is F32, not F16 like the input"));
         x.c.err[0] = 0;
